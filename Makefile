@@ -1,0 +1,30 @@
+# reviewflow: `make run` sets up and runs the main job; `make test` runs the tests.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+SOURCE  ?= ../shared/data/imdb/train.parquet
+RUN_ARGS ?=
+
+.PHONY: setup run test bench clean
+
+$(BIN)/reviewflow: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/reviewflow
+
+run: setup
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/reviewflow run --source $(SOURCE) $(RUN_ARGS)
+
+test: setup
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/prepare.py
+	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/score.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

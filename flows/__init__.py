@@ -1,0 +1,1 @@
+"""Thin Prefect orchestration over ``pipeline``: each flow reads like a table of contents."""

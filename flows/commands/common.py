@@ -1,0 +1,33 @@
+"""Options and helpers shared by every CLI command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.config import ENV_WAREHOUSE, Warehouse
+
+WarehouseOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--warehouse",
+        "-w",
+        envvar=ENV_WAREHOUSE,
+        help="Warehouse root (lake, shards, models, reviews.duckdb). Default: ./warehouse",
+        show_default=False,
+    ),
+]
+
+
+def warehouse_from(option: Path | None) -> Warehouse:
+    return Warehouse.from_env(option).ensure()
+
+
+def echo_kv(title: str, pairs: dict) -> None:
+    """Print a small aligned key/value block."""
+    typer.secho(title, bold=True)
+    width = max((len(str(k)) for k in pairs), default=0)
+    for k, v in pairs.items():
+        typer.echo(f"  {str(k).ljust(width)}  {v}")
