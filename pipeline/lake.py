@@ -1,15 +1,40 @@
-"""The Parquet lake: ``<root>/lake/reviews/dataset=<name>/*.parquet`` (read side)."""
+"""The Parquet lake: ``<root>/lake/reviews/dataset=<name>/part-*.parquet``.
+
+Read side: ``list_datasets``, ``dataset_files``, ``open_dataset``, ``iter_batches``, ``read_table``.
+
+Write side: a dataset only ever grows by whole part files, ``part-<utc timestamp>-<sha256[:12]>.parquet``
+(zstd), each published by one rename. Writers stream rows into a hidden staging file under
+``<wh>/.tmp/ingest/`` (same filesystem, outside the lake, so a crash never leaves debris in a
+dataset folder); ``publish_part`` then takes the dataset's writer lock (``fcntl.flock`` on
+``<wh>/lake/reviews/.dataset=<name>.lock``), drops rows whose review_id the dataset already holds
+and renames the file into place. Readers never lock: they see a part file whole or not at all, and
+ignore hidden (``.``) files.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import fcntl
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
-from pipeline.config import Warehouse
-from pipeline.errors import NotFoundError
+from pipeline.config import Warehouse, validate_name
+from pipeline.errors import NotFoundError, ReviewflowError
 from pipeline.schema import REVIEW_SCHEMA
+from pipeline.storage import sha256_file
+
+PART_COMPRESSION = "zstd"
+ROW_GROUP_BYTES = 64 << 20  # PartWriter buffers about this much before writing a row group
 
 
 def list_datasets(wh: Warehouse) -> list[str]:
@@ -41,3 +66,208 @@ def iter_batches(wh: Warehouse, name: str, columns: Sequence[str] | None = None,
 
 def read_table(wh: Warehouse, name: str, columns: Sequence[str] | None = None, filter=None) -> pa.Table:
     return open_dataset(wh, name).to_table(columns=list(columns) if columns else None, filter=filter)
+
+
+# --------------------------------------------------------------------------------- write side
+
+def part_files(wh: Warehouse, name: str) -> list[str]:
+    """Like ``dataset_files`` but an empty list (not an error) for a new dataset."""
+    d = wh.dataset_dir(name)
+    return sorted(str(p) for p in d.glob("*.parquet") if not p.name.startswith(".")) if d.is_dir() else []
+
+
+@contextlib.contextmanager
+def dataset_lock(wh: Warehouse, name: str, timeout: float | None = 600.0) -> Iterator[Path]:
+    """Exclusive per-dataset writer lock (fcntl.flock; released on exit or if the process dies)."""
+    d = wh.dataset_dir(name)
+    lock_path = d.parent / f".{d.name}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise ReviewflowError(f"dataset {name!r} is locked by another writer for over {timeout:.0f}s "
+                                          f"({lock_path})") from None
+                time.sleep(0.05)
+        try:
+            yield lock_path
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def review_ids(files: Sequence[str]) -> pa.Array:
+    """All review_ids in ``files`` (only that column is read)."""
+    if not files:
+        return pa.array([], pa.string())
+    return ds.dataset(list(files), schema=REVIEW_SCHEMA, format="parquet").to_table(
+        columns=["review_id"]).column("review_id").combine_chunks()
+
+
+class PartWriter:
+    """Streams REVIEW_SCHEMA batches into one zstd Parquet file, buffering ~64 MiB per row group."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._writer = pq.ParquetWriter(self.path, REVIEW_SCHEMA, compression=PART_COMPRESSION)
+        self._buf: list[pa.RecordBatch] = []
+        self._nbytes = 0
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        if batch.num_rows == 0:
+            return
+        if isinstance(batch, pa.Table):
+            self._buf.extend(batch.cast(REVIEW_SCHEMA).to_batches())
+        else:
+            self._buf.append(batch if batch.schema.equals(REVIEW_SCHEMA) else
+                             pa.Table.from_batches([batch]).cast(REVIEW_SCHEMA).combine_chunks().to_batches()[0])
+        self._nbytes += batch.nbytes
+        self.rows += batch.num_rows
+        if self._nbytes >= ROW_GROUP_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buf:
+            self._writer.write_table(pa.Table.from_batches(self._buf, schema=REVIEW_SCHEMA),
+                                     row_group_size=1 << 30)
+            self._buf, self._nbytes = [], 0
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()
+        with open(self.path, "rb") as fh:
+            os.fsync(fh.fileno())
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        self.path.unlink(missing_ok=True)
+
+
+def staging_path(wh: Warehouse, name: str) -> Path:
+    """A fresh hidden temp file for staging rows bound for dataset ``name`` (caller deletes it)."""
+    d = wh.tmp / "ingest"
+    d.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".stage-{validate_name(name, 'dataset name')}-", suffix=".parquet", dir=d)
+    os.close(fd)
+    return Path(tmp)
+
+
+def clean_stale_staging(wh: Warehouse, older_than_s: float = 24 * 3600) -> int:
+    """Remove staging files left by crashed writers (older than a day by default)."""
+    d = wh.tmp / "ingest"
+    n = 0
+    if d.is_dir():
+        cutoff = time.time() - older_than_s
+        for p in d.glob(".stage-*"):
+            with contextlib.suppress(OSError):
+                if p.stat().st_mtime < cutoff:
+                    p.unlink()
+                    n += 1
+    return n
+
+
+@dataclass
+class PublishResult:
+    part_file: Path | None     # None: nothing new, no file written
+    rows_added: int
+    duplicates_in_lake: int    # staged rows dropped at publish because the dataset already had them
+    added_rows_by: pa.Table | None = None  # (split, label) of the rows added, only when re-filtered
+
+
+def _fsync_dir(d: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _part_name(path: Path, now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return f"part-{now.strftime('%Y%m%dT%H%M%S%fZ')}-{sha256_file(path)[:12]}.parquet"
+
+
+def publish_part(wh: Warehouse, name: str, staged: str | os.PathLike, *,
+                 known_files: Sequence[str] | None = None, lock_timeout: float | None = 600.0) -> PublishResult:
+    """Publish a staged REVIEW_SCHEMA Parquet file (already free of internal duplicates) into the dataset.
+
+    Under the dataset lock: rows whose review_id is in a part file the stager did not already
+    dedupe against (all files when ``known_files`` is None) are dropped; what is left is renamed
+    into ``dataset=<name>/part-<utc>-<sha>.parquet``. Nothing left -> no file, ``part_file`` None.
+    ``staged`` is consumed (moved or deleted) in every case.
+    """
+    staged = Path(staged)
+    d = wh.dataset_dir(name)
+    try:
+        with dataset_lock(wh, name, lock_timeout):
+            current = part_files(wh, name)
+            known = set(known_files) if known_files is not None else set()
+            new = [f for f in current if f not in known]
+            existing = review_ids(new)
+            pf = pq.ParquetFile(staged)
+            total = pf.metadata.num_rows
+            dups = 0
+            by = None
+            if len(existing) and total:
+                ids = pf.read(columns=["review_id"]).column("review_id")
+                dups = int(pc.sum(pc.is_in(ids, value_set=existing)).as_py() or 0)
+            if dups == total:
+                return PublishResult(None, 0, dups)
+            d.mkdir(parents=True, exist_ok=True)
+            if dups:
+                # another writer got some of these rows in first: rewrite without them
+                fd, tmp = tempfile.mkstemp(prefix=".part-", suffix=".parquet.tmp", dir=d)
+                os.close(fd)
+                writer = PartWriter(tmp)
+                parts = []
+                try:
+                    for batch in pf.iter_batches(batch_size=8192):
+                        keep = pc.invert(pc.is_in(batch.column("review_id"), value_set=existing))
+                        kept = batch.filter(keep)
+                        writer.write(kept)
+                        parts.append(kept.select(["split", "label"]))
+                    writer.close()
+                except BaseException:
+                    writer.abort()
+                    raise
+                by = pa.Table.from_batches(parts)
+                src = Path(tmp)
+            else:
+                src = staged
+            target = d / _part_name(src)
+            os.replace(src, target)
+            _fsync_dir(d)
+            return PublishResult(target, total - dups, dups, by)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def write_part(wh: Warehouse, name: str, table: pa.Table) -> PublishResult:
+    """Append ``table`` (REVIEW_SCHEMA columns) to the dataset: dedupe by review_id (first wins,
+    and against the lake), atomically. Convenience for small tables and tests; ingest streams."""
+    table = table.cast(REVIEW_SCHEMA)
+    ids = table.column("review_id").to_pylist()
+    seen: set[str] = set()
+    keep = []
+    for rid in ids:
+        keep.append(rid not in seen)
+        seen.add(rid)
+    table = table.filter(pa.array(keep, pa.bool_()))
+    tmp = staging_path(wh, name)
+    writer = PartWriter(tmp)
+    try:
+        writer.write(table)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return publish_part(wh, name, tmp, known_files=None)

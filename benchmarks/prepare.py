@@ -1,0 +1,248 @@
+"""Benchmark: reviewflow prepare vs the baseline's pure-Python preprocessing, then 1M-review scale.
+
+    .venv/bin/python benchmarks/prepare.py --data ../shared/data/imdb/train.parquet
+    .venv/bin/python benchmarks/prepare.py --rows 5000 --skip-scale          # quick
+
+Each phase runs in its own subprocess (imports excluded from the timing) so its peak RSS is clean.
+(1) baseline: lowercase, ``''.join(c for c in text if c not in punctuation)``, ``.split()``, a
+``Counter`` vocabulary sorted by count, list-comprehension id mapping, a Python pad loop to 512
+front-padded with zeros. (2) ours: ``prepare()`` into a temp warehouse with the baseline's rule
+(strip_html=False, max_len=512, pad_side=left, truncate=head, min_freq=1, val_fraction=0).
+Both must give the same tokens for a sample of reviews (compared as token strings: the baseline breaks
+count ties by first occurrence, ours by token string). (3) scale: train + unsup replicated to
+``--scale`` reviews in a temp lake (written streaming), prepared in a subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ------------------------------------------------------------------------------------------ phases
+def phase_baseline(args) -> dict:
+    import string
+    from collections import Counter
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(args.data, columns=["review_id", "text"])
+    if args.rows:
+        table = table.slice(0, args.rows)
+    texts = table.column("text").to_pylist()
+    rids = table.column("review_id").to_pylist()
+    del table
+    t0 = time.perf_counter()
+    punctuation = string.punctuation
+    reviews = [r.lower() for r in texts]
+    all_text = ["".join(c for c in r if c not in punctuation) for r in reviews]
+    words = [w for r in all_text for w in r.split()]
+    counts = Counter(words)
+    vocab = sorted(counts, key=counts.get, reverse=True)
+    vocab_to_int = {w: i for i, w in enumerate(vocab, 1)}
+    reviews_ints = [[vocab_to_int[w] for w in r.split()] for r in all_text]
+    seq_len = 512
+    features = np.zeros((len(reviews_ints), seq_len), dtype=int)
+    for i, row in enumerate(reviews_ints):
+        if len(row) != 0:
+            features[i, -len(row):] = np.array(row)[:seq_len]
+    seconds = time.perf_counter() - t0
+    int_to_vocab = {i: w for w, i in vocab_to_int.items()}
+    sample = {}
+    for i in _sample_rows(len(texts), args.sample):
+        sample[rids[i]] = [int_to_vocab[int(x)] for x in features[i] if x != 0]
+    return {"seconds": seconds, "rows": len(texts), "vocab": len(vocab) + 1, "rss_mib": peak_rss_mib(),
+            "sample": sample}
+
+
+def _sample_rows(n: int, k: int) -> list[int]:
+    import numpy as np
+
+    return sorted(np.random.default_rng(0).choice(n, size=min(k, n), replace=False).tolist())
+
+
+def phase_ours(args) -> dict:
+    import numpy as np
+
+    import pipeline.plots  # noqa: F401  (imports excluded from the timing)
+    from pipeline.config import Warehouse
+    from pipeline.loader import load_split
+    from pipeline.prepare import PrepareConfig, prepare
+    from pipeline.vocab import read_vocab
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+    wh = Warehouse(Path(args.warehouse))
+    cfg = PrepareConfig(max_len=512, min_freq=1, max_vocab=10**9, val_fraction=0.0, truncate="head",
+                        pad_side="left", strip_html=False, include_unsup=args.include_unsup)
+    t0 = time.perf_counter()
+    res = prepare(wh, args.dataset, cfg, workers=args.workers)
+    seconds = time.perf_counter() - t0
+    out = {"seconds": seconds, "rows": int(sum(res.counts.values())), "vocab": res.manifest["vocab_size"],
+           "rss_mib": peak_rss_mib(), "timings": res.manifest["timings_s"], "prep_dir": str(res.prep_dir)}
+    if args.sample:
+        vocab = np.array(read_vocab(res.prep_dir / "vocab.txt"), dtype=object)
+        data = load_split(res.prep_dir, "train")
+        want = set(args.sample_ids or [])
+        sample = {}
+        for i, rid in enumerate(data.review_ids):
+            if rid in want:
+                row = data.ids[i][data.ids.shape[1] - data.lengths[i]:]
+                sample[rid] = vocab[row].tolist()
+        out["sample"] = sample
+    return out
+
+
+# --------------------------------------------------------------------------------------- lake setup
+def write_lake(wh_root: Path, name: str, sources: list[Path], total: int | None, rows: int | None) -> int:
+    """Stream ``sources`` (repeated with fresh ids until ``total`` rows) into a lake dataset."""
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from pipeline.config import Warehouse
+    from pipeline.schema import REVIEW_SCHEMA
+
+    wh = Warehouse(wh_root).ensure()
+    d = wh.dataset_dir(name)
+    d.mkdir(parents=True, exist_ok=True)
+    now = pa.scalar(dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), pa.timestamp("us", tz="UTC"))
+    written, rep, part = 0, 0, 0
+    target = total or rows or None
+    writer = None
+    per_part = 250_000
+    while True:
+        for src in sources:
+            for batch in pq.ParquetFile(src).iter_batches(batch_size=50_000,
+                                                          columns=["review_id", "text", "label", "rating", "split"]):
+                if target is not None and written >= target:
+                    break
+                if target is not None:
+                    batch = batch.slice(0, target - written)
+                n = batch.num_rows
+                rid = batch.column("review_id")
+                if rep:
+                    rid = pc.binary_join_element_wise(rid, pa.scalar(f"r{rep}"), "-")
+                t = pa.table({"review_id": rid, "text": batch.column("text"),
+                              "label": batch.column("label").cast(pa.int8()),
+                              "rating": batch.column("rating").cast(pa.int8()),
+                              "split": batch.column("split"),
+                              "source": pa.array([src.name] * n),
+                              "ingested_at": pa.array([now.as_py()] * n, pa.timestamp("us", tz="UTC"))},
+                             schema=REVIEW_SCHEMA)
+                if writer is None or (written and written % per_part == 0):
+                    if writer is not None:
+                        writer.close()
+                    writer = pq.ParquetWriter(d / f"part-{part:05d}.parquet", REVIEW_SCHEMA, compression="snappy")
+                    part += 1
+                writer.write_table(t, row_group_size=50_000)
+                written += n
+        rep += 1
+        if target is None or written >= target:
+            break
+    if writer is not None:
+        writer.close()
+    return written
+
+
+def run_phase(phase: str, args, extra: list[str], sample_ids=None) -> dict:
+    with tempfile.NamedTemporaryFile("w+", suffix=".json", delete=False) as fh:
+        out = fh.name
+    cmd = [sys.executable, __file__, "--phase", phase, "--out", out, "--data", str(args.data),
+           "--sample", str(args.sample), "--rows", str(args.rows or 0), "--workers", str(args.workers or 0)] + extra
+    if sample_ids:
+        ids_file = out + ".ids"
+        Path(ids_file).write_text(json.dumps(sample_ids))
+        cmd += ["--sample-ids-file", ids_file]
+    subprocess.run(cmd, check=True)
+    return json.loads(Path(out).read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/imdb/train.parquet")
+    ap.add_argument("--unsup", type=Path, default=None, help="default: unsup.parquet next to --data")
+    ap.add_argument("--rows", type=int, default=0, help="use only the first N reviews (0 = all)")
+    ap.add_argument("--scale", type=int, default=1_000_000)
+    ap.add_argument("--skip-scale", action="store_true")
+    ap.add_argument("--sample", type=int, default=500, help="reviews whose token ids are compared")
+    ap.add_argument("--workers", type=int, default=0, help="prepare threads (0 = default: 2)")
+    ap.add_argument("--phase", choices=["baseline", "ours"], help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--warehouse", help=argparse.SUPPRESS)
+    ap.add_argument("--dataset", default="bench", help=argparse.SUPPRESS)
+    ap.add_argument("--include-unsup", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--sample-ids-file", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.workers = args.workers or None
+    args.sample_ids = json.loads(Path(args.sample_ids_file).read_text()) if args.sample_ids_file else None
+
+    if args.phase:
+        res = phase_baseline(args) if args.phase == "baseline" else phase_ours(args)
+        Path(args.out).write_text(json.dumps(res))
+        return
+
+    tmp = Path(tempfile.mkdtemp(prefix="reviewflow-bench-"))
+    try:
+        wh = tmp / "wh"
+        n = write_lake(wh, "bench", [args.data], None, args.rows or None)
+        base = run_phase("baseline", args, [])
+        ours = run_phase("ours", args, ["--warehouse", str(wh), "--dataset", "bench"],
+                         sample_ids=list(base["sample"]))
+        same = sum(base["sample"][k] == ours["sample"].get(k) for k in base["sample"])
+        ratio = base["seconds"] / ours["seconds"]
+        print(f"\n25k check: {same}/{len(base['sample'])} sampled reviews give identical tokens; "
+              f"vocab sizes (incl. padding id 0): baseline {base['vocab']}, ours {ours['vocab'] - 1} + <unk>")
+        print(f"ours timings: {ours['timings']}")
+        rows = [("baseline (pure Python)", n, base["seconds"], base["rss_mib"]),
+                ("reviewflow prepare", n, ours["seconds"], ours["rss_mib"])]
+        if not args.skip_scale:
+            unsup = args.unsup or args.data.with_name("unsup.parquet")
+            wh2 = tmp / "wh-scale"
+            t0 = time.perf_counter()
+            total = write_lake(wh2, "bench", [args.data, unsup], args.scale, None)
+            print(f"wrote the {total:,}-review lake in {time.perf_counter() - t0:.1f} s")
+            big = run_phase("ours", argparse.Namespace(**{**vars(args), "sample": 0}),
+                            ["--warehouse", str(wh2), "--dataset", "bench", "--include-unsup"])
+            rows.append((f"reviewflow prepare, {total:,} reviews", total, big["seconds"], big["rss_mib"]))
+            print(f"scale timings: {big['timings']}")
+        print()
+        print("| run | reviews | seconds | reviews/s | peak RSS (MiB) |")
+        print("|---|---:|---:|---:|---:|")
+        for name, rws, sec, rss in rows:
+            print(f"| {name} | {rws:,} | {sec:.2f} | {rws / sec:,.0f} | {rss:,.0f} |")
+        print(f"\nspeed-up vs baseline at {n:,} reviews: **{ratio:.1f}x** (target >= 5x); "
+              f"token check {same}/{len(base['sample'])} identical")
+        if not args.skip_scale:
+            r25, r1m = n / ours["seconds"], rows[-1][1] / rows[-1][2]
+            print(f"scale: {r1m / r25:.2f}x the {n:,}-review throughput (target >= 1.0), "
+                  f"peak RSS {rows[-1][3]:,.0f} MiB (target <= 2048)")
+        if same != len(base["sample"]):
+            sys.exit(1)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

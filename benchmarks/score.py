@@ -1,0 +1,322 @@
+"""Benchmark: score a DuckDB table of IMDb reviews end to end (read -> infer -> write back).
+
+Prints, all measured in this one run with the same model:
+
+* rows/s and peak RSS of ``pipeline.score.score_table`` at --small-rows vs --rows (each in its own
+  subprocess, on a fresh table replicated from ../shared/data/imdb/train.parquet with new ids):
+  memory should be flat (target < 1.5 GiB);
+* rows/s of the lineage's one-review-at-a-time ``sentiment_inference`` loop (512-token front
+  padding, one forward per review, run over every pad) on a sample, with the same weights,
+  and the ratio (target >= 20x);
+* the model's achieved FLOP/s (FLOPs counted with torch.utils.flop_counter on a sample) against a
+  torch.mm peak measured here on the same threads;
+* optionally (--quantize) dynamic int8 quantisation of Linear/GRU/LSTM: speed and accuracy on a
+  labelled sample, kept for the size runs only if accuracy stays within 0.3 points.
+
+Model: --model-dir DIR (a registered model directory), else --model VERSION|champion from
+--warehouse; with --train-seconds N and no model there, a quick `default`-architecture model is
+trained on the IMDb train set first (its speed is what matters here, not its accuracy).
+
+    python benchmarks/score.py                      # full size: 25k vs 250k rows
+    python benchmarks/score.py --rows 20000 --small-rows 5000 --baseline-sample 100   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def rss_peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def load_predictor_from(args):
+    import torch
+
+    from pipeline.inference import Predictor, load_predictor
+
+    torch.set_num_threads(args.threads)
+    if args.model_dir:
+        pred = Predictor(args.model_dir, batch_size=args.batch_size)
+    else:
+        from pipeline.config import Warehouse
+
+        pred = load_predictor(Warehouse.from_env(args.warehouse), args.model, batch_size=args.batch_size)
+    if getattr(args, "use_quantized", False):
+        pred.model = quantized(pred.model)
+        pred.version = pred.version + "-int8"
+    return pred
+
+
+def quantized(model):
+    import torch
+    from torch import nn
+
+    return torch.ao.quantization.quantize_dynamic(model, {nn.Linear, nn.GRU, nn.LSTM}, dtype=torch.qint8)
+
+
+# --------------------------------------------------------------------------- child: one scoring run
+
+
+def child(args) -> None:
+    from pipeline.score import score_table
+
+    pred = load_predictor_from(args)
+    base = rss_peak_mib()
+    t0 = time.perf_counter()
+    rep = score_table(args.child, "reviews", pred, batch_size=args.batch_size, chunk_rows=args.chunk_rows,
+                      on_wait=None)
+    secs = time.perf_counter() - t0
+    print(json.dumps({"rows": rep.rows_scored, "seconds": secs, "rows_per_s": rep.rows_scored / secs,
+                      "peak_rss_mib": rss_peak_mib(), "rss_after_model_mib": base,
+                      "positive": rep.label_counts["positive"], "model": rep.model}))
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def ensure_model(args) -> None:
+    if args.model_dir:
+        return
+    from pipeline import registry
+    from pipeline.config import Warehouse
+    from pipeline.errors import NotFoundError
+
+    wh = Warehouse.from_env(args.warehouse).ensure()
+    try:
+        registry.get(wh, args.model)
+        return
+    except NotFoundError:
+        if not args.train_seconds:
+            raise SystemExit(f"no model {args.model!r} in {wh.models}: pass --model-dir, or --train-seconds N "
+                             f"to train a quick one")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.schema import REVIEW_SCHEMA
+    from pipeline.train import train_dataset
+
+    print(f"# no model in {wh.models}: training a quick 'default' model ({args.train_seconds} s budget)", flush=True)
+    t = pq.read_table(args.source, columns=["review_id", "text", "label", "rating", "split"])
+    n = t.num_rows
+    t = t.append_column("source", pa.array([args.source] * n)).append_column(
+        "ingested_at", pa.array([0] * n, pa.int64()).cast(pa.timestamp("us", tz="UTC")))
+    d = wh.dataset_dir("imdb-bench")
+    d.mkdir(parents=True, exist_ok=True)
+    pq.write_table(t.select([f.name for f in REVIEW_SCHEMA]).cast(REVIEW_SCHEMA), d / "part-0.parquet")
+    res = train_dataset(wh, "imdb-bench", "default", overrides={"max_seconds": args.train_seconds, "epochs": 1},
+                        device="cpu", progress=False)
+    print(f"# trained {res['version']} (val accuracy {res['val_accuracy']})", flush=True)
+    if args.model != "champion":
+        args.model = res["version"]
+
+
+def build_table(src: str, db: Path, rows: int) -> None:
+    import duckdb
+
+    for p in (db, Path(str(db) + ".wal")):
+        p.unlink(missing_ok=True)
+    con = duckdb.connect(str(db))
+    n = con.execute("SELECT count(*) FROM read_parquet(?)", [src]).fetchone()[0]
+    reps = -(-rows // n)
+    con.execute(
+        "CREATE TABLE reviews AS SELECT printf('r%03d_%s', rep, review_id) AS review_id, text, label "
+        "FROM range(?) AS r(rep), read_parquet(?) ORDER BY rep, review_id LIMIT ?", [reps, src, rows])
+    con.close()
+
+
+def matmul_peak(threads: int, n: int = 1024, seconds: float = 2.0) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        torch.mm(a, b)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.mm(a, b)
+        reps += 1
+    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+
+
+def baseline_loop(pred, texts: list[str], width: int = 512) -> float:
+    """The lineage ``sentiment_inference``: per review, front-zero-pad to 512 tokens, one forward
+    over all 512 steps (pads included), same weights. Returns reviews/s."""
+    import numpy as np
+    import torch
+
+    from pipeline.models import SentimentModel
+
+    cfg = dataclasses.replace(pred.model_config, exact_lengths=False, pad_side="left",
+                              max_len=max(width, pred.model_config.max_len))
+    model = SentimentModel(cfg)
+    model.load_state_dict(pred.model.state_dict())
+    model.eval()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for text in texts:
+            ids, lengths = pred.preprocessor.encode([text])
+            n = int(lengths[0])
+            row = np.asarray(ids[0])
+            toks = row[:n] if pred.preprocessor.pad_side == "right" else row[len(row) - n:]
+            x = np.zeros((1, width), dtype=np.int64)
+            x[0, width - min(n, width):] = toks[:width]
+            torch.sigmoid(model(torch.from_numpy(x), torch.tensor([width])))
+    return len(texts) / (time.perf_counter() - t0)
+
+
+def model_flops(pred, texts: list[str]) -> tuple[float, float]:
+    """(FLOPs per review, seconds) for batched predict_proba over ``texts`` (counted, then timed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        pred.predict_proba(texts)
+    t0 = time.perf_counter()
+    pred.predict_proba(texts)
+    return fc.get_total_flops() / len(texts), time.perf_counter() - t0
+
+
+def run_child(args, db: Path, use_quantized: bool) -> dict:
+    cmd = [sys.executable, __file__, "--child", str(db), "--threads", str(args.threads), "--batch-size",
+           str(args.batch_size), "--chunk-rows", str(args.chunk_rows), "--model", args.model]
+    if args.model_dir:
+        cmd += ["--model-dir", args.model_dir]
+    if args.warehouse:
+        cmd += ["--warehouse", args.warehouse]
+    if use_quantized:
+        cmd.append("--use-quantized")
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        raise SystemExit(f"child failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--warehouse", default=None, help="warehouse with the model (default $REVIEWFLOW_WAREHOUSE or ./warehouse)")
+    p.add_argument("--model", default="champion")
+    p.add_argument("--model-dir", default=None, help="a model directory (overrides --warehouse/--model)")
+    p.add_argument("--train-seconds", type=float, default=0, help="train a quick model if none exists")
+    p.add_argument("--source", default=str(ROOT.parent / "shared" / "data" / "imdb" / "train.parquet"))
+    p.add_argument("--rows", type=int, default=250_000)
+    p.add_argument("--small-rows", type=int, default=25_000)
+    p.add_argument("--baseline-sample", type=int, default=200)
+    p.add_argument("--flop-sample", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--chunk-rows", type=int, default=4096)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quantize", action="store_true", help="also try dynamic int8 quantisation")
+    p.add_argument("--quant-sample", type=int, default=2000)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "score"))
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--use-quantized", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        child(args)
+        return 0
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    ensure_model(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pred = load_predictor_from(args)
+    print(f"model {pred.version}: {pred.model_config.encoder} h{pred.model_config.hidden} "
+          f"{'bi' if pred.model_config.bidirectional else 'uni'} x{pred.model_config.layers}, "
+          f"max_len {pred.max_len}, {pred.model.num_params():,} params; torch threads {args.threads}")
+    src = pq.read_table(args.source, columns=["text", "label"])
+    rng = np.random.default_rng(0)
+
+    # --- matmul peak and the model's achieved FLOP/s on a batched sample
+    peak = matmul_peak(args.threads)
+    flop_texts = src.column("text").take(rng.choice(src.num_rows, args.flop_sample, replace=False)).to_pylist()
+    flops_per_review, secs = model_flops(pred, flop_texts)
+    model_fps = flops_per_review * len(flop_texts) / secs
+    print(f"matmul peak (torch.mm 1024^2, {args.threads} threads): {peak / 1e9:.1f} GFLOP/s")
+    print(f"model: {flops_per_review / 1e6:.1f} MFLOP/review; batched predict_proba on {len(flop_texts)} reviews: "
+          f"{len(flop_texts) / secs:.0f} reviews/s = {model_fps / 1e9:.2f} GFLOP/s "
+          f"({100 * model_fps / peak:.0f}% of matmul peak)")
+
+    # --- optional dynamic int8 quantisation
+    use_q = False
+    if args.quantize:
+        idx = rng.choice(src.num_rows, min(args.quant_sample, src.num_rows), replace=False)
+        qt = src.take(idx)
+        texts, labels = qt.column("text").to_pylist(), np.asarray(qt.column("label").to_pylist())
+        t0 = time.perf_counter()
+        acc32 = float(np.mean((pred.predict_proba(texts) >= 0.5) == labels)) * 100
+        s32 = time.perf_counter() - t0
+        fp32_model = pred.model
+        pred.model = quantized(fp32_model)
+        t0 = time.perf_counter()
+        acc8 = float(np.mean((pred.predict_proba(texts) >= 0.5) == labels)) * 100
+        s8 = time.perf_counter() - t0
+        pred.model = fp32_model
+        use_q = abs(acc32 - acc8) <= 0.3 and s8 < s32
+        print(f"int8 dynamic quantisation on {len(texts)} labelled reviews: fp32 {acc32:.2f}% "
+              f"{len(texts) / s32:.0f}/s, int8 {acc8:.2f}% {len(texts) / s8:.0f}/s -> "
+              f"{'KEPT' if use_q else 'not kept'} (kept only if within 0.3 points and faster)")
+
+    # --- the lineage loop on a sample
+    base_texts = src.column("text").take(rng.choice(src.num_rows, args.baseline_sample, replace=False)).to_pylist()
+    base_rps = baseline_loop(pred, base_texts)
+    print(f"baseline sentiment_inference loop (1 review/forward, 512 tokens): {base_rps:.1f} reviews/s "
+          f"on {len(base_texts)} reviews")
+
+    # --- end-to-end scoring, each size in its own process on a fresh table
+    results = {}
+    for rows in (args.small_rows, args.rows):
+        db = out / f"score-bench-{rows}.duckdb"
+        t0 = time.perf_counter()
+        build_table(args.source, db, rows)
+        built = time.perf_counter() - t0
+        r = run_child(args, db, use_q)
+        results[rows] = r
+        print(f"score_table {rows:>7,} rows: {r['rows_per_s']:7.0f} rows/s, {r['seconds']:6.1f} s, "
+              f"peak RSS {r['peak_rss_mib']:6.0f} MiB (after model load {r['rss_after_model_mib']:.0f} MiB); "
+              f"table built in {built:.1f} s", flush=True)
+        for f in (db, Path(str(db) + ".wal")):
+            f.unlink(missing_ok=True)
+
+    small, big = results[args.small_rows], results[args.rows]
+    e2e = big["rows_per_s"]
+    print()
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| end-to-end rows/s ({args.rows:,} rows) | {e2e:,.0f} |")
+    print(f"| end-to-end rows/s ({args.small_rows:,} rows) | {small['rows_per_s']:,.0f} |")
+    print(f"| baseline loop reviews/s | {base_rps:,.1f} |")
+    print(f"| speed-up vs baseline loop (target >= 20x) | {e2e / base_rps:,.1f}x |")
+    print(f"| peak RSS {args.small_rows:,} rows | {small['peak_rss_mib']:,.0f} MiB |")
+    print(f"| peak RSS {args.rows:,} rows (target < 1536 MiB) | {big['peak_rss_mib']:,.0f} MiB |")
+    print(f"| RSS growth {args.small_rows:,} -> {args.rows:,} rows | {big['peak_rss_mib'] - small['peak_rss_mib']:+,.0f} MiB |")
+    print(f"| model GFLOP/s batched (sample) / end-to-end | {model_fps / 1e9:.2f} / {flops_per_review * e2e / 1e9:.2f} |")
+    print(f"| matmul peak GFLOP/s ({args.threads} threads) | {peak / 1e9:.1f} |")
+    print(f"| int8 quantisation used | {'yes' if use_q else 'no'} |")
+    summary = {"rows": args.rows, "small_rows": args.small_rows, "e2e_rows_per_s": e2e,
+               "small_rows_per_s": small["rows_per_s"], "baseline_rows_per_s": base_rps,
+               "speedup": e2e / base_rps, "peak_rss_mib_small": small["peak_rss_mib"],
+               "peak_rss_mib_big": big["peak_rss_mib"], "model_gflops": model_fps / 1e9,
+               "e2e_gflops": flops_per_review * e2e / 1e9, "matmul_peak_gflops": peak / 1e9,
+               "mflop_per_review": flops_per_review / 1e6, "quantized": use_q, "model": pred.version,
+               "torch": torch.__version__}
+    (out / "score_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    sys.exit(main())

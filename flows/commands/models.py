@@ -1,0 +1,71 @@
+"""``reviewflow models list|show|promote``: the model registry."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from flows.commands.common import WarehouseOption, echo_kv, warehouse_from
+
+
+def register(app: typer.Typer) -> None:
+    models = typer.Typer(help="Registered model versions and the champion pointer.\n\n"
+                              "\b\nExamples:\n  reviewflow models list\n  reviewflow models show champion\n"
+                              "  reviewflow models promote v0002-default-20260101120000",
+                         no_args_is_help=True)
+    app.add_typer(models, name="models")
+
+    @models.command("list")
+    def list_cmd(warehouse: WarehouseOption = None) -> None:
+        """Every version, oldest first; `*` marks the champion."""
+        from pipeline import registry
+
+        wh = warehouse_from(warehouse)
+        versions, champ = registry.list_versions(wh), registry.champion(wh)
+        if not versions:
+            typer.echo(f"no models in {wh.models}; train one with `reviewflow train --dataset NAME`")
+            return
+        typer.echo(f"  {'version':<40} {'val_acc':>7} {'epochs':>6} {'encoder':<12} {'pooling':<9} prep_id")
+        for mv in versions:
+            m = mv.config["model"]
+            enc = ("bi" if m["bidirectional"] and m["encoder"] != "transformer" else "") + m["encoder"]
+            acc = f"{mv.val_accuracy:.4f}" if mv.val_accuracy is not None else "?"
+            typer.echo(f"{'*' if mv.version == champ else ' '} {mv.version:<40} {acc:>7} "
+                       f"{len(mv.metrics.get('history', [])):>6} {enc:<12} {m['pooling']:<9} {mv.prep_id}")
+
+    @models.command("show")
+    def show_cmd(version: str = typer.Argument("champion", help="a version name, or `champion`"),
+                 as_json: bool = typer.Option(False, "--json", help="print config + metrics as JSON"),
+                 warehouse: WarehouseOption = None) -> None:
+        """Config, final metrics and the per-epoch history of one version."""
+        from pipeline import registry
+
+        wh = warehouse_from(warehouse)
+        mv = registry.get(wh, version)
+        if as_json:
+            typer.echo(json.dumps({"version": mv.version, "config": mv.config, "metrics": mv.metrics}, indent=2))
+            return
+        f = mv.metrics.get("final", {})
+        echo_kv(mv.version + ("  (champion)" if registry.champion(wh) == mv.version else ""), {
+            "path": mv.path, "preset": mv.config.get("preset"), "prep_id": mv.prep_id,
+            "model": json.dumps(mv.config["model"], sort_keys=True),
+            "val accuracy": f.get("val_accuracy"), "val loss": f.get("val_loss"), "val F1": f.get("val_f1"),
+            "confusion [[tn,fp],[fn,tp]]": f.get("val_confusion"), "params": f.get("params"),
+            "stopped": mv.metrics.get("stopped"), "seconds": mv.metrics.get("seconds"),
+            "device": mv.metrics.get("device")})
+        typer.echo("  epoch  train_loss  val_loss  val_acc  seconds  tokens/s")
+        for r in mv.metrics.get("history", []):
+            typer.echo(f"  {r['epoch']:>5}  {r['train_loss']:>10.4f}  {r['val_loss']:>8.4f}  {r['val_accuracy']:>7.4f}"
+                       f"  {r['seconds']:>7.1f}  {r['tokens_per_s']:>8.0f}")
+
+    @models.command("promote")
+    def promote_cmd(version: str = typer.Argument(..., help="the version to make champion"),
+                    warehouse: WarehouseOption = None) -> None:
+        """Make VERSION the champion (scoring and predict use it), whatever its accuracy."""
+        from pipeline import registry
+
+        wh = warehouse_from(warehouse)
+        before = registry.champion(wh)
+        registry.promote(wh, version)
+        typer.echo(f"champion: {before or 'none'} -> {version}")

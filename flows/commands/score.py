@@ -1,0 +1,94 @@
+"""``reviewflow score``: write sentiment columns back into a DuckDB table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from flows.commands.common import WarehouseOption, echo_kv, warehouse_from
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("score")
+    def score(
+        table: Annotated[Optional[str], typer.Option("--table", "-t", help="Table to score (any name; quoted as an identifier).")] = None,
+        db: Annotated[Optional[Path], typer.Option("--db", help="DuckDB file. Default: <warehouse>/reviews.duckdb")] = None,
+        dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Score lake dataset NAME into table NAME_scored instead of --table.")] = None,
+        id_col: Annotated[str, typer.Option("--id-col", help="Unique, non-NULL id column.")] = "review_id",
+        text_col: Annotated[str, typer.Option("--text-col", help="Column with the review text.")] = "text",
+        model: Annotated[str, typer.Option("--model", "-m", help="Model version, or 'champion'.")] = "champion",
+        batch_size: Annotated[int, typer.Option("--batch-size", help="Reviews per model call.")] = 256,
+        chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows per committed chunk (one transaction each).")] = 4096,
+        rescore: Annotated[bool, typer.Option("--rescore", help="Score every row again, not just new/stale ones.")] = False,
+        threshold: Annotated[float, typer.Option("--threshold", help="score >= threshold -> 'positive'.")] = 0.5,
+        lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another process's lock.")] = 120.0,
+        no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run directly (progress bar), without a Prefect flow run.")] = False,
+        warehouse: WarehouseOption = None,
+    ) -> None:
+        """Score a DuckDB table and write sentiment columns back, incrementally.
+
+        \b
+        Adds (if missing) sentiment_score DOUBLE, sentiment_label VARCHAR, sentiment_model VARCHAR,
+        scored_at TIMESTAMPTZ. Only rows never scored, or scored by another model version, are scored
+        (--rescore: all). Rows with NULL/empty text stay NULL and are reported as skipped. Each chunk
+        is one transaction: an interrupted run loses nothing; run it again to finish. Every run is
+        recorded in the table sentiment_runs.
+
+        \b
+        Examples:
+          reviewflow score --table reviews                       # warehouse reviews.duckdb, champion model
+          reviewflow score --db shop.duckdb --table feedback --id-col id --text-col body
+          reviewflow score --dataset imdb                        # lake dataset -> table imdb_scored
+          reviewflow score --table reviews --model gru-20260101-1 --rescore
+          reviewflow sql "SELECT sentiment_label, count(*) FROM reviews GROUP BY 1"
+        """
+        if (table is None) == (dataset is None):
+            raise typer.BadParameter("give exactly one of --table NAME or --dataset NAME")
+        wh = warehouse_from(warehouse)
+        db_path = db if db is not None else wh.duckdb_path
+        if no_prefect:
+            from tqdm import tqdm
+
+            from pipeline.inference import load_predictor
+            from pipeline.score import score_dataset, score_table
+
+            predictor = load_predictor(wh, model, batch_size=batch_size)
+            bar = tqdm(unit="rows", desc=f"score {table or dataset}")
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            def on_wait(msg: str) -> None:
+                tqdm.write(msg)
+
+            opts = dict(rescore=rescore, threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
+                        progress=progress, lock_timeout=lock_timeout, on_wait=on_wait)
+            try:
+                if dataset is not None:
+                    rep = score_dataset(wh, dataset, predictor, db_path=db_path, **opts)
+                else:
+                    rep = score_table(db_path, table, predictor, id_col=id_col, text_col=text_col, **opts)
+            finally:
+                bar.close()
+            result = rep.to_dict()
+        else:
+            from flows.score import score_flow
+
+            result = score_flow(table=table, db=str(db_path), dataset=dataset, model=model,
+                                warehouse=str(wh.root), id_col=id_col, text_col=text_col, rescore=rescore,
+                                threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
+                                lock_timeout=lock_timeout)
+        echo_kv(f"scored {result['table']} in {result['db_path']}", {
+            "model": result["model"],
+            "rows scored": result["rows_scored"],
+            "rows skipped (NULL/empty text)": result["rows_skipped"],
+            "already up to date": result["rows_up_to_date"],
+            "labels": ", ".join(f"{k} {v}" for k, v in result["label_counts"].items()),
+            "score deciles": " ".join(f"{d:.2f}" for d in result["deciles"]) or "-",
+            "seconds": f"{result['seconds']:.1f}",
+            "rows/s": f"{result['rows_per_s']:.0f}",
+        })

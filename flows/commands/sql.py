@@ -1,0 +1,66 @@
+"""``reviewflow sql``: read-only SQL over the warehouse, with a sentiment(text) function."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from flows.commands.common import WarehouseOption, warehouse_from
+
+FORMATS = ("table", "csv", "json")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("sql")
+    def sql(
+        query: Annotated[str, typer.Argument(help="One SQL query (read-only).")],
+        db: Annotated[Optional[Path], typer.Option("--db", help="DuckDB file. Default: <warehouse>/reviews.duckdb")] = None,
+        fmt: Annotated[str, typer.Option("--format", "-f", help="table (aligned), csv, or json (one object per line).")] = "table",
+        model: Annotated[str, typer.Option("--model", "-m", help="Model behind sentiment(text): a version or 'champion'.")] = "champion",
+        max_rows: Annotated[int, typer.Option("--max-rows", help="Rows printed in table format.")] = 1000,
+        lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait while a scoring run holds the file.")] = 120.0,
+        warehouse: WarehouseOption = None,
+    ) -> None:
+        """Run a read-only SQL query and print the result.
+
+        \b
+        The database is opened read-only; while a scoring run is writing a chunk the query waits
+        (and says so) instead of failing. sentiment(text) scores any text with the model
+        (--model, default the champion); it is loaded only when the query uses it.
+
+        \b
+        Examples:
+          reviewflow sql "SELECT sentiment_model, sentiment_label, count(*) FROM reviews GROUP BY ALL ORDER BY ALL"
+          reviewflow sql "SELECT review_id, sentiment_score, left(text, 60) FROM reviews ORDER BY sentiment_score LIMIT 5"
+          reviewflow sql "SELECT round(sentiment_score, 1) AS bucket, count(*) FROM reviews GROUP BY 1 ORDER BY 1"
+          reviewflow sql "SELECT avg(CASE WHEN sentiment_label = 'positive' THEN 1 ELSE 0 END = label) AS agreement FROM imdb_scored WHERE label IS NOT NULL"
+          reviewflow sql "SELECT sentiment('what a wonderful film') AS p"
+          reviewflow sql --format csv "SELECT * FROM sentiment_runs ORDER BY started_at DESC"
+        """
+        if fmt not in FORMATS:
+            raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}")
+        from pipeline.sql import format_result, run_query
+
+        wh = warehouse_from(warehouse)
+        db_path = db if db is not None else wh.duckdb_path
+
+        def load():
+            from pipeline.inference import load_predictor
+
+            return load_predictor(wh, model)
+
+        def on_wait(msg: str) -> None:
+            typer.echo(msg, err=True)
+
+        import duckdb
+
+        from pipeline.errors import ReviewflowError
+
+        try:
+            result = run_query(db_path, query, load_predictor=load, lock_timeout=lock_timeout, on_wait=on_wait)
+        except duckdb.Error as exc:
+            raise ReviewflowError(f"query failed: {exc}") from None
+        kwargs = {"max_rows": max_rows} if fmt == "table" else {}
+        typer.echo(format_result(result, fmt, **kwargs))

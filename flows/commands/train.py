@@ -1,0 +1,66 @@
+"""``reviewflow train``: prepare + train + register a model version, as a Prefect flow (or without)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from flows.commands.common import WarehouseOption, echo_kv, warehouse_from
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train_cmd(
+        dataset: str = typer.Option(..., "--dataset", "-d", help="lake dataset to train on (see `reviewflow ingest`)"),
+        preset: str = typer.Option("default", "--preset", "-p",
+                                   help="baseline (lineage Elman RNN) | default (best CPU model, <= 15 min) | "
+                                        "best (GPU-sized)"),
+        epochs: Optional[int] = typer.Option(None, help="override the preset's epochs"),
+        hidden: Optional[int] = typer.Option(None, help="RNN hidden size per direction"),
+        embed_dim: Optional[int] = typer.Option(None, "--embed-dim", help="embedding size"),
+        encoder: Optional[str] = typer.Option(None, help="rnn | lstm | gru | transformer"),
+        layers: Optional[int] = typer.Option(None, help="stacked layers"),
+        bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--no-bidirectional",
+                                                     help="run RNNs in both directions"),
+        pooling: Optional[str] = typer.Option(None, help="last | mean | max | maxmean | attention"),
+        dropout: Optional[float] = typer.Option(None, help="dropout between layers and before the output"),
+        max_len: Optional[int] = typer.Option(None, "--max-len", help="tokens kept per review (re-prepares)"),
+        truncate: Optional[str] = typer.Option(None, help="head | tail | head+tail: which tokens long reviews keep"),
+        lr: Optional[float] = typer.Option(None, help="learning rate"),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="reviews per step"),
+        max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
+                                                    help="time budget: stop cleanly and keep the best epoch"),
+        device: str = typer.Option("auto", help="auto (cuda, mps, cpu) | cpu | cuda | cuda:1 ..."),
+        retrain: bool = typer.Option(False, help="train even if this preset already has a model on these shards"),
+        no_prefect: bool = typer.Option(False, "--no-prefect", help="run the steps directly, without Prefect"),
+        warehouse: WarehouseOption = None,
+    ) -> None:
+        """Train a sentiment model on a lake dataset and register it as a new version.
+
+        \b
+        The champion pointer moves to the new version only if it beats the champion's validation accuracy.
+        Examples:
+          reviewflow train --dataset imdb                         # default preset (CPU, <= 15 min)
+          reviewflow train --dataset imdb --preset baseline       # the lineage Elman RNN
+          reviewflow train --dataset imdb --encoder lstm --pooling attention --epochs 3
+          reviewflow train --dataset imdb --max-minutes 5 --no-prefect
+        Interrupted? Run the same command again: training resumes from the last finished epoch.
+        """
+        wh = warehouse_from(warehouse)
+        overrides = {k: v for k, v in dict(
+            epochs=epochs, hidden=hidden, embed_dim=embed_dim, encoder=encoder, layers=layers,
+            bidirectional=bidirectional, pooling=pooling, dropout=dropout, max_len=max_len, truncate=truncate,
+            lr=lr, batch_size=batch_size, max_minutes=max_minutes).items() if v is not None}
+        if no_prefect:
+            from pipeline.train import train_dataset
+
+            result = train_dataset(wh, dataset, preset, overrides, device=device, retrain=retrain)
+        else:
+            from flows.train import train_flow
+
+            result = train_flow(dataset=dataset, preset=preset, warehouse=str(wh.root), overrides=overrides,
+                                retrain=retrain, device=device)
+        echo_kv("trained" if not result.get("skipped") else "already trained (use --retrain)", {
+            "version": result["version"], "val accuracy": f"{result['val_accuracy']:.4f}",
+            "champion": result["champion"], "path": result["path"]})

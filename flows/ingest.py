@@ -1,0 +1,126 @@
+"""Prefect flow: ingest a review source into the Parquet lake (logic in :mod:`pipeline.ingest`).
+
+Two tasks:
+
+* ``read-<dataset>`` reads and validates the whole source into a hidden staging file
+  (``pipeline.ingest.stage``). It is the task that touches the network, so it retries (with a
+  growing delay) when a URL fails in a way worth retrying (connection errors, 5xx, a cut-off
+  body); bad input (404, corrupt tarball, unknown label...) fails at once.
+* ``write-<dataset>`` publishes the staging file as one new part file under the dataset lock
+  (``pipeline.ingest.publish``), or none when every row was already there.
+
+Artifacts: ``ingest-<dataset>`` (rows by split and label: in the source / added) and
+``ingest-<dataset>-dropped`` (what was dropped, skipped or repaired, and why).
+"""
+
+from __future__ import annotations
+
+import re
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from pipeline.config import Warehouse
+from pipeline.download import DownloadError
+from pipeline.ingest import IngestReport, StagedIngest, publish, stage
+
+READ_RETRIES = 3
+READ_RETRY_DELAYS = [5, 20, 60]  # seconds before retry 1, 2, 3
+
+DROP_EXPLANATIONS = {
+    "missing_text": "dropped: no text (null / key missing)",
+    "empty_text": "dropped: text empty or whitespace only",
+    "duplicate_in_source": "dropped: review_id repeated inside the source (first kept)",
+    "already_in_lake": "skipped: review_id already in the dataset",
+    "replaced_utf8": "kept, repaired: invalid UTF-8 bytes replaced with U+FFFD",
+}
+
+
+def artifact_key(*parts: str) -> str:
+    """Artifact keys: lowercase letters, digits and dashes only."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")[:100] or "ingest"
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry the read only for network trouble; bad input fails at once."""
+    exc = getattr(state, "data", None)
+    if not isinstance(exc, BaseException):
+        try:
+            state.result()
+        except BaseException as raised:  # noqa: BLE001 - we only classify it
+            exc = raised
+    return isinstance(exc, DownloadError) and exc.transient
+
+
+@task(name="read-source", task_run_name="read-{dataset}", retries=READ_RETRIES,
+      retry_delay_seconds=READ_RETRY_DELAYS, retry_condition_fn=_transient, cache_policy=NO_CACHE,
+      persist_result=False)
+def read_task(source: str, dataset: str, warehouse: str, mapping: dict, progress: bool) -> StagedIngest:
+    logger = get_run_logger()
+    logger.info("reading %s", source)
+    staged = stage(Warehouse.from_env(warehouse), source, dataset, progress=progress, **mapping)
+    logger.info("%s source %s: %d rows read, %d new, %d already in the lake, %d repeated in the source, "
+                "dropped %s, %d rows with invalid UTF-8 repaired; columns %s",
+                staged.source.kind, staged.source.location, staged.rows_read, staged.rows_staged,
+                staged.duplicates_in_lake, staged.duplicates_in_source, staged.dropped, staged.replaced_utf8,
+                staged.columns or "(from aclImdb paths)")
+    return staged
+
+
+@task(name="write-lake", task_run_name="write-{dataset}", cache_policy=NO_CACHE, persist_result=False)
+def write_task(staged: StagedIngest, dataset: str, warehouse: str) -> dict:
+    logger = get_run_logger()
+    report = publish(Warehouse.from_env(warehouse), staged)
+    if report.part_file:
+        logger.info("published %d rows -> %s", report.rows_added, report.part_file)
+    else:
+        logger.info("nothing new for dataset %r: no part file written", dataset)
+    return report.to_dict()
+
+
+def _publish_artifacts(report: dict) -> None:
+    ds = report["dataset"]
+    create_table_artifact(
+        key=artifact_key("ingest", ds),
+        table=[{"split": r["split"], "label": r["label"], "rows in source": r["rows"], "added": r["added"]}
+               for r in report["by_split_label"]] or [{"split": "-", "label": "-", "rows in source": 0, "added": 0}],
+        description=(f"Ingest of `{report['source']}` ({report['kind']}) into dataset `{ds}`: "
+                     f"{report['rows_read']} rows read, {report['rows_added']} added, "
+                     f"part file `{report['part_file']}`"),
+    )
+    counts = dict(report["dropped"])
+    counts["duplicate_in_source"] = report["duplicates_in_source"]
+    counts["already_in_lake"] = report["duplicates_in_lake"]
+    counts["replaced_utf8"] = report["replaced_utf8"]
+    create_table_artifact(
+        key=artifact_key("ingest", ds, "dropped"),
+        table=[{"reason": k, "rows": v, "what happened": DROP_EXPLANATIONS.get(k, "dropped")}
+               for k, v in counts.items()],
+        description=f"Rows of `{report['source']}` not added to dataset `{ds}` (or repaired), and why",
+    )
+
+
+@flow(name="ingest", flow_run_name="ingest-{dataset}", log_prints=False)
+def ingest_flow(source: str, dataset: str, warehouse: str | None = None, text_col: str | None = None,
+                label_col: str | None = None, id_col: str | None = None, split: str | None = None,
+                rating_col: str | None = None, split_col: str | None = None, progress: bool = False) -> dict:
+    """Ingest SOURCE (aclImdb folder/tarball/URL, CSV, JSON lines, Parquet) into lake dataset DATASET.
+
+    Returns the ingest report as a dict (rows_read, rows_added, duplicates, dropped{reason: n},
+    replaced_utf8, by_split_label, part_file, ...).
+    """
+    logger = get_run_logger()
+    wh = Warehouse.from_env(warehouse).ensure()
+    whs = str(wh.root)
+    mapping = dict(text_col=text_col, label_col=label_col, id_col=id_col, rating_col=rating_col,
+                   split_col=split_col, split=split)
+    mapping = {k: v for k, v in mapping.items() if v is not None}
+    staged = read_task(source, dataset, whs, mapping, progress)
+    try:
+        report = write_task(staged, dataset, whs)
+    finally:
+        staged.discard()
+    _publish_artifacts(report)
+    logger.info(IngestReport(**report).summary())
+    return report

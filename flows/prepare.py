@@ -1,0 +1,147 @@
+"""Prefect flow: prepare a lake dataset into tensor shards (logic in :mod:`pipeline.prepare`).
+
+Caching, two layers:
+
+* the prep id is content-addressed (dataset part files + parameters + code version), and
+  ``pipeline.prepare.prepare`` returns at once when ``<wh>/shards/<prep-id>/manifest.json`` exists;
+* the task's Prefect cache policy is ``INPUTS + TASK_SOURCE`` plus ``PrepOnDisk``: the key includes
+  the manifest's identity on disk, so a cached Prefect result whose prep dir was deleted (or rebuilt)
+  is never reused - the task runs again and rebuilds it.
+
+Artifacts: ``prepare-<dataset>`` (markdown: lengths, vocabulary, coverage / unk rate, where the
+histogram PNG is) and ``prepare-<dataset>-counts`` (table: rows per split and label).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+
+from pipeline.config import Warehouse, validate_name
+from pipeline.prepare import PrepareConfig, compute_prep_id, dataset_fingerprint, prepare
+
+
+def artifact_key(*parts: str) -> str:
+    """Artifact keys: lowercase letters, digits and dashes only."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")[:100] or "prepare"
+
+
+class PrepOnDisk(CachePolicy):
+    """Cache key part = the prep manifest's identity on disk; a never-matching key when it is missing."""
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any],
+                    **kwargs: Any) -> Optional[str]:
+        manifest = Path(inputs["prep_dir"]) / "manifest.json"
+        try:
+            st = manifest.stat()
+        except OSError:
+            return f"missing-{uuid.uuid4().hex}"
+        return f"{inputs['prep_id']}-{st.st_ino}-{st.st_mtime_ns}"
+
+
+@task(name="prepare-shards", task_run_name="prepare-{dataset}", cache_policy=INPUTS + TASK_SOURCE + PrepOnDisk(),
+      retries=1, retry_delay_seconds=5)
+def prepare_task(dataset: str, warehouse: str, params: dict, prep_id: str, prep_dir: str) -> dict:
+    """Tokenize, build the vocabulary, split, pad and write shards (or reuse the prep with this id)."""
+    logger = get_run_logger()
+    wh = Warehouse.from_env(warehouse)
+    cfg = PrepareConfig(**params)
+    progress_id = create_progress_artifact(progress=0.0, key=artifact_key("prepare", dataset, "progress"),
+                                           description=f"prepare {dataset}: tokenize + encode")
+    last = [-1]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        pct = (50.0 if stage == "encode" else 0.0) + 50.0 * done / max(total, 1)
+        if int(pct // 10) > last[0]:
+            last[0] = int(pct // 10)
+            update_progress_artifact(progress_id, progress=pct)
+            logger.info("%s: %d / %d rows", stage, done, total)
+
+    res = prepare(wh, dataset, cfg, progress=progress)
+    update_progress_artifact(progress_id, progress=100.0)
+    if res.prep_id != prep_id:          # the dataset changed between fingerprint and prepare
+        logger.warning("dataset %r changed while preparing; prep id %s (expected %s)", dataset, res.prep_id, prep_id)
+    if res.cached:
+        logger.info("prep %s already exists: reused without reading any text", res.prep_id)
+    else:
+        logger.info("prepared %s in %.2f s: %s (timings %s)", res.prep_id, res.seconds, res.counts,
+                    res.manifest.get("timings_s"))
+    return res.summary()
+
+
+def _ascii_hist(manifest: dict) -> str:
+    t = manifest.get("lengths", {}).get("tokens", {})
+    if not t:
+        return "(no rows)"
+    rows = []
+    for name in ("min", "p50", "p90", "p95", "p99", "max"):
+        rows.append(f"| {name} | {t[name]:,.0f} |")
+    return "\n".join(["| percentile | tokens per review |", "|---|---:|", *rows])
+
+
+def report_markdown(summary: dict, manifest: dict) -> str:
+    p = manifest["params"]
+    lines = [f"# prepare `{manifest['dataset']}` -> `{manifest['prep_id']}`", "",
+             f"{'reused (cache hit)' if summary['cached'] else 'built'}; prep dir `{summary['prep_dir']}`", "",
+             f"- parameters: max_len {p['max_len']}, truncate {p['truncate']} ({manifest['truncate_rule']}), "
+             f"pad {p['pad_side']}, min_freq {p['min_freq']}, max_vocab {p['max_vocab'] or 'no cap'}, "
+             f"val_fraction {p['val_fraction']}, seed {p['seed']}, strip_html {p['strip_html']}, "
+             f"include_unsup {p['include_unsup']}",
+             f"- vocabulary: {manifest['vocab_size']:,} ids (sha256 `{manifest['vocab_sha256'][:12]}`) from "
+             f"{manifest['train_distinct_tokens']:,} distinct train tokens; covers "
+             f"{(manifest['train_vocab_coverage'] or 0):.2%} of train token occurrences",
+             "- unk rate (kept tokens mapped to `<unk>`): " + ", ".join(
+                 f"{k} {v:.3%}" for k, v in manifest["unk_rate"].items() if v is not None),
+             f"- truncated to max_len: {manifest['lengths'].get('truncated_fraction', 0):.1%} of reviews",
+             f"- dropped: {manifest['dropped']}", "",
+             "## Review length (tokens, before truncation)", "", _ascii_hist(manifest), "",
+             f"Histogram PNG: `{Path(summary['prep_dir']) / 'length_hist.png'}`", "",
+             "## Rows per split and label", "", "| split | rows | label 0 | label 1 | unknown |", "|---|---:|---:|---:|---:|"]
+    for split, n in manifest["counts"].items():
+        lc = manifest["label_counts"][split]
+        lines.append(f"| {split} | {n:,} | {lc.get('0', 0):,} | {lc.get('1', 0):,} | {lc.get('-1', 0):,} |")
+    return "\n".join(lines)
+
+
+@flow(name="prepare", flow_run_name="prepare-{dataset}", log_prints=False)
+def prepare_flow(dataset: str, warehouse: Optional[str] = None, max_len: int = 256, min_freq: int = 2,
+                 max_vocab: int = 50_000, val_fraction: float = 0.25, seed: int = 0, truncate: str = "head",
+                 pad_side: str = "right", strip_html: bool = True, include_unsup: bool = False) -> dict:
+    """Prepare lake dataset ``dataset`` into tensor shards under ``<warehouse>/shards/<prep-id>/``.
+
+    Returns ``{prep_id, prep_dir, cached, counts, label_counts, vocab_size, dropped, seconds}``.
+    """
+    logger = get_run_logger()
+    validate_name(dataset, "dataset name")
+    wh = Warehouse.from_env(warehouse).ensure()
+    cfg = PrepareConfig(max_len=max_len, min_freq=min_freq, max_vocab=max_vocab, val_fraction=val_fraction,
+                        seed=seed, truncate=truncate, pad_side=pad_side, strip_html=strip_html,
+                        include_unsup=include_unsup).validate()
+    prep_id = compute_prep_id(dataset, dataset_fingerprint(wh, dataset), cfg)
+    prep_dir = wh.prep_dir(prep_id)
+    logger.info("dataset %r, params %s -> prep id %s", dataset, asdict(cfg), prep_id)
+    summary = prepare_task(dataset, str(wh.root), asdict(cfg), prep_id, str(prep_dir))
+    from pipeline.prepare import read_manifest
+
+    manifest = read_manifest(summary["prep_dir"])
+    create_markdown_artifact(key=artifact_key("prepare", dataset), markdown=report_markdown(summary, manifest),
+                             description=f"prepare {dataset}: lengths, vocabulary, coverage")
+    table = [{"split": s, "label": lab, "rows": n}
+             for s, lc in manifest["label_counts"].items() for lab, n in sorted(lc.items())]
+    create_table_artifact(key=artifact_key("prepare", dataset, "counts"), table=table,
+                          description=f"prepare {dataset}: rows per split and label ({prep_id})")
+    lengths = manifest["lengths"].get("tokens", {})
+    logger.info("prep %s: %s; vocab %s; length p50 %s p95 %s; unk %s", prep_id, manifest["counts"],
+                manifest["vocab_size"], lengths.get("p50"), lengths.get("p95"), manifest["unk_rate"])
+    return summary
+
+
+__all__ = ["prepare_flow", "prepare_task", "PrepOnDisk", "report_markdown"]

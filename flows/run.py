@@ -1,0 +1,127 @@
+"""The main job: ingest -> prepare -> train -> score -> summary, one Prefect flow with the steps as subflows.
+
+    reviewflow run --source ../shared/data/imdb/train.parquet
+    python -m flows.run --source /data/aclImdb_v1.tar.gz
+
+Re-running is cheap: ingest skips review_ids the lake already holds, prepare reuses shards with the same
+prep id, training is skipped when the registry already holds a model of this preset trained on the same
+shards (``--retrain`` forces it), and scoring only touches rows the champion has not scored yet.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+
+from flows.ingest import ingest_flow
+from flows.prepare import prepare_flow
+from flows.score import score_flow
+from flows.train import train_flow
+from pipeline.config import Warehouse, validate_name
+from pipeline.connectivity import is_url, probe_url
+from pipeline.summary import build_summary, summary_markdown
+
+try:  # the ingest module owns the official URL
+    from pipeline.download import ACLIMDB_URL
+except ImportError:  # pragma: no cover - only while pipeline.download is missing
+    ACLIMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+
+
+def artifact_key(*parts: str) -> str:
+    """Artifact keys may only hold lowercase letters, digits and dashes."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")
+
+
+def preset_prepare_params(preset: str) -> dict:
+    """The prepare parameters a training preset asks for (so prepare and train agree on the shards)."""
+    from pipeline.presets import resolve_preset
+
+    return dict(resolve_preset(preset).prepare)
+
+
+def _step(progress_id, pct: float, logger, msg: str) -> None:
+    logger.info(msg)
+    if progress_id is not None:
+        update_progress_artifact(progress_id, progress=pct, description=msg)
+
+
+@flow(name="reviewflow-run", flow_run_name="run-{dataset}-{preset}", log_prints=False)
+def run_flow(source: str | None = None, dataset: str = "imdb", preset: str = "default",
+             warehouse: str | None = None, db: str | None = None, score_table: str | None = None,
+             retrain: bool = False, probe_timeout: float = 3.0) -> dict:
+    """Ingest ``source`` into ``dataset``, prepare shards, train ``preset``, score, and publish a summary.
+
+    Scoring: ``score_table`` in ``db`` when given; else the dataset's ``test`` split (table
+    ``<dataset>_test_scored``) when it has one; else every row of the dataset (``<dataset>_scored``).
+    """
+    t0 = time.perf_counter()
+    logger = get_run_logger()
+    validate_name(dataset, "dataset name")
+    source = str(source) if source else ACLIMDB_URL
+    if is_url(source):  # fail fast, before any work, when the network is not there
+        probe_url(source, timeout=probe_timeout)
+    wh = Warehouse.from_env(warehouse).ensure()
+    whs = str(wh.root)
+    prep_params = preset_prepare_params(preset)
+    key = artifact_key("run", dataset)
+    progress_id = create_progress_artifact(progress=0.0, key=f"{key}-progress",
+                                           description=f"reviewflow run: {dataset} / {preset}")
+
+    _step(progress_id, 2.0, logger, f"1/4 ingest {source} -> dataset {dataset!r} in {whs}")
+    ing = ingest_flow(source=source, dataset=dataset, warehouse=whs)
+
+    _step(progress_id, 25.0, logger, f"2/4 prepare {dataset!r} (preset {preset!r}: {prep_params or 'defaults'})")
+    prep = prepare_flow(dataset=dataset, warehouse=whs, **prep_params)  # train_flow reuses these shards
+
+    _step(progress_id, 40.0, logger, f"3/4 train preset {preset!r} on prep {prep.get('prep_id')}")
+    # its training task is tagged `gpu`: the server's `gpu` tag limit keeps two trainings off one GPU
+    tr = train_flow(dataset=dataset, preset=preset, warehouse=whs, retrain=retrain)
+
+    db_path = str(Path(db).expanduser().resolve()) if db else str(wh.duckdb_path)
+    if score_table:
+        scored_what = f"table {score_table!r} in {db_path}"
+        _step(progress_id, 80.0, logger, f"4/4 score {scored_what}")
+        sc = score_flow(table=score_table, db=db_path, warehouse=whs)
+        table = score_table
+    else:
+        from pipeline.splits import split_counts, sync_split_table
+
+        counts = split_counts(wh, dataset)
+        if counts.get("test"):
+            table, added = sync_split_table(wh, dataset, "test", db_path)
+            scored_what = f"the test split of {dataset!r} ({counts['test']} rows; {added} new) into {table!r}"
+            _step(progress_id, 80.0, logger, f"4/4 score {scored_what}")
+            sc = score_flow(table=table, db=db_path, warehouse=whs)
+        else:
+            from pipeline.score import scored_table_name
+
+            table = scored_table_name(dataset)
+            scored_what = (f"every row of {dataset!r} ({sum(counts.values())} rows: it has no test split, "
+                           f"so train rows are scored too) into {table!r}")
+            _step(progress_id, 80.0, logger, f"4/4 score {scored_what}")
+            sc = score_flow(dataset=dataset, db=db_path, warehouse=whs)
+
+    summary = build_summary(source=source, dataset=dataset, warehouse=whs, db_path=db_path, table=table,
+                            scored_what=scored_what, ingest=ing or {}, prepare=prep or {}, train=tr or {},
+                            score=sc or {}, seconds=time.perf_counter() - t0)
+    create_markdown_artifact(key=f"{key}-summary", markdown=summary_markdown(summary),
+                             description=f"reviewflow run summary for {dataset}")
+    _step(progress_id, 100.0, logger, f"done in {summary['seconds']} s: val accuracy "
+          f"{summary['val_accuracy']}, {summary['rows_scored']} rows scored into {db_path}:{table}")
+    return summary
+
+
+if __name__ == "__main__":  # python -m flows.run --source PATH
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--source")
+    ap.add_argument("--dataset", default="imdb")
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--warehouse")
+    a = ap.parse_args()
+    print(run_flow(source=a.source, dataset=a.dataset, preset=a.preset, warehouse=a.warehouse))

@@ -1,0 +1,100 @@
+"""Score text with a registered model: the exact prepare-time transform, then the model.
+
+    >>> p = load_predictor(Warehouse.from_env(), "champion")
+    >>> p.predict_proba(["A wonderful film.", None])      # -> array([0.97, nan])
+    >>> p.explain("A wonderful film.")                   # attention models: [("wonderful", 0.61), ...]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from pipeline.config import Warehouse
+from pipeline.models import ModelConfig, SentimentModel
+from pipeline.storage import read_json
+
+
+class Predictor:
+    """P(positive) for texts, in input order; sorts by length and trims batches for speed."""
+
+    def __init__(self, model_dir: str | Path, version: str | None = None, device: str = "cpu",
+                 batch_size: int = 256):
+        from pipeline.prepare import load_preprocessor
+
+        self.model_dir = Path(model_dir)
+        self.version = version or self.model_dir.name
+        cfg = read_json(self.model_dir / "config.json")
+        self.model_config = ModelConfig.from_dict(cfg["model"])
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.preprocessor = load_preprocessor(self.model_dir)
+        self.max_len = int(self.preprocessor.max_len)
+        self.model = SentimentModel(self.model_config)
+        self.model.load_state_dict(load_file(str(self.model_dir / "model.safetensors")))
+        self.model.to(self.device).eval()
+
+    @property
+    def has_attention(self) -> bool:
+        return self.model_config.pooling == "attention"
+
+    def _batch(self, ids: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        T = max(int(lengths.max()), 1)
+        if not self.model_config.exact_lengths:   # lineage baseline: always its full padded width
+            T = ids.shape[1]
+        ids = ids[:, :T] if self.preprocessor.pad_side == "right" else ids[:, ids.shape[1] - T:]
+        return (torch.from_numpy(np.ascontiguousarray(ids)).long().to(self.device),
+                torch.from_numpy(lengths).long().to(self.device))
+
+    @torch.inference_mode()
+    def predict_proba(self, texts: Sequence[str | None]) -> np.ndarray:
+        texts = list(texts)
+        out = np.full(len(texts), np.nan, dtype=np.float64)
+        keep = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+        if not keep:
+            return out
+        ids, lengths = self.preprocessor.encode([texts[i] for i in keep])
+        keep, lengths = np.asarray(keep), np.asarray(lengths)
+        has_tokens = lengths > 0
+        keep, ids, lengths = keep[has_tokens], np.asarray(ids)[has_tokens], lengths[has_tokens]
+        order = np.argsort(lengths, kind="stable")
+        for s in range(0, len(order), self.batch_size):
+            sel = order[s:s + self.batch_size]
+            x, n = self._batch(ids[sel], lengths[sel])
+            out[keep[sel]] = torch.sigmoid(self.model(x, n).float()).cpu().numpy()
+        return out
+
+    @torch.inference_mode()
+    def explain(self, text: str, top_k: int = 5) -> list[tuple[str, float]]:
+        """The ``top_k`` tokens by attention weight (empty list for models without attention)."""
+        if not self.has_attention or not isinstance(text, str) or not text.strip():
+            return []
+        ids, lengths = self.preprocessor.encode([text])
+        n = int(lengths[0])
+        if n == 0:
+            return []
+        x, ln = self._batch(np.asarray(ids), np.asarray(lengths))
+        _, attn = self.model.forward_with_attention(x, ln)
+        w = attn[0].float().cpu().numpy()
+        row = x[0].cpu().numpy()
+        real = np.nonzero(row != 0)[0] if self.preprocessor.pad_side == "left" else np.arange(n)
+        real = real[-n:] if self.preprocessor.pad_side == "left" else real
+        tokens = self.preprocessor.tokenize([text])[0]
+        if len(tokens) == n:            # not truncated: show the words as written
+            words = list(tokens)
+        else:                           # truncated: show what the model saw
+            words = [self.preprocessor.vocab[int(i)] for i in row[real]]
+        pairs = sorted(zip(words, w[real].tolist()), key=lambda p: -p[1])
+        return [(wd, float(v)) for wd, v in pairs[:top_k]]
+
+
+def load_predictor(wh: Warehouse, model: str = "champion", device: str = "cpu", batch_size: int = 256) -> Predictor:
+    """A Predictor for a registered version (or the champion)."""
+    from pipeline import registry
+
+    mv = registry.get(wh, model)
+    return Predictor(mv.path, version=mv.version, device=device, batch_size=batch_size)

@@ -1,0 +1,222 @@
+"""Ingest a review source into the Parquet lake: read -> validate -> clean -> dedupe -> publish.
+
+Two steps, so an orchestrator can retry the first (which may read a URL) on its own:
+
+* ``stage()`` streams the source (``pipeline.sources``) batch by batch, drops rows with missing or
+  whitespace-only text, keeps the first of repeated review_ids, drops ids the dataset already
+  holds, and writes what is left to a hidden staging file. Any error (bad row, bad tarball member,
+  network) deletes the staging file: the lake is never touched before everything has been read
+  and validated.
+* ``publish()`` moves the staging file into the dataset as one new part file, atomically, under
+  the dataset's writer lock (``pipeline.lake.publish_part``), re-checking ids against parts that
+  appeared while staging ran. Nothing new -> no part file.
+
+``ingest()`` does both. Memory stays near one batch (plus the set of review ids), whatever the
+source size.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import lake
+from pipeline.config import Warehouse, validate_name
+from pipeline.errors import InputError
+from pipeline.labels import label_name
+from pipeline.schema import REVIEW_SCHEMA
+from pipeline.sources import ColumnMap, ReadStats, Source, detect, read_source
+
+DROP_REASONS = ("missing_text", "empty_text")  # text null / text empty or whitespace only
+
+
+@dataclass
+class IngestReport:
+    """What one ingest did. ``by_split_label`` rows: {split, label, rows, added} where ``rows`` are
+    the distinct usable rows in the source and ``added`` those new to the lake."""
+
+    dataset: str
+    source: str
+    kind: str
+    rows_read: int = 0
+    rows_added: int = 0
+    duplicates: int = 0            # duplicates_in_lake + duplicates_in_source
+    duplicates_in_lake: int = 0    # review_id already in the dataset
+    duplicates_in_source: int = 0  # review_id repeated inside this source (first kept)
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    replaced_utf8: int = 0         # rows whose invalid UTF-8 bytes were replaced with U+FFFD (kept)
+    by_split_label: list[dict] = field(default_factory=list)
+    part_file: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)  # role -> source column (files)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        dropped = ", ".join(f"{k}={v}" for k, v in self.dropped.items() if v) or "none"
+        return (f"{self.dataset}: read {self.rows_read}, added {self.rows_added}, duplicates {self.duplicates} "
+                f"(in lake {self.duplicates_in_lake}, in source {self.duplicates_in_source}), dropped {dropped}, "
+                f"utf-8 repaired {self.replaced_utf8}")
+
+
+@dataclass
+class StagedIngest:
+    """The result of ``stage()``: a hidden Parquet file of new rows (or None) and the counts."""
+
+    dataset: str
+    source: Source
+    staged_path: Path | None
+    known_files: list[str]
+    rows_read: int
+    rows_staged: int
+    duplicates_in_lake: int
+    duplicates_in_source: int
+    dropped: dict[str, int]
+    replaced_utf8: int
+    counts: dict[tuple, list[int]]  # (split, label) -> [rows, staged]
+    columns: dict[str, str]
+    started: float
+
+    def discard(self) -> None:
+        if self.staged_path is not None:
+            self.staged_path.unlink(missing_ok=True)
+
+
+def _check_dataset(dataset: str) -> str:
+    try:
+        return validate_name(dataset, "dataset name")
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def stage(wh: Warehouse, source: str, dataset: str, *, text_col: str | None = None, label_col: str | None = None,
+          id_col: str | None = None, rating_col: str | None = None, split_col: str | None = None,
+          split: str | None = None, progress: bool = True) -> StagedIngest:
+    """Read and validate ``source`` completely into a staging file (see module doc)."""
+    started = time.monotonic()
+    _check_dataset(dataset)
+    src = detect(source)
+    mapping = dict(text_col=text_col, label_col=label_col, id_col=id_col, rating_col=rating_col,
+                   split_col=split_col, split=split)
+    if src.kind.startswith("aclimdb") and any(v is not None for v in mapping.values()):
+        used = ", ".join("--" + k.replace("_", "-") for k, v in mapping.items() if v is not None)
+        raise InputError(f"{used} apply to CSV/JSON/Parquet files only; an aclImdb source takes ids, labels, "
+                         f"ratings and splits from its folder and file names", path=src.location)
+    cols = ColumnMap(**mapping)
+    wh.ensure()
+    lake.clean_stale_staging(wh)
+    known = lake.part_files(wh, dataset)
+    lake_ids = lake.review_ids(known)
+    now = pa.scalar(dt.datetime.now(dt.timezone.utc), REVIEW_SCHEMA.field("ingested_at").type)
+    stats = ReadStats()
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    seen: set[str] = set()
+    dup_src = dup_lake = 0
+    counts: dict[tuple, list[int]] = {}
+    tmp = lake.staging_path(wh, dataset)
+    writer = lake.PartWriter(tmp)
+    try:
+        for batch in read_source(src, cols, stats, progress=progress):
+            text = batch.column("text")
+            missing = pc.is_null(text)
+            blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
+            dropped["missing_text"] += int(pc.sum(missing).as_py() or 0)
+            dropped["empty_text"] += int(pc.sum(blank).as_py() or 0)
+            batch = batch.filter(pc.invert(pc.or_(missing, blank)))
+            if batch.num_rows == 0:
+                continue
+            keep = []
+            for rid in batch.column("review_id").to_pylist():
+                if rid in seen:
+                    keep.append(False)
+                    dup_src += 1
+                else:
+                    seen.add(rid)
+                    keep.append(True)
+            if not all(keep):
+                batch = batch.filter(pa.array(keep, pa.bool_()))
+            if len(lake_ids):
+                new = pc.invert(pc.is_in(batch.column("review_id"), value_set=lake_ids))
+            else:
+                new = pa.array([True] * batch.num_rows, pa.bool_())
+            grouped = pa.table({"split": batch.column("split"), "label": batch.column("label"),
+                                "new": pc.cast(new, pa.int64())}).group_by(["split", "label"]).aggregate(
+                [("new", "count"), ("new", "sum")])
+            for s, lab, n, k in zip(*(grouped.column(c).to_pylist() for c in ("split", "label", "new_count", "new_sum"))):
+                c = counts.setdefault((s, lab), [0, 0])
+                c[0] += n
+                c[1] += k
+            n_new = int(pc.sum(pc.cast(new, pa.int64())).as_py() or 0)
+            dup_lake += batch.num_rows - n_new
+            if n_new == 0:
+                continue
+            if n_new < batch.num_rows:
+                batch = batch.filter(new)
+            m = batch.num_rows
+            out = pa.RecordBatch.from_arrays(
+                [*batch.columns, pa.array([src.location] * m, pa.string()), pa.repeat(now, m)],
+                schema=REVIEW_SCHEMA)
+            writer.write(out)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    staged_path = tmp
+    if writer.rows == 0:
+        tmp.unlink(missing_ok=True)
+        staged_path = None
+    return StagedIngest(dataset=dataset, source=src, staged_path=staged_path, known_files=known,
+                        rows_read=stats.rows_read, rows_staged=writer.rows, duplicates_in_lake=dup_lake,
+                        duplicates_in_source=dup_src, dropped=dropped, replaced_utf8=stats.replaced_utf8,
+                        counts=counts, columns=dict(stats.columns), started=started)
+
+
+def publish(wh: Warehouse, staged: StagedIngest) -> IngestReport:
+    """Publish a staged ingest as one new part file (or none) and build its report."""
+    counts = {k: list(v) for k, v in staged.counts.items()}
+    part_file, added, dup_lake = None, 0, staged.duplicates_in_lake
+    if staged.staged_path is not None:
+        res = lake.publish_part(wh, staged.dataset, staged.staged_path, known_files=staged.known_files)
+        part_file, added = res.part_file, res.rows_added
+        dup_lake += res.duplicates_in_lake
+        if res.duplicates_in_lake:  # another writer published some of our rows first: recount
+            for v in counts.values():
+                v[1] = 0
+            if res.added_rows_by is not None and res.added_rows_by.num_rows:
+                g = res.added_rows_by.group_by(["split", "label"]).aggregate([([], "count_all")])
+                for s, lab, n in zip(*(g.column(c).to_pylist() for c in ("split", "label", "count_all"))):
+                    counts.setdefault((s, lab), [0, 0])[1] = n
+    by = [{"split": s if s is not None else "(none)", "label": label_name(lab), "rows": v[0], "added": v[1]}
+          for (s, lab), v in sorted(counts.items(), key=lambda kv: (str(kv[0][0]), {1: 0, 0: 1}.get(kv[0][1], 2)))]
+    return IngestReport(
+        dataset=staged.dataset, source=staged.source.location, kind=staged.source.kind, rows_read=staged.rows_read,
+        rows_added=added, duplicates=dup_lake + staged.duplicates_in_source, duplicates_in_lake=dup_lake,
+        duplicates_in_source=staged.duplicates_in_source, dropped=dict(staged.dropped),
+        replaced_utf8=staged.replaced_utf8, by_split_label=by, part_file=str(part_file) if part_file else None,
+        columns=staged.columns, seconds=round(time.monotonic() - staged.started, 3))
+
+
+def ingest(wh: Warehouse, source: str, dataset: str, *, text_col: str | None = None, label_col: str | None = None,
+           id_col: str | None = None, rating_col: str | None = None, split_col: str | None = None,
+           split: str | None = None, progress: bool = True) -> IngestReport:
+    """Ingest ``source`` (aclImdb folder / tarball / URL, CSV, JSONL, Parquet) into ``dataset``.
+
+    Example::
+
+        report = ingest(Warehouse.from_env(), "reviews.csv", "shop", text_col="body", label_col="stars_ok")
+        print(report.rows_added, report.dropped)
+
+    Raises ``InputError`` (file / row / column named) and leaves the lake unchanged on bad input.
+    """
+    staged = stage(wh, source, dataset, text_col=text_col, label_col=label_col, id_col=id_col,
+                   rating_col=rating_col, split_col=split_col, split=split, progress=progress)
+    try:
+        return publish(wh, staged)
+    finally:
+        staged.discard()

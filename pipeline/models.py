@@ -1,0 +1,241 @@
+"""The sentiment model zoo: embedding -> encoder -> pooling -> one logit.
+
+One readable module in the spirit of nanoGPT / pytorch ``word_language_model``:
+
+* ``ModelConfig`` fully describes a model; it is saved next to the weights and rebuilds it.
+* ``SentimentModel`` switches the encoder on a string: ``rnn`` (Elman), ``lstm``, ``gru`` or
+  ``transformer``; and the pooling on another: ``last``, ``mean``, ``max``, ``maxmean``, ``attention``.
+
+Variable length is handled *exactly*: a review's logit does not depend on how much padding its batch
+carries. Batches are converted to right padding; a forward-direction RNN never sees the pads before
+its real tokens, so its outputs at real positions are exact and its last state is gathered at
+``length - 1``. The backward direction runs the same kind of RNN over each row reversed *within its
+length* (an index gather, its own inverse), so it too starts at the real last token. This is as
+exact as ``pack_padded_sequence`` but much faster to train on CPU (packing's backward zero-fills the
+packed tensor every step). Pooling masks the pads. The one exception is the lineage ``baseline``
+(``exact_lengths=False``): it runs over its front-zero-padded 512 tokens as the original did.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ENCODERS = ("rnn", "lstm", "gru", "transformer")
+POOLINGS = ("last", "mean", "max", "maxmean", "attention")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 50_002
+    embed_dim: int = 128
+    hidden: int = 128             # RNN hidden size per direction / transformer d_model is embed_dim
+    layers: int = 1
+    encoder: str = "gru"          # rnn | lstm | gru | transformer
+    bidirectional: bool = True    # RNNs only
+    dropout: float = 0.0          # between stacked layers and before the output layer
+    embed_dropout: float = 0.0    # on the embedded tokens
+    pooling: str = "maxmean"      # last | mean | max | maxmean | attention
+    orthogonal_init: bool = False  # orthogonal recurrent weights (unitary/orthogonal-RNN idea)
+    heads: int = 4                # transformer
+    ff: int = 256                 # transformer feed-forward width
+    max_len: int = 512            # longest sequence (positional encoding table size)
+    pad_side: str = "right"       # how the input batches are padded: right | left
+    exact_lengths: bool = True    # False: run over the pads as given (lineage baseline only)
+
+    def __post_init__(self):
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.pad_side not in ("left", "right"):
+            raise ValueError(f"pad_side must be 'left' or 'right', got {self.pad_side!r}")
+        if self.encoder == "transformer" and self.embed_dim % self.heads:
+            raise ValueError(f"embed_dim {self.embed_dim} must be divisible by heads {self.heads}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def to_right_padded(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Move each row's real tokens to the front (left-padded -> right-padded); a per-row roll."""
+    B, T = ids.shape
+    t = torch.arange(T, device=ids.device).unsqueeze(0)
+    idx = (t + (T - lengths).unsqueeze(1)) % T
+    return ids.gather(1, idx)
+
+
+def reverse_index(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """[B, T] index that reverses each row's first ``length`` positions and leaves pads in place."""
+    t = torch.arange(T, device=lengths.device).unsqueeze(0)
+    L = lengths.unsqueeze(1)
+    return torch.where(t < L, L - 1 - t, t)
+
+
+def gather_time(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x [B, T, H], idx [B, T] -> x[b, idx[b, t], :]."""
+    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.size(-1)))
+
+
+class RNNEncoder(nn.Module):
+    """Stacked (bi)directional RNN/LSTM/GRU; one single-layer module per layer and direction."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cell = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cfg.encoder]
+        self.dirs = 2 if cfg.bidirectional else 1
+        self.layers = nn.ModuleList()
+        for i in range(cfg.layers):
+            d_in = cfg.embed_dim if i == 0 else cfg.hidden * self.dirs
+            self.layers.append(nn.ModuleList(cell(d_in, cfg.hidden, batch_first=True) for _ in range(self.dirs)))
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.exact = cfg.exact_lengths
+        self.out_dim = cfg.hidden * self.dirs
+        if cfg.orthogonal_init:
+            for name, p in self.named_parameters():
+                if "weight_hh" in name:
+                    for chunk in p.data.chunk(p.shape[0] // p.shape[1]):   # one square block per gate
+                        nn.init.orthogonal_(chunk)
+                elif "bias" in name:
+                    nn.init.zeros_(p)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, E] right-padded -> (outputs [B, T, H*dirs], last state [B, H*dirs])."""
+        B, T, _ = x.shape
+        if not self.exact:  # lineage: run straight over the (front-padded) batch
+            for i, (fwd, *bwd) in enumerate(self.layers):
+                x = self.dropout(x) if i else x
+                outs = [fwd(x)[0]] + [b(x.flip(1))[0].flip(1) for b in bwd]
+                x = torch.cat(outs, -1)
+            H = x.size(-1) // self.dirs
+            last = torch.cat([x[:, -1, :H]] + ([x[:, 0, H:]] if self.dirs == 2 else []), -1)
+            return x, last
+        rev = reverse_index(lengths, T) if self.dirs == 2 else None
+        for i, directions in enumerate(self.layers):
+            if i:
+                x = self.dropout(x)
+            outs = [directions[0](x)[0]]
+            if self.dirs == 2:
+                outs.append(gather_time(directions[1](gather_time(x, rev))[0], rev))
+            x = torch.cat(outs, -1)
+        H = x.size(-1) // self.dirs
+        last_idx = (lengths - 1).view(B, 1, 1).expand(B, 1, H)
+        last = [x[:, :, :H].gather(1, last_idx).squeeze(1)]          # forward: real last token
+        if self.dirs == 2:
+            last.append(x[:, 0, H:])                                  # backward: ends at token 0
+        return x, torch.cat(last, -1)
+
+
+class PositionalEncoding(nn.Module):
+    def __init__(self, dim: int, max_len: int):
+        super().__init__()
+        pos = torch.arange(max_len).unsqueeze(1)
+        div = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
+        pe = torch.zeros(max_len, dim)
+        pe[:, 0::2] = torch.sin(pos * div)
+        pe[:, 1::2] = torch.cos(pos * div)
+        self.register_buffer("pe", pe, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pe[: x.size(1)]
+
+
+class TransformerEncoder(nn.Module):
+    """A small pre-norm Transformer encoder with sinusoidal positions and a key padding mask."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.scale = math.sqrt(cfg.embed_dim)
+        self.pos = PositionalEncoding(cfg.embed_dim, cfg.max_len)
+        layer = nn.TransformerEncoderLayer(cfg.embed_dim, cfg.heads, cfg.ff, cfg.dropout,
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.embed_dim)
+        self.out_dim = cfg.embed_dim
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, _ = x.shape
+        pad = torch.arange(T, device=x.device).unsqueeze(0) >= lengths.unsqueeze(1)
+        h = self.norm(self.encoder(self.pos(x * self.scale), src_key_padding_mask=pad))
+        last = h.gather(1, (lengths - 1).view(B, 1, 1).expand(B, 1, h.size(-1))).squeeze(1)
+        return h, last
+
+
+class AttentionPooling(nn.Module):
+    """Additive (Bahdanau) attention over the hidden states; pads get weight exactly 0."""
+
+    def __init__(self, dim: int, attn_dim: int = 64):
+        super().__init__()
+        self.proj = nn.Linear(dim, attn_dim)
+        self.v = nn.Linear(attn_dim, 1, bias=False)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.v(torch.tanh(self.proj(h))).squeeze(-1).float()
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=1)
+        return (weights.unsqueeze(-1).to(h.dtype) * h).sum(1), weights
+
+
+class SentimentModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
+        self.embed_dropout = nn.Dropout(cfg.embed_dropout)
+        self.encoder = TransformerEncoder(cfg) if cfg.encoder == "transformer" else RNNEncoder(cfg)
+        d = self.encoder.out_dim
+        self.attention = AttentionPooling(d) if cfg.pooling == "attention" else None
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(2 * d if cfg.pooling == "maxmean" else d, 1)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_attention(ids, lengths)[0]
+
+    def forward_with_attention(self, ids: torch.Tensor, lengths: torch.Tensor):
+        """ids [B, T] long (padded as ``cfg.pad_side``), lengths [B] -> (logits [B], attn [B, T] or None).
+
+        Attention weights are returned in the input's own layout (left-padded input -> left-padded weights).
+        """
+        cfg = self.cfg
+        lengths = lengths.to(ids.device).long().clamp(1, ids.size(1))
+        left = cfg.pad_side == "left" and cfg.exact_lengths
+        if left:
+            ids = to_right_padded(ids, lengths)
+        x = self.embed_dropout(self.embed(ids))
+        h, last = self.encoder(x, lengths)
+        T = h.size(1)
+        if cfg.exact_lengths:
+            mask = torch.arange(T, device=h.device).unsqueeze(0) < lengths.unsqueeze(1)
+        else:
+            mask = ids != 0
+            mask[:, -1] = True
+        attn = None
+        if cfg.pooling == "last":
+            pooled = last
+        elif cfg.pooling == "attention":
+            pooled, attn = self.attention(h, mask)
+        else:
+            m = mask.unsqueeze(-1)
+            parts = []
+            if cfg.pooling in ("max", "maxmean"):
+                parts.append(h.masked_fill(~m, float("-inf")).amax(1))
+            if cfg.pooling in ("mean", "maxmean"):
+                parts.append((h * m).sum(1) / m.sum(1).clamp(min=1))
+            pooled = torch.cat(parts, -1)
+        logits = self.head(self.dropout(pooled)).squeeze(-1)
+        if attn is not None and left:  # back to the caller's left-padded layout
+            B = ids.size(0)
+            t = torch.arange(T, device=ids.device).unsqueeze(0)
+            attn = attn.gather(1, (t - (T - lengths).unsqueeze(1)) % T)
+        return logits, attn

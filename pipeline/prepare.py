@@ -1,0 +1,429 @@
+"""``prepare``: lake reviews -> normalised tokens -> vocabulary -> padded id tensors in shards.
+
+Three streaming passes, none of which holds the text of the whole dataset:
+
+0. ids, labels and splits only (no text): the stratified seeded train/val assignment
+   (``pipeline.split``); test rows -> ``test``; ``unsup`` rows (and unlabelled train rows) -> ``unsup``
+   only with ``include_unsup``.
+1. text, record batch by record batch on a small thread pool (the arrow/numpy kernels release the GIL,
+   so both cores work): tokenize (``pipeline.text``), dictionary-encode each batch's tokens once, count
+   the *train* rows' tokens (merged across batches by ``TokenCounter``), and keep only the batch-local
+   token indices that survive truncation (spilled to scratch files when they outgrow memory).
+2. per batch: map the batch dictionary (a few thousand distinct tokens) onto the vocabulary, gather,
+   pad (numpy scatter) and route rows to their split's ``ShardWriter``.
+
+Measured (benchmarks/prepare.py): re-tokenizing for pass 2 costs a second full tokenize + hash of every
+token; keeping the batch-local indices costs one int32 per kept token and no hashing, so pass 2 is
+nearly free. Reviews with zero tokens after normalisation are dropped and counted in the manifest.
+
+The whole prep dir is built under a temp name and renamed into place (``atomic_dir``), so a crash
+never leaves a half-written prep. The prep id is content-addressed: if ``manifest.json`` exists for
+it, ``prepare`` returns at once (``cached=True``) without reading any text.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import lake
+from pipeline.config import Warehouse, validate_name
+from pipeline.errors import InputError, NotFoundError
+from pipeline.shards import ShardWriter, verify_shards
+from pipeline.split import stratified_val_mask
+from pipeline.storage import atomic_dir, read_json, write_bytes_atomic, write_json_atomic
+from pipeline.text import PAD_SIDES, TRUNCATE_MODES, kept_positions, pad_rows, tokenize
+from pipeline.vocab import Lookup, TokenCounter, build_vocab, read_vocab, vocab_bytes, vocab_sha256
+
+CODE_VERSION = "prepare-1"          # bump when the output of prepare changes for the same inputs
+SPLIT_NAMES = ("train", "val", "test", "unsup")
+TRAIN, VAL, TEST, UNSUP, SKIP = 0, 1, 2, 3, -1
+TRUNCATE_RULE = {
+    "head": "first max_len tokens",
+    "tail": "last max_len tokens",
+    "head+tail": "first max_len//3 tokens + last (max_len - max_len//3) tokens",
+}
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    max_len: int = 256
+    min_freq: int = 2
+    max_vocab: int = 50_000       # total ids incl. <pad>/<unk>; 0 = no cap
+    val_fraction: float = 0.25
+    seed: int = 0
+    truncate: str = "head"        # head|tail|head+tail
+    pad_side: str = "right"       # left|right
+    strip_html: bool = True
+    include_unsup: bool = False
+
+    def validate(self) -> "PrepareConfig":
+        if not isinstance(self.max_len, int) or self.max_len < 1:
+            raise InputError(f"max_len must be a positive integer, got {self.max_len!r}")
+        if self.min_freq < 1:
+            raise InputError(f"min_freq must be >= 1, got {self.min_freq}")
+        if self.max_vocab is not None and 0 < self.max_vocab < 3:
+            raise InputError(f"max_vocab must be >= 3 (2 special tokens + 1), or 0 for no cap; got {self.max_vocab}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.truncate not in TRUNCATE_MODES:
+            raise InputError(f"truncate must be one of {', '.join(TRUNCATE_MODES)}, got {self.truncate!r}")
+        if self.pad_side not in PAD_SIDES:
+            raise InputError(f"pad_side must be one of {', '.join(PAD_SIDES)}, got {self.pad_side!r}")
+        return self
+
+
+@dataclass
+class PrepareResult:
+    prep_id: str
+    prep_dir: Path
+    cached: bool
+    counts: dict
+    manifest: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        """Small JSON-able dict (for flows / CLI)."""
+        m = self.manifest
+        return {"prep_id": self.prep_id, "prep_dir": str(self.prep_dir), "cached": self.cached,
+                "counts": self.counts, "label_counts": m.get("label_counts", {}),
+                "vocab_size": m.get("vocab_size"), "dropped": m.get("dropped", {}),
+                "seconds": round(self.seconds, 3)}
+
+
+# ----------------------------------------------------------------------------------------------- ids
+def dataset_fingerprint(wh: Warehouse, dataset: str) -> dict:
+    """What identifies the dataset's content cheaply: part-file names, sizes and mtimes."""
+    files = lake.dataset_files(wh, dataset)
+    parts = []
+    for f in files:
+        st = os.stat(f)
+        parts.append({"name": Path(f).name, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return {"dataset": dataset, "files": parts}
+
+
+def compute_prep_id(dataset: str, fingerprint: dict, cfg: PrepareConfig) -> str:
+    payload = json.dumps({"fingerprint": fingerprint, "params": asdict(cfg), "code": CODE_VERSION},
+                         sort_keys=True).encode()
+    return f"{dataset[:40]}-{hashlib.sha256(payload).hexdigest()[:12]}"
+
+
+# ------------------------------------------------------------------------------------------ helpers
+class _Spill:
+    """Batch-local token indices for pass 2: kept in memory up to ``budget`` bytes, then written to
+    scratch ``.npy`` files (read back memory-mapped)."""
+
+    def __init__(self, scratch: Path, budget: int):
+        self.scratch, self.budget, self.used, self.items = scratch, budget, 0, []
+
+    def put(self, local: np.ndarray) -> None:
+        if self.used + local.nbytes <= self.budget:
+            self.used += local.nbytes
+            self.items.append(local)
+            return
+        path = self.scratch / f"local-{len(self.items):06d}.npy"
+        np.save(path, local)
+        self.items.append(path)
+
+    def get(self, i: int) -> np.ndarray:
+        item = self.items[i]
+        self.items[i] = None                    # release as we go
+        return np.load(item, mmap_mode="r") if isinstance(item, Path) else item
+
+
+def _plot(prep_dir: Path, lengths: np.ndarray, max_len: int) -> None:
+    from pipeline.plots import length_histogram
+
+    length_histogram(lengths, prep_dir / "length_hist.png", max_len)
+
+
+def _ordered_map(fn, items: Iterable, workers: int, ahead: int | None = None):
+    """``map`` over a thread pool, results in order, at most ``ahead`` items in flight (bounded memory)."""
+    ahead = ahead or workers + 1
+    if workers <= 1:
+        for it in items:
+            yield fn(*it)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="prepare") as ex:
+        pending: collections.deque = collections.deque()
+        for it in items:
+            pending.append(ex.submit(fn, *it))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _percentiles(x: np.ndarray) -> dict:
+    if len(x) == 0:
+        return {}
+    q = np.percentile(x, [50, 90, 95, 99])
+    return {"min": int(x.min()), "p50": float(q[0]), "p90": float(q[1]), "p95": float(q[2]),
+            "p99": float(q[3]), "max": int(x.max()), "mean": round(float(x.mean()), 2)}
+
+
+def _label_counts(labels: np.ndarray) -> dict:
+    vals, cnt = np.unique(labels, return_counts=True)
+    return {str(int(v)): int(c) for v, c in zip(vals, cnt)}
+
+
+# ------------------------------------------------------------------------------------------ prepare
+def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), progress: Progress | None = None,
+            *, batch_rows: int = 4096, shard_rows: int = 50_000, workers: int | None = None,
+            spill_budget: int = 256 << 20) -> PrepareResult:
+    """Prepare ``dataset`` into ``<wh>/shards/<prep_id>/`` (or return the cached prep)."""
+    t_start = time.perf_counter()
+    validate_name(dataset, "dataset name")
+    cfg.validate()
+    fingerprint = dataset_fingerprint(wh, dataset)
+    prep_id = compute_prep_id(dataset, fingerprint, cfg)
+    prep_dir = wh.prep_dir(prep_id)
+    if (prep_dir / "manifest.json").exists():
+        return _cached(prep_id, prep_dir, t_start)
+    wh.ensure()
+    workers = workers or min(2, os.cpu_count() or 1)
+    report = progress or (lambda stage, done, total: None)
+    timings: dict[str, float] = {}
+
+    # pass 0: assignment from ids/labels/splits (no text) ------------------------------------------
+    t = time.perf_counter()
+    meta = lake.read_table(wh, dataset, columns=["review_id", "label", "split"])
+    n = meta.num_rows
+    review_ids = meta.column("review_id").combine_chunks()
+    labels = pc.fill_null(meta.column("label"), -1).to_numpy().astype(np.int8)
+    split = pc.fill_null(meta.column("split"), "").to_numpy(zero_copy_only=False).astype(str)
+    del meta
+    is_test, is_unsup = split == "test", split == "unsup"
+    other = ~is_test & ~is_unsup
+    pool = other & (labels >= 0)
+    assign = np.full(n, SKIP, np.int8)
+    assign[is_test] = TEST
+    if cfg.include_unsup:
+        assign[is_unsup | (other & (labels < 0))] = UNSUP
+    pool_idx = np.flatnonzero(pool)
+    val = stratified_val_mask(review_ids.take(pa.array(pool_idx)), labels[pool_idx], cfg.val_fraction, cfg.seed)
+    assign[pool_idx] = np.where(val, VAL, TRAIN).astype(np.int8)
+    dropped = {"unsup_excluded": int(0 if cfg.include_unsup else is_unsup.sum()),
+               "unlabelled_excluded": int(0 if cfg.include_unsup else (other & (labels < 0)).sum())}
+    timings["assign"] = time.perf_counter() - t
+
+    scratch = Path(tempfile.mkdtemp(prefix=f".prepare-{prep_id}-", dir=wh.tmp))
+    try:
+        # pass 1: tokenize, count train tokens, keep truncated batch-local indices ----------------
+        t = time.perf_counter()
+        counter = TokenCounter()
+        spill = _Spill(scratch, spill_budget)
+        dicts: list[pa.Array] = []
+        ntok = np.zeros(n, np.int64)
+        starts: list[int] = []
+
+        def texts():
+            off = 0
+            for batch in lake.iter_batches(wh, dataset, columns=["text"], batch_size=batch_rows):
+                m = batch.num_rows
+                if off + m > n:
+                    raise InputError(f"dataset {dataset!r} changed while being prepared")
+                yield batch.column(0), assign[off:off + m], off
+                off += m
+
+        def pass1(text, asg, off):
+            skip = asg == SKIP
+            if skip.any():                                  # rows that go nowhere are not tokenized
+                text = pc.if_else(pa.array(skip), pa.scalar("", text.type), text)
+            tok = tokenize(text, cfg.strip_html)
+            enc = pc.dictionary_encode(tok.values)
+            d = enc.dictionary
+            idx = enc.indices.to_numpy(zero_copy_only=False)
+            train = asg == TRAIN
+            if train.all():
+                tcounts = np.bincount(idx, minlength=len(d))
+            elif train.any():
+                tcounts = np.bincount(idx[np.repeat(train, tok.counts)], minlength=len(d))
+            else:
+                tcounts = None
+            src, kept = kept_positions(tok.counts, cfg.max_len, cfg.truncate)
+            return off, d, tcounts, idx[src].astype(np.int32, copy=False), tok.counts
+
+        done = 0
+        for off, d, tcounts, local, counts in _ordered_map(pass1, texts(), workers):
+            if tcounts is not None:
+                counter.add(d, tcounts)
+            spill.put(local)
+            dicts.append(d)
+            ntok[off:off + len(counts)] = counts
+            starts.append(off)
+            done += len(counts)
+            report("tokenize", done, n)
+        if done != n:
+            raise InputError(f"dataset {dataset!r} changed while being prepared ({done} text rows, {n} ids)")
+        timings["tokenize_count"] = time.perf_counter() - t
+
+        # vocabulary ------------------------------------------------------------------------------
+        t = time.perf_counter()
+        counts_table = counter.table()
+        vocab = build_vocab(counts_table, cfg.min_freq, cfg.max_vocab or None)
+        lookup = Lookup(vocab)
+        train_tokens = counter.total
+        in_vocab = pc.is_in(counts_table["token"], value_set=pa.array(vocab[2:], pa.large_string()))
+        covered = int(pc.sum(pc.if_else(in_vocab, counts_table["count"], 0)).as_py() or 0)
+        distinct = counts_table.num_rows
+        del counts_table, counter
+        timings["vocab"] = time.perf_counter() - t
+
+        kept_all = np.minimum(ntok, cfg.max_len)
+        empty = ntok == 0
+        dropped["empty_after_normalisation"] = int((empty & (assign != SKIP)).sum())
+        route = np.where(empty, SKIP, assign).astype(np.int8)
+
+        # pass 2: map, pad, write shards into a temp dir that is published atomically ---------------
+        t = time.perf_counter()
+        with atomic_dir(prep_dir) as tmp:
+            writers = {code: ShardWriter(tmp, name, cfg.max_len, int((route == code).sum()), shard_rows)
+                       for code, name in enumerate(SPLIT_NAMES)}
+            plot = ThreadPoolExecutor(1).submit(_plot, tmp, ntok[route != SKIP], cfg.max_len)
+            unk = np.zeros(len(SPLIT_NAMES), np.int64)
+            toks = np.zeros(len(SPLIT_NAMES), np.int64)
+            bounds = starts + [n]
+
+            # one vocabulary lookup for all batch dictionaries (a hash of the vocab is built once)
+            dict_ids = np.split(lookup.ids(pa.concat_arrays(dicts)) if dicts else np.zeros(0, np.int32),
+                                np.cumsum([len(d) for d in dicts])[:-1])
+            del dicts
+
+            def items():
+                for i in range(len(starts)):
+                    yield bounds[i], bounds[i + 1], dict_ids[i], spill.get(i)
+
+            def pass2(lo, hi, remap, local):
+                kept = kept_all[lo:hi]
+                flat = remap[local]
+                ids = pad_rows(flat, kept, cfg.max_len, cfg.pad_side)
+                row_unk = np.bincount(np.repeat(np.arange(hi - lo), kept)[flat == 1], minlength=hi - lo)
+                return lo, hi, ids, row_unk
+
+            done = 0
+            for lo, hi, ids, row_unk in _ordered_map(pass2, items(), workers):
+                r = route[lo:hi]
+                for code, w in writers.items():
+                    m = r == code
+                    if m.any():
+                        k = kept_all[lo:hi][m]
+                        w.add(ids[m], k.astype(np.int32), labels[lo:hi][m],
+                              review_ids.slice(lo, hi - lo).filter(pa.array(m)))
+                        unk[code] += int(row_unk[m].sum())
+                        toks[code] += int(k.sum())
+                done += hi - lo
+                report("encode", done, n)
+            splits = {}
+            for code, name in enumerate(SPLIT_NAMES):
+                shards = writers[code].close()
+                rows = route == code
+                splits[name] = {"rows": int(rows.sum()), "labels": _label_counts(labels[rows]),
+                                "tokens": int(toks[code]), "unk_tokens": int(unk[code]),
+                                "unk_rate": round(float(unk[code] / toks[code]), 6) if toks[code] else None,
+                                "shards": shards}
+            timings["encode_write"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            written = route != SKIP
+            (tmp / "vocab.txt").write_bytes(vocab_bytes(vocab))
+            plot.result()
+            timings["plot_wait"] = time.perf_counter() - t
+            manifest = {
+                "prep_id": prep_id,
+                "dataset": dataset,
+                "code_version": CODE_VERSION,
+                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "params": asdict(cfg),
+                "truncate_rule": TRUNCATE_RULE[cfg.truncate],
+                "dataset_fingerprint": fingerprint,
+                "vocab_size": len(vocab),
+                "vocab_sha256": vocab_sha256(vocab),
+                "vocab_file": "vocab.txt",
+                "train_tokens": int(train_tokens),
+                "train_distinct_tokens": int(distinct),
+                "train_vocab_coverage": round(covered / train_tokens, 6) if train_tokens else None,
+                "counts": {k: v["rows"] for k, v in splits.items()},
+                "label_counts": {k: v["labels"] for k, v in splits.items()},
+                "splits": splits,
+                "dropped": dropped,
+                "input_rows": int(n),
+                "lengths": {"tokens": _percentiles(ntok[written]), "kept": _percentiles(kept_all[written]),
+                            "truncated_fraction": round(float((ntok[written] > cfg.max_len).mean()), 6)
+                            if written.any() else 0.0},
+                "unk_rate": {k: v["unk_rate"] for k, v in splits.items()},
+                "timings_s": {k: round(v, 4) for k, v in timings.items()},
+            }
+            write_json_atomic(tmp / "manifest.json", manifest)
+    except OSError:
+        if not (prep_dir / "manifest.json").exists():
+            raise
+        return _cached(prep_id, prep_dir, t_start)      # another prepare published this prep id first
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return PrepareResult(prep_id, prep_dir, False, manifest["counts"], manifest, time.perf_counter() - t_start)
+
+
+def _cached(prep_id: str, prep_dir: Path, t_start: float) -> PrepareResult:
+    manifest = read_json(prep_dir / "manifest.json")
+    return PrepareResult(prep_id, prep_dir, True, manifest["counts"], manifest, time.perf_counter() - t_start)
+
+
+def read_manifest(prep_dir: str | Path) -> dict:
+    path = Path(prep_dir) / "manifest.json"
+    if not path.exists():
+        raise NotFoundError(f"no prepared shards at {prep_dir} (missing manifest.json); run `reviewflow prepare`")
+    return read_json(path)
+
+
+def verify(prep_dir: str | Path, split: str | None = None) -> int:
+    """Check every shard file against the manifest checksums (raises ChecksumError)."""
+    return verify_shards(prep_dir, read_manifest(prep_dir), split)
+
+
+# ------------------------------------------------------------------------------------ preprocessor
+class Preprocessor:
+    """The exact text -> ids transform of a prep (same code path as the shards)."""
+
+    def __init__(self, vocab: Sequence[str], max_len: int, pad_side: str = "right", truncate: str = "head",
+                 strip_html: bool = True):
+        self.vocab = list(vocab)
+        self.max_len, self.pad_side, self.truncate, self.strip_html = max_len, pad_side, truncate, strip_html
+        self._lookup = Lookup(self.vocab)
+
+    def tokenize(self, texts: Sequence[str] | pa.Array) -> list[list[str]]:
+        return tokenize(texts, self.strip_html).to_lists()
+
+    def encode(self, texts: Sequence[str] | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """-> (ids int32 [n, max_len], lengths int32 [n]); an empty/None text gives length 0."""
+        tok = tokenize(texts, self.strip_html)
+        src, kept = kept_positions(tok.counts, self.max_len, self.truncate)
+        flat = self._lookup.ids(tok.values.take(pa.array(src)) if len(src) != len(tok.values) else tok.values)
+        return pad_rows(flat, kept, self.max_len, self.pad_side), kept.astype(np.int32)
+
+
+def load_preprocessor(prep_dir: str | Path) -> Preprocessor:
+    manifest = read_manifest(prep_dir)
+    p = manifest["params"]
+    vocab = read_vocab(Path(prep_dir) / manifest.get("vocab_file", "vocab.txt"))
+    if vocab_sha256(vocab) != manifest["vocab_sha256"]:
+        from pipeline.shards import ChecksumError
+
+        raise ChecksumError(f"{prep_dir}/vocab.txt does not match the manifest's vocab_sha256")
+    return Preprocessor(vocab, p["max_len"], p["pad_side"], p["truncate"], p["strip_html"])

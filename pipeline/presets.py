@@ -1,0 +1,100 @@
+"""Named training presets: each is model + training + prepare parameters. Any field can be overridden.
+
+* ``baseline``: the lineage model, reproduced exactly (Elman RNN, embedding 100, hidden 32, 512 tokens
+  front-zero-padded with head truncation, last hidden state, batch 32, Adam 1e-3, BCE-with-logits,
+  10 epochs, best-validation-loss checkpoint, no packing, no clipping, every training word in the
+  vocabulary). The only configuration that runs over its pads (``exact_lengths=False``).
+* ``default``: the most accurate model we could train on a 2-core CPU in <= 15 minutes on the 25k IMDb
+  training reviews (see the README's benchmark table for the measured run).
+* ``best``: most accurate regardless of time; sized for a GPU (a stacked bidirectional LSTM with
+  attention over 800 tokens). On a CPU it takes hours.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from pipeline.errors import ReviewflowError
+from pipeline.models import ModelConfig
+
+# PrepareConfig's fields (pipeline.prepare), listed here so presets need not import the prepare code.
+PREPARE_FIELDS = ("max_len", "min_freq", "max_vocab", "val_fraction", "seed", "truncate", "pad_side",
+                  "strip_html", "include_unsup")
+
+PRESETS: dict[str, dict] = {
+    "baseline": {
+        "description": "lineage Elman RNN: emb 100, hidden 32, 512 front-padded tokens, last state, 10 epochs",
+        "model": dict(encoder="rnn", embed_dim=100, hidden=32, layers=1, bidirectional=False, pooling="last",
+                      dropout=0.0, embed_dropout=0.0, exact_lengths=False),
+        "train": dict(epochs=10, batch_size=32, lr=1e-3, weight_decay=0.0, lr_schedule="constant",
+                      grad_clip=None, patience=None, bucket=False, trim=False),
+        "prepare": dict(max_len=512, truncate="head", pad_side="left", min_freq=1, max_vocab=0,
+                        val_fraction=0.1),
+    },
+    "default": {
+        "description": "bidirectional GRU, masked max+mean pooling, 400 head+tail tokens, dropout; "
+                       "CPU, <= 15 minutes",
+        "model": dict(encoder="gru", embed_dim=128, hidden=128, layers=1, bidirectional=True, pooling="maxmean",
+                      dropout=0.3, embed_dropout=0.3),
+        "train": dict(epochs=8, batch_size=64, lr=2e-3, weight_decay=0.0, lr_schedule="constant", grad_clip=1.0,
+                      patience=2, max_seconds=14 * 60),
+        "prepare": dict(max_len=400, truncate="head+tail", pad_side="right", min_freq=2, max_vocab=30_000,
+                        val_fraction=0.1),
+    },
+    "best": {
+        "description": "2-layer bidirectional LSTM h256, emb 256, attention pooling, 800 head+tail tokens; GPU",
+        "model": dict(encoder="lstm", embed_dim=256, hidden=256, layers=2, bidirectional=True, pooling="attention",
+                      dropout=0.4, embed_dropout=0.3, orthogonal_init=True),
+        "train": dict(epochs=15, batch_size=64, lr=1e-3, weight_decay=0.0, lr_schedule="onecycle", grad_clip=1.0,
+                      patience=3),
+        "prepare": dict(max_len=800, truncate="head+tail", pad_side="right", min_freq=2, max_vocab=50_000,
+                        val_fraction=0.1),
+    },
+}
+
+
+@dataclass
+class PresetSpec:
+    name: str
+    model: ModelConfig              # vocab_size / max_len / pad_side are refilled from the prep manifest
+    train: "TrainConfig"            # noqa: F821  (pipeline.train.TrainConfig)
+    prepare: dict                   # PrepareConfig fields
+    description: str = ""
+
+
+def resolve_preset(name: str, overrides: dict | None = None) -> PresetSpec:
+    """Preset ``name`` with ``overrides`` applied to whichever part owns each key.
+
+    ``max_len`` and ``pad_side`` go to both prepare and model; ``max_minutes`` sets ``max_seconds``.
+    """
+    from pipeline.train import TrainConfig
+
+    if name not in PRESETS:
+        raise ReviewflowError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    p = PRESETS[name]
+    model, train, prep = dict(p["model"]), dict(p["train"]), dict(p["prepare"])
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key == "max_minutes":
+            train["max_seconds"] = float(value) * 60
+            continue
+        placed = False
+        if key in PREPARE_FIELDS:
+            prep[key], placed = value, True
+        if key in model_fields:
+            model[key], placed = value, True
+        if key in train_fields:
+            train[key], placed = value, True
+        if not placed:
+            raise ReviewflowError(f"unknown training option {key!r}")
+    model.setdefault("max_len", prep.get("max_len", 256))
+    model["max_len"] = prep.get("max_len", model["max_len"])
+    model["pad_side"] = prep.get("pad_side", "right")
+    try:
+        return PresetSpec(name, ModelConfig(**model), TrainConfig(**train), prep, p["description"])
+    except (TypeError, ValueError) as exc:
+        raise ReviewflowError(f"invalid option for preset {name!r}: {exc}") from exc

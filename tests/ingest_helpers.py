@@ -1,0 +1,59 @@
+"""Helpers for the ingest tests: lake snapshots, tarball builders, a loopback HTTP server."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import io
+import tarfile
+import threading
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.config import Warehouse
+
+
+def snapshot(wh: Warehouse) -> dict[str, bytes]:
+    """Every file under the warehouse root, relative path -> bytes (to prove nothing changed)."""
+    return {str(p.relative_to(wh.root)): p.read_bytes() for p in sorted(wh.root.rglob("*")) if p.is_file()}
+
+
+def tmp_files(wh: Warehouse) -> list[Path]:
+    return [p for p in wh.tmp.rglob("*") if p.is_file()] if wh.tmp.exists() else []
+
+
+def make_tarball(path: Path, members: dict[str, bytes], mode: str = "w:gz") -> Path:
+    """A tarball holding ``members`` (name -> bytes), names taken literally (even '../x' or '/x')."""
+    with tarfile.open(path, mode) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def tar_folder(src: Path, path: Path, arcname: str = "aclImdb") -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        tf.add(src, arcname=arcname)
+    return path
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+
+@contextlib.contextmanager
+def serve_dir(directory: Path) -> Iterator[str]:
+    """Serve ``directory`` on 127.0.0.1 (random port) in a thread; yields the base URL."""
+    handler = functools.partial(_Quiet, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

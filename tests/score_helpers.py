@@ -1,0 +1,126 @@
+"""A small, REAL torch predictor for scoring/SQL tests (no registry needed).
+
+``BowPredictor`` hashes word tokens into buckets and averages bucket weights with an
+``nn.EmbeddingBag``; the weights are fixed and seeded, with the synthetic cue words
+(tests/synthetic.py POSITIVE/NEGATIVE) pushed up/down so scores are meaningful. It follows the
+Predictor duck type: ``.version``, ``.max_len``, ``.predict_proba(list[str|None]) -> float64``
+with NaN for None/empty text, and truncates every text to ``max_len`` tokens without
+materialising the whole text's token list (a 10 MB review costs max_len tokens).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synthetic import NEGATIVE, POSITIVE  # noqa: E402
+
+_TOKEN = re.compile(r"[a-z0-9']+")
+
+
+class BowPredictor:
+    def __init__(self, version: str = "bow-v1", seed: int = 0, buckets: int = 4096, max_len: int = 256,
+                 delay: float = 0.0, batch_size: int = 256):
+        self.version = version
+        self.max_len = max_len
+        self.delay = delay              # seconds slept per predict_proba call (slow-writer tests)
+        self.batch_size = batch_size
+        self.buckets = buckets
+        g = torch.Generator().manual_seed(seed)
+        self.bag = nn.EmbeddingBag(buckets, 1, mode="mean")
+        with torch.no_grad():
+            self.bag.weight.copy_(torch.randn(buckets, 1, generator=g) * 0.3)
+            for w in POSITIVE:
+                self.bag.weight[self._bucket(w)] = 3.0
+            for w in NEGATIVE:
+                self.bag.weight[self._bucket(w)] = -3.0
+        self.bag.eval()
+        self.calls = 0
+
+    def _bucket(self, token: str) -> int:
+        return zlib.crc32(token.encode()) % self.buckets
+
+    def tokens(self, text: str) -> list[str]:
+        return [m.group(0) for m in itertools.islice(_TOKEN.finditer(text.lower()), self.max_len)]
+
+    def predict_proba(self, texts: Sequence[str | None]) -> np.ndarray:
+        self.calls += 1
+        if self.delay:
+            time.sleep(self.delay)
+        out = np.full(len(texts), np.nan, dtype=np.float64)
+        rows, ids, offsets = [], [], []
+        for i, t in enumerate(texts):
+            if t is None or not t.strip():
+                continue
+            # the regex scans lazily; lower() on a cut prefix keeps huge texts cheap
+            toks = self.tokens(t[: self.max_len * 64])
+            if not toks:
+                toks = ["<empty>"]
+            rows.append(i)
+            offsets.append(len(ids))
+            ids.extend(self._bucket(w) for w in toks)
+        if rows:
+            with torch.inference_mode():
+                logits = self.bag(torch.tensor(ids, dtype=torch.long), torch.tensor(offsets, dtype=torch.long))
+            out[rows] = torch.sigmoid(logits.squeeze(1)).double().numpy()
+        return out
+
+
+def make_review_db(path, n: int = 200, *, table: str = "reviews", seed: int = 0, pk: bool = False,
+                   id_type: str = "VARCHAR", extra_types: bool = False):
+    """A DuckDB file with ``table`` (review_id, text, label, ...) built from tests/synthetic.py."""
+    import duckdb
+    from synthetic import make_reviews
+
+    from pipeline.duck import quote_ident
+
+    rows = make_reviews(n, seed=seed)
+    con = duckdb.connect(str(path))
+    try:
+        con.register("src", rows)
+        T = quote_ident(table)
+        idexpr = "review_id" if id_type == "VARCHAR" else "CAST(split_part(review_id, '_', 2) AS INTEGER)"
+        extra = ""
+        if extra_types:
+            extra = (", CAST(rating AS DECIMAL(6,2)) AS price, [rating, label] AS tags, "
+                     "{'r': rating, 's': split} AS meta, ingested_at AS seen_at")
+        con.execute(f"CREATE TABLE {T} AS SELECT {idexpr} AS review_id, text, label{extra} FROM src ORDER BY 1")
+        if pk:
+            con.execute(f"CREATE TABLE tmp_pk AS SELECT * FROM {T}")
+            cols = con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'tmp_pk' "
+                               "ORDER BY column_index").fetchall()
+            defs = ", ".join(f"{quote_ident(c)} {t}" + (" PRIMARY KEY" if c == "review_id" else "") for c, t in cols)
+            con.execute(f"DROP TABLE {T}")
+            con.execute(f"CREATE TABLE {T} ({defs})")
+            con.execute(f"INSERT INTO {T} SELECT * FROM tmp_pk")
+            con.execute("DROP TABLE tmp_pk")
+    finally:
+        con.close()
+    return path
+
+
+def _main(argv: list[str]) -> None:
+    """``python tests/score_helpers.py DB TABLE CHUNK_ROWS DELAY`` — a real scoring process for
+    kill -9 / concurrency tests; prints ``chunk N`` after each committed chunk."""
+    from pipeline.score import score_table
+
+    db, table, chunk_rows, delay = argv[0], argv[1], int(argv[2]), float(argv[3])
+    rep = score_table(db, table, BowPredictor(delay=delay), chunk_rows=chunk_rows, batch_size=64,
+                      after_chunk=lambda r: print(f"chunk {r.chunks} rows {r.rows_scored}", flush=True),
+                      on_wait=lambda m: print(m, flush=True))
+    print(f"done {rep.rows_scored}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    _main(sys.argv[1:])

@@ -1,0 +1,46 @@
+"""The ingest-and-score inbox flow through real Prefect (ephemeral API), DuckDB and a real tiny model."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from ops_helpers import drop_bad_csv, drop_csv, train_tiny_champion
+from pipeline import inbox as box
+
+
+@pytest.mark.prefect
+def test_inbox_flow_processes_fails_and_skips_duplicates(prefect_harness, warehouse):
+    from flows.inbox import inbox_flow
+
+    version = train_tiny_champion(warehouse)
+    good = drop_csv(warehouse, "batch-1.csv", n=20)
+    dup_text = good.read_bytes()
+    bad = drop_bad_csv(warehouse)
+    fresh = drop_csv(warehouse, "still-copying.csv", n=3, seed=9, id_prefix="late", age_s=0)
+
+    out = inbox_flow(warehouse=str(warehouse.root), min_age_s=5)
+    assert (out["processed"], out["failed"], out["duplicates"]) == (1, 1, 0)
+    assert out["rows_added"] == 20 and out["rows_scored"] == 20 and out["table"] == "inbox_scored"
+    processed, failed = warehouse.inbox / "processed", warehouse.inbox / "failed"
+    assert (processed / "batch-1.csv").read_bytes() == dup_text
+    assert (failed / bad.name).exists() and "text" in (failed / f"{bad.name}.error.txt").read_text().lower()
+    assert fresh.exists(), "a file modified seconds ago must wait for the next pass"
+    with duckdb.connect(str(warehouse.duckdb_path), read_only=True) as con:
+        n, models, nulls = con.execute(
+            "SELECT count(*), count(DISTINCT sentiment_model), count(*) FILTER (WHERE sentiment_score IS NULL) "
+            "FROM inbox_scored").fetchone()
+        assert (n, nulls) == (20, 0)
+        assert con.execute("SELECT any_value(sentiment_model) FROM inbox_scored").fetchone()[0] == version
+
+    # the same content again, under another name: recognised by hash, not ingested twice
+    again = warehouse.inbox / "batch-1-copy.csv"
+    again.write_bytes(dup_text)
+    import os
+    os.utime(again, (0, 0))
+    out2 = inbox_flow(warehouse=str(warehouse.root), min_age_s=5)
+    assert (out2["processed"], out2["duplicates"], out2["rows_added"]) == (0, 1, 0)
+    assert (processed / "batch-1-copy.csv").exists()
+    assert box.status(warehouse)["ledger"] == 1
+    with duckdb.connect(str(warehouse.duckdb_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM inbox_scored").fetchone()[0] == 20
