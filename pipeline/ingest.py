@@ -112,7 +112,7 @@ def stage(wh: Warehouse, source: str, dataset: str, *, text_col: str | None = No
     wh.ensure()
     lake.clean_stale_staging(wh)
     known = lake.part_files(wh, dataset)
-    lake_ids = lake.review_ids(known)
+    lake_ids = set(lake.review_ids(known).to_pylist())  # one hash set; cheaper than pc.is_in per batch
     now = pa.scalar(dt.datetime.now(dt.timezone.utc), REVIEW_SCHEMA.field("ingested_at").type)
     stats = ReadStats()
     dropped = dict.fromkeys(DROP_REASONS, 0)
@@ -131,7 +131,7 @@ def stage(wh: Warehouse, source: str, dataset: str, *, text_col: str | None = No
             batch = batch.filter(pc.invert(pc.or_(missing, blank)))
             if batch.num_rows == 0:
                 continue
-            keep = []
+            keep, fresh = [], []
             for rid in batch.column("review_id").to_pylist():
                 if rid in seen:
                     keep.append(False)
@@ -139,12 +139,10 @@ def stage(wh: Warehouse, source: str, dataset: str, *, text_col: str | None = No
                 else:
                     seen.add(rid)
                     keep.append(True)
+                    fresh.append(rid not in lake_ids)
             if not all(keep):
                 batch = batch.filter(pa.array(keep, pa.bool_()))
-            if len(lake_ids):
-                new = pc.invert(pc.is_in(batch.column("review_id"), value_set=lake_ids))
-            else:
-                new = pa.array([True] * batch.num_rows, pa.bool_())
+            new = pa.array(fresh, pa.bool_())
             grouped = pa.table({"split": batch.column("split"), "label": batch.column("label"),
                                 "new": pc.cast(new, pa.int64())}).group_by(["split", "label"]).aggregate(
                 [("new", "count"), ("new", "sum")])

@@ -34,7 +34,7 @@ from pipeline.schema import REVIEW_SCHEMA
 from pipeline.storage import sha256_file
 
 PART_COMPRESSION = "zstd"
-ROW_GROUP_BYTES = 64 << 20  # PartWriter buffers about this much before writing a row group
+ROW_GROUP_BYTES = 32 << 20  # PartWriter buffers about this much before writing a row group
 
 
 def list_datasets(wh: Warehouse) -> list[str]:
@@ -111,7 +111,7 @@ def review_ids(files: Sequence[str]) -> pa.Array:
 
 
 class PartWriter:
-    """Streams REVIEW_SCHEMA batches into one zstd Parquet file, buffering ~64 MiB per row group."""
+    """Streams REVIEW_SCHEMA batches into one zstd Parquet file, buffering ~32 MiB per row group."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -244,6 +244,7 @@ def publish_part(wh: Warehouse, name: str, staged: str | os.PathLike, *,
             else:
                 src = staged
             target = d / _part_name(src)
+            os.chmod(src, 0o644)  # mkstemp made it 0600; published data is readable like any other file
             os.replace(src, target)
             _fsync_dir(d)
             return PublishResult(target, total - dups, dups, by)

@@ -28,7 +28,8 @@ def length_histogram(lengths, path: str | Path, max_len: int | None = None,
     ax = fig.add_subplot()
     if len(lengths):
         hi = max(int(np.percentile(lengths, 99.5)), max_len or 0, 1)
-        ax.hist(np.minimum(lengths, hi), bins=60, range=(0, hi), color="#4C72B0")
+        counts, edges = np.histogram(np.minimum(lengths, hi), bins=60, range=(0, hi))
+        ax.stairs(counts, edges, fill=True, color="#4C72B0")            # one artist, not 60 bars
         if max_len:
             frac = float((lengths > max_len).mean())
             ax.axvline(max_len, color="#C44E52", linestyle="--",
@@ -40,7 +41,36 @@ def length_histogram(lengths, path: str | Path, max_len: int | None = None,
         ax.set_title(f"{title}: no rows")
     ax.set_xlabel("tokens per review (before truncation)")
     ax.set_ylabel("reviews")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.11, right=0.97, top=0.91, bottom=0.13)    # fixed: tight_layout costs a render
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def plot_training_curve(history: list[dict], path: str | Path, title: str = "Training") -> Path:
+    """Loss (train/val) and validation accuracy per epoch, side by side. Returns ``path``.
+
+    (Added by the training stage; ``history`` is ``pipeline.train``'s per-epoch records.)
+    """
+    fig = _figure(figsize=(9, 3.6))
+    ax_loss, ax_acc = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    epochs = [r["epoch"] for r in history]
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train", color="#4C72B0")
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], "o-", label="validation", color="#C44E52")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("BCE loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [r["train_accuracy"] for r in history], "o-", label="train", color="#4C72B0")
+    ax_acc.plot(epochs, [r["val_accuracy"] for r in history], "o-", label="validation", color="#C44E52")
+    if history:
+        best = max(history, key=lambda r: r["val_accuracy"])
+        ax_acc.set_title(f"best val acc {best['val_accuracy']:.4f} (epoch {best['epoch']})", fontsize=9)
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.legend()
+    fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.85, bottom=0.15, wspace=0.3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -46,7 +46,7 @@ from pipeline.errors import InputError, NotFoundError
 from pipeline.shards import ShardWriter, verify_shards
 from pipeline.split import stratified_val_mask
 from pipeline.storage import atomic_dir, read_json, write_bytes_atomic, write_json_atomic
-from pipeline.text import PAD_SIDES, TRUNCATE_MODES, kept_positions, pad_rows, tokenize
+from pipeline.text import PAD_SIDES, TRUNCATE_MODES, kept_mask, pad_rows, tokenize
 from pipeline.vocab import Lookup, TokenCounter, build_vocab, read_vocab, vocab_bytes, vocab_sha256
 
 CODE_VERSION = "prepare-1"          # bump when the output of prepare changes for the same inputs
@@ -203,13 +203,21 @@ def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), p
 
     # pass 0: assignment from ids/labels/splits (no text) ------------------------------------------
     t = time.perf_counter()
-    meta = lake.read_table(wh, dataset, columns=["review_id", "label", "split"])
+    # both passes read exactly the fingerprinted part files (a concurrent ingest adds a file we ignore)
+    import pyarrow.dataset as pads
+
+    from pipeline.schema import REVIEW_SCHEMA
+
+    source = pads.dataset([str(wh.dataset_dir(dataset) / f["name"]) for f in fingerprint["files"]],
+                          schema=REVIEW_SCHEMA, format="parquet")
+    meta = source.to_table(columns=["review_id", "label", "split"])
     n = meta.num_rows
     review_ids = meta.column("review_id").combine_chunks()
     labels = pc.fill_null(meta.column("label"), -1).to_numpy().astype(np.int8)
-    split = pc.fill_null(meta.column("split"), "").to_numpy(zero_copy_only=False).astype(str)
-    del meta
-    is_test, is_unsup = split == "test", split == "unsup"
+    split = pc.fill_null(meta.column("split"), "")
+    is_test = pc.equal(split, "test").to_numpy(zero_copy_only=False)
+    is_unsup = pc.equal(split, "unsup").to_numpy(zero_copy_only=False)
+    del meta, split
     other = ~is_test & ~is_unsup
     pool = other & (labels >= 0)
     assign = np.full(n, SKIP, np.int8)
@@ -235,7 +243,7 @@ def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), p
 
         def texts():
             off = 0
-            for batch in lake.iter_batches(wh, dataset, columns=["text"], batch_size=batch_rows):
+            for batch in source.to_batches(columns=["text"], batch_size=batch_rows):
                 m = batch.num_rows
                 if off + m > n:
                     raise InputError(f"dataset {dataset!r} changed while being prepared")
@@ -257,8 +265,9 @@ def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), p
                 tcounts = np.bincount(idx[np.repeat(train, tok.counts)], minlength=len(d))
             else:
                 tcounts = None
-            src, kept = kept_positions(tok.counts, cfg.max_len, cfg.truncate)
-            return off, d, tcounts, idx[src].astype(np.int32, copy=False), tok.counts
+            keep = kept_mask(tok.counts, cfg.max_len, cfg.truncate)
+            local = idx if keep is None else idx[keep]
+            return off, d, tcounts, local.astype(np.int32, copy=False), tok.counts
 
         done = 0
         for off, d, tcounts, local, counts in _ordered_map(pass1, texts(), workers):
@@ -314,7 +323,11 @@ def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), p
                 kept = kept_all[lo:hi]
                 flat = remap[local]
                 ids = pad_rows(flat, kept, cfg.max_len, cfg.pad_side)
-                row_unk = np.bincount(np.repeat(np.arange(hi - lo), kept)[flat == 1], minlength=hi - lo)
+                unk_at = np.flatnonzero(flat == 1)
+                row_unk = np.zeros(hi - lo, np.int64)
+                if len(unk_at):
+                    ends = np.cumsum(kept)
+                    row_unk = np.bincount(np.searchsorted(ends, unk_at, "right"), minlength=hi - lo)
                 return lo, hi, ids, row_unk
 
             done = 0
@@ -413,8 +426,9 @@ class Preprocessor:
     def encode(self, texts: Sequence[str] | pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """-> (ids int32 [n, max_len], lengths int32 [n]); an empty/None text gives length 0."""
         tok = tokenize(texts, self.strip_html)
-        src, kept = kept_positions(tok.counts, self.max_len, self.truncate)
-        flat = self._lookup.ids(tok.values.take(pa.array(src)) if len(src) != len(tok.values) else tok.values)
+        keep = kept_mask(tok.counts, self.max_len, self.truncate)
+        flat = self._lookup.ids(tok.values if keep is None else tok.values.filter(pa.array(keep)))
+        kept = np.minimum(tok.counts, self.max_len)
         return pad_rows(flat, kept, self.max_len, self.pad_side), kept.astype(np.int32)
 
 

@@ -35,9 +35,9 @@ PRESETS: dict[str, dict] = {
     "default": {
         "description": "bidirectional GRU, masked max+mean pooling, 400 head+tail tokens, dropout; "
                        "CPU, <= 15 minutes",
-        "model": dict(encoder="gru", embed_dim=128, hidden=128, layers=1, bidirectional=True, pooling="maxmean",
+        "model": dict(encoder="gru", embed_dim=128, hidden=64, layers=1, bidirectional=True, pooling="maxmean",
                       dropout=0.3, embed_dropout=0.3),
-        "train": dict(epochs=8, batch_size=64, lr=2e-3, weight_decay=0.0, lr_schedule="constant", grad_clip=1.0,
+        "train": dict(epochs=6, batch_size=64, lr=3e-3, weight_decay=0.0, lr_schedule="constant", grad_clip=1.0,
                       patience=2, max_seconds=14 * 60),
         "prepare": dict(max_len=400, truncate="head+tail", pad_side="right", min_freq=2, max_vocab=30_000,
                         val_fraction=0.1),

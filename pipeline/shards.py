@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +31,9 @@ def shard_stem(split: str, index: int) -> str:
 class ShardWriter:
     """Writes the ``total`` rows of one split as shards of ``shard_rows`` rows, streaming.
 
-    Shard sizes are known up front, so each ``ids`` file is created at its final shape and filled
-    in place (``open_memmap``): no buffering or concatenation of the big id matrix.
+    Shard sizes are known up front, so each ``ids`` file gets its final ``.npy`` header at once and
+    rows are appended as they come (hashed on the way: the big file is never read back), with no
+    buffering or concatenation of the id matrix.
     """
 
     def __init__(self, root: Path, split: str, max_len: int, total: int, shard_rows: int = 50_000):
@@ -40,38 +43,46 @@ class ShardWriter:
         self.total, self.shard_rows = int(total), int(shard_rows)
         self.shards: list[dict] = []
         self.rows = 0
-        self._ids = None
-        self._fill = 0
+        self._fh = None
+        self._size = self._fill = 0
+        self._hash = None
         self._small: list[tuple] = []
 
     def _open(self) -> None:
-        size = min(self.shard_rows, self.total - self.rows)
+        self._size = min(self.shard_rows, self.total - self.rows)
         base = self.root / shard_stem(self.split, len(self.shards))
         base.parent.mkdir(parents=True, exist_ok=True)
-        self._ids = np.lib.format.open_memmap(f"{base}.ids.npy", mode="w+", dtype=np.int32,
-                                              shape=(size, self.max_len))
+        self._fh = open(f"{base}.ids.npy", "wb")
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": np.dtype(np.int32).str, "fortran_order": False, "shape": (self._size, self.max_len)})
+        self._hash = hashlib.sha256(header.getvalue())
+        self._fh.write(header.getvalue())
         self._fill = 0
 
     def add(self, ids: np.ndarray, lengths: np.ndarray, labels: np.ndarray, review_ids: pa.Array) -> None:
         n, pos = len(lengths), 0
         if self.rows + self._fill + n > self.total:
             raise ValueError(f"{self.split}: more rows than announced ({self.total})")
+        if ids.shape[1:] != (self.max_len,):
+            raise ValueError(f"ids must be [n, {self.max_len}], got {ids.shape}")
         while pos < n:
-            if self._ids is None:
+            if self._fh is None:
                 self._open()
-            take = min(n - pos, len(self._ids) - self._fill)
-            self._ids[self._fill:self._fill + take] = ids[pos:pos + take]
+            take = min(n - pos, self._size - self._fill)
+            block = memoryview(np.ascontiguousarray(ids[pos:pos + take], np.int32)).cast("B")
+            self._fh.write(block)
+            self._hash.update(block)
             self._small.append((lengths[pos:pos + take], labels[pos:pos + take], review_ids.slice(pos, take)))
             self._fill += take
             pos += take
-            if self._fill == len(self._ids):
+            if self._fill == self._size:
                 self._finish()
 
     def _finish(self) -> None:
         base = self.root / shard_stem(self.split, len(self.shards))
-        self._ids.flush()
-        rows = len(self._ids)
-        self._ids = None
+        self._fh.close()
+        self._fh = None
         lengths = np.concatenate([s[0] for s in self._small]).astype(np.int32)
         labels = np.concatenate([s[1] for s in self._small]).astype(np.int8)
         rids = pa.concat_arrays([s[2] for s in self._small])
@@ -79,12 +90,14 @@ class ShardWriter:
         np.save(f"{base}.lengths.npy", lengths)
         np.save(f"{base}.labels.npy", labels)
         pq.write_table(pa.table({"review_id": rids}), f"{base}.review_ids.parquet", compression="zstd")
-        files = {suffix: {"sha256": sha256_file(f"{base}.{suffix}")} for suffix in SHARD_FILES}
-        self.shards.append({"stem": shard_stem(self.split, len(self.shards)), "rows": rows, "files": files})
-        self.rows += rows
+        files = {"ids.npy": {"sha256": self._hash.hexdigest()}}
+        files.update({suffix: {"sha256": sha256_file(f"{base}.{suffix}")} for suffix in SHARD_FILES[1:]})
+        self.shards.append({"stem": shard_stem(self.split, len(self.shards)), "rows": self._size, "files": files})
+        self.rows += self._size
+        self._fill = 0
 
     def close(self) -> list[dict]:
-        if self._ids is not None or self.rows != self.total:
+        if self._fh is not None or self.rows != self.total:
             raise ValueError(f"{self.split}: wrote {self.rows + self._fill} of {self.total} rows")
         return self.shards
 

@@ -23,9 +23,11 @@ _TYPES = {pa.string(): "VARCHAR", pa.int8(): "TINYINT", pa.timestamp("us", tz="U
 
 def split_counts(wh: Warehouse, dataset: str) -> dict[str, int]:
     """Rows per split in the lake dataset (``null`` split counted as ``"none"``)."""
-    t = open_dataset(wh, dataset).to_table(columns=["split"])
-    counts = t.group_by("split").aggregate([("split", "count_all")]).to_pylist()
-    return {(r["split"] if r["split"] is not None else "none"): int(r["count_all"]) for r in counts}
+    import pyarrow.compute as pc
+
+    col = open_dataset(wh, dataset).to_table(columns=["split"]).column("split")
+    counts = pc.value_counts(col).to_pylist()
+    return {(r["values"] if r["values"] is not None else "none"): int(r["counts"]) for r in counts}
 
 
 def split_table_name(dataset: str, split: str) -> str:

@@ -141,6 +141,8 @@ def tokenize(texts: Sequence[str] | pa.Array, strip_html: bool = True) -> Tokens
     if strip_html:
         cls[_tag_positions(data, offsets)] = _SPACE
     special = np.flatnonzero(cls != 0)                              # spaces, punctuation, lead bytes
+    pos_t = np.int32 if len(data) < (1 << 31) - 1 else np.int64      # positions: half the memory traffic
+    special = special.astype(pos_t)
     scls = cls[special]
     lead = special[scls == _LEAD]
     extra = []
@@ -162,7 +164,7 @@ def tokenize(texts: Sequence[str] | pa.Array, strip_html: bool = True) -> Tokens
     if extra:                                   # order does not matter below (searchsorted needles)
         punct = np.concatenate([punct, *extra])
     # segment boundaries: every space byte and every text start (row starts first on ties)
-    row_starts = offsets[:-1]
+    row_starts = offsets[:-1].astype(pos_t)
     at = np.searchsorted(spaces, row_starts, "left")
     bounds = np.insert(spaces, at, row_starts)
     is_space = np.insert(np.ones(len(spaces), np.int8), at, 0)
@@ -170,13 +172,14 @@ def tokenize(texts: Sequence[str] | pa.Array, strip_html: bool = True) -> Tokens
     seg_end = np.empty_like(bounds)
     seg_end[:-1] = bounds[1:]
     seg_end[-1] = len(data)
-    seg_row = np.cumsum(1 - is_space) - 1
     seg_len = seg_end - seg_start
     if len(punct):
-        seg_len -= np.bincount(np.searchsorted(bounds, punct, "right") - 1, minlength=len(bounds))
+        seg_len -= np.bincount(np.searchsorted(bounds, punct, "right") - 1,
+                               minlength=len(bounds)).astype(pos_t)
     nonempty = seg_len > 0
     tok_len = seg_len[nonempty]
-    counts = np.bincount(seg_row[nonempty], minlength=n).astype(np.int64)
+    # text r's segments are bounds[at[r] + r : at[r+1] + r + 1] (each text has >= 1: its start)
+    counts = np.add.reduceat(nonempty.view(np.int8), at + np.arange(n), dtype=np.int64) if n else np.zeros(0, np.int64)
     chars = pa.array(data).filter(pa.array(cls == _NORMAL))        # arrow's bitmap filter beats numpy here
     chars = np.frombuffer(chars.buffers()[1], np.uint8, count=len(chars), offset=chars.offset)
     big = len(chars) > (1 << 31) - 1
@@ -195,50 +198,53 @@ def tokenize_reference(text: str, strip_html: bool = True) -> list[str]:
     return re.sub(PUNCT_RE, "", text).split()
 
 
-def kept_positions(counts: np.ndarray, max_len: int, truncate: str) -> tuple[np.ndarray, np.ndarray]:
-    """Which flat token positions survive truncation to ``max_len``.
+def kept_mask(counts: np.ndarray, max_len: int, truncate: str) -> np.ndarray | None:
+    """Boolean mask over the flat tokens: which survive truncation to ``max_len`` (None = all).
 
     ``head`` keeps the first max_len tokens, ``tail`` the last max_len, ``head+tail`` the first
     ``max_len // 3`` and the last ``max_len - max_len // 3`` (the end of a review often carries the
-    verdict, so it gets two thirds). Returns (flat source positions, kept count per row), both int64.
+    verdict, so it gets two thirds).
     """
     if truncate not in TRUNCATE_MODES:
         raise ValueError(f"truncate must be one of {TRUNCATE_MODES}, got {truncate!r}")
     counts = np.asarray(counts, np.int64)
-    kept = np.minimum(counts, max_len)
+    long_rows = np.flatnonzero(counts > max_len)
+    if len(long_rows) == 0:
+        return None
     starts = np.zeros(len(counts), np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
-    if kept.sum() == counts.sum():                    # nothing to truncate
-        return np.arange(int(counts.sum()), dtype=np.int64), kept
-    kstarts = np.zeros(len(kept), np.int64)
-    np.cumsum(kept[:-1], out=kstarts[1:])
-    total = int(kept.sum())
-    j = np.arange(total, dtype=np.int64) - np.repeat(kstarts, kept)     # position within the kept row
-    if truncate == "head":
-        head = kept
-    elif truncate == "tail":
-        head = np.zeros_like(kept)
-    else:
-        head = np.where(counts > max_len, max_len // 3, kept)
-    skip = counts - kept                                                # tokens dropped from the middle/end
-    src = np.repeat(starts, kept) + j + np.where(j >= np.repeat(head, kept), np.repeat(skip, kept), 0)
-    return src, kept
+    head = {"head": max_len, "tail": 0, "head+tail": max_len // 3}[truncate]
+    mask = np.ones(int(counts.sum()), bool)
+    mask[_ranges(starts[long_rows] + head, counts[long_rows] - max_len)] = False
+    return mask
+
+
+def kept_positions(counts: np.ndarray, max_len: int, truncate: str) -> tuple[np.ndarray, np.ndarray]:
+    """(flat source positions of the kept tokens, kept count per row), both int64."""
+    counts = np.asarray(counts, np.int64)
+    mask = kept_mask(counts, max_len, truncate)
+    total = int(counts.sum())
+    src = np.arange(total, dtype=np.int64) if mask is None else np.flatnonzero(mask)
+    return src, np.minimum(counts, max_len)
 
 
 def pad_rows(flat_ids: np.ndarray, kept: np.ndarray, max_len: int, pad_side: str,
              dtype=np.int32) -> np.ndarray:
-    """Scatter flat per-row ids into an [n, max_len] array padded with 0 on ``pad_side``."""
+    """Place flat per-row ids into an [n, max_len] array padded with 0 on ``pad_side``.
+
+    A boolean mask of the real-token cells, filled in row-major order, is exactly the flat order.
+    """
     if pad_side not in PAD_SIDES:
         raise ValueError(f"pad_side must be one of {PAD_SIDES}, got {pad_side!r}")
+    kept = np.asarray(kept)
     n = len(kept)
     out = np.zeros((n, max_len), dtype)
     if n == 0 or len(flat_ids) == 0:
         return out
-    kstarts = np.zeros(n, np.int64)
-    np.cumsum(kept[:-1], out=kstarts[1:])
-    rows = np.repeat(np.arange(n, dtype=np.int64), kept)
-    col = np.arange(len(flat_ids), dtype=np.int64) - np.repeat(kstarts, kept)
-    if pad_side == "left":
-        col += np.repeat(max_len - kept, kept)
-    out[rows, col] = flat_ids
+    cols = np.arange(max_len)
+    if pad_side == "right":
+        mask = cols < kept[:, None]
+    else:
+        mask = cols >= (max_len - kept)[:, None]
+    out[mask] = flat_ids
     return out

@@ -281,7 +281,7 @@ def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: s
         if stopped != "completed":
             break
         net.train()
-        t0, loss_sum, correct, seen, tokens = time.perf_counter(), 0.0, 0, 0, 0
+        t0, cpu0, loss_sum, correct, seen, tokens = time.perf_counter(), time.process_time(), 0.0, 0, 0, 0
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
                    leave=False, file=sys.stderr)
         for batch in iter_batches(train_data, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch,
@@ -311,7 +311,8 @@ def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: s
         val = evaluate(net, val_data, max(cfg.batch_size, 256), dev)
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                   "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_f1": val["f1"],
-                  "seconds": round(train_seconds, 3), "tokens_per_s": round(tokens / max(train_seconds, 1e-9), 1),
+                  "seconds": round(train_seconds, 3), "cpu_seconds": round(time.process_time() - cpu0, 3),
+                  "tokens_per_s": round(tokens / max(train_seconds, 1e-9), 1),
                   "lr": opt.param_groups[0]["lr"], "partial": stopped == "time_budget"}
         history.append(record)
         if val["loss"] < best_loss:

@@ -90,15 +90,19 @@ def psql(url: str, sql: str) -> str:
 
 
 @contextlib.contextmanager
-def prefect_server(home: Path, db_url: str | None = None, timeout: float = 150.0) -> Iterator[ServerProcess]:
-    """A real ``prefect server start`` on a free loopback port; stopped on exit."""
+def prefect_server(home: Path, db_url: str | None = None, timeout: float = 150.0,
+                   wait: bool = True) -> Iterator[ServerProcess]:
+    """A real ``prefect server start`` on a free loopback port; stopped on exit.
+
+    ``wait=False`` yields at once (do other set-up while it boots, then call ``srv.wait_healthy()``).
+    """
     home.mkdir(parents=True, exist_ok=True)
     srv = start_server("127.0.0.1", free_port(), home=home, db_url=db_url, log_path=home / "server.log",
                        extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
                                   "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false",
                                   "PREFECT_SERVER_SERVICES_FOREMAN_ENABLED": "false"})
     try:
-        yield srv.wait_healthy(timeout)
+        yield srv.wait_healthy(timeout) if wait else srv
     finally:
         srv.stop()
 

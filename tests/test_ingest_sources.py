@@ -412,3 +412,40 @@ def test_tarball_with_link_member_pointing_outside_is_rejected(warehouse, tmp_pa
 
 def wh_has(wh, name) -> bool:
     return wh.dataset_dir(name).exists()
+
+
+def test_cut_off_download_is_a_transient_error_and_download_is_atomic(warehouse, tmp_path):
+    """A server that promises more bytes than it sends: ingest fails (retryable), nothing lands."""
+    import http.server
+    import threading
+
+    from pipeline.download import download
+
+    base = write_aclimdb_folder(tmp_path / "src", n_per_class=20)
+    body = tar_folder(base, tmp_path / "a.tar.gz").read_bytes()
+
+    class Liar(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body if self.path == "/full.tar.gz" else body[: len(body) // 2])
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Liar)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        before = snapshot(warehouse)
+        with pytest.raises(DownloadError, match=r"connection closed after \d+ of \d+ bytes") as err:
+            ingest(warehouse, f"{url}/cut.tar.gz", "web", progress=False)
+        assert err.value.transient and snapshot(warehouse) == before and not tmp_files(warehouse)
+        with pytest.raises(DownloadError):
+            download(f"{url}/cut.tar.gz", tmp_path / "dl" / "x.tar.gz", progress=False)
+        assert not (tmp_path / "dl").exists() or not list((tmp_path / "dl").iterdir())
+        assert download(f"{url}/full.tar.gz", tmp_path / "dl" / "x.tar.gz", progress=False).read_bytes() == body
+    finally:
+        server.shutdown()
+        server.server_close()

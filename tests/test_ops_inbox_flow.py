@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import duckdb
 import pytest
 
@@ -33,14 +35,15 @@ def test_inbox_flow_processes_fails_and_skips_duplicates(prefect_harness, wareho
         assert (n, nulls) == (20, 0)
         assert con.execute("SELECT any_value(sentiment_model) FROM inbox_scored").fetchone()[0] == version
 
-    # the same content again, under another name: recognised by hash, not ingested twice
+    # next pass: the same content again under another name is recognised by hash and not ingested twice;
+    # the file that was still being copied is now old enough and gets processed
     again = warehouse.inbox / "batch-1-copy.csv"
     again.write_bytes(dup_text)
-    import os
     os.utime(again, (0, 0))
+    os.utime(fresh, (0, 0))
     out2 = inbox_flow(warehouse=str(warehouse.root), min_age_s=5)
-    assert (out2["processed"], out2["duplicates"], out2["rows_added"]) == (0, 1, 0)
-    assert (processed / "batch-1-copy.csv").exists()
-    assert box.status(warehouse)["ledger"] == 1
+    assert (out2["processed"], out2["duplicates"], out2["failed"], out2["rows_added"]) == (1, 1, 0, 3)
+    assert (processed / "batch-1-copy.csv").exists() and (processed / "still-copying.csv").exists()
+    assert box.status(warehouse) == {"waiting": 0, "processing": 0, "processed": 3, "failed": 1, "ledger": 2}
     with duckdb.connect(str(warehouse.duckdb_path), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM inbox_scored").fetchone()[0] == 20
+        assert con.execute("SELECT count(*), count(sentiment_score) FROM inbox_scored").fetchone() == (23, 23)

@@ -45,7 +45,12 @@ def register(app: typer.Typer) -> None:
         reused, scoring only touches rows not scored yet.
         Runs on Prefect's embedded API unless PREFECT_API_URL points at a server (`reviewflow server`).
         """
+        import os
+
         from pipeline.connectivity import is_url, probe_url
+
+        # a busy machine can take longer than Prefect's default 20 s to boot its embedded API
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
         url = source or DEFAULT_URL
         if is_url(url):  # before Prefect starts (that alone takes seconds)

@@ -1,0 +1,126 @@
+"""The model zoo: every encoder x pooling runs, and a review's output ignores its batch's padding."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from pipeline.models import ENCODERS, POOLINGS, ModelConfig, SentimentModel
+
+VOCAB = 60
+
+
+def tiny(encoder: str, pooling: str, bidirectional: bool = False, pad_side: str = "right", layers: int = 2,
+         **kw) -> SentimentModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=VOCAB, embed_dim=16, hidden=8, layers=layers, encoder=encoder,
+                      bidirectional=bidirectional, pooling=pooling, pad_side=pad_side, max_len=64, heads=2,
+                      ff=32, **kw)
+    return SentimentModel(cfg)
+
+
+def padded(rows: list[torch.Tensor], T: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if side == "right":
+            ids[i, : len(r)] = r
+        else:
+            ids[i, T - len(r):] = r
+    return ids, torch.tensor([len(r) for r in rows])
+
+
+VARIANTS = [(e, p, b) for e, p, b in itertools.product(ENCODERS, POOLINGS, (False, True))
+            if not (e == "transformer" and b)]
+
+
+@pytest.mark.parametrize("encoder,pooling,bidirectional", VARIANTS)
+def test_forward_backward_shapes(encoder, pooling, bidirectional):
+    model = tiny(encoder, pooling, bidirectional, dropout=0.1, embed_dropout=0.1)
+    ids, lengths = padded([torch.randint(2, VOCAB, (n,)) for n in (3, 9, 5)], 9, "right")
+    logits, attn = model.forward_with_attention(ids, lengths)
+    assert logits.shape == (3,)
+    assert (attn is None) == (pooling != "attention")
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.tensor([1.0, 0.0, 1.0]))
+    loss.backward()
+    assert model.embed.weight.grad is not None and torch.isfinite(model.embed.weight.grad).all()
+    assert model.embed.weight.grad[0].abs().sum() == 0  # padding_idx=0 gets no gradient
+
+
+@pytest.mark.parametrize("pad_side", ["right", "left"])
+@pytest.mark.parametrize("encoder,pooling,bidirectional", VARIANTS)
+def test_padding_invariance(encoder, pooling, bidirectional, pad_side):
+    """A review scored alone == the same review in a batch with much longer ones (eval mode)."""
+    model = tiny(encoder, pooling, bidirectional, pad_side=pad_side, dropout=0.2, orthogonal_init=True).eval()
+    g = torch.Generator().manual_seed(1)
+    review = torch.randint(2, VOCAB, (5,), generator=g)
+    alone_ids, alone_len = padded([review], 5, pad_side)
+    others = [torch.randint(2, VOCAB, (n,), generator=g) for n in (40, 23)]
+    batch_ids, batch_len = padded([others[0], review, others[1]], 40, pad_side)
+    with torch.no_grad():
+        alone = model(alone_ids, alone_len)
+        in_batch = model(batch_ids, batch_len)
+        # and padded far beyond its length when alone
+        wide_ids, wide_len = padded([review], 64, pad_side)
+        wide = model(wide_ids, wide_len)
+    assert torch.allclose(alone[0], in_batch[1], atol=1e-5), (alone, in_batch)
+    assert torch.allclose(alone[0], wide[0], atol=1e-5)
+
+
+def test_output_depends_on_every_real_token_in_both_directions():
+    """The last state really is the last token: changing the first or last token changes the output."""
+    model = tiny("gru", "last", bidirectional=True).eval()
+    ids, lengths = padded([torch.tensor([5, 6, 7, 8])], 10, "right")
+    base = model(ids, lengths)
+    for pos in (0, 3):
+        changed = ids.clone()
+        changed[0, pos] = 9
+        assert not torch.allclose(model(changed, lengths), base)
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+@pytest.mark.parametrize("pad_side", ["right", "left"])
+def test_attention_weights_sum_to_one_over_real_tokens(encoder, pad_side):
+    model = tiny(encoder, "attention", bidirectional=encoder != "transformer", pad_side=pad_side).eval()
+    ids, lengths = padded([torch.randint(2, VOCAB, (n,)) for n in (4, 11, 7)], 11, pad_side)
+    _, attn = model.forward_with_attention(ids, lengths)
+    assert attn.shape == ids.shape
+    real = ids != 0
+    assert torch.allclose(attn.sum(1), torch.ones(3), atol=1e-6)
+    assert (attn[~real] == 0).all()
+    assert (attn[real] > 0).all()
+
+
+def test_baseline_runs_over_front_padding_like_the_lineage():
+    """exact_lengths=False (baseline only): the front pads change the result, as in the original model."""
+    model = tiny("rnn", "last", pad_side="left", layers=1, exact_lengths=False).eval()
+    review = torch.tensor([5, 6, 7])
+    a = model(*padded([review], 3, "left"))
+    b = model(*padded([review], 20, "left"))
+    assert not torch.allclose(a, b, atol=1e-6)
+    # ... and it is still driven by the real tokens at the end
+    c = model(*padded([torch.tensor([5, 6, 9])], 20, "left"))
+    assert not torch.allclose(b, c)
+
+
+def test_config_round_trip_rebuilds_same_model():
+    model = tiny("lstm", "maxmean", bidirectional=True, orthogonal_init=True)
+    again = SentimentModel(ModelConfig.from_dict(model.cfg.to_dict()))
+    again.load_state_dict(model.state_dict())
+    ids, lengths = padded([torch.tensor([3, 4, 5])], 3, "right")
+    assert torch.equal(model.eval()(ids, lengths), again.eval()(ids, lengths))
+
+
+def test_orthogonal_init_makes_recurrent_blocks_orthogonal():
+    model = tiny("lstm", "last", orthogonal_init=True, layers=1)
+    w = model.encoder.layers[0][0].weight_hh_l0.detach()
+    for block in w.chunk(4):
+        assert torch.allclose(block @ block.T, torch.eye(8), atol=1e-5)
+
+
+def test_invalid_config_is_rejected():
+    with pytest.raises(ValueError, match="encoder"):
+        ModelConfig(encoder="cnn")
+    with pytest.raises(ValueError, match="pooling"):
+        ModelConfig(pooling="sum")

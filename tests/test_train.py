@@ -1,0 +1,157 @@
+"""The training loop: learns, checkpoints bit-exactly, stops on budget/patience, is deterministic."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.config import Warehouse
+from pipeline.errors import ReviewflowError
+from pipeline.presets import PRESETS, resolve_preset
+from pipeline.train import BEST, CHECKPOINT, RESULT, TrainConfig, TrainResult, load_model, save_weights, train
+from train_helpers import tiny_model, tiny_prep
+
+
+@pytest.fixture(scope="module")
+def prep_dir(tmp_path_factory):
+    wh = Warehouse(tmp_path_factory.mktemp("train") / "wh").ensure()
+    return tiny_prep(wh)
+
+
+def test_learns_a_separable_dataset(prep_dir, tmp_path):
+    res = train(prep_dir, TrainConfig(epochs=6, batch_size=16, lr=0.02, threads=1), tmp_path / "run",
+                progress=False, model=tiny_model())
+    assert res.metrics["val_accuracy"] > 0.95, res.history
+    assert res.stopped == "completed" and len(res.history) == 6
+    rec = res.history[0]
+    for key in ("train_loss", "val_loss", "val_accuracy", "seconds", "tokens_per_s"):
+        assert rec[key] > 0
+    assert res.metrics["val_confusion"][0][0] + res.metrics["val_confusion"][1][1] == round(
+        res.metrics["val_accuracy"] * res.metrics["val_n"])
+    assert (tmp_path / "run" / RESULT).exists() and TrainResult.load(tmp_path / "run").metrics == res.metrics
+
+
+def test_weights_round_trip_bit_exact(prep_dir, tmp_path):
+    res = train(prep_dir, TrainConfig(epochs=1, batch_size=32, threads=1), tmp_path / "run", progress=False,
+                model=tiny_model(pooling="attention"))
+    model = load_model(res.weights, res.model_config)
+    save_weights(model, tmp_path / "again.safetensors")
+    a, b = load_file(str(res.weights)), load_file(str(tmp_path / "again.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ids = torch.randint(1, res.model_config.vocab_size, (3, 7))
+    lengths = torch.tensor([7, 3, 5])
+    assert torch.equal(model(ids, lengths), load_model(tmp_path / "again.safetensors", res.model_config)(ids, lengths))
+    # the resumable checkpoint holds only tensors and plain data: it loads with weights_only=True
+    ckpt = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
+    assert ckpt["epoch"] == 0 and all(torch.equal(ckpt["model"][k], a[k]) for k in a)
+
+
+def test_seeded_runs_are_identical_on_cpu(prep_dir, tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=32, seed=3, threads=1)
+    r1 = train(prep_dir, cfg, tmp_path / "a", progress=False, model=tiny_model(dropout=0.2, embed_dropout=0.2))
+    r2 = train(prep_dir, cfg, tmp_path / "b", progress=False, model=tiny_model(dropout=0.2, embed_dropout=0.2))
+    a, b = load_file(str(r1.weights)), load_file(str(r2.weights))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["val_loss"] for h in r1.history] == [h["val_loss"] for h in r2.history]
+
+
+def test_time_budget_stops_cleanly_and_keeps_a_model(prep_dir, tmp_path):
+    res = train(prep_dir, TrainConfig(epochs=50, batch_size=8, max_seconds=0.0, threads=1), tmp_path / "run",
+                progress=False, model=tiny_model())
+    assert res.stopped == "time_budget"
+    assert len(res.history) == 1 and res.history[0]["partial"]
+    assert (tmp_path / "run" / BEST).exists()
+
+
+def test_early_stopping_on_validation_loss(prep_dir, tmp_path):
+    # lr=0: validation loss never improves after the first epoch, so patience=2 stops after epoch 3
+    res = train(prep_dir, TrainConfig(epochs=10, lr=0.0, patience=2, threads=1), tmp_path / "run", progress=False,
+                model=tiny_model())
+    assert res.stopped == "early_stopping" and len(res.history) == 3
+    assert res.metrics["best_epoch"] == 1
+
+
+def test_resume_continues_and_matches_an_uninterrupted_run(prep_dir, tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=32, threads=1)
+    model = tiny_model(dropout=0.2, embed_dropout=0.1)
+    full = train(prep_dir, cfg, tmp_path / "full", progress=False, model=model)
+
+    def crash_after_epoch_2(rec):
+        if rec["epoch"] == 2:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(prep_dir, cfg, tmp_path / "part", progress=False, model=model, on_epoch=crash_after_epoch_2)
+    assert not (tmp_path / "part" / RESULT).exists()
+    assert torch.load(tmp_path / "part" / CHECKPOINT, weights_only=True)["epoch"] == 1
+    seen = []
+    resumed = train(prep_dir, cfg, tmp_path / "part", progress=False, model=model, on_epoch=seen.append)
+    assert [r["epoch"] for r in seen] == [3]                     # only the missing epoch ran
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    a, b = load_file(str(full.weights)), load_file(str(resumed.weights))
+    assert all(torch.equal(a[k], b[k]) for k in a)               # bit-exact: RNG + optimizer state restored
+    with pytest.raises(ReviewflowError, match="different configuration"):
+        (tmp_path / "part" / RESULT).unlink()
+        train(prep_dir, dataclasses.replace(cfg, lr=0.5), tmp_path / "part", progress=False, model=model)
+
+
+def test_resume_after_sigkill(prep_dir, tmp_path):
+    """A real ``python -m pipeline.train`` killed mid-run resumes from its last saved epoch and finishes."""
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "pipeline.train", "--prep-dir", str(prep_dir), "--out", str(out),
+            "--preset", "default", "--device", "cpu",
+            "--set", "epochs=40", "--set", "hidden=16", "--set", "embed_dim=16", "--set", "batch_size=8",
+            "--set", "threads=1", "--set", "max_seconds=null", "--set", "patience=null"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    import time
+
+    deadline = time.time() + 120
+    saved = -1
+    while time.time() < deadline and proc.poll() is None:
+        if (out / CHECKPOINT).exists():
+            try:
+                saved = torch.load(out / CHECKPOINT, weights_only=True)["epoch"]
+            except Exception:  # being replaced right now
+                pass
+            if saved >= 1:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.kill()
+    proc.wait()
+    assert not (out / RESULT).exists()
+    saved = torch.load(out / CHECKPOINT, weights_only=True)["epoch"]
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming {out} at epoch {saved + 2}" in again.stderr
+    res = TrainResult.load(out)
+    assert [h["epoch"] for h in res.history] == list(range(1, 41))
+
+
+def test_pipeline_never_imports_prefect():
+    code = ("import sys, pipeline.train, pipeline.models, pipeline.registry, pipeline.inference, pipeline.presets;"
+            "bad = [m for m in sys.modules if m.split('.')[0] == 'prefect']; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_presets_resolve_and_overrides_go_to_their_owner():
+    base = resolve_preset("baseline")
+    assert (base.model.encoder, base.model.embed_dim, base.model.hidden, base.model.pooling) == ("rnn", 100, 32, "last")
+    assert not base.model.bidirectional and not base.model.exact_lengths
+    assert (base.train.batch_size, base.train.lr, base.train.epochs, base.train.grad_clip) == (32, 1e-3, 10, None)
+    assert base.prepare["max_len"] == 512 and base.prepare["pad_side"] == "left" and base.prepare["min_freq"] == 1
+    spec = resolve_preset("default", {"max_len": 100, "hidden": 8, "lr": 0.5, "max_minutes": 2, "truncate": "tail"})
+    assert spec.prepare["max_len"] == 100 and spec.model.max_len == 100 and spec.prepare["truncate"] == "tail"
+    assert spec.model.hidden == 8 and spec.train.lr == 0.5 and spec.train.max_seconds == 120
+    with pytest.raises(ReviewflowError, match="unknown training option"):
+        resolve_preset("default", {"colour": "red"})
+    with pytest.raises(ReviewflowError, match="unknown preset"):
+        resolve_preset("fastest")
+    assert set(PRESETS) >= {"baseline", "default", "best"}
+    for p in PRESETS.values():
+        assert set(p) >= {"model", "train", "prepare", "description"}

@@ -1,0 +1,26 @@
+"""Tiny prepared datasets and tiny models for the training / registry / predict tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config import Warehouse
+from pipeline.models import ModelConfig
+from pipeline.prepare import PrepareConfig, prepare
+from synthetic import make_reviews, write_lake_dataset
+
+TINY_PREP = dict(max_len=32, min_freq=1, max_vocab=0, val_fraction=0.25, truncate="head+tail", pad_side="right")
+TINY_MODEL = dict(embed_dim=16, hidden=16, encoder="gru", bidirectional=True, pooling="maxmean", dropout=0.0,
+                  embed_dropout=0.0)
+# the same, as overrides for a preset (CLI / flow)
+TINY_OVERRIDES = dict(TINY_PREP, embed_dim=16, hidden=16, layers=1, dropout=0.0, embed_dropout=0.0, batch_size=32,
+                      lr=0.01, epochs=2)
+
+
+def tiny_prep(wh: Warehouse, n: int = 240, dataset: str = "syn", seed: int = 0, **prep) -> Path:
+    write_lake_dataset(wh, dataset, make_reviews(n, seed=seed, max_words=30))
+    return prepare(wh, dataset, PrepareConfig(**(TINY_PREP | prep))).prep_dir
+
+
+def tiny_model(**kw) -> ModelConfig:
+    return ModelConfig(**(TINY_MODEL | kw))
