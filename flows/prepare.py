@@ -4,9 +4,10 @@ Caching, two layers:
 
 * the prep id is content-addressed (dataset part files + parameters + code version), and
   ``pipeline.prepare.prepare`` returns at once when ``<wh>/shards/<prep-id>/manifest.json`` exists;
-* the task's Prefect cache policy is ``INPUTS + TASK_SOURCE`` plus ``PrepOnDisk``: the key includes
-  the manifest's identity on disk, so a cached Prefect result whose prep dir was deleted (or rebuilt)
-  is never reused - the task runs again and rebuilds it.
+* the task's Prefect cache policy is ``INPUTS + TASK_SOURCE`` (the inputs include the prep id, so
+  the dataset fingerprint and every parameter). A cached Prefect result only says where the prep
+  *was*: when that directory is gone the flow runs the task with ``refresh_cache=True``, which
+  rebuilds it and overwrites the cache record.
 
 Artifacts: ``prepare-<dataset>`` (markdown: lengths, vocabulary, coverage / unk rate, where the
 histogram PNG is) and ``prepare-<dataset>-counts`` (table: rows per split and label).
@@ -15,15 +16,14 @@ histogram PNG is) and ``prepare-<dataset>-counts`` (table: rows per split and la
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
-from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from pipeline.config import Warehouse, validate_name
 from pipeline.prepare import PrepareConfig, compute_prep_id, dataset_fingerprint, prepare
@@ -34,20 +34,7 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")[:100] or "prepare"
 
 
-class PrepOnDisk(CachePolicy):
-    """Cache key part = the prep manifest's identity on disk; a never-matching key when it is missing."""
-
-    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any],
-                    **kwargs: Any) -> Optional[str]:
-        manifest = Path(inputs["prep_dir"]) / "manifest.json"
-        try:
-            st = manifest.stat()
-        except OSError:
-            return f"missing-{uuid.uuid4().hex}"
-        return f"{inputs['prep_id']}-{st.st_ino}-{st.st_mtime_ns}"
-
-
-@task(name="prepare-shards", task_run_name="prepare-{dataset}", cache_policy=INPUTS + TASK_SOURCE + PrepOnDisk(),
+@task(name="prepare-shards", task_run_name="prepare-{dataset}", cache_policy=INPUTS + TASK_SOURCE,
       retries=1, retry_delay_seconds=5)
 def prepare_task(dataset: str, warehouse: str, params: dict, prep_id: str, prep_dir: str) -> dict:
     """Tokenize, build the vocabulary, split, pad and write shards (or reuse the prep with this id)."""
@@ -128,7 +115,10 @@ def prepare_flow(dataset: str, warehouse: Optional[str] = None, max_len: int = 2
     prep_id = compute_prep_id(dataset, dataset_fingerprint(wh, dataset), cfg)
     prep_dir = wh.prep_dir(prep_id)
     logger.info("dataset %r, params %s -> prep id %s", dataset, asdict(cfg), prep_id)
-    summary = prepare_task(dataset, str(wh.root), asdict(cfg), prep_id, str(prep_dir))
+    run = prepare_task
+    if not (prep_dir / "manifest.json").exists():
+        run = prepare_task.with_options(refresh_cache=True)     # never trust a cached result for a missing dir
+    summary = run(dataset, str(wh.root), asdict(cfg), prep_id, str(prep_dir))
     from pipeline.prepare import read_manifest
 
     manifest = read_manifest(summary["prep_dir"])
@@ -144,4 +134,4 @@ def prepare_flow(dataset: str, warehouse: Optional[str] = None, max_len: int = 2
     return summary
 
 
-__all__ = ["prepare_flow", "prepare_task", "PrepOnDisk", "report_markdown"]
+__all__ = ["prepare_flow", "prepare_task", "report_markdown"]

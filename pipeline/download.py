@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import io
 import os
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,8 +30,9 @@ class DownloadError(InputError):
     """A URL could not be read. ``transient`` is True for errors worth retrying (network, 5xx)."""
 
     def __init__(self, message: str, *, url: str, transient: bool):
-        self.url, self.transient = url, transient
         super().__init__(message, path=url)
+        self.url, self.transient = url, transient
+        self.args = (f"{message} (url {url})",)
 
 
 def is_url(source: str) -> bool:
@@ -91,6 +93,8 @@ def open_url(url: str, *, timeout: float = 60.0, progress: bool = True,
         raise DownloadError(f"HTTP {exc.code} {exc.reason}", url=url, transient=exc.code >= 500 or exc.code == 429) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, socket.gaierror):  # no DNS (offline, or a typo in the host): retrying won't help
+            raise DownloadError(f"cannot resolve host: {reason}", url=url, transient=False) from None
         raise DownloadError(f"cannot connect: {reason}", url=url, transient=True) from None
     length = resp.headers.get("Content-Length")
     total = int(length) if length and length.isdigit() else None

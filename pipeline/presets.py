@@ -67,6 +67,7 @@ def resolve_preset(name: str, overrides: dict | None = None) -> PresetSpec:
     """Preset ``name`` with ``overrides`` applied to whichever part owns each key.
 
     ``max_len`` and ``pad_side`` go to both prepare and model; ``max_minutes`` sets ``max_seconds``.
+    A value of None is applied as None (e.g. ``patience=None``: never stop early); callers drop unset flags.
     """
     from pipeline.train import TrainConfig
 
@@ -77,10 +78,8 @@ def resolve_preset(name: str, overrides: dict | None = None) -> PresetSpec:
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for key, value in (overrides or {}).items():
-        if value is None:
-            continue
         if key == "max_minutes":
-            train["max_seconds"] = float(value) * 60
+            train["max_seconds"] = None if value is None else float(value) * 60
             continue
         placed = False
         if key in PREPARE_FIELDS:

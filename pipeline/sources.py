@@ -10,8 +10,8 @@ Kinds (detected from the path):
 =================  ==========================================================================
 aclimdb-folder     ``<root>/[aclImdb/]{train,test}/{pos,neg}/<id>_<rating>.txt`` and
                    ``train/unsup/<id>_<rating>.txt``
-aclimdb-tarball    the same tree inside ``aclImdb_v1.tar.gz`` (read in tarfile stream mode:
-                   nothing is unpacked to disk)
+aclimdb-tarball    the same tree inside ``aclImdb_v1.tar.gz`` (read in tarfile stream mode over the
+                   stdlib gzip/bz2/xz reader, which notices a cut-off file; nothing is unpacked)
 aclimdb-url        the tarball over http(s), streamed straight off the socket
 csv / tsv          pyarrow.csv, streamed by block (``.gz``/``.bz2``/``.zst`` decompressed on the fly)
 jsonl              ``.jsonl``/``.ndjson``/``.json`` (JSON lines), pyarrow.json on ~16 MiB line chunks
@@ -359,6 +359,8 @@ def read_csv(src: Source, cols: ColumnMap, stats: ReadStats, progress: bool = Tr
     stats.columns = {k: v for k, v in roles.items() if v}
     include = list(dict.fromkeys(v for v in roles.values() if v))
     size = os.path.getsize(path)
+    if path.lower().endswith(_COMPRESSION_SUFFIXES):
+        size = 64 << 20  # decompressed size unknown: room for big rows (a block must hold a whole row)
     block = int(min(max(size + 1024, 1 << 20), MAX_CSV_BLOCK))
     try:
         reader = pacsv.open_csv(
@@ -380,7 +382,7 @@ def read_csv(src: Source, cols: ColumnMap, stats: ReadStats, progress: bool = Tr
             except pa.ArrowInvalid as exc:
                 msg = str(exc)
                 if "straddl" in msg:
-                    msg = f"a row is larger than {MAX_CSV_BLOCK >> 20} MiB or a quote is never closed ({msg})"
+                    msg = f"a row is larger than {block >> 20} MiB or a quote is never closed ({msg})"
                 raise InputError(f"cannot parse CSV near row {stats.rows_read + 1}: {msg}", path=path) from None
             n = batch.num_rows
             if n == 0:
