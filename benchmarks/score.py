@@ -38,6 +38,14 @@ sys.path.insert(0, str(ROOT))
 
 
 def rss_peak_mib() -> float:
+    """Peak RSS of this process image (VmHWM). Not ru_maxrss: Linux carries that over from the
+    parent across fork+exec, so a child would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

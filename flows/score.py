@@ -114,6 +114,12 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
         options.update(id_col=id_col, text_col=text_col)
     rep = score_task(table or f"{dataset}_scored", db_path, table, dataset, str(wh.root), predictor, options)
     label = rep["table"]
+    plot = None
+    if rep["rows_scored"]:
+        from pipeline.plots import score_histogram
+
+        plot = score_histogram(rep["histogram"], wh.root / "plots" / f"{_key('score', label)}.png",
+                               threshold=threshold, title=f"{label} ({rep['model']})")
     create_table_artifact(table=_summary_rows(rep), key=_key("score-summary", label),
                           description=f"Scoring run {rep['run_id']} of {label} in {db_path}")
     create_markdown_artifact(
@@ -121,9 +127,11 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
         markdown=(f"### Scored `{label}` with `{rep['model']}`\n\n"
                   f"{rep['rows_scored']} rows scored, {rep['rows_skipped']} skipped (NULL/empty text), "
                   f"{rep['rows_up_to_date']} already up to date, {rep['rows_per_s']:.0f} rows/s.\n\n"
-                  f"Query it: `reviewflow sql \"SELECT sentiment_label, count(*) FROM {label} GROUP BY 1\"`"),
+                  + (f"Score histogram: `{plot}`\n\n" if plot else "")
+                  + f"Query it: `reviewflow sql \"SELECT sentiment_label, count(*) FROM {label} GROUP BY 1\"`"),
     )
     logger.info("scored %d rows of %s (%d skipped) in %.1f s", rep["rows_scored"], label, rep["rows_skipped"],
                 rep["seconds"])
     return {k: rep[k] for k in ("run_id", "table", "db_path", "model", "rows_scored", "rows_skipped",
-                                "rows_up_to_date", "label_counts", "deciles", "seconds", "rows_per_s", "status")}
+                                "rows_up_to_date", "label_counts", "deciles", "seconds", "rows_per_s", "status")} | {
+        "histogram_png": str(plot) if plot else None}

@@ -69,8 +69,35 @@ def plot_training_curve(history: list[dict], path: str | Path, title: str = "Tra
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy")
     ax_acc.legend()
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(left=0.08, right=0.98, top=0.85, bottom=0.15, wspace=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def score_histogram(counts, path: str | Path, threshold: float = 0.5,
+                    title: str = "Sentiment scores") -> Path:
+    """Bar histogram of P(positive) from per-bin ``counts`` over [0, 1] (e.g. ScoreReport.histogram),
+    with the label threshold marked. Returns ``path``."""
+    counts = np.asarray(counts, dtype=np.int64)
+    edges = np.linspace(0.0, 1.0, len(counts) + 1)
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.stairs(counts, edges, fill=True, color="#4C72B0")
+    ax.axvline(threshold, color="#C44E52", linestyle="--", label=f"threshold {threshold:g}")
+    pos = int(counts[edges[:-1] >= threshold].sum()) if len(counts) else 0
+    ax.set_title(f"{title}: n={int(counts.sum()):,}, {pos:,} at or above the threshold")
+    ax.set_xlabel("sentiment_score (P(positive))")
+    ax.set_ylabel("reviews")
+    ax.set_xlim(0, 1)
+    ax.legend()
+    fig.subplots_adjust(left=0.11, right=0.97, top=0.91, bottom=0.13)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -129,25 +129,34 @@ def compute_prep_id(dataset: str, fingerprint: dict, cfg: PrepareConfig) -> str:
 
 # ------------------------------------------------------------------------------------------ helpers
 class _Spill:
-    """Batch-local token indices for pass 2: kept in memory up to ``budget`` bytes, then written to
-    scratch ``.npy`` files (read back memory-mapped)."""
+    """Per batch, the token dictionary and the kept batch-local token indices, for pass 2: kept in
+    memory up to ``budget`` bytes, then written to scratch files (Arrow IPC + ``.npy``, read back
+    memory-mapped), so memory stays flat however large the dataset."""
 
     def __init__(self, scratch: Path, budget: int):
         self.scratch, self.budget, self.used, self.items = scratch, budget, 0, []
 
-    def put(self, local: np.ndarray) -> None:
-        if self.used + local.nbytes <= self.budget:
-            self.used += local.nbytes
-            self.items.append(local)
+    def put(self, dictionary: pa.Array, local: np.ndarray) -> None:
+        size = local.nbytes + dictionary.nbytes
+        if self.used + size <= self.budget:
+            self.used += size
+            self.items.append((dictionary, local))
             return
-        path = self.scratch / f"local-{len(self.items):06d}.npy"
-        np.save(path, local)
-        self.items.append(path)
+        i = len(self.items)
+        dpath, lpath = self.scratch / f"dict-{i:06d}.arrow", self.scratch / f"local-{i:06d}.npy"
+        with pa.OSFile(str(dpath), "wb") as sink, pa.ipc.new_file(sink, pa.schema([("t", dictionary.type)])) as w:
+            w.write_batch(pa.record_batch([dictionary], names=["t"]))
+        np.save(lpath, local)
+        self.items.append((dpath, lpath))
 
-    def get(self, i: int) -> np.ndarray:
-        item = self.items[i]
+    def get(self, i: int) -> tuple[pa.Array, np.ndarray]:
+        d, local = self.items[i]
         self.items[i] = None                    # release as we go
-        return np.load(item, mmap_mode="r") if isinstance(item, Path) else item
+        if isinstance(d, Path):
+            with pa.memory_map(str(d)) as src:
+                d = pa.ipc.open_file(src).read_all().column(0).combine_chunks()
+            local = np.load(local, mmap_mode="r")
+        return d, local
 
 
 def _plot(prep_dir: Path, lengths: np.ndarray, max_len: int) -> None:
@@ -240,13 +249,14 @@ def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), p
         t = time.perf_counter()
         counter = TokenCounter(compact_rows=1_000_000)
         spill = _Spill(scratch, spill_budget)
-        dicts: list[pa.Array] = []
         ntok = np.zeros(n, np.int64)
         starts: list[int] = []
 
         def texts():
             off = 0
-            for batch in source.to_batches(columns=["text"], batch_size=batch_rows):
+            # small readahead: the default (16 batches x 4 files) buffers hundreds of MB of text
+            for batch in source.to_batches(columns=["text"], batch_size=batch_rows, batch_readahead=2,
+                                           fragment_readahead=1):
                 m = batch.num_rows
                 if off + m > n:
                     raise InputError(f"dataset {dataset!r} changed while being prepared")
@@ -276,8 +286,7 @@ def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), p
         for off, d, tcounts, local, counts in _ordered_map(pass1, texts(), workers):
             if tcounts is not None:
                 counter.add(d, tcounts)
-            spill.put(local)
-            dicts.append(d)
+            spill.put(d, local)
             ntok[off:off + len(counts)] = counts
             starts.append(off)
             done += len(counts)
@@ -308,19 +317,23 @@ def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), p
         with atomic_dir(prep_dir) as tmp:
             writers = {code: ShardWriter(tmp, name, cfg.max_len, int((route == code).sum()), shard_rows)
                        for code, name in enumerate(SPLIT_NAMES)}
-            plot = ThreadPoolExecutor(1).submit(_plot, tmp, ntok[route != SKIP], cfg.max_len)
+            plotter = ThreadPoolExecutor(1, thread_name_prefix="prepare-plot")
+            plot = plotter.submit(_plot, tmp, ntok[route != SKIP], cfg.max_len)   # overlaps pass 2
+            plotter.shutdown(wait=False)
             unk = np.zeros(len(SPLIT_NAMES), np.int64)
             toks = np.zeros(len(SPLIT_NAMES), np.int64)
             bounds = starts + [n]
 
-            # one vocabulary lookup for all batch dictionaries (a hash of the vocab is built once)
-            dict_ids = np.split(lookup.ids(pa.concat_arrays(dicts)) if dicts else np.zeros(0, np.int32),
-                                np.cumsum([len(d) for d in dicts])[:-1])
-            del dicts
-
-            def items():
-                for i in range(len(starts)):
-                    yield bounds[i], bounds[i + 1], dict_ids[i], spill.get(i)
+            def items(group: int = 16):
+                # one vocabulary lookup per group of batch dictionaries (the vocab hash is built once
+                # per group, not per batch; memory holds one group)
+                for g in range(0, len(starts), group):
+                    got = [spill.get(i) for i in range(g, min(g + group, len(starts)))]
+                    dicts = [d for d, _ in got]
+                    ids = lookup.ids(pa.concat_arrays(dicts)) if dicts else np.zeros(0, np.int32)
+                    for k, part in enumerate(np.split(ids, np.cumsum([len(d) for d in dicts])[:-1])):
+                        i = g + k
+                        yield bounds[i], bounds[i + 1], part, got[k][1]
 
             def pass2(lo, hi, remap, local):
                 kept = kept_all[lo:hi]
@@ -338,12 +351,17 @@ def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), p
                 r = route[lo:hi]
                 for code, w in writers.items():
                     m = r == code
-                    if m.any():
+                    if m.all():                              # the common case: no copies
+                        k = kept_all[lo:hi]
+                        w.add(ids, k.astype(np.int32), labels[lo:hi], review_ids.slice(lo, hi - lo))
+                    elif m.any():
                         k = kept_all[lo:hi][m]
                         w.add(ids[m], k.astype(np.int32), labels[lo:hi][m],
                               review_ids.slice(lo, hi - lo).filter(pa.array(m)))
-                        unk[code] += int(row_unk[m].sum())
-                        toks[code] += int(k.sum())
+                    else:
+                        continue
+                    unk[code] += int(row_unk[m].sum())
+                    toks[code] += int(k.sum())
                 done += hi - lo
                 report("encode", done, n)
             splits = {}

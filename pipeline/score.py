@@ -102,6 +102,7 @@ class ScoreReport:
     rows_up_to_date: int = 0     # already scored by this model (not touched)
     label_counts: dict = field(default_factory=lambda: {"positive": 0, "negative": 0})
     deciles: list = field(default_factory=list)   # score at 10%, 20%, ... 90% of rows scored this run
+    histogram: list = field(default_factory=list)  # 20 bins over [0, 1] of the scores written this run
     chunks: int = 0
     seconds: float = 0.0
     rows_per_s: float = 0.0
@@ -119,11 +120,12 @@ def _has_text(col: str) -> str:
     return f"({col} IS NOT NULL AND length(trim(CAST({col} AS VARCHAR))) > 0)"
 
 
-def _candidate_sql(text_q: str, rescore: bool) -> tuple[str, bool]:
-    """SQL predicate for rows to score; second value: whether it takes the model version parameter."""
+def _stale_sql(rescore: bool) -> tuple[str, bool]:
+    """SQL predicate on the sentiment columns only (cheap: never reads the text); second value:
+    whether it takes the model version parameter."""
     if rescore:
-        return _has_text(text_q), False
-    return f"({_has_text(text_q)} AND (sentiment_score IS NULL OR sentiment_model IS DISTINCT FROM ?))", True
+        return "TRUE", False
+    return "(sentiment_score IS NULL OR sentiment_model IS DISTINCT FROM ?)", True
 
 
 def _pid_alive(pid: int) -> bool:
@@ -218,8 +220,12 @@ def score_table(db_path: str | os.PathLike, table: str, predictor: PredictorLike
     if not db_path.exists():
         raise NotFoundError(f"DuckDB database {db_path} does not exist")
     T, ID, TX = quote_ident(table), quote_ident(id_col), quote_ident(text_col)
-    cand, cand_takes_model = _candidate_sql(TX, rescore)
-    cand_params = [version] if cand_takes_model else []
+    # Candidates = stale rows with text. Paging is done on `stale` alone (sentiment columns + id:
+    # cheap per chunk, never reads the text column); the text test is applied only to the page's
+    # id range. Rows without text are stepped over (counted once as skipped at the start).
+    stale, stale_takes_model = _stale_sql(rescore)
+    cand = f"({_has_text(TX)} AND {stale})"
+    cand_params = [version] if stale_takes_model else []
     conn = lambda: connection(db_path, timeout=lock_timeout, on_wait=on_wait)  # noqa: E731
 
     report = ScoreReport(run_id=uuid.uuid4().hex[:16], table=table, db_path=str(db_path), model=version,
@@ -273,7 +279,7 @@ def score_table(db_path: str | os.PathLike, table: str, predictor: PredictorLike
             after = f" AND {ID} > ?" if last is not None else ""
             after_p = [last] if last is not None else []
             with conn() as con:
-                ids = con.sql(f"SELECT {ID} FROM {T} WHERE {cand}{after} ORDER BY {ID} LIMIT {int(chunk_rows)}",
+                ids = con.sql(f"SELECT {ID} FROM {T} WHERE {stale}{after} ORDER BY {ID} LIMIT {int(chunk_rows)}",
                               params=cand_params + after_p).to_arrow_table()
                 if ids.num_rows == 0:
                     break
@@ -284,6 +290,9 @@ def score_table(db_path: str | os.PathLike, table: str, predictor: PredictorLike
                     params=cand_params + after_p + [hi],
                 ).to_arrow_reader(batch_size=max(batch_size, 1024))
                 chunk = pa.Table.from_batches(list(reader), schema=reader.schema)
+            if chunk.num_rows == 0:          # a page of rows without text only: step over it
+                last = hi
+                continue
             # ---- infer (no lock held)
             scores = predict_sorted(predictor, chunk.column("text"), batch_size)
             ok = ~np.isnan(scores)
@@ -334,6 +343,7 @@ def score_table(db_path: str | os.PathLike, table: str, predictor: PredictorLike
     report.seconds = time.perf_counter() - t0
     report.rows_per_s = report.rows_scored / report.seconds if report.seconds > 0 else 0.0
     report.deciles = _deciles(hist)
+    report.histogram = hist.reshape(20, -1).sum(axis=1).tolist()
     report.status = "completed"
     with conn() as con:
         con.execute(f"UPDATE {RUNS_TABLE} SET status = 'completed', finished_at = now(), rows_scored = ?, "

@@ -167,12 +167,16 @@ def _autocast(device: torch.device):
 
 @torch.inference_mode()
 def evaluate(model: SentimentModel, data, batch_size: int, device: torch.device) -> dict:
-    """Loss, accuracy, F1 and confusion matrix ([[tn, fp], [fn, tp]]) over a split."""
+    """Loss, accuracy, F1 and confusion matrix ([[tn, fp], [fn, tp]]) over a split.
+
+    Batches are trimmed to their longest review, except for the lineage baseline (``exact_lengths=False``),
+    whose output depends on its full front padding."""
     from pipeline.loader import iter_batches
 
     model.eval()
     loss_sum, n, tp, tn, fp, fn = 0.0, 0, 0, 0, 0, 0
-    for batch in iter_batches(data, batch_size, shuffle=False, bucket=True, trim=True):
+    exact = model.cfg.exact_lengths
+    for batch in iter_batches(data, batch_size, shuffle=False, bucket=exact, trim=exact):
         ids, lengths, y = _to(batch, device)
         with _autocast(device):
             logits = model(ids, lengths)

@@ -190,3 +190,32 @@ def test_score_dataset_appends_new_lake_rows(warehouse):
                     "sentiment_score", "sentiment_label", "sentiment_model", "scored_at"]
     with pytest.raises(NotFoundError, match="known datasets: imdb"):
         score_dataset(warehouse, "nope", BowPredictor())
+
+
+def test_pages_of_rows_without_text_are_stepped_over(tmp_path):
+    db = make_review_db(tmp_path / "p.duckdb", 10)
+    con = duckdb.connect(str(db))
+    con.execute("INSERT INTO reviews (review_id, text) SELECT 'a_' || lpad(i::VARCHAR, 3, '0'), NULL FROM range(50) t(i)")
+    con.close()
+    rep = score_table(db, "reviews", BowPredictor(), chunk_rows=7)
+    assert (rep.rows_scored, rep.rows_skipped) == (10, 50)
+    assert score_table(db, "reviews", BowPredictor(), chunk_rows=7).rows_scored == 0
+
+
+@pytest.mark.parametrize("id_expr", [
+    "CAST(i AS DOUBLE) / 4",
+    "CAST(i AS DECIMAL(12, 3)) / 8",
+    "DATE '2020-01-01' + CAST(i AS INTEGER)",
+    "TIMESTAMPTZ '2020-01-01 00:00:00+00' + to_seconds(i * 37)",
+    "uuid_extract_version(gen_random_uuid()) * 0 + i",   # integer expression built from a function
+    "md5(CAST(i AS VARCHAR))::UUID",
+])
+def test_ids_of_other_comparable_types(tmp_path, id_expr):
+    db = tmp_path / "t.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute(f"CREATE TABLE t AS SELECT {id_expr} AS id, CASE WHEN i % 2 = 0 THEN 'a great film' "
+                f"ELSE 'an awful waste' END AS body FROM range(57) r(i)")
+    con.close()
+    rep = score_table(db, "t", BowPredictor(), id_col="id", text_col="body", chunk_rows=10)
+    assert (rep.rows_scored, rep.chunks) == (57, 6)
+    assert _rows(db, "SELECT count(*) FROM t WHERE (sentiment_label = 'positive') = (body = 'a great film')") == [(57,)]

@@ -26,6 +26,8 @@ def test_score_flow_writes_back_and_publishes_artifacts(prefect_harness, tmp_pat
     out = state.result()
     assert (out["rows_scored"], out["rows_skipped"], out["status"]) == (120, 1, "completed")
     assert sum(out["label_counts"].values()) == 120 and len(out["deciles"]) == 9
+    assert out["histogram_png"].endswith("plots/score-reviews.png")
+    assert (tmp_path / "wh" / "plots" / "score-reviews.png").stat().st_size > 1000
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(*) FROM reviews WHERE sentiment_model = 'bow-v1'").fetchone()[0] == 120
     con.close()

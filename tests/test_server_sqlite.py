@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+from types import SimpleNamespace
 from pathlib import Path
 
 import duckdb
@@ -12,7 +13,8 @@ import pytest
 
 from ops_helpers import drop_csv, train_tiny_champion
 from pipeline.config import Warehouse
-from serverkit import api, background, client_env, prefect_server, wait_for
+from flows.localserver import free_port, is_healthy
+from serverkit import api, background, client_env, wait_for
 
 REVIEWFLOW = str(Path(sys.executable).with_name("reviewflow"))
 
@@ -41,13 +43,23 @@ def test_inbox_deployment_on_a_real_server(tmp_path):
 
     wh = Warehouse(tmp_path / "warehouse").ensure()
     home = tmp_path / "prefect-home"
-    with prefect_server(home, wait=False) as srv:
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    server_env = {**client_env(api_url, home), "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+                  "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false"}
+    server_env.pop("PREFECT_API_URL")
+    server_log, serve_log = tmp_path / "server.log", tmp_path / "serve.log"
+    # `reviewflow server`: prefect server start on loopback, SQLite in PREFECT_HOME, then the gpu limit
+    with background([REVIEWFLOW, "server", "--port", str(port)], server_env, server_log) as server_proc:
+        srv = SimpleNamespace(api_url=api_url, log_tail=lambda: server_log.read_text()[-4000:])
         version = train_tiny_champion(wh)          # while the server boots
         dropped = drop_csv(wh, "from-the-server-test.csv", n=25, seed=11, id_prefix="srv")
-        srv.wait_healthy(150)
-        env = client_env(srv.api_url, home, REVIEWFLOW_WAREHOUSE=str(wh.root), PREFECT_RUNNER_POLL_FREQUENCY="2")
-        serve_log = tmp_path / "serve.log"
-        cmd = [REVIEWFLOW, "serve", "--warehouse", str(wh.root), "--inbox-interval", "20", "--retrain-cron", ""]
+        wait_for(lambda: server_proc.poll() is None and is_healthy(api_url), 150, 1.0, "the server",
+                 srv.log_tail)
+        wait_for(lambda: "tag concurrency limit" in server_log.read_text(), 60, 1.0, "the gpu limit", srv.log_tail)
+        env = client_env(api_url, home, REVIEWFLOW_WAREHOUSE=str(wh.root), PREFECT_RUNNER_POLL_FREQUENCY="2")
+        cmd = [REVIEWFLOW, "serve", "--warehouse", str(wh.root), "--inbox-interval", "20", "--retrain-cron", "",
+               "--no-setup-limits"]
         with background(cmd, env, serve_log) as proc:
             logs = lambda: f"--- serve log ---\n{serve_log.read_text()[-6000:]}\n--- server log ---\n{srv.log_tail()}"  # noqa: E731
 
@@ -72,7 +84,7 @@ def test_inbox_deployment_on_a_real_server(tmp_path):
                 run = api(srv.api_url, lambda c: c.read_flow_run(triggered.id))
                 done = (wh.inbox / "processed" / dropped.name).exists() or (wh.inbox / "failed" / dropped.name).exists()
                 return run if run.state.is_final() and done else None
-            run = wait_for(finished, 150, 1.0, "the triggered inbox run and the file", logs)
+            run = wait_for(finished, 240, 1.0, "the triggered inbox run and the file", logs)
             assert run.state.is_completed(), f"{run.state}\n{logs()}"
 
             assert (wh.inbox / "processed" / dropped.name).exists(), logs()
@@ -85,6 +97,8 @@ def test_inbox_deployment_on_a_real_server(tmp_path):
             files_art = next(a for a in arts if a.key == "inbox-files")
             assert dropped.name in str(files_art.data)
             assert run.name.startswith("ingest-and-score-inbox")
+    assert server_proc.returncode is not None
+    assert not is_healthy(api_url), "`reviewflow server` must stop the prefect server it started"
 
     with duckdb.connect(str(wh.duckdb_path), read_only=True) as con:
         n, scored, models = con.execute(

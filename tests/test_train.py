@@ -155,3 +155,14 @@ def test_presets_resolve_and_overrides_go_to_their_owner():
     assert set(PRESETS) >= {"baseline", "default", "best"}
     for p in PRESETS.values():
         assert set(p) >= {"model", "train", "prepare", "description"}
+
+
+def test_baseline_preset_trains_on_front_padded_shards(tmp_path):
+    wh = Warehouse(tmp_path / "wh").ensure()
+    spec = resolve_preset("baseline", {"max_len": 32, "epochs": 2, "embed_dim": 16, "threads": 1})
+    prep = tiny_prep(wh, **(spec.prepare | {"val_fraction": 0.25}))
+    res = train(prep, spec.train, tmp_path / "run", progress=False, model=spec.model)
+    assert res.model_config.pad_side == "left" and not res.model_config.exact_lengths
+    assert res.model_config.vocab_size == len((prep / "vocab.txt").read_text().splitlines())
+    assert len(res.history) == 2 and 0 <= res.metrics["val_accuracy"] <= 1
+    assert res.history[0]["tokens_per_s"] > 0

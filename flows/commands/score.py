@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
           reviewflow score --table reviews                       # warehouse reviews.duckdb, champion model
           reviewflow score --db shop.duckdb --table feedback --id-col id --text-col body
           reviewflow score --dataset imdb                        # lake dataset -> table imdb_scored
-          reviewflow score --table reviews --model gru-20260101-1 --rescore
+          reviewflow score --table reviews --model v0002-default-20260101120000 --rescore
           reviewflow sql "SELECT sentiment_label, count(*) FROM reviews GROUP BY 1"
         """
         if (table is None) == (dataset is None):

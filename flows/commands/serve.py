@@ -100,6 +100,10 @@ def register(app: typer.Typer) -> None:
 
         from flows.localserver import GPU_TAG, ensure_tag_limit, start_server
 
+        def _stop(*_):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _stop)  # `kill` stops the server too, not just this wrapper
         srv = start_server(host, port, log_path="-")
         typer.echo(f"starting prefect server on {srv.ui_url} (API {srv.api_url}) ...")
         try:
@@ -109,8 +113,8 @@ def register(app: typer.Typer) -> None:
                 n = asyncio.run(ensure_tag_limit(GPU_TAG, 1))
                 typer.echo(f"tag concurrency limit: {GPU_TAG!r} = {n}")
             typer.secho(f"UI: {srv.ui_url}    export PREFECT_API_URL={srv.api_url}", bold=True)
-            signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-            srv.proc.wait()
+            if srv.proc.wait():
+                raise typer.Exit(srv.proc.returncode)
         except KeyboardInterrupt:
             typer.echo("stopping the server ...")
         finally:

@@ -1,0 +1,69 @@
+"""train_flow through real Prefect (ephemeral API), the `reviewflow train` CLI, and the CUDA path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from flows.cli import app
+from pipeline import registry
+from pipeline.config import Warehouse
+from pipeline.train import TrainConfig, train
+from synthetic import make_reviews, write_lake_dataset
+from train_helpers import TINY_OVERRIDES, tiny_model, tiny_prep
+
+
+@pytest.mark.prefect
+def test_train_flow_prepares_trains_registers_and_publishes_artifacts(prefect_harness, warehouse):
+    from prefect.client.orchestration import get_client
+
+    from flows.train import train_flow
+
+    write_lake_dataset(warehouse, "syn", make_reviews(240, seed=0, max_words=30))
+    out = train_flow(dataset="syn", preset="default", warehouse=str(warehouse.root), overrides=TINY_OVERRIDES)
+    assert out["version"].startswith("v0001-default-") and out["promoted"] and not out["skipped"]
+    assert out["champion"] == out["version"] and out["val_accuracy"] > 0.6
+    mv = registry.get(warehouse, "champion")
+    assert mv.prep_id == out["prep_id"] and len(mv.metrics["history"]) == 2
+    assert not list((warehouse.tmp / "runs").iterdir())          # resumable run state cleaned up
+    # a tiny time budget stops the loop itself; the task still registers the best (partial) epoch
+    stopped = train_flow(dataset="syn", preset="default", warehouse=str(warehouse.root),
+                         overrides=TINY_OVERRIDES | {"epochs": 500, "max_minutes": 0.0})
+    mv2 = registry.get(warehouse, stopped["version"])
+    assert mv2.metrics["stopped"] == "time_budget" and len(mv2.metrics["history"]) == 1
+
+    import asyncio
+
+    async def artifacts():
+        async with get_client() as client:
+            return await client.read_artifacts()
+
+    keys = {a.key for a in asyncio.run(artifacts())}
+    assert {"metrics-syn-default", "model-card-syn-default", "train-syn-default-progress"} <= keys
+
+
+def test_train_cli_without_prefect_then_skip_and_retrain(warehouse):
+    write_lake_dataset(warehouse, "syn", make_reviews(240, seed=0, max_words=30))
+    args = ["train", "--dataset", "syn", "--no-prefect", "--warehouse", str(warehouse.root), "--epochs", "1",
+            "--hidden", "8", "--embed-dim", "8", "--max-len", "32", "--encoder", "lstm", "--pooling", "attention",
+            "--no-bidirectional", "--batch-size", "32"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "trained" in r.output and "v0001-default-" in r.output
+    mv = registry.get(warehouse, "champion")
+    m = mv.config["model"]
+    assert (m["encoder"], m["pooling"], m["bidirectional"], m["hidden"], m["max_len"]) == ("lstm", "attention",
+                                                                                            False, 8, 32)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")
+def test_training_on_cuda_with_bf16_autocast(tmp_path):
+    wh = Warehouse(tmp_path / "wh").ensure()
+    prep = tiny_prep(wh)
+    res = train(prep, TrainConfig(epochs=6, batch_size=16, lr=0.02), tmp_path / "run", device="cuda",
+                progress=False, model=tiny_model())
+    assert res.device.startswith("cuda") and res.environment["gpu"]
+    assert res.metrics["val_accuracy"] > 0.9
+    assert res.metrics["optimizer_fused"]
