@@ -48,7 +48,7 @@ from pipeline.config import Warehouse, validate_name
 from pipeline.errors import InputError, NotFoundError
 from pipeline.shards import ShardWriter, verify_shards
 from pipeline.split import stratified_val_mask
-from pipeline.storage import atomic_dir, read_json, write_bytes_atomic, write_json_atomic
+from pipeline.storage import atomic_dir, read_json, write_json_atomic
 from pipeline.text import PAD_SIDES, TRUNCATE_MODES, kept_mask, pad_rows, tokenize
 from pipeline.vocab import Lookup, TokenCounter, build_vocab, read_vocab, vocab_bytes, vocab_sha256
 

@@ -14,6 +14,9 @@ How a run works (and why):
 * **NULL/empty text** (NULL, '' or only whitespace) is never sent to the model: the row keeps a
   NULL score, is counted as ``rows_skipped`` in the report, and is not a candidate next time
   either (so it is not retried forever). Fill in the text and the next run scores it.
+  A non-empty text the model still returns NaN for (e.g. nothing but punctuation) is also left
+  NULL and counted as skipped; being stale, it is tried again by the next run.
+* ``--rescore`` scores every row with text again; an interrupted rescore, rerun, starts over.
 * **Chunks, one transaction each.** Candidates are read in keyset-paginated chunks
   (``ORDER BY id`` with ``id > last``) as Arrow record batches, sorted by length for batched
   inference, and written back with one ``UPDATE ... FROM chunk`` joined on the id, in one
