@@ -41,7 +41,6 @@ model's max length (head/tail as it was trained) is the predictor's job.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import os
 import socket
 import sys
