@@ -14,7 +14,7 @@ import re
 import time
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from flows.ingest import ingest_flow
@@ -41,16 +41,6 @@ def preset_prepare_params(preset: str) -> dict:
     from pipeline.presets import resolve_preset
 
     return dict(resolve_preset(preset).prepare)
-
-
-@task(name="copy-split", task_run_name="copy-{split}-split-{dataset}", retries=2, retry_delay_seconds=5)
-def copy_split(warehouse: str, dataset: str, split: str, db_path: str) -> dict:
-    """Copy the lake rows of one split into ``<dataset>_<split>_scored`` in DuckDB (new rows only)."""
-    from pipeline.splits import sync_split_table
-
-    table, added = sync_split_table(Warehouse.from_env(warehouse), dataset, split, db_path)
-    get_run_logger().info(f"{added} new {split} row(s) of {dataset!r} copied into {table!r} ({db_path})")
-    return {"table": table, "added": added}
 
 
 def _step(progress_id, pct: float, logger, msg: str) -> None:
@@ -100,18 +90,16 @@ def run_flow(source: str | None = None, dataset: str = "imdb", preset: str = "de
         sc = score_flow(table=score_table, db=db_path, warehouse=whs)
         table = score_table
     else:
-        from pipeline.splits import split_counts
+        from pipeline.lake import split_counts
+        from pipeline.score import scored_table_name
 
         counts = split_counts(wh, dataset)
         if counts.get("test"):
-            copied = copy_split(whs, dataset, "test", db_path)
-            table, added = copied["table"], copied["added"]
-            scored_what = f"the test split of {dataset!r} ({counts['test']} rows; {added} new) into {table!r}"
+            table = scored_table_name(dataset, "test")
+            scored_what = f"the test split of {dataset!r} ({counts['test']} rows) into {table!r}"
             _step(progress_id, 80.0, logger, f"4/4 score {scored_what}")
-            sc = score_flow(table=table, db=db_path, warehouse=whs)
+            sc = score_flow(dataset=dataset, split="test", db=db_path, warehouse=whs)
         else:
-            from pipeline.score import scored_table_name
-
             table = scored_table_name(dataset)
             scored_what = (f"every row of {dataset!r} ({sum(counts.values())} rows: it has no test split, "
                            f"so train rows are scored too) into {table!r}")

@@ -90,16 +90,17 @@ def _run_name() -> str:
     from prefect.runtime import flow_run
 
     p = flow_run.parameters
-    return f"score-{p.get('table') or str(p.get('dataset')) + '_scored'}"
+    split = f"_{p['split']}" if p.get("split") else ""
+    return f"score-{p.get('table') or str(p.get('dataset')) + split + '_scored'}"
 
 
 @flow(name="score", flow_run_name=_run_name, log_prints=True)
 def score_flow(table: str | None = None, db: str | None = None, dataset: str | None = None,
-               model: str = "champion", warehouse: str | None = None, id_col: str = "review_id",
+               split: str | None = None, model: str = "champion", warehouse: str | None = None, id_col: str = "review_id",
                text_col: str = "text", rescore: bool = False, threshold: float = 0.5, batch_size: int = 256,
                chunk_rows: int = 4096, lock_timeout: float = 120.0, predictor: Any = None) -> dict:
     """Score ``table`` in DuckDB file ``db`` (default: the warehouse's reviews.duckdb), or the lake
-    ``dataset`` into ``<dataset>_scored``, with model ``model`` (a version or "champion").
+    ``dataset`` (or only its ``split``) into ``<dataset>[_<split>]_scored``, with model ``model`` (a version or "champion").
     ``predictor`` (an already-loaded Predictor) skips loading; used when embedding the flow."""
     if (table is None) == (dataset is None):
         raise ValueError("give exactly one of table= or dataset=")
@@ -112,7 +113,11 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
                    lock_timeout=lock_timeout)
     if dataset is None:
         options.update(id_col=id_col, text_col=text_col)
-    rep = score_task(table or f"{dataset}_scored", db_path, table, dataset, str(wh.root), predictor, options)
+    else:
+        from pipeline.score import scored_table_name
+
+        options.update(split=split)
+    rep = score_task(table or scored_table_name(dataset, split), db_path, table, dataset, str(wh.root), predictor, options)
     label = rep["table"]
     plot = None
     if rep["rows_scored"]:

@@ -272,3 +272,12 @@ def write_part(wh: Warehouse, name: str, table: pa.Table) -> PublishResult:
         writer.abort()
         raise
     return publish_part(wh, name, tmp, known_files=None)
+
+
+def split_counts(wh: Warehouse, name: str) -> dict[str, int]:
+    """Rows per split in the dataset (a null split is counted as ``"none"``); reads only that column."""
+    import pyarrow.compute as pc
+
+    col = open_dataset(wh, name).to_table(columns=["split"]).column("split")
+    return {(r["values"] if r["values"] is not None else "none"): int(r["counts"])
+            for r in pc.value_counts(col).to_pylist()}

@@ -367,20 +367,29 @@ def _duck_type(t: pa.DataType) -> str:
     raise InputError(f"lake column type {t} has no DuckDB mapping")
 
 
-def scored_table_name(dataset: str) -> str:
-    return f"{dataset}_scored"
+def scored_table_name(dataset: str, split: str | None = None) -> str:
+    """``<dataset>_scored``, or ``<dataset>_<split>_scored`` for one split of it."""
+    from pipeline.config import validate_name
+
+    validate_name(dataset, "dataset name")
+    return f"{dataset}_{validate_name(split, 'split')}_scored" if split else f"{dataset}_scored"
 
 
-def sync_dataset_table(wh, dataset: str, db_path: str | os.PathLike | None = None, *,
+def sync_dataset_table(wh, dataset: str, db_path: str | os.PathLike | None = None, *, split: str | None = None,
                        lock_timeout: float = DEFAULT_LOCK_TIMEOUT, on_wait=None) -> tuple[str, int]:
-    """Create ``<dataset>_scored`` (lake columns + sentiment columns, PRIMARY KEY review_id) if missing
-    and append lake rows whose review_id it does not hold yet (one transaction). -> (table, rows added)."""
+    """Create ``<dataset>[_<split>]_scored`` (lake columns + sentiment columns, PRIMARY KEY review_id) if
+    missing and append lake rows (of ``split`` only, when given) whose review_id it does not hold yet, in one
+    transaction; scores already written stay. -> (table, rows added)."""
+    import pyarrow.dataset as pads
+
     from pipeline.lake import open_dataset
     from pipeline.schema import REVIEW_SCHEMA
 
     lake = open_dataset(wh, dataset)            # NotFoundError with known datasets if missing
+    if split is not None:
+        lake = lake.filter(pads.field("split") == split)
     db_path = Path(db_path) if db_path is not None else wh.duckdb_path
-    table = scored_table_name(dataset)
+    table = scored_table_name(dataset, split)
     T = quote_ident(table)
     names = [f.name for f in REVIEW_SCHEMA]
     col_defs = [f"{quote_ident(f.name)} {_duck_type(f.type)}" + (" PRIMARY KEY" if f.name == "review_id" else "")
@@ -407,10 +416,13 @@ def sync_dataset_table(wh, dataset: str, db_path: str | os.PathLike | None = Non
 
 
 def score_dataset(wh, dataset: str, predictor: PredictorLike, *, db_path: str | os.PathLike | None = None,
-                  lock_timeout: float = DEFAULT_LOCK_TIMEOUT, on_wait=None, **kwargs) -> ScoreReport:
-    """Score lake dataset ``dataset`` into warehouse table ``<dataset>_scored``: new lake rows are
-    appended by review_id, rows already scored by this model are kept, the rest is scored."""
+                  split: str | None = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, on_wait=None,
+                  **kwargs) -> ScoreReport:
+    """Score lake dataset ``dataset`` (or one ``split`` of it) into warehouse table
+    ``<dataset>[_<split>]_scored``: new lake rows are appended by review_id, rows already scored by this
+    model are kept, the rest is scored."""
     db_path = Path(db_path) if db_path is not None else wh.duckdb_path
-    table, _added = sync_dataset_table(wh, dataset, db_path, lock_timeout=lock_timeout, on_wait=on_wait)
+    table, _added = sync_dataset_table(wh, dataset, db_path, split=split, lock_timeout=lock_timeout,
+                                       on_wait=on_wait)
     return score_table(db_path, table, predictor, id_col="review_id", text_col="text",
                        lock_timeout=lock_timeout, on_wait=on_wait, **kwargs)

@@ -1,4 +1,4 @@
-"""The run summary and the split table the main job scores (pipeline/summary.py, pipeline/splits.py)."""
+"""The run summary and the split table the main job scores (pipeline/summary.py, pipeline/score.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import shlex
 
 import duckdb
 
-from pipeline.splits import split_counts, sync_split_table
+from pipeline.lake import split_counts
+from pipeline.score import sync_dataset_table
 from pipeline.summary import build_summary, example_sql, summary_markdown, summary_text
 from synthetic import make_reviews, write_lake_dataset
 
@@ -17,13 +18,12 @@ def test_split_table_is_incremental_and_keyed(warehouse):
     write_lake_dataset(warehouse, "d", make_reviews(10, seed=0, split="train"), part="part-0")
     write_lake_dataset(warehouse, "d", make_reviews(6, seed=1, split="test", id_prefix="t"), part="part-1")
     assert split_counts(warehouse, "d") == {"train": 10, "test": 6}
-    assert sync_split_table(warehouse, "d", "test") == ("d_test_scored", 6)
+    assert sync_dataset_table(warehouse, "d", split="test") == ("d_test_scored", 6)
     with duckdb.connect(str(warehouse.duckdb_path)) as con:   # a score written earlier must survive re-syncs
-        con.execute("ALTER TABLE d_test_scored ADD COLUMN sentiment_score DOUBLE")
         con.execute("UPDATE d_test_scored SET sentiment_score = 0.25")
     more = make_reviews(9, seed=1, split="test", id_prefix="t")        # t_0..t_5 again + 3 new
     write_lake_dataset(warehouse, "d", pa.Table.from_batches(more.to_batches()), part="part-2")
-    assert sync_split_table(warehouse, "d", "test") == ("d_test_scored", 3)
+    assert sync_dataset_table(warehouse, "d", split="test") == ("d_test_scored", 3)
     with duckdb.connect(str(warehouse.duckdb_path), read_only=True) as con:
         rows = con.execute("SELECT count(*), count(DISTINCT review_id), count(sentiment_score), "
                            "count(*) FILTER (WHERE split <> 'test') FROM d_test_scored").fetchone()
