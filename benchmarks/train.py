@@ -52,15 +52,15 @@ def load_lake(wh: Warehouse, source: Path, rows: int | None, seed: int = 0) -> i
 def run_preset(wh: Warehouse, preset: str, overrides: dict, device: str, progress: bool) -> dict:
     from pipeline.prepare import PrepareConfig, prepare
     from pipeline.presets import resolve_preset
-    from pipeline.train import train
+    from pipeline.train import run_dir_for, train
 
     spec = resolve_preset(preset, overrides)
     t = time.perf_counter()
     prep = prepare(wh, "imdb", PrepareConfig(**spec.prepare))
     prep_s = time.perf_counter() - t
     t, cpu = time.perf_counter(), time.process_time()
-    res = train(prep.prep_dir, spec.train, wh.tmp / f"run-{preset}-{device}", device=device, progress=progress,
-                model=spec.model)
+    out = run_dir_for(wh, "imdb", preset, prep.prep_id, overrides | {"device": device})
+    res = train(prep.prep_dir, spec.train, out, device=device, progress=progress, model=spec.model)
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     h = res.history
     return {"preset": preset, "device": res.device, "params": res.metrics["params"], "epochs": len(h),
