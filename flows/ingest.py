@@ -15,7 +15,6 @@ Artifacts: ``ingest-<dataset>`` (rows by split and label: in the source / added)
 
 from __future__ import annotations
 
-import re
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -24,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from pipeline.config import Warehouse
 from pipeline.download import DownloadError
 from pipeline.ingest import IngestReport, StagedIngest, publish, stage
+from flows.artifacts import artifact_key
 
 READ_RETRIES = 3
 READ_RETRY_DELAYS = [5, 20, 60]  # seconds before retry 1, 2, 3
@@ -35,11 +35,6 @@ DROP_EXPLANATIONS = {
     "already_in_lake": "skipped: review_id already in the dataset",
     "replaced_utf8": "kept, repaired: invalid UTF-8 bytes replaced with U+FFFD",
 }
-
-
-def artifact_key(*parts: str) -> str:
-    """Artifact keys: lowercase letters, digits and dashes only."""
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")[:100] or "ingest"
 
 
 def _transient(task, task_run, state) -> bool:

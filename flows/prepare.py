@@ -15,7 +15,6 @@ histogram PNG is) and ``prepare-<dataset>-counts`` (table: rows per split and la
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -27,11 +26,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from pipeline.config import Warehouse, validate_name
 from pipeline.prepare import PrepareConfig, compute_prep_id, dataset_fingerprint, prepare
-
-
-def artifact_key(*parts: str) -> str:
-    """Artifact keys: lowercase letters, digits and dashes only."""
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")[:100] or "prepare"
+from flows.artifacts import artifact_key
 
 
 @task(name="prepare-shards", task_run_name="prepare-{dataset}", cache_policy=INPUTS + TASK_SOURCE,

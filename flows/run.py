@@ -10,7 +10,6 @@ shards (``--retrain`` forces it), and scoring only touches rows the champion has
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -24,16 +23,12 @@ from flows.train import train_flow
 from pipeline.config import Warehouse, validate_name
 from pipeline.connectivity import is_url, probe_url
 from pipeline.summary import build_summary, summary_markdown
+from flows.artifacts import artifact_key
 
 try:  # the ingest module owns the official URL
     from pipeline.download import ACLIMDB_URL
 except ImportError:  # pragma: no cover - only while pipeline.download is missing
     ACLIMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
-
-
-def artifact_key(*parts: str) -> str:
-    """Artifact keys may only hold lowercase letters, digits and dashes."""
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")
 
 
 def preset_prepare_params(preset: str) -> dict:

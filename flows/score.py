@@ -7,7 +7,6 @@ artifact (rows scored/skipped, label counts, score deciles, seconds, rows/s).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -17,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline.config import Warehouse
 from pipeline.duck import LockTimeout
+from flows.artifacts import artifact_key
 
 
 def _retry_on_lock(task, task_run, state) -> bool:
@@ -28,11 +28,6 @@ def _retry_on_lock(task, task_run, state) -> bool:
     except Exception:
         return False
     return False
-
-
-def _key(*parts: str) -> str:
-    """Artifact keys: lowercase letters, digits and dashes only."""
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")[:100] or "score"
 
 
 @task(name="load-model", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -51,7 +46,7 @@ def score_task(label: str, db: str, table: str | None, dataset: str | None, ware
     from pipeline.score import score_dataset, score_table
 
     logger = get_run_logger()
-    art = create_progress_artifact(progress=0.0, key=_key("score-progress", label),
+    art = create_progress_artifact(progress=0.0, key=artifact_key("score-progress", label),
                                    description=f"Rows of {label} scored with {predictor.version}")
 
     def progress(done: int, total: int) -> None:
@@ -123,12 +118,12 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
     if rep["rows_scored"]:
         from pipeline.plots import score_histogram
 
-        plot = score_histogram(rep["histogram"], wh.root / "plots" / f"{_key('score', label)}.png",
+        plot = score_histogram(rep["histogram"], wh.root / "plots" / f"{artifact_key('score', label)}.png",
                                threshold=threshold, title=f"{label} ({rep['model']})")
-    create_table_artifact(table=_summary_rows(rep), key=_key("score-summary", label),
+    create_table_artifact(table=_summary_rows(rep), key=artifact_key("score-summary", label),
                           description=f"Scoring run {rep['run_id']} of {label} in {db_path}")
     create_markdown_artifact(
-        key=_key("score-report", label),
+        key=artifact_key("score-report", label),
         markdown=(f"### Scored `{label}` with `{rep['model']}`\n\n"
                   f"{rep['rows_scored']} rows scored, {rep['rows_skipped']} skipped (NULL/empty text), "
                   f"{rep['rows_up_to_date']} already up to date, {rep['rows_per_s']:.0f} rows/s.\n\n"

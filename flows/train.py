@@ -22,15 +22,10 @@ from pipeline import registry
 from pipeline.config import Warehouse, validate_name
 from pipeline.presets import resolve_preset
 from pipeline.train import run_dir_for
+from flows.artifacts import artifact_key
 
 GRACE_SECONDS = 600        # the task timeout = the loop's own budget + this (evaluation, checkpointing)
 DEFAULT_TIMEOUT = 6 * 3600
-
-
-def _key(*parts: str) -> str:
-    import re
-
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")
 
 
 @task(name="train-model", task_run_name="train-{dataset}-{preset}", tags=["gpu"])
@@ -41,7 +36,7 @@ def train_model(prep_dir: str, out_dir: str, dataset: str, preset: str, override
 
     logger = get_run_logger()
     spec = resolve_preset(preset, overrides)
-    progress_id = create_progress_artifact(progress=0.0, key=_key("train", dataset, preset, "progress"),
+    progress_id = create_progress_artifact(progress=0.0, key=artifact_key("train", dataset, preset, "progress"),
                                            description=f"training {preset} on {dataset}: epochs done")
 
     def on_epoch(rec: dict) -> None:
@@ -65,9 +60,9 @@ def register_model(warehouse: str, out_dir: str, dataset: str, preset: str, prep
     mv = registry.get(wh, version)
     champ = registry.champion(wh)
     rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in mv.metrics["history"]]
-    create_table_artifact(key=_key("metrics", dataset, preset), table=rows,
+    create_table_artifact(key=artifact_key("metrics", dataset, preset), table=rows,
                           description=f"per-epoch metrics of {version}")
-    create_markdown_artifact(key=_key("model-card", dataset, preset),
+    create_markdown_artifact(key=artifact_key("model-card", dataset, preset),
                              markdown=(mv.path / "MODEL_CARD.md").read_text(), description=f"model card {version}")
     logger.info(f"registered {version} (val accuracy {mv.val_accuracy:.4f}); champion is {champ}")
     shutil.rmtree(out_dir, ignore_errors=True)   # registered: the resumable run state is no longer needed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import urllib.parse
 
+from pipeline.download import is_url  # noqa: F401  (re-exported for callers of the probe)
 from pipeline.errors import ReviewflowError
 
 LOCAL_HINT = (
@@ -18,10 +19,6 @@ LOCAL_HINT = (
 
 class OfflineError(ReviewflowError):
     """The source is a URL and its host cannot be reached."""
-
-
-def is_url(source: str) -> bool:
-    return urllib.parse.urlsplit(str(source)).scheme in ("http", "https")
 
 
 def probe_url(url: str, timeout: float = 3.0) -> None:

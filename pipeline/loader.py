@@ -64,9 +64,9 @@ def load_split(prep_dir: str | Path, split: str, *, verify: bool = False, mmap: 
 
 @dataclass
 class Batch:
-    ids: "torch.LongTensor"        # [B, T]  # noqa: F821
-    lengths: "torch.LongTensor"    # [B]
-    labels: "torch.FloatTensor"    # [B]  (-1.0 = unknown)
+    ids: "torch.Tensor"            # [B, T] int64  # noqa: F821
+    lengths: "torch.Tensor"        # [B] int64     # noqa: F821
+    labels: "torch.Tensor"         # [B] float32 (-1.0 = unknown)  # noqa: F821
     index: np.ndarray              # row numbers in the split
 
 

@@ -23,7 +23,6 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 ENCODERS = ("rnn", "lstm", "gru", "transformer")
 POOLINGS = ("last", "mean", "max", "maxmean", "attention")
@@ -46,6 +45,8 @@ class ModelConfig:
     max_len: int = 512            # longest sequence (positional encoding table size)
     pad_side: str = "right"       # how the input batches are padded: right | left
     exact_lengths: bool = True    # False: run over the pads as given (lineage baseline only)
+    bigram_buckets: int = 0       # >0: add a fastText-style bag of hashed token bigrams beside the encoder
+    bigram_dim: int = 64
 
     def __post_init__(self):
         if self.encoder not in ENCODERS:
@@ -184,6 +185,31 @@ class AttentionPooling(nn.Module):
         return (weights.unsqueeze(-1).to(h.dtype) * h).sum(1), weights
 
 
+class BigramBag(nn.Module):
+    """Mean of hashed-bigram embeddings over each review's real tokens (pads never form a bigram).
+
+    A cheap n-gram feature (as in fastText) the classifier sees beside the recurrent summary: phrases like
+    "not good" or "well worth" carry sentiment that single-token embeddings blur.
+    """
+
+    def __init__(self, buckets: int, dim: int):
+        super().__init__()
+        self.buckets = buckets
+        self.embed = nn.Embedding(buckets, dim)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.out_dim = dim
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """ids [B, T] right-padded -> [B, dim]."""
+        if ids.size(1) < 2:
+            return self.embed.weight.new_zeros(ids.size(0), self.out_dim)
+        h = (ids[:, :-1] * 1_000_003 + ids[:, 1:]) % self.buckets
+        t = torch.arange(ids.size(1) - 1, device=ids.device).unsqueeze(0)
+        m = (t < (lengths - 1).unsqueeze(1)).unsqueeze(-1)
+        e = self.embed(h)
+        return (e * m).sum(1) / m.sum(1).clamp(min=1)
+
+
 class SentimentModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -194,7 +220,9 @@ class SentimentModel(nn.Module):
         d = self.encoder.out_dim
         self.attention = AttentionPooling(d) if cfg.pooling == "attention" else None
         self.dropout = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(2 * d if cfg.pooling == "maxmean" else d, 1)
+        self.bigrams = BigramBag(cfg.bigram_buckets, cfg.bigram_dim) if cfg.bigram_buckets else None
+        extra = self.bigrams.out_dim if self.bigrams is not None else 0
+        self.head = nn.Linear((2 * d if cfg.pooling == "maxmean" else d) + extra, 1)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -233,9 +261,10 @@ class SentimentModel(nn.Module):
             if cfg.pooling in ("mean", "maxmean"):
                 parts.append((h * m).sum(1) / m.sum(1).clamp(min=1))
             pooled = torch.cat(parts, -1)
+        if self.bigrams is not None:
+            pooled = torch.cat([pooled, self.bigrams(ids, lengths)], -1)
         logits = self.head(self.dropout(pooled)).squeeze(-1)
         if attn is not None and left:  # back to the caller's left-padded layout
-            B = ids.size(0)
             t = torch.arange(T, device=ids.device).unsqueeze(0)
             attn = attn.gather(1, (t - (T - lengths).unsqueeze(1)) % T)
         return logits, attn
