@@ -53,6 +53,7 @@ class TrainConfig:
     lr_schedule: str = "constant"       # constant | onecycle | cosine
     grad_clip: float | None = 1.0       # None: no clipping
     patience: int | None = 3            # epochs without val-loss improvement; None: never stop early
+    select: str = "val_loss"            # metric that picks the best checkpoint: val_loss | val_accuracy
     seed: int = 0
     bucket: bool = True                 # sort by length within windows (fast, little padding)
     trim: bool = True                   # cut each batch to its longest review
@@ -257,7 +258,9 @@ def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: s
     sched = make_scheduler(opt, cfg, steps_per_epoch)
 
     history: list[dict] = []
-    start_epoch, best_loss, bad_epochs, elapsed_before = 0, float("inf"), 0, 0.0
+    if cfg.select not in ("val_loss", "val_accuracy"):
+        raise ReviewflowError(f"select must be val_loss or val_accuracy, got {cfg.select!r}")
+    start_epoch, best_loss, best_score, bad_epochs, elapsed_before = 0, float("inf"), float("inf"), 0, 0.0
     ckpt_path = out_dir / CHECKPOINT
     if ckpt_path.exists():  # resume after a crash
         ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
@@ -271,6 +274,7 @@ def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: s
         torch.set_rng_state(ckpt["torch_rng"].cpu())
         history = list(ckpt["history"])
         start_epoch, best_loss, bad_epochs = ckpt["epoch"] + 1, ckpt["best_loss"], ckpt["bad_epochs"]
+        best_score = ckpt.get("best_score", best_loss)
         elapsed_before = ckpt["elapsed"]
         if progress:
             print(f"resuming {out_dir} at epoch {start_epoch + 1}", file=sys.stderr)
@@ -319,9 +323,12 @@ def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: s
                   "tokens_per_s": round(tokens / max(train_seconds, 1e-9), 1),
                   "lr": opt.param_groups[0]["lr"], "partial": stopped == "time_budget"}
         history.append(record)
-        if val["loss"] < best_loss:
-            best_loss, bad_epochs = val["loss"], 0
+        score = -val["accuracy"] if cfg.select == "val_accuracy" else val["loss"]   # lower is better
+        if score < best_score:
+            best_score = score
             save_weights(net, out_dir / BEST)
+        if val["loss"] < best_loss:   # early stopping always watches the validation loss
+            best_loss, bad_epochs = val["loss"], 0
         else:
             bad_epochs += 1
             if cfg.patience is not None and bad_epochs >= cfg.patience and stopped == "completed":
@@ -331,7 +338,7 @@ def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: s
                   f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f} | {train_seconds:.1f}s "
                   f"{record['tokens_per_s']:.0f} tok/s", file=sys.stderr)
         _save_checkpoint(ckpt_path, net, opt, sched, {
-            "epoch": epoch, "best_loss": best_loss, "bad_epochs": bad_epochs, "history": history,
+            "epoch": epoch, "best_loss": best_loss, "best_score": best_score, "bad_epochs": bad_epochs, "history": history,
             "elapsed": time.perf_counter() - t_start, "model_config": mcfg.to_dict(),
             "train_config": _cfg_key(cfg)})
         if on_epoch is not None:
@@ -339,7 +346,8 @@ def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: s
 
     best = load_model(out_dir / BEST, mcfg, dev)
     metrics = {f"val_{k}": v for k, v in evaluate(best, val_data, max(cfg.batch_size, 256), dev).items()}
-    metrics["best_epoch"] = min(history, key=lambda r: r["val_loss"])["epoch"]
+    pick = (lambda r: -r["val_accuracy"]) if cfg.select == "val_accuracy" else (lambda r: r["val_loss"])
+    metrics["best_epoch"] = min(history, key=pick)["epoch"]
     metrics["params"] = best.num_params()
     metrics["optimizer_fused"] = bool(getattr(opt, "fused_ok", False))
     if "test" in man.get("counts", {}) and man["counts"]["test"]:

@@ -166,3 +166,34 @@ def test_baseline_preset_trains_on_front_padded_shards(tmp_path):
     assert res.model_config.vocab_size == len((prep / "vocab.txt").read_text().splitlines())
     assert len(res.history) == 2 and 0 <= res.metrics["val_accuracy"] <= 1
     assert res.history[0]["tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("select", ["val_loss", "val_accuracy"])
+def test_best_checkpoint_follows_the_selection_metric(prep_dir, tmp_path, select):
+    res = train(prep_dir, TrainConfig(epochs=4, batch_size=16, lr=0.05, threads=1, patience=None, select=select),
+                tmp_path / "run", progress=False, model=tiny_model())
+    if select == "val_loss":
+        want = min(res.history, key=lambda r: r["val_loss"])
+    else:
+        want = max(res.history, key=lambda r: (r["val_accuracy"], -r["epoch"]))
+    assert res.metrics["best_epoch"] == want["epoch"]
+    assert res.metrics["val_accuracy"] == pytest.approx(want["val_accuracy"])   # the saved weights are that epoch's
+
+
+def test_unknown_selection_metric_is_refused(prep_dir, tmp_path):
+    with pytest.raises(ReviewflowError, match="select"):
+        train(prep_dir, TrainConfig(epochs=1, select="f1"), tmp_path / "run", progress=False, model=tiny_model())
+
+
+def test_bigram_bag_learns_and_ignores_padding(prep_dir, tmp_path):
+    from pipeline.models import SentimentModel
+
+    res = train(prep_dir, TrainConfig(epochs=4, batch_size=16, lr=0.02, threads=1), tmp_path / "run",
+                progress=False, model=tiny_model(bigram_buckets=997, bigram_dim=8))
+    assert res.metrics["val_accuracy"] > 0.9
+    net = SentimentModel(res.model_config).eval()
+    net.load_state_dict(load_model(res.weights, res.model_config).state_dict())
+    ids = torch.randint(2, res.model_config.vocab_size, (1, 6))
+    padded = torch.cat([ids, torch.zeros(1, 20, dtype=torch.long)], 1)
+    with torch.no_grad():
+        assert torch.allclose(net(ids, torch.tensor([6])), net(padded, torch.tensor([6])), atol=1e-6)
