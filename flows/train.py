@@ -12,6 +12,7 @@ a crash resumes from the last completed epoch.
 from __future__ import annotations
 
 import shutil
+from dataclasses import asdict
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
@@ -70,13 +71,18 @@ def register_model(warehouse: str, out_dir: str, dataset: str, preset: str, prep
             "champion": champ, "path": str(mv.path)}
 
 
+def _without_budget(train_cfg: dict) -> dict:
+    """Training settings that change the model (the time budget and thread count do not)."""
+    return {k: v for k, v in train_cfg.items() if k not in ("max_seconds", "threads")}
+
+
 @flow(name="reviewflow-train", flow_run_name="train-{dataset}-{preset}")
 def train_flow(dataset: str, preset: str = "default", warehouse: str | None = None,
                overrides: dict | None = None, retrain: bool = False, device: str = "auto") -> dict:
     """Prepare ``dataset`` with the preset's prepare parameters, train, register (promote if better).
 
-    Without ``retrain``, a registered model of the same preset on the same shards (and no overrides)
-    is reused instead of training again.
+    Without ``retrain``, a registered model of the same preset and configuration on the same shards (and
+    no overrides) is reused instead of training again.
     """
     logger = get_run_logger()
     validate_name(dataset, "dataset name")
@@ -87,7 +93,10 @@ def train_flow(dataset: str, preset: str = "default", warehouse: str | None = No
     prep_id, prep_dir = prep["prep_id"], prep["prep_dir"]
     if not retrain and not overrides:
         for mv in reversed(registry.list_versions(wh)):
-            if mv.prep_id == prep_id and mv.config.get("preset") == preset:
+            same = (mv.prep_id == prep_id and mv.config.get("preset") == preset
+                    and mv.config.get("model") == spec.model.to_dict()
+                    and _without_budget(mv.config.get("train", {})) == _without_budget(asdict(spec.train)))
+            if same:
                 logger.info(f"{mv.version} already trains {preset!r} on {prep_id}; skipping (use retrain=True)")
                 champ = registry.champion(wh)
                 return {"version": mv.version, "val_accuracy": mv.val_accuracy, "promoted": False,
