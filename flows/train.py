@@ -22,7 +22,7 @@ from flows.prepare import prepare_flow
 from pipeline import registry
 from pipeline.config import Warehouse, validate_name
 from pipeline.presets import resolve_preset
-from pipeline.train import run_dir_for
+from pipeline.train import model_config_for, run_dir_for
 from flows.artifacts import artifact_key
 
 GRACE_SECONDS = 600        # the task timeout = the loop's own budget + this (evaluation, checkpointing)
@@ -94,7 +94,7 @@ def train_flow(dataset: str, preset: str = "default", warehouse: str | None = No
     if not retrain and not overrides:
         for mv in reversed(registry.list_versions(wh)):
             same = (mv.prep_id == prep_id and mv.config.get("preset") == preset
-                    and mv.config.get("model") == spec.model.to_dict()
+                    and mv.config.get("model") == model_config_for(prep_dir, spec.model).to_dict()
                     and _without_budget(mv.config.get("train", {})) == _without_budget(asdict(spec.train)))
             if same:
                 logger.info(f"{mv.version} already trains {preset!r} on {prep_id}; skipping (use retrain=True)")
