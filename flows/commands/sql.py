@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
           reviewflow sql "SELECT sentiment_model, sentiment_label, count(*) FROM reviews GROUP BY ALL ORDER BY ALL"
           reviewflow sql "SELECT review_id, sentiment_score, left(text, 60) FROM reviews ORDER BY sentiment_score LIMIT 5"
           reviewflow sql "SELECT round(sentiment_score, 1) AS bucket, count(*) FROM reviews GROUP BY 1 ORDER BY 1"
-          reviewflow sql "SELECT avg(CASE WHEN sentiment_label = 'positive' THEN 1 ELSE 0 END = label) AS agreement FROM imdb_scored WHERE label IS NOT NULL"
+          reviewflow sql "SELECT avg(CAST((sentiment_label = 'positive') = (label = 1) AS INT)) AS agreement FROM imdb_scored WHERE label IS NOT NULL"
           reviewflow sql "SELECT sentiment('what a wonderful film') AS p"
           reviewflow sql --format csv "SELECT * FROM sentiment_runs ORDER BY started_at DESC"
         """
