@@ -384,15 +384,21 @@ def read_csv(src: Source, cols: ColumnMap, stats: ReadStats, progress: bool = Tr
                 if "straddl" in msg:
                     msg = f"a row is larger than {block >> 20} MiB or a quote is never closed ({msg})"
                 raise InputError(f"cannot parse CSV near row {stats.rows_read + 1}: {msg}", path=path) from None
-            n = batch.num_rows
-            if n == 0:
-                continue
-            raw = {role: (batch.column(name) if name else None) for role, name in roles.items()}
-            yield normalize_columns(raw, n, roles, cols, stats, path=path, row_offset=stats.rows_read)
-            stats.rows_read += n
-            bar.update(n)
+            if batch.num_rows:
+                yield _normalize_batch(batch, roles, cols, stats, path, bar)
     if stats.rows_read == 0:
         raise InputError("no rows (the file has a header but no data)", path=path)
+
+
+def _normalize_batch(batch: pa.RecordBatch, roles: dict, cols: ColumnMap, stats: ReadStats, path: str,
+                     bar) -> pa.RecordBatch:
+    """One non-empty source batch -> SOURCE_SCHEMA rows; advances the row count and the progress bar."""
+    n = batch.num_rows
+    raw = {role: (batch.column(name) if name else None) for role, name in roles.items()}
+    out = normalize_columns(raw, n, roles, cols, stats, path=path, row_offset=stats.rows_read)
+    stats.rows_read += n
+    bar.update(n)
+    return out
 
 
 def read_parquet(src: Source, cols: ColumnMap, stats: ReadStats, progress: bool = True,
@@ -412,13 +418,8 @@ def read_parquet(src: Source, cols: ColumnMap, stats: ReadStats, progress: bool 
               leave=False) as bar:
         try:
             for batch in pf.iter_batches(batch_size=batch_size, columns=include):
-                n = batch.num_rows
-                if n == 0:
-                    continue
-                raw = {role: (batch.column(name) if name else None) for role, name in roles.items()}
-                yield normalize_columns(raw, n, roles, cols, stats, path=path, row_offset=stats.rows_read)
-                stats.rows_read += n
-                bar.update(n)
+                if batch.num_rows:
+                    yield _normalize_batch(batch, roles, cols, stats, path, bar)
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(f"cannot read Parquet near row {stats.rows_read + 1}: {exc}", path=path) from None
 
