@@ -40,6 +40,7 @@ PRESETS: dict[str, dict] = {
         #   constant lr 3e-3, dropout 0.3:            86.72 / 87.36 / 88.48 / 88.76 %, overfits from epoch 3
         #   + hashed-bigram bag (200k x 64):          86.48 / 88.12 % (no better, slower: 170 s/epoch)
         #   GRU h128, last 256 tokens:                85.84 / 87.80 / 88.40 % (200 s/epoch)
+        #   this preset with 640 head+tail tokens:    85.64 / 88.12 / 88.80 % (158 s/epoch; stopped)
         # The README's benchmark table has the measured run of this preset.
         "model": dict(encoder="gru", embed_dim=128, hidden=64, layers=1, bidirectional=True, pooling="maxmean",
                       dropout=0.5, embed_dropout=0.5),
