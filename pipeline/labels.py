@@ -35,6 +35,15 @@ def _bad(values: pa.Array, bad_mask: pa.Array, *, path, column, row_offset) -> I
     )
 
 
+def plain_array(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous, dictionary-decoded array (what the column normalisers work on)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    return values
+
+
 def normalize_labels(values: pa.Array | pa.ChunkedArray, *, path: str | None = None,
                      column: str | None = None, row_offset: int = 0) -> pa.Array:
     """Map a label column of any common type to int8 1/0/null (see module doc).
@@ -42,12 +51,8 @@ def normalize_labels(values: pa.Array | pa.ChunkedArray, *, path: str | None = N
     ``row_offset`` is the number of records before this array in the source, so errors can name
     the absolute row.
     """
-    if isinstance(values, pa.ChunkedArray):
-        values = values.combine_chunks()
+    values = plain_array(values)
     t = values.type
-    if pa.types.is_dictionary(t):
-        values = values.dictionary_decode()
-        t = values.type
     if pa.types.is_null(t):
         return pa.nulls(len(values), pa.int8())
     if pa.types.is_boolean(t):

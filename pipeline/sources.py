@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from pipeline.download import is_url, open_local, open_url
 from pipeline.errors import InputError
-from pipeline.labels import normalize_labels
+from pipeline.labels import normalize_labels, plain_array
 from pipeline.schema import REVIEW_SCHEMA, SPLITS
 
 SOURCE_SCHEMA = pa.schema([REVIEW_SCHEMA.field(n) for n in ("review_id", "text", "label", "rating", "split")])
@@ -232,10 +232,8 @@ def _as_ids(arr: pa.Array, *, path, column, row_offset) -> tuple[pa.Array, pa.Ar
 
 
 def _as_rating(arr: pa.Array, *, path, column, row_offset) -> pa.Array:
+    arr = plain_array(arr)
     t = arr.type
-    if pa.types.is_dictionary(t):
-        arr = arr.dictionary_decode()
-        t = arr.type
     if pa.types.is_null(t):
         return pa.nulls(len(arr), pa.int8())
     if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_string(t) or pa.types.is_large_string(t):
