@@ -112,6 +112,13 @@ def main() -> None:
     for r in rows:
         print(f"| {r['preset']:<9}| {r['device']:<6}| {r['params']:>10,} | {r['epochs']:>6} | {r['s_per_epoch']:>8.1f} | "
               f"{r['tokens_per_s']:>9.0f} | {r['val_accuracy']:>7.4f} | {r['wall_s']:>7.0f} | {r['cpu_s']:>7.0f} |")
+    for r in rows:
+        curve = " / ".join(f"{h['val_accuracy']:.4f}" for h in r["history"])
+        print(f"{r['preset']} on {r['device']}, validation accuracy per epoch: {curve}")
+        if r["history"] and "val_accuracy_ngram" in r["history"][0]:
+            best = max(r["history"], key=lambda h: h["val_accuracy"])
+            print(f"  halves alone at its best epoch {best['epoch']}: encoder {best['val_accuracy_encoder']:.4f}, "
+                  f"n-grams {best['val_accuracy_ngram']:.4f}")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(rows, indent=2, default=str))
     print(f"details: {a.out}")

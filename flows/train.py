@@ -42,7 +42,9 @@ def train_model(prep_dir: str, out_dir: str, dataset: str, preset: str, override
 
     def on_epoch(rec: dict) -> None:
         logger.info(f"epoch {rec['epoch']}/{rec['epochs']}: train loss {rec['train_loss']:.4f} | val loss "
-                    f"{rec['val_loss']:.4f} acc {rec['val_accuracy']:.4f} | {rec['seconds']:.1f}s "
+                    f"{rec['val_loss']:.4f} acc {rec['val_accuracy']:.4f}"
+                    + (f" (encoder {rec['val_accuracy_encoder']:.4f}, n-grams {rec['val_accuracy_ngram']:.4f})"
+                       if "val_accuracy_ngram" in rec else "") + f" | {rec['seconds']:.1f}s "
                     f"{rec['tokens_per_s']:.0f} tok/s")
         update_progress_artifact(progress_id, progress=100.0 * rec["epoch"] / rec["epochs"])
 

@@ -92,6 +92,35 @@ class Predictor:
         return [(wd, float(v)) for wd, v in pairs[:top_k]]
 
 
+    @property
+    def has_ngrams(self) -> bool:
+        return self.model.ngrams is not None
+
+    @torch.inference_mode()
+    def explain_phrases(self, text: str, top_k: int = 5) -> list[tuple[str, float]]:
+        """Wide & deep models: the ``top_k`` words and word pairs that moved the logit most, with their signed
+        share of it (positive pushes towards a positive review). Empty for models without an n-gram half."""
+        if not self.has_ngrams or not isinstance(text, str) or not text.strip():
+            return []
+        ids, lengths = self.preprocessor.encode([text])
+        n = int(lengths[0])
+        if n == 0:
+            return []
+        row = np.asarray(ids)[0]
+        row = row[:n] if self.preprocessor.pad_side == "right" else row[len(row) - n:]
+        x = torch.from_numpy(row.astype(np.int64)).unsqueeze(0).to(self.device)
+        bag = self.model.ngrams
+        feats, real = bag.features(x, torch.tensor([n], device=self.device))
+        share = (bag.weight(feats).squeeze(-1).float() * bag.scale[feats] * real)[0] / real.sum()
+        share = (share * self.model_config.ngram_weight).cpu().numpy()
+        words = [self.preprocessor.vocab[int(i)] for i in row]
+        phrases = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+        total: dict[str, float] = {}
+        for phrase, v in zip(phrases, share[: len(phrases)].tolist()):
+            total[phrase] = total.get(phrase, 0.0) + v
+        return sorted(total.items(), key=lambda p: -abs(p[1]))[:top_k]
+
+
 def load_predictor(wh: Warehouse, model: str = "champion", device: str = "cpu", batch_size: int = 256) -> Predictor:
     """A Predictor for a registered version (or the champion)."""
     from pipeline import registry

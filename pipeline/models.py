@@ -5,6 +5,8 @@ One readable module in the spirit of nanoGPT / pytorch ``word_language_model``:
 * ``ModelConfig`` fully describes a model; it is saved next to the weights and rebuilds it.
 * ``SentimentModel`` switches the encoder on a string: ``rnn`` (Elman), ``lstm``, ``gru`` or
   ``transformer``; and the pooling on another: ``last``, ``mean``, ``max``, ``maxmean``, ``attention``.
+* Optionally (``ngram_buckets > 0``) a linear bag of unigrams and hashed bigrams, NB-scaled as in NBSVM,
+  gives a second logit ("wide & deep"); the model's logit mixes the two (``ngram_weight``).
 
 Variable length is handled *exactly*: a review's logit does not depend on how much padding its batch
 carries. Batches are converted to right padding; a forward-direction RNN never sees the pads before
@@ -45,8 +47,10 @@ class ModelConfig:
     max_len: int = 512            # longest sequence (positional encoding table size)
     pad_side: str = "right"       # how the input batches are padded: right | left
     exact_lengths: bool = True    # False: run over the pads as given (lineage baseline only)
-    bigram_buckets: int = 0       # >0: add a fastText-style bag of hashed token bigrams beside the encoder
-    bigram_dim: int = 64
+    ngram_buckets: int = 0        # >0: add a linear bag-of-n-grams logit (unigrams + this many bigram hashes)
+    ngram_dropout: float = 0.0    # share of n-grams dropped per review while training
+    ngram_nb_alpha: float = 0.0   # >0: scale each n-gram by its naive-Bayes log-count ratio (NBSVM), this smoothing
+    ngram_weight: float = 0.5     # logit = (1 - w) * encoder logit + w * n-gram logit
 
     def __post_init__(self):
         if self.encoder not in ENCODERS:
@@ -185,29 +189,67 @@ class AttentionPooling(nn.Module):
         return (weights.unsqueeze(-1).to(h.dtype) * h).sum(1), weights
 
 
-class BigramBag(nn.Module):
-    """Mean of hashed-bigram embeddings over each review's real tokens (pads never form a bigram).
+class NgramLogit(nn.Module):
+    """A linear bag of n-grams (the "wide" half of wide & deep; NBSVM / fastText in spirit).
 
-    A cheap n-gram feature (as in fastText) the classifier sees beside the recurrent summary: phrases like
-    "not good" or "well worth" carry sentiment that single-token embeddings blur.
+    One weight per vocabulary token and per hashed bigram bucket; the review's logit is the mean of
+    ``weight * scale`` over its unigrams and bigrams. It sees every phrase ("not good", "well worth")
+    with one parameter each and learns in seconds, while the recurrent encoder reads order and long-range
+    context; the model mixes the two logits (``ngram_weight``). ``scale`` is 1, or (``fit_nb_scale``)
+    each n-gram's naive-Bayes log-count ratio log(P(ngram | positive) / P(ngram | negative)) from the
+    training reviews, as in NBSVM (Wang & Manning, 2012): informative phrases start with a large feature
+    value. It is a buffer, saved with the weights. Pads form no n-gram and are masked, so padding never
+    changes the output. While training, ``dropout`` drops that share of each review's n-grams (the mean
+    is over the ones kept).
     """
 
-    def __init__(self, buckets: int, dim: int):
+    PRIME = 1_000_003
+
+    def __init__(self, vocab_size: int, buckets: int, dropout: float = 0.0):
         super().__init__()
-        self.buckets = buckets
-        self.embed = nn.Embedding(buckets, dim)
-        nn.init.normal_(self.embed.weight, std=0.02)
-        self.out_dim = dim
+        self.vocab_size, self.buckets, self.dropout = vocab_size, buckets, dropout
+        self.weight = nn.Embedding(vocab_size + buckets, 1, padding_idx=0)
+        nn.init.zeros_(self.weight.weight)
+        self.register_buffer("scale", torch.ones(vocab_size + buckets))
+
+    def features(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids [B, T] right-padded -> (n-gram ids [B, 2T-1] with pads as 0, real-n-gram mask [B, 2T-1])."""
+        T = ids.size(1)
+        t = torch.arange(T, device=ids.device).unsqueeze(0)
+        feats, real = [ids], [t < lengths.unsqueeze(1)]
+        if T > 1:
+            feats.append(self.vocab_size + (ids[:, :-1] * self.PRIME + ids[:, 1:]) % self.buckets)
+            real.append(t[:, :-1] < (lengths - 1).unsqueeze(1))
+        real = torch.cat(real, 1)
+        return torch.cat(feats, 1).masked_fill(~real, 0), real
+
+    @torch.no_grad()
+    def fit_nb_scale(self, batches, alpha: float = 1.0) -> None:
+        """Set ``scale`` to the log-count ratios of n-grams over ``batches`` of (ids, lengths, labels);
+        each n-gram counts once per review (binarized), smoothed by ``alpha``."""
+        n = self.vocab_size + self.buckets
+        pos = torch.zeros(n, dtype=torch.float64)
+        neg = torch.zeros(n, dtype=torch.float64)
+        for ids, lengths, labels in batches:
+            feats, real = self.features(ids, lengths)
+            row = torch.arange(len(ids)).unsqueeze(1).expand_as(feats)[real]
+            key = torch.unique(row * n + feats[real])            # each (review, n-gram) once
+            y = labels[key // n].double()
+            pos.index_add_(0, key % n, y)
+            neg.index_add_(0, key % n, 1 - y)
+        pos, neg = pos + alpha, neg + alpha
+        r = (pos / pos.sum()).log() - (neg / neg.sum()).log()
+        r[0] = 0.0
+        self.scale.copy_(r.float())
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """ids [B, T] right-padded -> [B, dim]."""
-        if ids.size(1) < 2:
-            return self.embed.weight.new_zeros(ids.size(0), self.out_dim)
-        h = (ids[:, :-1] * 1_000_003 + ids[:, 1:]) % self.buckets
-        t = torch.arange(ids.size(1) - 1, device=ids.device).unsqueeze(0)
-        m = (t < (lengths - 1).unsqueeze(1)).unsqueeze(-1)
-        e = self.embed(h)
-        return (e * m).sum(1) / m.sum(1).clamp(min=1)
+        """ids [B, T] right-padded -> logit [B]."""
+        feats, real = self.features(ids, lengths)
+        if self.training and self.dropout > 0:
+            real = real & (torch.rand(real.shape, device=ids.device) >= self.dropout)
+            feats = feats.masked_fill(~real, 0)
+        w = self.weight(feats).squeeze(-1).float() * self.scale[feats] * real
+        return w.sum(1) / real.sum(1).clamp(min=1)
 
 
 class SentimentModel(nn.Module):
@@ -220,9 +262,8 @@ class SentimentModel(nn.Module):
         d = self.encoder.out_dim
         self.attention = AttentionPooling(d) if cfg.pooling == "attention" else None
         self.dropout = nn.Dropout(cfg.dropout)
-        self.bigrams = BigramBag(cfg.bigram_buckets, cfg.bigram_dim) if cfg.bigram_buckets else None
-        extra = self.bigrams.out_dim if self.bigrams is not None else 0
-        self.head = nn.Linear((2 * d if cfg.pooling == "maxmean" else d) + extra, 1)
+        self.head = nn.Linear(2 * d if cfg.pooling == "maxmean" else d, 1)
+        self.ngrams = NgramLogit(cfg.vocab_size, cfg.ngram_buckets, cfg.ngram_dropout) if cfg.ngram_buckets else None
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -235,6 +276,18 @@ class SentimentModel(nn.Module):
 
         Attention weights are returned in the input's own layout (left-padded input -> left-padded weights).
         """
+        deep, wide, attn = self.forward_parts(ids, lengths)
+        return self.combine(deep, wide), attn
+
+    def combine(self, deep: torch.Tensor, wide: torch.Tensor | None) -> torch.Tensor:
+        """The model's logit from its halves: a weighted mean (the encoder's alone without an n-gram half)."""
+        if wide is None:
+            return deep
+        w = self.cfg.ngram_weight
+        return (1 - w) * deep.float() + w * wide
+
+    def forward_parts(self, ids: torch.Tensor, lengths: torch.Tensor):
+        """(encoder logit [B], n-gram logit [B] or None, attention [B, T] or None); ``combine`` mixes them."""
         cfg = self.cfg
         lengths = lengths.to(ids.device).long().clamp(1, ids.size(1))
         left = cfg.pad_side == "left" and cfg.exact_lengths
@@ -261,10 +314,11 @@ class SentimentModel(nn.Module):
             if cfg.pooling in ("mean", "maxmean"):
                 parts.append((h * m).sum(1) / m.sum(1).clamp(min=1))
             pooled = torch.cat(parts, -1)
-        if self.bigrams is not None:
-            pooled = torch.cat([pooled, self.bigrams(ids, lengths)], -1)
-        logits = self.head(self.dropout(pooled)).squeeze(-1)
+        deep = self.head(self.dropout(pooled)).squeeze(-1)
+        wide = None
+        if self.ngrams is not None:   # the n-gram bag reads right-padded rows
+            wide = self.ngrams(to_right_padded(ids, lengths) if cfg.pad_side == "left" and not left else ids, lengths)
         if attn is not None and left:  # back to the caller's left-padded layout
             t = torch.arange(T, device=ids.device).unsqueeze(0)
             attn = attn.gather(1, (t - (T - lengths).unsqueeze(1)) % T)
-        return logits, attn
+        return deep, wide, attn

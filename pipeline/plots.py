@@ -63,6 +63,10 @@ def plot_training_curve(history: list[dict], path: str | Path, title: str = "Tra
     ax_loss.legend()
     ax_acc.plot(epochs, [r["train_accuracy"] for r in history], "o-", label="train", color="#4C72B0")
     ax_acc.plot(epochs, [r["val_accuracy"] for r in history], "o-", label="validation", color="#C44E52")
+    for key, label, color in (("val_accuracy_encoder", "val, encoder half", "#8172B2"),
+                              ("val_accuracy_ngram", "val, n-gram half", "#55A868")):
+        if history and all(key in r for r in history):      # wide & deep models
+            ax_acc.plot(epochs, [r[key] for r in history], ".--", label=label, color=color, alpha=0.8)
     if history:
         best = max(history, key=lambda r: r["val_accuracy"])
         ax_acc.set_title(f"best val acc {best['val_accuracy']:.4f} (epoch {best['epoch']})", fontsize=9)

@@ -90,6 +90,16 @@ def model_card(version: str, cfg: dict, metrics: dict, env: dict) -> str:
         f"- dropout {m['dropout']}, embedding dropout {m['embed_dropout']}, orthogonal init {m['orthogonal_init']}",
         f"- input: up to {m['max_len']} tokens, {m['pad_side']}-padded"
         + ("" if m.get("exact_lengths", True) else " (lineage: runs over its pads)"),
+    ]
+    if m.get("ngram_buckets"):
+        lines += [
+            f"- n-gram half: a linear bag of {m['vocab_size']:,} unigrams + {m['ngram_buckets']:,} hashed bigram "
+            f"buckets" + (f", NB log-count-ratio scaled (alpha {m['ngram_nb_alpha']})" if m.get("ngram_nb_alpha") else "")
+            + f"; logit = {1 - m['ngram_weight']:.2f} x encoder + {m['ngram_weight']:.2f} x n-grams",
+            f"- validation accuracy of each half alone: encoder {f.get('val_accuracy_encoder', float('nan')):.4f}, "
+            f"n-grams {f.get('val_accuracy_ngram', float('nan')):.4f}",
+        ]
+    lines += [
         "",
         "## Data",
         f"- prepared shards `{cfg['prep_id']}` of dataset `{cfg.get('dataset', '?')}`; "

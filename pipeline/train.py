@@ -59,6 +59,9 @@ class TrainConfig:
     trim: bool = True                   # cut each batch to its longest review
     max_seconds: float | None = None    # time budget: stop cleanly between steps
     threads: int | None = None          # torch CPU threads (None: torch default)
+    ngram_lr: float = 0.1               # peak lr of the n-gram bag's weights (ModelConfig.ngram_buckets > 0)
+    part_loss: float = 0.0              # weight of the losses on the encoder's and the n-gram bag's own logits
+    joint_loss: float = 1.0             # weight of the loss on their mix (0 + part_loss 1: an ensemble trained at once)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -112,12 +115,16 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     """Adam (AdamW with weight decay), fused where the device has it: the plain implementation spends
     about half of each CPU step updating the big embedding; fused is much faster. Falls back quietly."""
     cls = torch.optim.AdamW if cfg.weight_decay else torch.optim.Adam
+    ngram = [p for n, p in model.named_parameters() if n.startswith("ngrams.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("ngrams.")]
+    # the n-gram bag averages hundreds of weights per review, so it needs a much larger step than the encoder
+    groups = [{"params": rest}] + ([{"params": ngram, "lr": cfg.ngram_lr, "weight_decay": 0.0}] if ngram else [])
     kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
     try:
-        opt = cls(model.parameters(), fused=True, **kw)
+        opt = cls(groups, fused=True, **kw)
         opt.fused_ok = True
     except (RuntimeError, TypeError, ValueError):
-        opt = cls(model.parameters(), foreach=True, **kw)
+        opt = cls(groups, foreach=True, **kw)
         opt.fused_ok = False
     return opt
 
@@ -125,7 +132,9 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
 def make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
     total = max(1, cfg.epochs * steps_per_epoch)
     if cfg.lr_schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=total + 1, pct_start=0.1)
+        peaks = [g["lr"] for g in opt.param_groups]
+        steps = max(total + 1, 4)   # warm up over 10% of the steps, but at least 2 (OneCycleLR divides by it)
+        return torch.optim.lr_scheduler.OneCycleLR(opt, peaks, total_steps=steps, pct_start=max(0.1, 2 / steps))
     if cfg.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total + 1)
     if cfg.lr_schedule != "constant":
@@ -176,21 +185,27 @@ def evaluate(model: SentimentModel, data, batch_size: int, device: torch.device)
 
     model.eval()
     loss_sum, n, tp, tn, fp, fn = 0.0, 0, 0, 0, 0, 0
+    halves = {"encoder": 0, "ngram": 0}          # correct answers of each half alone (wide & deep models)
     exact = model.cfg.exact_lengths
     for batch in iter_batches(data, batch_size, shuffle=False, bucket=exact, trim=exact):
         ids, lengths, y = _to(batch, device)
         with _autocast(device):
-            logits = model(ids, lengths)
-        logits = logits.float()
+            deep, wide, _ = model.forward_parts(ids, lengths)
+        logits = model.combine(deep.float(), wide)
         loss_sum += F.binary_cross_entropy_with_logits(logits, y, reduction="sum").item()
         pred, y = logits > 0, y > 0.5
         tp += int((pred & y).sum()); tn += int((~pred & ~y).sum())
         fp += int((pred & ~y).sum()); fn += int((~pred & y).sum())
+        if wide is not None:
+            halves["encoder"] += int(((deep > 0) == y).sum())
+            halves["ngram"] += int(((wide > 0) == y).sum())
         n += len(y)
     n = max(n, 1)
     f1 = 2 * tp / max(2 * tp + fp + fn, 1)
-    return {"loss": loss_sum / n, "accuracy": (tp + tn) / n, "f1": f1, "n": n,
-            "confusion": [[tn, fp], [fn, tp]]}
+    out = {"loss": loss_sum / n, "accuracy": (tp + tn) / n, "f1": f1, "n": n, "confusion": [[tn, fp], [fn, tp]]}
+    if model.ngrams is not None:
+        out.update({f"accuracy_{k}": v / n for k, v in halves.items()})
+    return out
 
 
 def environment(device: torch.device) -> dict:
@@ -252,8 +267,14 @@ def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: s
     if (np.asarray(train_data.labels) < 0).any():
         raise InputError("train split has unlabelled rows (label -1)", path=str(prep_dir))
 
-    net = SentimentModel(mcfg).to(dev)
+    net = SentimentModel(mcfg)
+    if net.ngrams is not None and mcfg.ngram_nb_alpha > 0 and not (out_dir / CHECKPOINT).exists():
+        # NBSVM feature scaling from the training reviews (a resumed run loads it with the weights)
+        net.ngrams.fit_nb_scale(((b.ids, b.lengths, b.labels) for b in iter_batches(train_data, 512, bucket=True)),
+                                alpha=mcfg.ngram_nb_alpha)
+    net = net.to(dev)
     opt = make_optimizer(net, cfg, dev)
+    clipped = [p for n, p in net.named_parameters() if not n.startswith("ngrams.")]
     steps_per_epoch = math.ceil(len(train_data.labels) / cfg.batch_size)
     sched = make_scheduler(opt, cfg, steps_per_epoch)
 
@@ -296,12 +317,17 @@ def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: s
                                   bucket=cfg.bucket, trim=cfg.trim):
             ids, lengths, y = _to(batch, dev)
             with _autocast(dev):
-                logits = net(ids, lengths)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+                deep, wide, _ = net.forward_parts(ids, lengths)
+            logits = net.combine(deep.float(), wide)
+            if wide is None:
+                loss = F.binary_cross_entropy_with_logits(logits, y)
+            else:   # the sum's loss, and each half's own (so each also stands alone, as in an ensemble)
+                loss = cfg.joint_loss * F.binary_cross_entropy_with_logits(logits, y) + cfg.part_loss * (
+                    F.binary_cross_entropy_with_logits(deep.float(), y) + F.binary_cross_entropy_with_logits(wide, y))
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            if cfg.grad_clip:   # the recurrent part's gradients; the linear n-gram bag needs no clipping
+                torch.nn.utils.clip_grad_norm_(clipped, cfg.grad_clip)
             opt.step()
             if sched is not None:
                 sched.step()
@@ -319,6 +345,7 @@ def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: s
         val = evaluate(net, val_data, max(cfg.batch_size, 256), dev)
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                   "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_f1": val["f1"],
+                  **{f"val_{k}": v for k, v in val.items() if k.startswith("accuracy_")},
                   "seconds": round(train_seconds, 3), "cpu_seconds": round(time.process_time() - cpu0, 3),
                   "tokens_per_s": round(tokens / max(train_seconds, 1e-9), 1),
                   "lr": opt.param_groups[0]["lr"], "partial": stopped == "time_budget"}
@@ -335,7 +362,9 @@ def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: s
                 stopped = "early_stopping"
         if progress:
             print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
-                  f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f} | {train_seconds:.1f}s "
+                  f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}"
+                  + (f" (encoder {val['accuracy_encoder']:.4f}, n-grams {val['accuracy_ngram']:.4f})"
+                     if "accuracy_ngram" in val else "") + f" | {train_seconds:.1f}s "
                   f"{record['tokens_per_s']:.0f} tok/s", file=sys.stderr)
         _save_checkpoint(ckpt_path, net, opt, sched, {
             "epoch": epoch, "best_loss": best_loss, "best_score": best_score, "bad_epochs": bad_epochs, "history": history,

@@ -17,7 +17,7 @@ from pipeline.config import Warehouse
 from synthetic import make_reviews, write_lake_dataset
 
 TINY_OVERRIDES = {"epochs": 1, "embed_dim": 16, "hidden": 16, "max_len": 64, "batch_size": 32,
-                  "max_seconds": None, "patience": None}
+                  "max_seconds": None, "patience": None, "ngram_buckets": 997}
 
 
 def train_tiny_champion(wh: Warehouse, dataset: str = "tiny", n: int = 200) -> str:

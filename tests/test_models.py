@@ -124,3 +124,43 @@ def test_invalid_config_is_rejected():
         ModelConfig(encoder="cnn")
     with pytest.raises(ValueError, match="pooling"):
         ModelConfig(pooling="sum")
+
+
+@pytest.mark.parametrize("pad_side", ["right", "left"])
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_wide_and_deep_padding_invariance(encoder, pad_side):
+    """The n-gram half too: pads form no n-gram, so padding never moves the logit."""
+    model = tiny(encoder, "maxmean", encoder != "transformer", pad_side=pad_side, ngram_buckets=101,
+                 ngram_dropout=0.5)
+    with torch.no_grad():
+        model.ngrams.weight.weight.normal_()
+        model.ngrams.scale.uniform_(-2, 2)
+    model.eval()
+    g = torch.Generator().manual_seed(2)
+    review = torch.randint(2, VOCAB, (6,), generator=g)
+    alone = model(*padded([review], 6, pad_side))
+    in_batch = model(*padded([torch.randint(2, VOCAB, (33,), generator=g), review], 33, pad_side))
+    far = model(*padded([review], 64, pad_side))
+    _, wide, _ = model.forward_parts(*padded([review], 64, pad_side))
+    assert wide.abs().item() > 1e-3
+    assert torch.allclose(alone[0], in_batch[1], atol=1e-5) and torch.allclose(alone[0], far[0], atol=1e-5)
+
+
+def test_nb_scale_is_the_smoothed_log_count_ratio_of_binarized_ngrams():
+    from pipeline.models import NgramLogit
+
+    bag = NgramLogit(vocab_size=8, buckets=5)
+    reviews = [([2, 3, 3], 1), ([2, 4], 1), ([4, 3], 0)]
+    ids, lengths = padded([torch.tensor(r) for r, _ in reviews], 3, "right")
+    labels = torch.tensor([float(y) for _, y in reviews])
+    bag.fit_nb_scale([(ids, lengths, labels)], alpha=1.0)
+    # by hand: count each n-gram once per review, per class
+    pos, neg = torch.ones(13, dtype=torch.float64), torch.ones(13, dtype=torch.float64)
+    for r, y in reviews:
+        grams = set(r) | {8 + (a * NgramLogit.PRIME + b) % 5 for a, b in zip(r, r[1:])}
+        for f in grams:
+            (pos if y else neg)[f] += 1
+    want = (pos / pos.sum()).log() - (neg / neg.sum()).log()
+    want[0] = 0
+    assert torch.allclose(bag.scale, want.float(), atol=1e-6)
+    assert bag.scale[2] > 0 > bag.scale[4]          # "2" only in positive reviews, "4" mostly negative

@@ -26,6 +26,10 @@ def wh(tmp_path_factory):
     registry.register(wh, att, preset="attn", promote=True)
     plain = train(prep, cfg, root / "plain", progress=False, model=tiny_model(pooling="maxmean"))
     registry.register(wh, plain, preset="plain", promote=False)
+    wide = train(prep, TrainConfig(epochs=5, batch_size=16, lr=0.02, threads=1, ngram_lr=0.2, joint_loss=0,
+                                   part_loss=1.0), root / "wide", progress=False,
+                 model=tiny_model(pooling="maxmean", ngram_buckets=997, ngram_nb_alpha=1.0))
+    registry.register(wh, wide, preset="wide", promote=False)
     return wh
 
 
@@ -75,7 +79,7 @@ def test_predict_cli_with_model_option_and_unknown_model(wh):
 
 def test_models_cli_list_show_promote(wh):
     runner = CliRunner()
-    first, second = [v.version for v in registry.list_versions(wh)]
+    first, second = [v.version for v in registry.list_versions(wh)][:2]
     r = runner.invoke(app, ["models", "list", "--warehouse", str(wh.root)])
     assert r.exit_code == 0, r.output
     assert f"* {first}" in r.output and f"  {second}" in r.output and "bigru" in r.output
@@ -85,3 +89,22 @@ def test_models_cli_list_show_promote(wh):
     assert r.exit_code == 0 and f"{first} -> {second}" in r.output
     assert registry.champion(wh) == second
     registry.promote(wh, first)
+
+
+def test_explain_phrases_of_a_wide_and_deep_model(wh):
+    wide = registry.list_versions(wh)[2].version
+    p = load_predictor(wh, wide)
+    assert p.has_ngrams and not p.has_attention
+    text = "the plot was excellent but the acting awful"
+    top = p.explain_phrases(text, top_k=4)
+    assert len(top) == 4 and abs(top[0][1]) >= abs(top[1][1]) >= abs(top[3][1])
+    shares = dict(p.explain_phrases(text, top_k=100))
+    assert shares["excellent"] > 0 > shares["awful"]
+    assert any(" " in k for k in shares)                       # word pairs are phrases too
+    # the shares are exactly the n-gram half's part of the logit
+    x, n = p._batch(*[np.asarray(a) for a in p.preprocessor.encode([text])])
+    deep, wide_logit, _ = p.model.forward_parts(x, n)
+    assert sum(shares.values()) == pytest.approx(p.model_config.ngram_weight * wide_logit.item(), abs=1e-5)
+    r = CliRunner().invoke(app, ["predict", text, "--model", wide, "--warehouse", str(wh.root)])
+    assert r.exit_code == 0 and "phrases:" in r.output and "'excellent' +" in r.output
+    assert load_predictor(wh, "champion").explain_phrases(text) == []     # no n-gram half

@@ -106,7 +106,7 @@ def test_resume_after_sigkill(prep_dir, tmp_path):
     args = [sys.executable, "-m", "pipeline.train", "--prep-dir", str(prep_dir), "--out", str(out),
             "--preset", "default", "--device", "cpu",
             "--set", "epochs=40", "--set", "hidden=16", "--set", "embed_dim=16", "--set", "batch_size=8",
-            "--set", "threads=1", "--set", "max_seconds=null", "--set", "patience=null"]
+            "--set", "threads=1", "--set", "max_seconds=null", "--set", "patience=null", "--set", "ngram_buckets=997"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     import time
 
@@ -180,20 +180,50 @@ def test_best_checkpoint_follows_the_selection_metric(prep_dir, tmp_path, select
     assert res.metrics["val_accuracy"] == pytest.approx(want["val_accuracy"])   # the saved weights are that epoch's
 
 
+@pytest.mark.parametrize("steps", [1, 2, 3, 9, 10, 11, 352])
+def test_onecycle_schedule_works_for_any_number_of_steps_and_per_group_peaks(steps):
+    from pipeline.models import ModelConfig, SentimentModel
+    from pipeline.train import make_optimizer, make_scheduler
+
+    net = SentimentModel(ModelConfig(vocab_size=50, embed_dim=4, hidden=4, ngram_buckets=31))
+    cfg = TrainConfig(epochs=1, lr=0.01, ngram_lr=0.5, lr_schedule="onecycle")
+    opt = make_optimizer(net, cfg, torch.device("cpu"))
+    sched = make_scheduler(opt, cfg, steps)
+    seen = []
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+        seen.append([g["lr"] for g in opt.param_groups])
+    peak = [max(s[i] for s in seen) for i in range(2)]
+    assert len(opt.param_groups) == 2 and all(s[1] / s[0] == pytest.approx(50) for s in seen)
+    assert peak[0] <= 0.01 + 1e-12 and peak[1] <= 0.5 + 1e-9
+    if steps >= 3:
+        assert seen[-1][0] < peak[0]        # it anneals
+
+
 def test_unknown_selection_metric_is_refused(prep_dir, tmp_path):
     with pytest.raises(ReviewflowError, match="select"):
         train(prep_dir, TrainConfig(epochs=1, select="f1"), tmp_path / "run", progress=False, model=tiny_model())
 
 
-def test_bigram_bag_learns_and_ignores_padding(prep_dir, tmp_path):
-    from pipeline.models import SentimentModel
-
-    res = train(prep_dir, TrainConfig(epochs=4, batch_size=16, lr=0.02, threads=1), tmp_path / "run",
-                progress=False, model=tiny_model(bigram_buckets=997, bigram_dim=8))
+def test_wide_and_deep_model_learns_with_nb_scaled_ngrams(prep_dir, tmp_path):
+    res = train(prep_dir, TrainConfig(epochs=4, batch_size=16, lr=0.02, threads=1, ngram_lr=0.2, part_loss=0.5),
+                tmp_path / "run", progress=False,
+                model=tiny_model(ngram_buckets=997, ngram_dropout=0.2, ngram_nb_alpha=1.0))
     assert res.metrics["val_accuracy"] > 0.9
-    net = SentimentModel(res.model_config).eval()
-    net.load_state_dict(load_model(res.weights, res.model_config).state_dict())
+    net = load_model(res.weights, res.model_config)
+    bag = net.ngrams
+    assert bag.weight.weight.abs().sum() > 0 and bag.weight.weight[0].item() == 0   # the pad's weight stays 0
+    assert bag.scale.abs().max() > 0.5 and bag.scale[0] == 0          # the NB ratios were fitted and saved
     ids = torch.randint(2, res.model_config.vocab_size, (1, 6))
     padded = torch.cat([ids, torch.zeros(1, 20, dtype=torch.long)], 1)
     with torch.no_grad():
+        deep, wide, _ = net.forward_parts(padded, torch.tensor([6]))
         assert torch.allclose(net(ids, torch.tensor([6])), net(padded, torch.tensor([6])), atol=1e-6)
+        assert torch.allclose(net(padded, torch.tensor([6])), 0.5 * deep + 0.5 * wide)
+        # the n-gram logit by hand: mean of weight * scale over the 6 unigrams and 5 bigrams
+        v = (bag.weight.weight.squeeze(-1) * bag.scale)
+        bi = res.model_config.vocab_size + (ids[0, :-1] * bag.PRIME + ids[0, 1:]) % 997
+        assert torch.allclose(wide, ((v[ids[0]].sum() + v[bi].sum()) / 11).unsqueeze(0), atol=1e-6)
+
+

@@ -15,12 +15,14 @@ def register(app: typer.Typer) -> None:
         texts: List[str] = typer.Argument(..., help="one or more review texts (quote each)"),
         model: str = typer.Option("champion", "--model", "-m", help="model version, or `champion`"),
         threshold: float = typer.Option(0.5, help="P(positive) at or above which the label is positive"),
-        top_k: int = typer.Option(5, "--top-k", help="attention tokens to show (attention models only)"),
+        top_k: int = typer.Option(5, "--top-k", help="tokens (attention) or phrases (n-gram half) to show"),
         warehouse: WarehouseOption = None,
     ) -> None:
-        """Score sentences with the champion (or --model VERSION): P(positive), label, top attention tokens.
+        """Score sentences with the champion (or --model VERSION): P(positive), label, and why.
 
         \b
+        Why: attention models list the tokens they attended to most; models with an n-gram half (the
+        default preset) list the words and word pairs that pushed the logit most, signed (+ = positive).
         Examples:
           reviewflow predict "A wonderful, moving film." "Two hours I will never get back."
           reviewflow predict "Not bad at all" --model v0003-default-20260101120000
@@ -39,3 +41,6 @@ def register(app: typer.Typer) -> None:
             if p.has_attention:
                 top = p.explain(text, top_k=top_k)
                 typer.echo("         attention: " + ", ".join(f"{w} {a:.2f}" for w, a in top))
+            if p.has_ngrams:
+                top = p.explain_phrases(text, top_k=top_k)
+                typer.echo("         phrases:   " + ", ".join(f"{w!r} {v:+.2f}" for w, v in top))

@@ -9,6 +9,22 @@ import typer
 from flows.commands.common import WarehouseOption, echo_kv, warehouse_from
 
 
+def parse_settings(items: list[str]) -> dict:
+    """``["k=v", ...]`` -> ``{k: json(v) or v}``; a malformed item is a usage error naming it."""
+    import json
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = value
+    return out
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
@@ -29,6 +45,11 @@ def register(app: typer.Typer) -> None:
         truncate: Optional[str] = typer.Option(None, help="head | tail | head+tail: which tokens long reviews keep"),
         lr: Optional[float] = typer.Option(None, help="learning rate"),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="reviews per step"),
+        ngram_buckets: Optional[int] = typer.Option(None, "--ngram-buckets",
+                                                    help="hashed bigram buckets of the linear n-gram half; 0 = none"),
+        set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE",
+                                       help="override any model/train/prepare field (JSON value), repeatable: "
+                                            "--set ngram_dropout=0.2 --set select=val_loss"),
         max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
                                                     help="time budget: stop cleanly and keep the best epoch"),
         device: str = typer.Option("auto", help="auto (cuda, mps, cpu) | cpu | cuda | cuda:1 ..."),
@@ -45,13 +66,16 @@ def register(app: typer.Typer) -> None:
           reviewflow train --dataset imdb --preset baseline       # the lineage Elman RNN
           reviewflow train --dataset imdb --encoder lstm --pooling attention --epochs 3
           reviewflow train --dataset imdb --max-minutes 5 --no-prefect
+          reviewflow train --dataset imdb --ngram-buckets 0 --set part_loss=0   # the recurrent half alone
         Interrupted? Run the same command again: training resumes from the last finished epoch.
         """
         wh = warehouse_from(warehouse)
         overrides = {k: v for k, v in dict(
             epochs=epochs, hidden=hidden, embed_dim=embed_dim, encoder=encoder, layers=layers,
             bidirectional=bidirectional, pooling=pooling, dropout=dropout, max_len=max_len, truncate=truncate,
-            lr=lr, batch_size=batch_size, max_minutes=max_minutes).items() if v is not None}
+            lr=lr, batch_size=batch_size, max_minutes=max_minutes, ngram_buckets=ngram_buckets).items()
+            if v is not None}
+        overrides.update(parse_settings(set_))
         if no_prefect:
             from pipeline.train import train_dataset
 
