@@ -61,6 +61,9 @@ class ModelConfig:
             raise ValueError(f"pad_side must be 'left' or 'right', got {self.pad_side!r}")
         if self.encoder == "transformer" and self.embed_dim % self.heads:
             raise ValueError(f"embed_dim {self.embed_dim} must be divisible by heads {self.heads}")
+        if self.ngram_buckets < 0 or not 0 <= self.ngram_weight <= 1 or not 0 <= self.ngram_dropout < 1:
+            raise ValueError(f"need ngram_buckets >= 0, 0 <= ngram_weight <= 1 and 0 <= ngram_dropout < 1; got "
+                             f"{self.ngram_buckets}, {self.ngram_weight}, {self.ngram_dropout}")
 
     def to_dict(self) -> dict:
         return asdict(self)

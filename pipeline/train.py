@@ -321,7 +321,7 @@ def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: s
             logits = net.combine(deep.float(), wide)
             if wide is None:
                 loss = F.binary_cross_entropy_with_logits(logits, y)
-            else:   # the sum's loss, and each half's own (so each also stands alone, as in an ensemble)
+            else:   # the mix's loss, and each half's own (so each also stands alone, as in an ensemble)
                 loss = cfg.joint_loss * F.binary_cross_entropy_with_logits(logits, y) + cfg.part_loss * (
                     F.binary_cross_entropy_with_logits(deep.float(), y) + F.binary_cross_entropy_with_logits(wide, y))
             opt.zero_grad(set_to_none=True)

@@ -124,6 +124,9 @@ def test_invalid_config_is_rejected():
         ModelConfig(encoder="cnn")
     with pytest.raises(ValueError, match="pooling"):
         ModelConfig(pooling="sum")
+    for bad in (dict(ngram_buckets=-1), dict(ngram_weight=1.5), dict(ngram_dropout=1.0)):
+        with pytest.raises(ValueError, match="ngram"):
+            ModelConfig(**bad)
 
 
 @pytest.mark.parametrize("pad_side", ["right", "left"])
