@@ -68,16 +68,23 @@ class Predictor:
             out[keep[sel]] = torch.sigmoid(self.model(x, n).float()).cpu().numpy()
         return out
 
+    def _encode_one(self, text) -> tuple[np.ndarray, np.ndarray] | None:
+        """(ids [1, max_len], lengths [1]) of one text, or None when it has no tokens to explain."""
+        if not isinstance(text, str) or not text.strip():
+            return None
+        ids, lengths = self.preprocessor.encode([text])
+        ids, lengths = np.asarray(ids), np.asarray(lengths)
+        return (ids, lengths) if int(lengths[0]) > 0 else None
+
     @torch.inference_mode()
     def explain(self, text: str, top_k: int = 5) -> list[tuple[str, float]]:
         """The ``top_k`` tokens by attention weight (empty list for models without attention)."""
-        if not self.has_attention or not isinstance(text, str) or not text.strip():
+        encoded = self._encode_one(text) if self.has_attention else None
+        if encoded is None:
             return []
-        ids, lengths = self.preprocessor.encode([text])
+        ids, lengths = encoded
         n = int(lengths[0])
-        if n == 0:
-            return []
-        x, ln = self._batch(np.asarray(ids), np.asarray(lengths))
+        x, ln = self._batch(ids, lengths)
         _, attn = self.model.forward_with_attention(x, ln)
         w = attn[0].float().cpu().numpy()
         row = x[0].cpu().numpy()
@@ -100,13 +107,12 @@ class Predictor:
     def explain_phrases(self, text: str, top_k: int = 5) -> list[tuple[str, float]]:
         """Wide & deep models: the ``top_k`` words and word pairs that moved the logit most, with their signed
         share of it (positive pushes towards a positive review). Empty for models without an n-gram half."""
-        if not self.has_ngrams or not isinstance(text, str) or not text.strip():
+        encoded = self._encode_one(text) if self.has_ngrams else None
+        if encoded is None:
             return []
-        ids, lengths = self.preprocessor.encode([text])
+        ids, lengths = encoded
         n = int(lengths[0])
-        if n == 0:
-            return []
-        row = np.asarray(ids)[0]
+        row = ids[0]
         row = row[:n] if self.preprocessor.pad_side == "right" else row[len(row) - n:]
         x = torch.from_numpy(row.astype(np.int64)).unsqueeze(0).to(self.device)
         bag = self.model.ngrams
