@@ -90,9 +90,9 @@ def main() -> None:
         sys.exit(f"no data at {a.source}")
     overrides = {k: v for k, v in dict(epochs=a.epochs, max_minutes=a.max_minutes, threads=a.threads).items()
                  if v is not None}
-    for kv in a.set:
-        k, _, v = kv.partition("=")
-        overrides[k] = json.loads(v)
+    from pipeline.presets import parse_overrides
+
+    overrides.update(parse_overrides(a.set))
 
     root = a.warehouse or Path(tempfile.mkdtemp(prefix="reviewflow-bench-train-"))
     wh = Warehouse(root).ensure()

@@ -98,7 +98,6 @@ class Predictor:
         pairs = sorted(zip(words, w[real].tolist()), key=lambda p: -p[1])
         return [(wd, float(v)) for wd, v in pairs[:top_k]]
 
-
     @property
     def has_ngrams(self) -> bool:
         return self.model.ngrams is not None
@@ -117,7 +116,7 @@ class Predictor:
         x = torch.from_numpy(row.astype(np.int64)).unsqueeze(0).to(self.device)
         bag = self.model.ngrams
         feats, real = bag.features(x, torch.tensor([n], device=self.device))
-        share = (bag.weight(feats).squeeze(-1).float() * bag.scale[feats] * real)[0] / real.sum()
+        share = bag.terms(feats, real)[0] / real.sum()
         share = (share * self.model_config.ngram_weight).cpu().numpy()
         words = [self.preprocessor.vocab[int(i)] for i in row]
         phrases = words + [f"{a} {b}" for a, b in zip(words, words[1:])]

@@ -245,14 +245,17 @@ class NgramLogit(nn.Module):
         r[0] = 0.0
         self.scale.copy_(r.float())
 
+    def terms(self, feats: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Each n-gram's ``weight * scale`` (0 for pads) [B, F]; the logit is their mean over the real ones."""
+        return self.weight(feats).squeeze(-1).float() * self.scale[feats] * real
+
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """ids [B, T] right-padded -> logit [B]."""
         feats, real = self.features(ids, lengths)
         if self.training and self.dropout > 0:
             real = real & (torch.rand(real.shape, device=ids.device) >= self.dropout)
             feats = feats.masked_fill(~real, 0)
-        w = self.weight(feats).squeeze(-1).float() * self.scale[feats] * real
-        return w.sum(1) / real.sum(1).clamp(min=1)
+        return self.terms(feats, real).sum(1) / real.sum(1).clamp(min=1)
 
 
 class SentimentModel(nn.Module):
@@ -319,8 +322,9 @@ class SentimentModel(nn.Module):
             pooled = torch.cat(parts, -1)
         deep = self.head(self.dropout(pooled)).squeeze(-1)
         wide = None
-        if self.ngrams is not None:   # the n-gram bag reads right-padded rows
-            wide = self.ngrams(to_right_padded(ids, lengths) if cfg.pad_side == "left" and not left else ids, lengths)
+        if self.ngrams is not None:   # the n-gram bag reads right-padded rows; ids are, unless run over left pads
+            rows = ids if cfg.pad_side == "right" or left else to_right_padded(ids, lengths)
+            wide = self.ngrams(rows, lengths)
         if attn is not None and left:  # back to the caller's left-padded layout
             t = torch.arange(T, device=ids.device).unsqueeze(0)
             attn = attn.gather(1, (t - (T - lengths).unsqueeze(1)) % T)

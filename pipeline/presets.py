@@ -78,6 +78,23 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``["key=value", ...]`` (CLI ``--set``) -> ``{key: value}``: values are JSON where they parse
+    (``3``, ``0.5``, ``null``, ``true``), else strings; dashes in keys become underscores."""
+    import json
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ReviewflowError(f"expected KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = value
+    return out
+
+
 @dataclass
 class PresetSpec:
     name: str

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.errors import InputError, ReviewflowError
 from pipeline.models import ModelConfig, SentimentModel
-from pipeline.presets import PRESETS, resolve_preset
+from pipeline.presets import PRESETS, parse_overrides, resolve_preset
 from pipeline.storage import atomic_path, read_json, write_json_atomic
 
 CHECKPOINT = "checkpoint.pt"      # resumable state, rewritten atomically every epoch
@@ -442,14 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any model/train field, e.g. --set hidden=64 --set epochs=3 (JSON values)")
     a = p.parse_args(argv)
-    overrides = {}
-    for kv in a.set:
-        k, _, v = kv.partition("=")
-        try:
-            overrides[k.replace("-", "_")] = json.loads(v)
-        except json.JSONDecodeError:
-            overrides[k.replace("-", "_")] = v
-    spec = resolve_preset(a.preset, overrides)
+    spec = resolve_preset(a.preset, parse_overrides(a.set))
     res = train(a.prep_dir, spec.train, a.out, device=a.device, progress=not a.quiet, model=spec.model)
     print(json.dumps({"out_dir": str(res.out_dir), "stopped": res.stopped,
                       "val_accuracy": res.metrics["val_accuracy"], "epochs": len(res.history)}))

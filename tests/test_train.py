@@ -227,3 +227,14 @@ def test_wide_and_deep_model_learns_with_nb_scaled_ngrams(prep_dir, tmp_path):
         assert torch.allclose(wide, ((v[ids[0]].sum() + v[bi].sum()) / 11).unsqueeze(0), atol=1e-6)
 
 
+
+
+def test_parse_overrides_reads_json_values_and_names_a_malformed_item():
+    from pipeline.presets import parse_overrides
+
+    got = parse_overrides(["epochs=3", "lr=0.5", "patience=null", "bidirectional=false", "pooling=attention",
+                           "ngram-buckets=97"])
+    assert got == {"epochs": 3, "lr": 0.5, "patience": None, "bidirectional": False, "pooling": "attention",
+                   "ngram_buckets": 97}
+    with pytest.raises(ReviewflowError, match="expected KEY=VALUE, got 'novalue'"):
+        parse_overrides(["novalue"])

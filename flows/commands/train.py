@@ -9,22 +9,6 @@ import typer
 from flows.commands.common import WarehouseOption, echo_kv, warehouse_from
 
 
-def parse_settings(items: list[str]) -> dict:
-    """``["k=v", ...]`` -> ``{k: json(v) or v}``; a malformed item is a usage error naming it."""
-    import json
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
-        try:
-            out[key.strip().replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip().replace("-", "_")] = value
-    return out
-
-
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
@@ -75,7 +59,13 @@ def register(app: typer.Typer) -> None:
             bidirectional=bidirectional, pooling=pooling, dropout=dropout, max_len=max_len, truncate=truncate,
             lr=lr, batch_size=batch_size, max_minutes=max_minutes, ngram_buckets=ngram_buckets).items()
             if v is not None}
-        overrides.update(parse_settings(set_))
+        from pipeline.errors import ReviewflowError
+        from pipeline.presets import parse_overrides
+
+        try:
+            overrides.update(parse_overrides(set_))
+        except ReviewflowError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--set") from None
         if no_prefect:
             from pipeline.train import train_dataset
 
