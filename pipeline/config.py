@@ -16,6 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import InputError
+
 ENV_WAREHOUSE = "REVIEWFLOW_WAREHOUSE"
 DEFAULT_WAREHOUSE = "warehouse"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -24,7 +26,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 def validate_name(name: str, what: str = "name") -> str:
     """Dataset names, model versions etc. become directory names: keep them boring."""
     if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
-        raise ValueError(
+        raise InputError(
             f"invalid {what} {name!r}: use 1-64 letters, digits, '_', '-', '.', starting with a letter or digit"
         )
     return name

@@ -23,14 +23,14 @@ from typing import Callable, Iterator
 
 import duckdb
 
-from pipeline.errors import InputError, NotFoundError, ReviewflowError
+from pipeline.errors import InputError, NotFoundError, TemporaryFailure
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT = 120.0   # seconds a process waits for another one's lock before giving up
 
 
-class LockTimeout(ReviewflowError):
+class LockTimeout(TemporaryFailure):
     """Another process kept the database locked for longer than we were willing to wait."""
 
 

@@ -14,13 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import ReviewflowError
+from pipeline.errors import IntegrityError
 from pipeline.storage import sha256_file
 
 SHARD_FILES = ("ids.npy", "lengths.npy", "labels.npy", "review_ids.parquet")
 
 
-class ChecksumError(ReviewflowError):
+class ChecksumError(IntegrityError):
     """A shard file does not match the checksum recorded in the manifest."""
 
 
