@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from score_helpers import BowPredictor, make_review_db
 
-from pipeline.errors import NotFoundError
+from pipeline.errors import NotFoundError, QueryRefused
 from pipeline.score import score_table
 from pipeline.sql import format_result, register_sentiment_udf, run_query, uses_sentiment
 
@@ -55,7 +55,7 @@ def test_model_is_loaded_only_when_the_query_uses_sentiment(tmp_path):
 
 def test_queries_are_read_only_and_missing_tables_are_explained(tmp_path):
     db = make_review_db(tmp_path / "r.duckdb", 5)
-    with pytest.raises(duckdb.Error, match="read-only"):
+    with pytest.raises(QueryRefused, match="DELETE .*not allowed"):
         run_query(db, "DELETE FROM reviews")
     with pytest.raises(NotFoundError, match="tables in .*: reviews"):
         run_query(db, "SELECT * FROM reveiws")

@@ -21,9 +21,17 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str, typer.Option("--model", "-m", help="Model behind sentiment(text): a version or 'champion'.")] = "champion",
         max_rows: Annotated[int, typer.Option("--max-rows", help="Rows printed in table format.")] = 1000,
         lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait while a scoring run holds the file.")] = 120.0,
+        memory_limit: Annotated[str, typer.Option("--memory-limit", help="Memory the query may use (DuckDB size, e.g. 4GB); larger joins/sorts spill to a private temp folder.")] = "4GB",
+        threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Threads the query may use. Default: min(4, CPU count).")] = None,
         warehouse: WarehouseOption = None,
     ) -> None:
-        """Run a read-only SQL query and print the result.
+        """Run ONE read-only SQL query and print the result.
+
+        \b
+        Allowed: one SELECT (or WITH, FROM, VALUES, SHOW, DESCRIBE, SUMMARIZE, PIVOT), EXPLAIN,
+        CALL of a table function, informational PRAGMAs. Refused (exit 2): writes, COPY, ATTACH,
+        EXPORT/IMPORT, INSTALL/LOAD, SET, several statements, and any access to files outside the
+        database (read_csv, read_parquet, glob, ...). See docs/SECURITY.md.
 
         \b
         The database is opened read-only; while a scoring run is writing a chunk the query waits
@@ -41,10 +49,11 @@ def register(app: typer.Typer) -> None:
         """
         if fmt not in FORMATS:
             raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}")
-        from pipeline.sql import format_result, run_query
+        from pipeline.sql import QueryLimits, format_result, run_query
 
         wh = warehouse_from(warehouse)
         db_path = db if db is not None else wh.duckdb_path
+        limits = QueryLimits(memory_limit=memory_limit, **({"threads": threads} if threads else {}))
 
         def load():
             from pipeline.inference import load_predictor
@@ -54,13 +63,7 @@ def register(app: typer.Typer) -> None:
         def on_wait(msg: str) -> None:
             typer.echo(msg, err=True)
 
-        import duckdb
-
-        from pipeline.errors import ReviewflowError
-
-        try:
-            result = run_query(db_path, query, load_predictor=load, lock_timeout=lock_timeout, on_wait=on_wait)
-        except duckdb.Error as exc:
-            raise ReviewflowError(f"query failed: {exc}") from None
+        result = run_query(db_path, query, load_predictor=load, limits=limits, lock_timeout=lock_timeout,
+                           on_wait=on_wait)
         kwargs = {"max_rows": max_rows} if fmt == "table" else {}
         typer.echo(format_result(result, fmt, **kwargs))
