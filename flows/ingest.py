@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline.config import Warehouse
 from pipeline.download import DownloadError
-from pipeline.ingest import IngestReport, StagedIngest, publish, stage
+from pipeline.ingest import IngestReport, StagedIngest, publish, skipped_note, stage
 from flows.artifacts import artifact_key
 
 READ_RETRIES = 3
@@ -31,9 +31,10 @@ READ_RETRY_DELAYS = [5, 20, 60]  # seconds before retry 1, 2, 3
 DROP_EXPLANATIONS = {
     "missing_text": "dropped: no text (null / key missing)",
     "empty_text": "dropped: text empty or whitespace only",
-    "duplicate_in_source": "dropped: review_id repeated inside the source (first kept)",
+    "duplicate_in_source": "dropped: the same review (id and content) repeated inside the source (first kept)",
     "already_in_lake": "skipped: review_id already in the dataset",
     "replaced_utf8": "kept, repaired: invalid UTF-8 bytes replaced with U+FFFD",
+    "skipped_entries": "not read: folder entries / tar members that are not regular files (see the flow log)",
 }
 
 
@@ -60,6 +61,8 @@ def read_task(source: str, dataset: str, warehouse: str, mapping: dict, progress
                 staged.source.kind, staged.source.location, staged.rows_read, staged.rows_staged,
                 staged.duplicates_in_lake, staged.duplicates_in_source, staged.dropped, staged.replaced_utf8,
                 staged.columns or "(from aclImdb paths)")
+    if staged.skipped_total:
+        logger.warning("skipped %s", skipped_note(staged.skipped, staged.skipped_total))
     return staged
 
 
@@ -88,6 +91,7 @@ def _publish_artifacts(report: dict) -> None:
     counts["duplicate_in_source"] = report["duplicates_in_source"]
     counts["already_in_lake"] = report["duplicates_in_lake"]
     counts["replaced_utf8"] = report["replaced_utf8"]
+    counts["skipped_entries"] = report["skipped_total"]
     create_table_artifact(
         key=artifact_key("ingest", ds, "dropped"),
         table=[{"reason": k, "rows": v, "what happened": DROP_EXPLANATIONS.get(k, "dropped")}

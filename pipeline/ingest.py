@@ -3,10 +3,13 @@
 Two steps, so an orchestrator can retry the first (which may read a URL) on its own:
 
 * ``stage()`` streams the source (``pipeline.sources``) batch by batch, drops rows with missing or
-  whitespace-only text, keeps the first of repeated review_ids, drops ids the dataset already
-  holds, and writes what is left to a hidden staging file. Any error (bad row, bad tarball member,
-  network) deletes the staging file: the lake is never touched before everything has been read
-  and validated.
+  whitespace-only text, drops repeats of a review_id (a harmless duplicate: same text, label, rating
+  and split as its first row; a repeat with *different* content is an error naming the ids, since
+  one of the two reviews would be lost), drops ids the dataset already holds, and writes what is
+  left to a hidden staging file. Any error (bad row, bad tarball member, network) deletes the
+  staging file: the lake is never touched before everything has been read and validated. It first
+  sweeps staging files of dead ingests (``pipeline.lake.sweep_dead_staging``) and refuses a dataset
+  name that differs only by case from an existing one.
 * ``publish()`` moves the staging file into the dataset as one new part file, atomically, under
   the dataset's writer lock (``pipeline.lake.publish_part``), re-checking ids against parts that
   appeared while staging ran. Nothing new -> no part file.
@@ -33,6 +36,7 @@ from pipeline.schema import REVIEW_SCHEMA
 from pipeline.sources import ColumnMap, ReadStats, Source, detect, read_source
 
 DROP_REASONS = ("missing_text", "empty_text")  # text null / text empty or whitespace only
+CONFLICTS_SHOWN = 5  # review_ids named in a "same id, different content" error
 
 
 @dataclass
@@ -50,6 +54,8 @@ class IngestReport:
     duplicates_in_source: int = 0  # review_id repeated inside this source (first kept)
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
     replaced_utf8: int = 0         # rows whose invalid UTF-8 bytes were replaced with U+FFFD (kept)
+    skipped: list[str] = field(default_factory=list)  # first folder entries / tar members not read, "name (why)"
+    skipped_total: int = 0         # how many were not read (FIFOs, devices, links...), all of them
     by_split_label: list[dict] = field(default_factory=list)
     part_file: str | None = None
     columns: dict[str, str] = field(default_factory=dict)  # role -> source column (files)
@@ -62,7 +68,15 @@ class IngestReport:
         dropped = ", ".join(f"{k}={v}" for k, v in self.dropped.items() if v) or "none"
         return (f"{self.dataset}: read {self.rows_read}, added {self.rows_added}, duplicates {self.duplicates} "
                 f"(in lake {self.duplicates_in_lake}, in source {self.duplicates_in_source}), dropped {dropped}, "
-                f"utf-8 repaired {self.replaced_utf8}")
+                f"utf-8 repaired {self.replaced_utf8}, skipped {skipped_note(self.skipped, self.skipped_total)}")
+
+
+def skipped_note(skipped: list[str], total: int) -> str:
+    """``"2 entries not read: train/pos/3_9.txt (FIFO), x (socket)"`` (``"none"`` when nothing was skipped)."""
+    if not total:
+        return "none"
+    more = f", and {total - len(skipped)} more" if total > len(skipped) else ""
+    return f"{total} entries not read: {', '.join(skipped)}{more}"
 
 
 @dataclass
@@ -79,13 +93,17 @@ class StagedIngest:
     duplicates_in_source: int
     dropped: dict[str, int]
     replaced_utf8: int
+    skipped: list[str]
+    skipped_total: int
     counts: dict[tuple, list[int]]  # (split, label) -> [rows, staged]
     columns: dict[str, str]
     started: float
+    scratch: lake.StagingFile | None = None  # holds staged_path's lock until discard()
 
     def discard(self) -> None:
-        if self.staged_path is not None:
-            self.staged_path.unlink(missing_ok=True)
+        """Delete the staging file if it was not published, and drop its lock."""
+        if self.scratch is not None:
+            self.scratch.release()
 
 
 def _check_dataset(dataset: str) -> str:
@@ -93,6 +111,54 @@ def _check_dataset(dataset: str) -> str:
         return validate_name(dataset, "dataset name")
     except ValueError as exc:
         raise InputError(str(exc)) from None
+
+
+def _row_keys(batch: pa.RecordBatch) -> list[int]:
+    """One hash per row of everything a review is (text, label, rating, split): equal keys = the same review.
+
+    A 64-bit hash, so two *different* reviews under one id pass as the same with odds of about 1 in
+    10^19 per pair; keeping the hash instead of the text keeps memory to ids + 8 bytes per row."""
+    cols = [batch.column(c).to_pylist() for c in ("text", "label", "rating", "split")]
+    return [hash(row) for row in zip(*cols)]
+
+
+class _Deduper:
+    """Drops repeated review_ids within one source, across batches; refuses an id reused for another review."""
+
+    def __init__(self, where: str, kind: str):
+        self.where, self.kind = where, kind
+        self.seen: dict[str, int] = {}  # review_id -> _row_keys hash of its first row
+        self.repeats = 0
+
+    def keep_mask(self, batch: pa.RecordBatch) -> list[bool]:
+        """True for each row whose id is new; repeats of the same review are counted and dropped."""
+        keep, conflicts = [], []
+        for rid, key in zip(batch.column("review_id").to_pylist(), _row_keys(batch)):
+            first = self.seen.get(rid)
+            if first is None:
+                self.seen[rid] = key
+                keep.append(True)
+                continue
+            keep.append(False)
+            self.repeats += 1
+            if first != key:
+                conflicts.append(rid)
+        if conflicts:
+            raise self._conflict(list(dict.fromkeys(conflicts)))
+        return keep
+
+    def _conflict(self, ids: list[str]) -> InputError:
+        shown = ", ".join(repr(i) for i in ids[:CONFLICTS_SHOWN])
+        more = f" (and {len(ids) - CONFLICTS_SHOWN} more)" if len(ids) > CONFLICTS_SHOWN else ""
+        if self.kind.startswith("aclimdb"):
+            fix = ("aclImdb ids come from <split>/<pos|neg|unsup>/<id>_<rating>.txt, so two files with the same "
+                   "<id> (like 7_9.txt and 007_10.txt, or the same path twice in a tarball) are one id: "
+                   "remove or renumber one of them")
+        else:
+            fix = "give each review its own id, or drop the id column (or --id-col) to use content hashes"
+        which = f"review_id {shown} is" if len(ids) == 1 else f"review_ids {shown}{more} are"
+        return InputError(f"{which} used by rows with different content (text, label, rating or split), so a "
+                          f"review would be lost: {fix}; nothing was ingested", path=self.where)
 
 
 def stage(wh: Warehouse, source: str, dataset: str, *, text_col: str | None = None, label_col: str | None = None,
@@ -110,17 +176,19 @@ def stage(wh: Warehouse, source: str, dataset: str, *, text_col: str | None = No
                          f"ratings and splits from its folder and file names", path=src.location)
     cols = ColumnMap(**mapping)
     wh.ensure()
-    lake.clean_stale_staging(wh)
+    lake.sweep_dead_staging(wh)
+    lake.sweep_dead_rewrites(wh, dataset)
+    lake.check_name_is_free(wh, dataset)
     known = lake.part_files(wh, dataset)
     lake_ids = set(lake.review_ids(known).to_pylist())  # one hash set; cheaper than pc.is_in per batch
     now = pa.scalar(dt.datetime.now(dt.timezone.utc), REVIEW_SCHEMA.field("ingested_at").type)
     stats = ReadStats()
     dropped = dict.fromkeys(DROP_REASONS, 0)
-    seen: set[str] = set()
-    dup_src = dup_lake = 0
+    deduper = _Deduper(src.location, src.kind)
+    dup_lake = 0
     counts: dict[tuple, list[int]] = {}
-    tmp = lake.staging_path(wh, dataset)
-    writer = lake.PartWriter(tmp)
+    scratch = lake.new_staging_file(wh, dataset)
+    writer = lake.PartWriter(scratch.path)
     try:
         for batch in read_source(src, cols, stats, progress=progress):
             text = batch.column("text")
@@ -131,18 +199,10 @@ def stage(wh: Warehouse, source: str, dataset: str, *, text_col: str | None = No
             batch = batch.filter(pc.invert(pc.or_(missing, blank)))
             if batch.num_rows == 0:
                 continue
-            keep, fresh = [], []
-            for rid in batch.column("review_id").to_pylist():
-                if rid in seen:
-                    keep.append(False)
-                    dup_src += 1
-                else:
-                    seen.add(rid)
-                    keep.append(True)
-                    fresh.append(rid not in lake_ids)
+            keep = deduper.keep_mask(batch)
             if not all(keep):
                 batch = batch.filter(pa.array(keep, pa.bool_()))
-            new = pa.array(fresh, pa.bool_())
+            new = pa.array([rid not in lake_ids for rid in batch.column("review_id").to_pylist()], pa.bool_())
             grouped = pa.table({"split": batch.column("split"), "label": batch.column("label"),
                                 "new": pc.cast(new, pa.int64())}).group_by(["split", "label"]).aggregate(
                 [("new", "count"), ("new", "sum")])
@@ -164,15 +224,16 @@ def stage(wh: Warehouse, source: str, dataset: str, *, text_col: str | None = No
         writer.close()
     except BaseException:
         writer.abort()
+        scratch.release()
         raise
-    staged_path = tmp
     if writer.rows == 0:
-        tmp.unlink(missing_ok=True)
-        staged_path = None
-    return StagedIngest(dataset=dataset, source=src, staged_path=staged_path, known_files=known,
-                        rows_read=stats.rows_read, rows_staged=writer.rows, duplicates_in_lake=dup_lake,
-                        duplicates_in_source=dup_src, dropped=dropped, replaced_utf8=stats.replaced_utf8,
-                        counts=counts, columns=dict(stats.columns), started=started)
+        scratch.release()
+    return StagedIngest(dataset=dataset, source=src, staged_path=scratch.path if writer.rows else None,
+                        known_files=known, rows_read=stats.rows_read, rows_staged=writer.rows,
+                        duplicates_in_lake=dup_lake, duplicates_in_source=deduper.repeats, dropped=dropped,
+                        replaced_utf8=stats.replaced_utf8, skipped=list(stats.skipped),
+                        skipped_total=stats.skipped_total, counts=counts, columns=dict(stats.columns),
+                        started=started, scratch=scratch if writer.rows else None)
 
 
 def publish(wh: Warehouse, staged: StagedIngest) -> IngestReport:
@@ -196,7 +257,8 @@ def publish(wh: Warehouse, staged: StagedIngest) -> IngestReport:
         dataset=staged.dataset, source=staged.source.location, kind=staged.source.kind, rows_read=staged.rows_read,
         rows_added=added, duplicates=dup_lake + staged.duplicates_in_source, duplicates_in_lake=dup_lake,
         duplicates_in_source=staged.duplicates_in_source, dropped=dict(staged.dropped),
-        replaced_utf8=staged.replaced_utf8, by_split_label=by, part_file=str(part_file) if part_file else None,
+        replaced_utf8=staged.replaced_utf8, skipped=list(staged.skipped), skipped_total=staged.skipped_total,
+        by_split_label=by, part_file=str(part_file) if part_file else None,
         columns=staged.columns, seconds=round(time.monotonic() - staged.started, 3))
 
 

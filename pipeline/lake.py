@@ -6,9 +6,19 @@ Write side: a dataset only ever grows by whole part files, ``part-<utc timestamp
 (zstd), each published by one rename. Writers stream rows into a hidden staging file under
 ``<wh>/.tmp/ingest/`` (same filesystem, outside the lake, so a crash never leaves debris in a
 dataset folder); ``publish_part`` then takes the dataset's writer lock (``fcntl.flock`` on
-``<wh>/lake/reviews/.dataset=<name>.lock``), drops rows whose review_id the dataset already holds
-and renames the file into place. Readers never lock: they see a part file whole or not at all, and
-ignore hidden (``.``) files.
+``<wh>/lake/reviews/.dataset=<lowercased name>.lock``), drops rows whose review_id the dataset already
+holds and renames the file into place. Readers never lock: they see a part file whole or not at all,
+and ignore hidden (``.``) files.
+
+Dataset names are unique *ignoring case*: DuckDB identifiers are case-insensitive, so ``IMDB`` and
+``imdb`` would share one ``<name>_scored`` table. Writing to a name that differs only by case from an
+existing dataset is refused (``check_name_is_free``), never silently mapped onto it.
+
+Scratch files of killed writers are swept by the next writer, never those of a live one: a staging
+file is ``flock``-ed by its owner from the moment it gets its ``.stage-`` name until it is published
+or deleted; the kernel drops that lock when the owner dies, however it dies (kill -9 included). So an
+unlocked ``.stage-*`` file belongs to nobody and ``sweep_dead_staging`` removes it. A ``.part-*.tmp``
+file in a dataset folder (written only under the dataset lock) is dead as soon as the lock is ours.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import fcntl
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -29,12 +39,15 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline.config import Warehouse, validate_name
-from pipeline.errors import NotFoundError, ReviewflowError
+from pipeline.errors import InputError, NotFoundError, TemporaryFailure
 from pipeline.schema import REVIEW_SCHEMA
 from pipeline.storage import sha256_file
 
 PART_COMPRESSION = "zstd"
 ROW_GROUP_BYTES = 32 << 20  # PartWriter buffers about this much before writing a row group
+
+
+BORN_GRACE_S = 60.0                     # a ``.new-*`` file younger than this may be a staging file being born
 
 
 def list_datasets(wh: Warehouse) -> list[str]:
@@ -43,11 +56,30 @@ def list_datasets(wh: Warehouse) -> list[str]:
     return sorted(p.name.split("=", 1)[1] for p in wh.lake.glob("dataset=*") if any(p.glob("*.parquet")))
 
 
+def same_name_other_case(wh: Warehouse, name: str) -> str | None:
+    """The existing dataset whose name equals ``name`` ignoring case but is spelled differently, if any."""
+    wanted = name.lower()
+    return next((other for other in list_datasets(wh) if other.lower() == wanted and other != name), None)
+
+
+def check_name_is_free(wh: Warehouse, name: str) -> None:
+    """Refuse a dataset name that differs only by case from an existing one (see module doc)."""
+    other = same_name_other_case(wh, name)
+    if other is not None:
+        raise InputError(f"dataset {name!r} differs only by case from the existing dataset {other!r}; dataset "
+                         f"names ignore case (DuckDB table names do), so add to it with --dataset {other}, "
+                         f"or choose a different name; nothing was ingested")
+
+
 def dataset_files(wh: Warehouse, name: str) -> list[str]:
     """The dataset's Parquet part files, sorted (temp files start with '.' and are never listed)."""
     d = wh.dataset_dir(name)
     files = sorted(str(p) for p in d.glob("*.parquet") if not p.name.startswith("."))
     if not files:
+        other = same_name_other_case(wh, name)
+        if other is not None:
+            raise NotFoundError(f"dataset {name!r} not found; did you mean {other!r}? (dataset names ignore case "
+                                f"but must be spelled as ingested)")
         known = ", ".join(list_datasets(wh)) or "none"
         raise NotFoundError(f"dataset {name!r} has no data in {d} (known datasets: {known}); run `reviewflow ingest` first")
     return files
@@ -78,9 +110,12 @@ def part_files(wh: Warehouse, name: str) -> list[str]:
 
 @contextlib.contextmanager
 def dataset_lock(wh: Warehouse, name: str, timeout: float | None = 600.0) -> Iterator[Path]:
-    """Exclusive per-dataset writer lock (fcntl.flock; released on exit or if the process dies)."""
+    """Exclusive per-dataset writer lock (fcntl.flock; released on exit or if the process dies).
+
+    One lock per name *ignoring case*, so two writers racing to create ``IMDB`` and ``imdb`` queue on
+    the same lock and the second sees the first's dataset (``check_name_is_free``)."""
     d = wh.dataset_dir(name)
-    lock_path = d.parent / f".{d.name}.lock"
+    lock_path = d.parent / f".{d.name.lower()}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -91,8 +126,8 @@ def dataset_lock(wh: Warehouse, name: str, timeout: float | None = 600.0) -> Ite
                 break
             except BlockingIOError:
                 if deadline is not None and time.monotonic() > deadline:
-                    raise ReviewflowError(f"dataset {name!r} is locked by another writer for over {timeout:.0f}s "
-                                          f"({lock_path})") from None
+                    raise TemporaryFailure(f"dataset {name!r} is locked by another writer for over "
+                                           f"{timeout:.0f}s; try again when it is done ({lock_path})") from None
                 time.sleep(0.05)
         try:
             yield lock_path
@@ -151,27 +186,100 @@ class PartWriter:
         self.path.unlink(missing_ok=True)
 
 
-def staging_path(wh: Warehouse, name: str) -> Path:
-    """A fresh hidden temp file for staging rows bound for dataset ``name`` (caller deletes it)."""
+def _staging_dir(wh: Warehouse) -> Path:
     d = wh.tmp / "ingest"
     d.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".stage-{validate_name(name, 'dataset name')}-", suffix=".parquet", dir=d)
-    os.close(fd)
-    return Path(tmp)
+    return d
 
 
-def clean_stale_staging(wh: Warehouse, older_than_s: float = 24 * 3600) -> int:
-    """Remove staging files left by crashed writers (older than a day by default)."""
+@dataclass
+class StagingFile:
+    """A hidden staging file ``<wh>/.tmp/ingest/.stage-<dataset>-*.parquet`` and the open descriptor that
+    holds its ``flock`` (see module doc). ``release()`` deletes the file (if still there) and drops the lock."""
+
+    path: Path
+    lock_fd: int = field(repr=False)
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+
+
+def new_staging_file(wh: Warehouse, name: str) -> StagingFile:
+    """A fresh, empty staging file for rows bound for dataset ``name``, locked before it is visible.
+
+    It is created as ``.new-*`` (a name the sweeper leaves alone while young), locked, then renamed to
+    ``.stage-*``: so every ``.stage-*`` file a sweeper sees unlocked is truly dead."""
+    d = _staging_dir(wh)
+    fd, born = tempfile.mkstemp(prefix=f".new-{validate_name(name, 'dataset name')}-", suffix=".parquet", dir=d)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    path = d / (".stage-" + Path(born).name.removeprefix(".new-"))
+    os.rename(born, path)
+    return StagingFile(path, fd)
+
+
+def _remove_if_unlocked(path: Path) -> bool:
+    """Delete ``path`` if no process holds a flock on it (never opens FIFOs/devices, never follows links)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # its owner is alive
+        try:
+            if os.lstat(path).st_ino != os.fstat(fd).st_ino:
+                return False  # renamed away (published) and the name reused meanwhile
+            path.unlink()
+        except FileNotFoundError:
+            return False  # published or released while we looked
+        return True
+    finally:
+        os.close(fd)
+
+
+def sweep_dead_staging(wh: Warehouse) -> list[str]:
+    """Remove staging files left by dead writers (killed, crashed); returns their names.
+
+    ``.stage-*`` files are removed when unlocked; ``.new-*`` files (a writer killed in the microseconds
+    between creating and locking one) when unlocked and older than ``BORN_GRACE_S``."""
     d = wh.tmp / "ingest"
-    n = 0
-    if d.is_dir():
-        cutoff = time.time() - older_than_s
-        for p in d.glob(".stage-*"):
+    if not d.is_dir():
+        return []
+    born_before = time.time() - BORN_GRACE_S
+    swept = []
+    for p in d.iterdir():
+        if p.name.startswith(".new-"):
             with contextlib.suppress(OSError):
-                if p.stat().st_mtime < cutoff:
-                    p.unlink()
-                    n += 1
-    return n
+                if p.lstat().st_mtime >= born_before:
+                    continue
+        elif not p.name.startswith(".stage-"):
+            continue
+        if _remove_if_unlocked(p):
+            swept.append(p.name)
+    return swept
+
+
+def _sweep_dead_rewrites(d: Path) -> None:
+    """Remove ``.part-*.tmp`` files in dataset folder ``d``: only the dataset-lock holder writes them, and
+    the caller holds that lock now, so any that exist were left by a writer that died."""
+    if d.is_dir():
+        for p in d.glob(".part-*.parquet.tmp"):
+            p.unlink(missing_ok=True)
+
+
+def sweep_dead_rewrites(wh: Warehouse, name: str) -> None:
+    """``_sweep_dead_rewrites`` for dataset ``name`` if its lock is free right now (if not, a live writer
+    is publishing and whoever takes the lock next sweeps)."""
+    if not wh.dataset_dir(name).is_dir():
+        return
+    with contextlib.suppress(TemporaryFailure):
+        with dataset_lock(wh, name, timeout=0):
+            _sweep_dead_rewrites(wh.dataset_dir(name))
 
 
 @dataclass
@@ -200,7 +308,8 @@ def publish_part(wh: Warehouse, name: str, staged: str | os.PathLike, *,
                  known_files: Sequence[str] | None = None, lock_timeout: float | None = 600.0) -> PublishResult:
     """Publish a staged REVIEW_SCHEMA Parquet file (already free of internal duplicates) into the dataset.
 
-    Under the dataset lock: rows whose review_id is in a part file the stager did not already
+    Under the dataset lock: the name is checked against datasets spelled in another case (one may have
+    appeared since the stager looked); rows whose review_id is in a part file the stager did not already
     dedupe against (all files when ``known_files`` is None) are dropped; what is left is renamed
     into ``dataset=<name>/part-<utc>-<sha>.parquet``. Nothing left -> no file, ``part_file`` None.
     ``staged`` is consumed (moved or deleted) in every case.
@@ -209,6 +318,8 @@ def publish_part(wh: Warehouse, name: str, staged: str | os.PathLike, *,
     d = wh.dataset_dir(name)
     try:
         with dataset_lock(wh, name, lock_timeout):
+            check_name_is_free(wh, name)
+            _sweep_dead_rewrites(d)
             current = part_files(wh, name)
             known = set(known_files) if known_files is not None else set()
             new = [f for f in current if f not in known]
@@ -263,15 +374,18 @@ def write_part(wh: Warehouse, name: str, table: pa.Table) -> PublishResult:
         keep.append(rid not in seen)
         seen.add(rid)
     table = table.filter(pa.array(keep, pa.bool_()))
-    tmp = staging_path(wh, name)
-    writer = PartWriter(tmp)
+    scratch = new_staging_file(wh, name)
     try:
-        writer.write(table)
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    return publish_part(wh, name, tmp, known_files=None)
+        writer = PartWriter(scratch.path)
+        try:
+            writer.write(table)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        return publish_part(wh, name, scratch.path, known_files=None)
+    finally:
+        scratch.release()
 
 
 def split_counts(wh: Warehouse, name: str) -> dict[str, int]:

@@ -28,6 +28,18 @@ present; split from the ``split`` column if present (empty cells get ``--split``
 ``--split`` value, else null.
 
 Invalid UTF-8 is replaced with U+FFFD and the affected rows counted in ``ReadStats.replaced_utf8``.
+
+Where errors point: JSON lines errors name the physical **line** of the file (1 = first line, blank
+lines counted), what an editor or ``sed -n 8p`` shows. CSV/TSV errors name the **data row** (1 = the
+first row after the header) and the line it starts on (a quoted field may span lines). Parquet errors
+name the row (record number, from 1).
+
+Links and special files: a source path given by the user may be a symbolic link (it is resolved), but
+it must end at a regular file or a folder: a FIFO, socket or device is refused before it is opened (a
+FIFO would block). Inside an aclImdb folder no link is ever followed out of the folder: one that leads
+out refuses the whole folder; links inside it are followed. Entries that are not regular files (FIFOs,
+sockets, devices, sub-folders, broken links) are skipped, never opened, and reported by name in
+``ReadStats.skipped``, as are tarball members that are not regular files (links, devices, FIFOs).
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ import json
 import lzma
 import os
 import re
+import stat
 import tarfile
 import zlib
 from dataclasses import dataclass, field
@@ -74,6 +87,29 @@ BATCH_ROWS = 4096            # aclImdb readers: rows per batch
 BATCH_BYTES = 32 << 20       # ... or this much text, whichever first
 JSON_CHUNK_BYTES = 16 << 20  # JSON lines are parsed in chunks of about this many bytes
 MAX_CSV_BLOCK = 256 << 20    # one CSV row (one review) may be at most this big
+SKIPPED_NAMES_KEPT = 20      # ReadStats.skipped keeps this many names; skipped_total counts them all
+
+
+class LocatedError(InputError):
+    """An ``InputError`` that says *which kind* of place it names: a physical ``line`` of the file, or a
+    ``data_row`` (header not counted) with the ``line`` it starts on when known (see module doc)."""
+
+    def __init__(self, message: str, *, path: str, line: int | None = None, data_row: int | None = None,
+                 column: str | None = None):
+        super().__init__(message, path=path, row=data_row, column=column)
+        self.line = line
+        if data_row is not None:
+            place = f"data row {data_row}" + (f" at line {line}" if line is not None else "")
+        else:
+            place = f"line {line}"
+        where = [f"file {path}", place] + ([f"column {column!r}"] if column is not None else [])
+        self.args = (f"{message} ({', '.join(where)})",)
+
+
+def _bare_message(exc: InputError) -> str:
+    """``exc``'s message without the ``(file ..., row ..., column ...)`` suffix ``InputError`` adds."""
+    text = str(exc)
+    return text.rsplit(" (file ", 1)[0] if exc.path is not None else text
 
 
 @dataclass(frozen=True)
@@ -99,6 +135,14 @@ class ReadStats:
     rows_read: int = 0
     replaced_utf8: int = 0
     columns: dict = field(default_factory=dict)  # role -> source column used (files only)
+    skipped: list[str] = field(default_factory=list)  # first SKIPPED_NAMES_KEPT "name (why)" entries
+    skipped_total: int = 0                             # every folder entry / tar member skipped
+
+    def skip(self, name: str, why: str) -> None:
+        """Record an entry that was not read (a FIFO, device, link...), so the report can name it."""
+        self.skipped_total += 1
+        if len(self.skipped) < SKIPPED_NAMES_KEPT:
+            self.skipped.append(f"{name} ({why})")
 
 
 @dataclass(frozen=True)
@@ -109,6 +153,14 @@ class Source:
 
 
 # ----------------------------------------------------------------------------------- detection
+
+def _file_kind(mode: int) -> str:
+    """'FIFO', 'socket', 'character device'... for an ``st_mode``, to name what was refused or skipped."""
+    kinds = ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"), (stat.S_ISLNK, "symbolic link"),
+             (stat.S_ISREG, "regular file"))
+    return next((name for test, name in kinds if test(mode)), "special file")
+
 
 def _strip_compression(name: str) -> str:
     for suf in _COMPRESSION_SUFFIXES:
@@ -129,8 +181,13 @@ def detect(source: str | os.PathLike) -> Source:
         return Source(given, "aclimdb-url", given)
     p = Path(given).expanduser()
     if not p.exists():
-        raise InputError("no such file or folder", path=given)
+        raise InputError("no such file or folder" + (" (a broken symbolic link)" if p.is_symlink() else ""),
+                         path=given)
     p = p.resolve()
+    mode = p.stat().st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise InputError(f"not a regular file or folder but a {_file_kind(mode)}; reviewflow reads files and "
+                         f"folders only: save the data to a file first", path=str(p))
     if p.is_dir():
         return Source(given, "aclimdb-folder", str(p))
     name = p.name.lower()
@@ -349,6 +406,51 @@ def _csv_header(path: str, delimiter: str) -> list[str]:
         raise InputError(f"cannot read the CSV header: {exc}", path=path) from None
 
 
+def _csv_records(path: str, delimiter: str) -> Iterator[tuple[int, int, int]]:
+    """(data row, line it starts on, number of fields) of each record after the header.
+
+    Error path only (Python speed): Python's csv module, like pyarrow's reader here, lets a quoted
+    field span lines and skips empty lines, so its counts match the rows pyarrow numbered."""
+    csv.field_size_limit(MAX_CSV_BLOCK)
+    with pa.input_stream(path, compression="detect") as raw, \
+            io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="") as fh:
+        reader = csv.reader(fh, delimiter=delimiter)
+        data_row, start = -1, 1  # the header is record 0
+        try:
+            for record in reader:
+                if record:
+                    data_row += 1
+                    if data_row:
+                        yield data_row, start, len(record)
+                start = reader.line_num + 1
+        except csv.Error:
+            return
+
+
+def _csv_line_of(path: str, delimiter: str, data_row: int) -> int | None:
+    return next((line for row, line, _ in _csv_records(path, delimiter) if row == data_row), None)
+
+
+def _csv_value_error(exc: InputError, path: str, delimiter: str) -> InputError:
+    """A bad value's error, re-pointed at 'data row N at line M' (see module doc)."""
+    if exc.row is None:
+        return exc
+    return LocatedError(_bare_message(exc), path=path, data_row=exc.row,
+                        line=_csv_line_of(path, delimiter, exc.row), column=exc.column)
+
+
+def _csv_parse_error(msg: str, path: str, delimiter: str, ncols: int, rows_before: int, block: int) -> InputError:
+    """pyarrow could not split the text into rows: find the first record with the wrong number of fields
+    after the rows already read; else (an unclosed quote, a row bigger than a block) say what is likely."""
+    for row, line, nfields in _csv_records(path, delimiter):
+        if row > rows_before and nfields != ncols:
+            return LocatedError(f"cannot parse CSV: expected {ncols} fields like the header, found {nfields} "
+                                f"(a stray delimiter or quote?)", path=path, data_row=row, line=line)
+    if "straddl" in msg:
+        msg = f"a row is larger than {block >> 20} MiB or a quote is never closed ({msg})"
+    return InputError(f"cannot parse CSV after data row {rows_before}: {msg}", path=path)
+
+
 def read_csv(src: Source, cols: ColumnMap, stats: ReadStats, progress: bool = True) -> Iterator[pa.RecordBatch]:
     path = src.location
     delimiter = "\t" if src.kind == "tsv" else ","
@@ -370,7 +472,7 @@ def read_csv(src: Source, cols: ColumnMap, stats: ReadStats, progress: bool = Tr
                                                  strings_can_be_null=False),
         )
     except pa.ArrowInvalid as exc:
-        raise InputError(f"cannot parse CSV: {exc}", path=path) from None
+        raise _csv_parse_error(str(exc), path, delimiter, len(names), 0, block) from None
     with tqdm(desc=Path(path).name, unit=" rows", disable=not progress, leave=False) as bar:
         while True:
             try:
@@ -378,12 +480,13 @@ def read_csv(src: Source, cols: ColumnMap, stats: ReadStats, progress: bool = Tr
             except StopIteration:
                 break
             except pa.ArrowInvalid as exc:
-                msg = str(exc)
-                if "straddl" in msg:
-                    msg = f"a row is larger than {block >> 20} MiB or a quote is never closed ({msg})"
-                raise InputError(f"cannot parse CSV near row {stats.rows_read + 1}: {msg}", path=path) from None
+                raise _csv_parse_error(str(exc), path, delimiter, len(names), stats.rows_read, block) from None
             if batch.num_rows:
-                yield _normalize_batch(batch, roles, cols, stats, path, bar)
+                try:
+                    out = _normalize_batch(batch, roles, cols, stats, path, bar)
+                except InputError as exc:
+                    raise _csv_value_error(exc, path, delimiter) from None
+                yield out
     if stats.rows_read == 0:
         raise InputError("no rows (the file has a header but no data)", path=path)
 
@@ -422,11 +525,13 @@ def read_parquet(src: Source, cols: ColumnMap, stats: ReadStats, progress: bool 
             raise InputError(f"cannot read Parquet near row {stats.rows_read + 1}: {exc}", path=path) from None
 
 
-def _json_line_chunks(path: str, stats: ReadStats) -> Iterator[list[bytes]]:
-    """Non-blank lines in ~JSON_CHUNK_BYTES groups, invalid UTF-8 already replaced (and counted)."""
+def _json_line_chunks(path: str, stats: ReadStats) -> Iterator[tuple[list[bytes], list[int]]]:
+    """Non-blank lines in ~JSON_CHUNK_BYTES groups, invalid UTF-8 already replaced (and counted), with
+    the physical line number (from 1, blank lines counted) of each."""
     with pa.input_stream(path, compression="detect") as fh:
         rest = b""
         first = True
+        lines_before = 0  # physical lines in the chunks already yielded
         while True:
             block = fh.read(JSON_CHUNK_BYTES)
             data = rest + block
@@ -445,7 +550,9 @@ def _json_line_chunks(path: str, stats: ReadStats) -> Iterator[list[bytes]]:
                                      "line). Convert it with: jq -c '.[]' in.json > out.jsonl", path=path)
                 chunk = chunk.lstrip(b"\xef\xbb\xbf")
                 first = False
-            lines = [ln for ln in chunk.split(b"\n") if ln.strip()]
+            numbered = [(n, ln) for n, ln in enumerate(chunk.split(b"\n"), lines_before + 1) if ln.strip()]
+            lines_before += chunk.count(b"\n")
+            lines = [ln for _, ln in numbered]
             try:
                 chunk.decode("utf-8")
             except UnicodeDecodeError:
@@ -459,23 +566,25 @@ def _json_line_chunks(path: str, stats: ReadStats) -> Iterator[list[bytes]]:
                     fixed.append(ln)
                 lines = fixed
             if lines:
-                yield lines
+                yield lines, [n for n, _ in numbered]
             if not block:
                 break
 
 
-def _json_python(lines: list[bytes], roles_wanted: list[str], *, path: str, row_offset: int) -> dict[str, pa.Array]:
-    """Slow path for a chunk pyarrow.json refuses (mixed types, bad syntax): find the bad row or
+def _json_python(lines: list[bytes], line_numbers: list[int], roles_wanted: list[str], *,
+                 path: str) -> dict[str, pa.Array]:
+    """Slow path for a chunk pyarrow.json refuses (mixed types, bad syntax): find the bad line or
     build the columns by hand."""
     cols: dict[str, list] = {c: [] for c in roles_wanted}
-    for i, ln in enumerate(lines):
+    for ln, line in zip(lines, line_numbers):
         try:
             obj = json.loads(ln)
         except json.JSONDecodeError as exc:
-            raise InputError(f"invalid JSON: {exc.msg} at character {exc.pos}", path=path, row=row_offset + i + 1) from None
+            raise LocatedError(f"invalid JSON: {exc.msg.lower()} at character {exc.pos + 1} of the line",
+                               path=path, line=line) from None
         if not isinstance(obj, dict):
-            raise InputError(f"each line must be a JSON object, found {type(obj).__name__}", path=path,
-                             row=row_offset + i + 1)
+            raise LocatedError(f"each line must be a JSON object, found {type(obj).__name__}", path=path,
+                               line=line)
         for c in roles_wanted:
             v = obj.get(c)
             if isinstance(v, bool):
@@ -485,8 +594,8 @@ def _json_python(lines: list[bytes], roles_wanted: list[str], *, path: str, row_
             elif isinstance(v, (int, float)):
                 v = str(v)
             elif v is not None and not isinstance(v, str):
-                raise InputError(f"expected a string or number, found {type(v).__name__}", path=path,
-                                 row=row_offset + i + 1, column=c)
+                raise LocatedError(f"expected a string or number, found {type(v).__name__}", path=path,
+                                   line=line, column=c)
             cols[c].append(v)
     return {c: pa.array(v, pa.string()) for c, v in cols.items()}
 
@@ -509,7 +618,7 @@ def read_jsonl(src: Source, cols: ColumnMap, stats: ReadStats, progress: bool = 
     # text is always a string (never let inference turn "2020-01-01" into a timestamp)
     text_schema = pa.schema([(cols.text_col or "text", pa.string())])
     with tqdm(desc=Path(path).name, unit=" rows", disable=not progress, leave=False) as bar:
-        for lines in _json_line_chunks(path, stats):
+        for lines, line_numbers in _json_line_chunks(path, stats):
             data = b"\n".join(lines) + b"\n"
             try:
                 table = pajson.read_json(io.BytesIO(data),
@@ -522,7 +631,7 @@ def read_jsonl(src: Source, cols: ColumnMap, stats: ReadStats, progress: bool = 
                 table = None
             if table is None or table.num_rows != len(lines):
                 wanted = _json_keys(lines) if roles is None else [v for v in roles.values() if v]
-                columns = _json_python(lines, wanted, path=path, row_offset=stats.rows_read)
+                columns = _json_python(lines, line_numbers, wanted, path=path)
                 names = list(columns)
             elif roles is None and columns[text_schema.names[0]].null_count == len(lines):
                 # explicit_schema adds the text column even when no line has it: check the real keys
@@ -543,7 +652,14 @@ def read_jsonl(src: Source, cols: ColumnMap, stats: ReadStats, progress: bool = 
                     raw[role] = arr
                 else:  # key absent from every line of this chunk
                     raw[role] = pa.nulls(n, pa.string())
-            yield normalize_columns(raw, n, roles, cols, stats, path=path, row_offset=stats.rows_read)
+            try:
+                out = normalize_columns(raw, n, roles, cols, stats, path=path, row_offset=stats.rows_read)
+            except InputError as exc:
+                if exc.row is None:
+                    raise
+                raise LocatedError(_bare_message(exc), path=path, line=line_numbers[exc.row - stats.rows_read - 1],
+                                   column=exc.column) from None
+            yield out
             stats.rows_read += n
             bar.update(n)
     if stats.rows_read == 0:
@@ -605,28 +721,76 @@ def _acl_base(root: Path) -> Path:
                      "pos/, neg/ or unsup/ folders of <id>_<rating>.txt files", path=str(root))
 
 
-def read_aclimdb_folder(src: Source, stats: ReadStats, progress: bool = True) -> Iterator[pa.RecordBatch]:
-    base = _acl_base(Path(src.location))
+def _refuse_link(link: Path, root: Path) -> InputError:
+    return InputError(f"symbolic link {link.relative_to(root)} -> {os.readlink(link)} leads out of the folder; "
+                      f"links out of an ingested folder are never followed. Nothing was ingested: replace the "
+                      f"link with a copy of what it points to", path=str(root))
+
+
+def _within(path: Path, root: Path) -> Path:
+    """``path`` with every link resolved, if that stays inside ``root``; else the refusal names the
+    first link on the way (the folder itself, or an entry in it)."""
+    real = path.resolve()
+    if real == root or real.is_relative_to(root):
+        return real
+    link = next((q for q in reversed([path, *path.parents]) if q.is_relative_to(root) and q.is_symlink()), path)
+    raise _refuse_link(link, root)
+
+
+def _acl_review_files(root: Path, base: Path, stats: ReadStats) -> list[tuple]:
+    """(split, class, id, id text, rating text, path to open, name to show) of every review file,
+    refusing links out of ``root`` and skipping (with a report) entries that are not regular files."""
     files = []
     for split in ("train", "test"):
         for cls in ("pos", "neg", "unsup"):
             d = base / split / cls
             if not d.is_dir():
                 continue
+            _within(d, root)
             for entry in os.scandir(d):
-                m = _ACL_FILE_RE.match(entry.name)
-                if m and entry.is_file():
-                    files.append((split, cls, int(m.group(1)), m.group(1), m.group(2), entry.path))
+                shown = str(Path(entry.path).relative_to(root))
+                real = _within(Path(entry.path), root) if entry.is_symlink() else Path(entry.path)  # d: checked
+                try:
+                    mode = os.stat(real).st_mode
+                except FileNotFoundError:
+                    stats.skip(shown, "broken symbolic link")
+                    continue
+                if not stat.S_ISREG(mode):
+                    stats.skip(shown, _file_kind(mode))
+                elif m := _ACL_FILE_RE.match(entry.name):
+                    files.append((split, cls, int(m.group(1)), m.group(1), m.group(2), real, shown))
+    return files
+
+
+def _read_regular(path: Path) -> bytes | None:
+    """The bytes of ``path`` if it is (still) a regular file; ``None`` if it turned into something else
+    since it was listed. Opened non-blocking and without following a link, so a FIFO cannot hang us."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return fh.read()
+
+
+def read_aclimdb_folder(src: Source, stats: ReadStats, progress: bool = True) -> Iterator[pa.RecordBatch]:
+    root = Path(src.location)
+    base = _acl_base(root)
+    files = _acl_review_files(root, base, stats)
     if not files:
         raise InputError("no aclImdb reviews found (expected train|test/pos|neg|unsup/<id>_<rating>.txt)",
                          path=str(base))
     files.sort(key=lambda f: (f[0], f[1], f[2]))
     batcher = _AclBatcher(stats)
-    for split, cls, _, num, rating, fpath in tqdm(files, desc=base.name, unit=" files", disable=not progress,
-                                                  leave=False):
-        with open(fpath, "rb") as fh:
-            data = fh.read()
-        if (b := batcher.add(split, cls, num, rating, data, fpath)) is not None:
+    for split, cls, _, num, rating, real, shown in tqdm(files, desc=base.name, unit=" files", disable=not progress,
+                                                        leave=False):
+        try:
+            data = _read_regular(real)
+        except OSError as exc:
+            raise InputError(f"cannot read review file {shown}: {exc.strerror}", path=str(root)) from None
+        if data is None:
+            stats.skip(shown, "changed into a special file while being read")
+            continue
+        if (b := batcher.add(split, cls, num, rating, data, str(real))) is not None:
             yield b
     if (b := batcher.flush()) is not None:
         yield b
@@ -691,11 +855,20 @@ def _decompressed(fileobj: BinaryIO) -> BinaryIO:
     return raw
 
 
+def _member_kind(member: tarfile.TarInfo) -> str:
+    if member.issym() or member.islnk():
+        return f"{'symbolic' if member.issym() else 'hard'} link to {member.linkname}"
+    kinds = ((member.ischr, "character device"), (member.isblk, "block device"), (member.isfifo, "FIFO"))
+    return next((name for test, name in kinds if test()), "special member")
+
+
 def read_aclimdb_tar(fileobj: BinaryIO, where: str, stats: ReadStats) -> Iterator[pa.RecordBatch]:
     """Stream an aclImdb tarball (gzip, bz2, xz or plain) from ``fileobj``; ``where`` names it in errors.
 
     Members with an absolute path or a ``..`` component (or links pointing at one) reject the whole
-    tarball. Other files (README, imdb.vocab, *.feat, urls_*.txt) are skipped. A tarball that ends
+    tarball. Members that are not regular files or folders (links, devices, FIFOs) are never
+    extracted, and are reported by name in ``stats.skipped``. Other regular files (README,
+    imdb.vocab, *.feat, urls_*.txt) are not reviews and are passed over. A tarball that ends
     early (cut-off compressed stream, or no end-of-archive blocks) is an error, even when the cut
     falls between two members.
     """
@@ -710,6 +883,8 @@ def read_aclimdb_tar(fileobj: BinaryIO, where: str, stats: ReadStats) -> Iterato
                     raise InputError(f"unsafe tarball member {member.name!r}{target}: absolute paths and '..' are "
                                      f"not allowed; nothing was ingested", path=where)
                 if not member.isfile():
+                    if not member.isdir():
+                        stats.skip(member.name, _member_kind(member))
                     continue
                 m = _ACL_RE.match(member.name)
                 if not m:

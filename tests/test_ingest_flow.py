@@ -25,7 +25,7 @@ def test_ingest_flow_lands_rows_and_publishes_artifacts(prefect_harness, tmp_pat
     from pipeline.config import Warehouse
 
     csv = tmp_path / "shop reviews.csv"
-    csv.write_text("id,body,verdict\n1,loved it,positive\n2,hated it,negative\n3,   ,positive\n1,again,neg\n"
+    csv.write_text("id,body,verdict\n1,loved it,positive\n2,hated it,negative\n3,   ,positive\n1,loved it,pos\n"
                    "4,no verdict,\n")
     wh = Warehouse(tmp_path / "wh")
     state = ingest_flow(source=str(csv), dataset="Shop_2026", warehouse=str(wh.root), text_col="body",
@@ -60,7 +60,7 @@ def test_ingest_flow_lands_rows_and_publishes_artifacts(prefect_harness, tmp_pat
     before = dataset_files(wh, "Shop_2026")
     bad = tmp_path / "bad.csv"
     bad.write_text("body,verdict\nfine,pos\nodd,sideways\n")
-    with pytest.raises(InputError, match=r"unknown label value 'sideways'.*row 2, column 'verdict'"):
+    with pytest.raises(InputError, match=r"unknown label value 'sideways'.*data row 2 at line 3, column 'verdict'"):
         ingest_flow(source=str(bad), dataset="Shop_2026", warehouse=str(wh.root), text_col="body",
                     label_col="verdict")
     assert dataset_files(wh, "Shop_2026") == before

@@ -151,15 +151,24 @@ def test_failed_publish_leaves_nothing(warehouse, tmp_path):
     assert not warehouse.dataset_dir("ds").exists()
 
 
-def test_stale_staging_files_are_cleaned(warehouse):
+def test_dead_staging_files_are_swept_live_ones_kept(warehouse):
+    """Unlocked .stage-* files are dead whatever their age; a locked one belongs to a live writer.
+    (Real killed processes: tests/test_ingest_hardening.py.)"""
     d = warehouse.tmp / "ingest"
     d.mkdir(parents=True, exist_ok=True)
-    old, new = d / ".stage-ds-old.parquet", d / ".stage-ds-new.parquet"
-    old.write_bytes(b"x")
-    new.write_bytes(b"x")
-    os.utime(old, (time.time() - 3 * 86400,) * 2)
-    assert lake.clean_stale_staging(warehouse) == 1
-    assert not old.exists() and new.exists()
+    dead_old, dead_new = d / ".stage-ds-old.parquet", d / ".stage-ds-new.parquet"
+    born_young, born_old = d / ".new-ds-young.parquet", d / ".new-ds-old.parquet"
+    for p in (dead_old, dead_new, born_young, born_old):
+        p.write_bytes(b"x")
+    for p in (dead_old, born_old):
+        os.utime(p, (time.time() - 3 * 86400,) * 2)
+    live = lake.new_staging_file(warehouse, "ds")
+    try:
+        assert sorted(lake.sweep_dead_staging(warehouse)) == sorted(p.name for p in (dead_old, dead_new, born_old))
+        assert live.path.exists() and born_young.exists()
+    finally:
+        live.release()
+    assert not live.path.exists()
 
 
 def test_read_side_still_works(warehouse, tmp_path):

@@ -193,8 +193,9 @@ def test_empty_text_dropped_and_counted(warehouse, tmp_path):
 
 
 def test_duplicates_within_source_keep_first(warehouse, tmp_path):
+    """Repeats of the same review are harmless (dropped, counted); a reused id is an error (test_ingest_hardening)."""
     csv = tmp_path / "d.csv"
-    csv.write_text("review_id,text\na,first a\nb,only b\na,second a\nc,only c\nb,second b\n")
+    csv.write_text("review_id,text\na,first a\nb,only b\na,first a\nc,only c\nb,only b\n")
     rep = ingest(warehouse, str(csv), "d", progress=False)
     assert (rep.rows_read, rep.rows_added, rep.duplicates_in_source, rep.duplicates) == (5, 3, 2, 2)
     assert {k: r["text"] for k, r in lake_rows(warehouse, "d").items()} == {"a": "first a", "b": "only b", "c": "only c"}
@@ -214,7 +215,7 @@ def test_invalid_utf8_replaced_and_counted(warehouse, tmp_path):
     assert "bad \ufffd( bytes" in {r["text"] for r in lake_rows(warehouse, "u2").values()}
 
     base = write_aclimdb_folder(tmp_path / "acl", n_per_class=1, splits=("train",))
-    (base / "train" / "pos" / "0_9.txt").write_bytes(b"ok \x80 not utf8")
+    next((base / "train" / "pos").glob("0_*.txt")).write_bytes(b"ok \x80 not utf8")  # another 0_*.txt = id clash
     rep = ingest(warehouse, str(tmp_path / "acl"), "u3", progress=False)
     assert rep.replaced_utf8 == 1 and lake_rows(warehouse, "u3")["train_pos_0"]["text"] == "ok \ufffd not utf8"
 
@@ -290,17 +291,17 @@ def _bad_cases(tmp: Path) -> list[tuple[str, dict, str]]:
     pq.write_table(pa.table({"body": ["x"]}), tmp / "cols.parquet")
     cases.append((str(tmp / "cols.parquet"), {"text_col": "review"}, r"column 'review' not found.*'body'"))
     (tmp / "label.csv").write_text("text,label\na,pos\nb,neg\nc,maybe\nd,pos\n")
-    cases.append((str(tmp / "label.csv"), {}, r"unknown label value 'maybe'.*file .*label\.csv, row 3, column 'label'"))
+    cases.append((str(tmp / "label.csv"), {}, r"unknown label value 'maybe'.*file .*label\.csv, data row 3 at line 4, column 'label'"))
     (tmp / "label.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 5}\n')
-    cases.append((str(tmp / "label.jsonl"), {}, r"unknown label value 5.*label\.jsonl, row 2, column 'label'"))
+    cases.append((str(tmp / "label.jsonl"), {}, r"unknown label value 5.*label\.jsonl, line 2, column 'label'"))
     (tmp / "split.csv").write_text("text,split\na,train\nb,validation\n")
-    cases.append((str(tmp / "split.csv"), {}, r"unknown split 'validation'.*row 2, column 'split'"))
+    cases.append((str(tmp / "split.csv"), {}, r"unknown split 'validation'.*data row 2 at line 3, column 'split'"))
     (tmp / "rating.csv").write_text("text,rating\na,5\nb,lots\n")
-    cases.append((str(tmp / "rating.csv"), {}, r"rating 'lots' is not a number.*row 2, column 'rating'"))
+    cases.append((str(tmp / "rating.csv"), {}, r"rating 'lots' is not a number.*data row 2 at line 3, column 'rating'"))
     (tmp / "ids.csv").write_text("review_id,text\na,x\n,y\n")
-    cases.append((str(tmp / "ids.csv"), {}, r"empty review id.*row 2, column 'review_id'"))
+    cases.append((str(tmp / "ids.csv"), {}, r"empty review id.*data row 2 at line 3, column 'review_id'"))
     (tmp / "syntax.jsonl").write_text('{"text": "a"}\n{"text": "b"\n')
-    cases.append((str(tmp / "syntax.jsonl"), {}, r"invalid JSON.*syntax\.jsonl, row 2"))
+    cases.append((str(tmp / "syntax.jsonl"), {}, r"invalid JSON.*syntax\.jsonl, line 2"))
     (tmp / "array.json").write_text('[{"text": "a"}]')
     cases.append((str(tmp / "array.json"), {}, r"JSON array.*array\.json"))
     (tmp / "notes.txt").write_text("hello")
@@ -364,7 +365,7 @@ def test_bad_row_late_in_a_big_file_still_leaves_no_trace(populated, tmp_path):
             fh.write(f"review number {i},{'pos' if i % 2 else 'neg'}\n")
         fh.write("the last one,unsure\n")
     before = snapshot(populated)
-    with pytest.raises(InputError, match=rf"unknown label value 'unsure'.*row {n + 1}, column 'label'"):
+    with pytest.raises(InputError, match=rf"unknown label value 'unsure'.*data row {n + 1} at line {n + 2}, column 'label'"):
         ingest(populated, str(csv), "ds", progress=False)
     assert snapshot(populated) == before and not tmp_files(populated)
 

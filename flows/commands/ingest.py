@@ -16,6 +16,8 @@ def _col(flag: str, what: str):
 
 
 def print_report(rep: dict) -> None:
+    from pipeline.ingest import skipped_note
+
     echo_kv(f"ingested {rep['source']} -> dataset {rep['dataset']!r}", {
         "kind": rep["kind"],
         "rows read": rep["rows_read"],
@@ -25,6 +27,7 @@ def print_report(rep: dict) -> None:
         "dropped": ", ".join(f"{k} {v}" for k, v in rep["dropped"].items()) or "none",
         "utf-8 repaired": f"{rep['replaced_utf8']} rows (invalid bytes -> U+FFFD)",
         "columns": ", ".join(f"{k}={v}" for k, v in rep["columns"].items()) or "from aclImdb paths",
+        "skipped": skipped_note(rep["skipped"], rep["skipped_total"]),
         "part file": rep["part_file"] or "none (nothing new)",
         "seconds": rep["seconds"],
     })
