@@ -5,13 +5,16 @@ Each command module registers itself; see ``flows/commands/``.
 
 from __future__ import annotations
 
+import atexit
 import importlib
+import logging
 import os
 import sys
+import traceback
 
 import typer
 
-from pipeline.errors import ReviewflowError
+from pipeline.errors import EXIT_TEMPORARY, ReviewflowError, TemporaryFailure
 
 HELP = """\
 reviewflow: turn raw review text into sentiment columns you can query with SQL.
@@ -27,6 +30,11 @@ The pipeline, step by step (each step is a Prefect flow; `run` chains them all):
 \b
 Everything lives under the warehouse root: --warehouse DIR or $REVIEWFLOW_WAREHOUSE (default ./warehouse).
 Start with:  reviewflow run --source path/to/aclImdb_v1.tar.gz
+
+\b
+Errors are one line on stderr. Exit codes: 0 ok; 2 a problem with the input or options (the message says
+what, where and what to do); 75 a temporary failure (lock held too long, network): the same command may
+work later; 1 an internal error. Add --debug anywhere on the line (or REVIEWFLOW_DEBUG=1) for tracebacks.
 """
 
 app = typer.Typer(help=HELP, no_args_is_help=True, rich_markup_mode=None, add_completion=False,
@@ -54,15 +62,73 @@ def version() -> None:
         typer.echo(f"{pkg:<11} {v(pkg)}")
 
 
+EXIT_INTERNAL = 1
+EXIT_INTERRUPTED = 130
+DEBUG_FLAG = "--debug"
+_NETWORK_ERRORS = (ConnectionError, TimeoutError)   # OSError subclasses a retry may cure
+
+
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """Prefect logs a failed task or flow run with the exception's traceback. For a user error the message is
+    the whole story (the CLI prints it once more as its last line), so the traceback is dropped there;
+    ``--debug`` keeps it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ReviewflowError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _pop_debug(argv: list[str]) -> bool:
+    """``--debug`` anywhere on the command line (removed from it), or ``REVIEWFLOW_DEBUG=1``."""
+    found = DEBUG_FLAG in argv[1:]
+    argv[1:] = [a for a in argv[1:] if a != DEBUG_FLAG]
+    return found or os.environ.get("REVIEWFLOW_DEBUG", "").lower() in ("1", "true", "yes")
+
+
+def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, ReviewflowError):
+        return exc.exit_code
+    if isinstance(exc, _NETWORK_ERRORS) or type(exc).__module__.startswith("httpx"):
+        return EXIT_TEMPORARY
+    return EXIT_INTERNAL
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, TemporaryFailure) or not isinstance(exc, ReviewflowError):
+        kind = "temporary failure, retry later" if _exit_code(exc) == EXIT_TEMPORARY else "internal error"
+        detail = str(exc) if isinstance(exc, ReviewflowError) else f"{type(exc).__name__}: {exc}"
+        hint = "" if isinstance(exc, ReviewflowError) else f" (rerun with {DEBUG_FLAG} for the traceback)"
+        return f"{kind}: {detail}{hint}"
+    return str(exc)
+
+
 def main() -> None:
+    debug = _pop_debug(sys.argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Prefect's ephemeral API server can take >20 s to start on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    if not debug:
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).addFilter(_UserErrorsWithoutTraceback())
+    from flows.localserver import ephemeral_server_dies_with_parent
+
+    ephemeral_server_dies_with_parent()
+    last_words: list[str] = []
+    # registered before Prefect registers its own exit handlers (log flush, stopping its temporary server),
+    # so it runs after them (atexit is last-in, first-out): the error stays the last line on the terminal
+    atexit.register(lambda: [typer.secho(w, fg=typer.colors.RED, err=True) for w in last_words])
     try:
         app()
-    except ReviewflowError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+    except KeyboardInterrupt:
+        last_words.append("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - the one place every error becomes an exit code
+        if debug:
+            traceback.print_exc()
+        last_words.append(f"error: {_message(exc)}")
+        sys.exit(_exit_code(exc))
 
 
 if __name__ == "__main__":

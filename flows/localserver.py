@@ -8,11 +8,13 @@ SQLite under ``$PREFECT_HOME`` by default; PostgreSQL when ``db_url`` (or
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +22,52 @@ from dataclasses import dataclass
 from pathlib import Path
 
 GPU_TAG = "gpu"
+PR_SET_PDEATHSIG = 1     # linux/prctl.h
+
+
+def die_with_parent(sig: int = signal.SIGTERM):
+    """A ``preexec_fn`` that makes the child get ``sig`` when this process dies, even by ``kill -9``.
+
+    Linux's parent-death signal fires when the *thread* that forked the child exits, so callers use it from
+    the main thread only (which lives as long as the process). Elsewhere it is a no-op (returns None)."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    parent = os.getpid()
+
+    def _preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:     # the parent died before prctl took effect
+            os._exit(1)
+
+    return _preexec
+
+
+EPHEMERAL_SERVER_APP = "prefect.server.api.server:create_app"   # in the command line Prefect starts it with
+
+
+class _PopenDyingWithParent(subprocess.Popen):
+    """``subprocess.Popen`` that starts Prefect's temporary API server with :func:`die_with_parent`;
+    every other command starts exactly as before."""
+
+    def __init__(self, args, *rest, **kwargs):
+        argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        if any(str(a) == EPHEMERAL_SERVER_APP for a in argv) and kwargs.get("preexec_fn") is None:
+            kwargs["preexec_fn"] = die_with_parent()
+        super().__init__(args, *rest, **kwargs)
+
+
+def ephemeral_server_dies_with_parent() -> None:
+    """Make the temporary API server Prefect starts for a flow (no ``PREFECT_API_URL``) die with this process.
+
+    Prefect stops that server at interpreter exit, which a ``kill -9`` skips: the ~200 MB server then lived
+    on. Prefect starts it with ``subprocess.Popen([python, -m, uvicorn, ..., EPHEMERAL_SERVER_APP, ...])``
+    from ``SubprocessASGIServer``, imported only when a flow first needs it (seconds of imports), so the CLI
+    does not import it up front: it installs :class:`_PopenDyingWithParent`, which acts on that command line
+    only. ``tests/test_cli_lifecycle.py`` kills a real CLI with SIGKILL and checks that the server goes too,
+    so a Prefect upgrade that starts the server another way fails loudly there."""
+    subprocess.Popen = _PopenDyingWithParent
+
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -111,7 +159,8 @@ def start_server(host: str = "127.0.0.1", port: int | None = None, *, home: str 
     to_file = log_path not in (None, "-")
     out = open(log_path, "ab") if to_file else (None if log_path == "-" else subprocess.DEVNULL)
     try:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent())
     finally:
         if to_file:
             out.close()

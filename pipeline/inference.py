@@ -12,31 +12,35 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from pipeline.config import Warehouse
-from pipeline.models import ModelConfig, SentimentModel
-from pipeline.storage import read_json
+from pipeline.errors import IntegrityError
 
 
 class Predictor:
-    """P(positive) for texts, in input order; sorts by length and trims batches for speed."""
+    """P(positive) for texts, in input order; sorts by length and trims batches for speed.
+
+    Loading verifies the version's files against the SHA-256 recorded at registration. ``predict_proba``
+    returns NaN only for a text with nothing to score (None, blank, no tokens); a non-finite model output
+    raises :class:`IntegrityError`, so a damaged model fails a scoring run instead of leaving rows unscored."""
 
     def __init__(self, model_dir: str | Path, version: str | None = None, device: str = "cpu",
                  batch_size: int = 256):
         from pipeline.prepare import load_preprocessor
+        from pipeline.registry import _read_version, verify_files
+        from pipeline.weights import load_model
 
         self.model_dir = Path(model_dir)
-        self.version = version or self.model_dir.name
-        cfg = read_json(self.model_dir / "config.json")
-        self.model_config = ModelConfig.from_dict(cfg["model"])
+        mv = _read_version(self.model_dir)
+        self.version = version or mv.version
+        verify_files(mv)                 # vocabulary + manifest: the exact prepare-time transform
+        self.model_config = mv.model_config
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.preprocessor = load_preprocessor(self.model_dir)
         self.max_len = int(self.preprocessor.max_len)
-        self.model = SentimentModel(self.model_config)
-        self.model.load_state_dict(load_file(str(self.model_dir / "model.safetensors")))
-        self.model.to(self.device).eval()
+        self.model = load_model(self.model_dir / "model.safetensors", self.model_config, self.device,
+                                sha256=(mv.config.get("checksums") or {}).get("model.safetensors"))
 
     @property
     def has_attention(self) -> bool:
@@ -65,7 +69,12 @@ class Predictor:
         for s in range(0, len(order), self.batch_size):
             sel = order[s:s + self.batch_size]
             x, n = self._batch(ids[sel], lengths[sel])
-            out[keep[sel]] = torch.sigmoid(self.model(x, n).float()).cpu().numpy()
+            probs = torch.sigmoid(self.model(x, n).float()).cpu().numpy()
+            if not np.isfinite(probs).all():
+                raise IntegrityError(f"model {self.version} produced {int((~np.isfinite(probs)).sum())} non-finite "
+                                     f"score(s) for {len(sel)} texts: its weights are damaged; retrain or promote "
+                                     "another version")
+            out[keep[sel]] = probs
         return out
 
     def _encode_one(self, text) -> tuple[np.ndarray, np.ndarray] | None:

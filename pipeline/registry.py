@@ -7,11 +7,16 @@ Each version is self-contained for inference::
     metrics.json        per-epoch history + final validation accuracy/loss/F1/confusion matrix
     training_curve.png  loss/accuracy per epoch      MODEL_CARD.md   what it is, how it did, how to use it
     environment.json    device and library versions it was trained with
+    eval_set.parquet    review ids + labels of the validation rows (promotion compares models on them)
+
+``config.json`` records the SHA-256 of the weights, vocabulary, manifest and eval set (``checksums``);
+loading a version verifies them and refuses a mismatch.
 
 Versions are named ``v0001-<preset>-<yyyymmddHHMMSS>`` (number monotonic), published with
 ``atomic_dir`` and never rewritten. ``<warehouse>/models/champion`` is a small JSON pointer, written
-atomically; it moves only when a new version beats the champion's validation accuracy, or on
-``promote``.
+atomically. Champions are per dataset (``<warehouse>/models/champions/<dataset>.json``); the serving
+champion moves implicitly only to a model of its own dataset that beats it on the same evaluation data
+(:mod:`pipeline.promotion`), and otherwise only on an explicit ``promote``.
 """
 
 from __future__ import annotations
@@ -24,12 +29,17 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.config import Warehouse, validate_name
-from pipeline.errors import NotFoundError, ReviewflowError
-from pipeline.models import ModelConfig
-from pipeline.storage import atomic_dir, read_json, write_json_atomic
+import numpy as np
 
-CHAMPION = "champion"
+from pipeline.config import Warehouse, validate_name
+from pipeline.errors import IntegrityError, NotFoundError, ReviewflowError
+from pipeline.models import ModelConfig
+from pipeline.storage import atomic_dir, read_json, sha256_file, write_json_atomic
+
+CHAMPION = "champion"          # the serving champion: what `champion` means for score / predict / sql
+CHAMPIONS = "champions"        # champions/<dataset>.json: the champion of each dataset
+EVAL_SET = "eval_set.parquet"  # (review_id, label) of the validation rows a version was selected on
+CHECKED_FILES = ("model.safetensors", "vocab.txt", "manifest.json", EVAL_SET)
 _VERSION_RE = re.compile(r"^v(\d{4,})-")
 
 
@@ -128,16 +138,45 @@ def model_card(version: str, cfg: dict, metrics: dict, env: dict) -> str:
     return "\n".join(lines)
 
 
+def _eval_set_table(prep_dir: Path) -> "pa.Table | None":
+    """(review_id, label) of the validation rows the version was selected on, or None without a val split."""
+    import pyarrow as pa
+
+    from pipeline.loader import load_split
+
+    try:
+        val = load_split(prep_dir, "val", mmap=True)
+    except (NotFoundError, OSError):
+        return None
+    return pa.table({"review_id": pa.array(val.review_ids, pa.string()),
+                     "label": pa.array(np.asarray(val.labels, np.int8), pa.int8())})
+
+
+def eval_set_fingerprint(table) -> str:
+    """SHA-256 of the sorted (review_id, label) pairs: equal fingerprints = the same evaluation data."""
+    import hashlib
+
+    rows = sorted(zip(table.column("review_id").to_pylist(), table.column("label").to_pylist()))
+    return hashlib.sha256("".join(f"{i}\t{y}\n" for i, y in rows).encode()).hexdigest()
+
+
 def register(wh: Warehouse, run, *, preset: str = "custom", dataset: str | None = None,
              prepare: dict | None = None, version: str | None = None, promote: bool | None = None) -> str:
     """Publish a finished training run (``TrainResult`` or its ``out_dir``) as a new immutable version.
 
-    ``promote``: None = promote only if it beats the champion; True = always; False = never.
-    Registering onto an existing version fails.
+    The version records the SHA-256 of its files (``config.json`` -> ``checksums``; loading verifies them) and
+    the review ids + labels of the validation rows it was selected on (``eval_set.parquet``), so that promotion
+    can compare models on the same data.
+
+    ``promote``: None = promote only if it beats its dataset's champion on the same evaluation data
+    (:func:`pipeline.promotion.maybe_promote`); True = always; False = never. Registering onto an existing
+    version fails.
     """
-    from pipeline.train import TrainResult
+    from pipeline.train import TrainResult   # deferred: train imports torch and the whole loop
 
     res = run if isinstance(run, TrainResult) else TrainResult.load(run)
+    if not Path(res.weights).is_file():
+        raise IntegrityError(f"training run {res.out_dir} has no weights file {res.weights}; retrain")
     if version is None:
         version = _reserve_version(wh, preset)
     validate_name(version, "model version")
@@ -151,12 +190,21 @@ def register(wh: Warehouse, run, *, preset: str = "custom", dataset: str | None 
            "prepare": prepare or manifest.get("params", {})}
     metrics = {"final": res.metrics, "history": res.history, "stopped": res.stopped, "seconds": res.seconds,
                "device": res.device}
+    eval_set = _eval_set_table(Path(res.prep_dir))
+    if eval_set is not None:
+        metrics["eval_set"] = {"split": "val", "rows": eval_set.num_rows, "dataset": cfg["dataset"],
+                               "sha256": eval_set_fingerprint(eval_set)}
     try:
         with atomic_dir(target) as tmp:
             shutil.copyfile(res.weights, tmp / "model.safetensors")
             for name in ("vocab.txt", "manifest.json"):
                 if (Path(res.prep_dir) / name).exists():
                     shutil.copyfile(Path(res.prep_dir) / name, tmp / name)
+            if eval_set is not None:
+                import pyarrow.parquet as pq
+
+                pq.write_table(eval_set, tmp / EVAL_SET)
+            cfg["checksums"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.name in CHECKED_FILES}
             write_json_atomic(tmp / "config.json", cfg)
             write_json_atomic(tmp / "metrics.json", metrics)
             write_json_atomic(tmp / "environment.json", res.environment | {"device": res.device})
@@ -171,32 +219,100 @@ def register(wh: Warehouse, run, *, preset: str = "custom", dataset: str | None 
         if target.exists():
             raise ReviewflowError(f"model version {version} already exists; versions are immutable") from exc
         raise
+    from pipeline import promotion   # deferred: promotion scores with pipeline.inference, which reads the registry
+
     if promote is True:
-        set_champion(wh, version)
+        promotion.promote(wh, version, reason="registered with promote=True")
     elif promote is None:
-        maybe_promote(wh, version)
+        promotion.maybe_promote(wh, version)
     return version
 
 
 def _read_version(path: Path) -> ModelVersion:
-    cfg = read_json(path / "config.json")
-    return ModelVersion(version=path.name, path=path, config=cfg, metrics=read_json(path / "metrics.json"),
-                        prep_id=cfg.get("prep_id", ""))
+    try:
+        cfg = read_json(path / "config.json")
+        metrics = read_json(path / "metrics.json")
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"model version {path.name} is unreadable ({type(exc).__name__}: {exc}); "
+                             f"it was modified or damaged: restore it or train again") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or not isinstance(metrics, dict):
+        raise IntegrityError(f"model version {path.name}: config.json/metrics.json do not hold a model version")
+    return ModelVersion(version=path.name, path=path, config=cfg, metrics=metrics, prep_id=cfg.get("prep_id", ""))
+
+
+def verify_files(mv: ModelVersion, names: tuple[str, ...] = ("vocab.txt", "manifest.json")) -> None:
+    """Check ``names`` against the SHA-256 recorded at registration (versions from before checksums: skipped).
+    The weights are checked where they are loaded (:func:`pipeline.weights.load_model`)."""
+    recorded = mv.config.get("checksums") or {}
+    for name in names:
+        want = recorded.get(name)
+        if want is None:
+            continue
+        path = mv.path / name
+        if not path.is_file():
+            raise IntegrityError(f"model version {mv.version} lacks {name}; restore it or train again")
+        if sha256_file(path) != want:
+            raise IntegrityError(f"{path} does not match the SHA-256 recorded when {mv.version} was registered "
+                                 f"(the file was modified); restore it or train again")
 
 
 def list_versions(wh: Warehouse) -> list[ModelVersion]:
+    """Every readable version, oldest first (a damaged one is left out here; ``get`` names its problem)."""
     if not wh.models.exists():
         return []
     dirs = [p for p in wh.models.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)
             and (p / "config.json").exists()]
-    return [_read_version(p) for p in sorted(dirs, key=lambda p: _version_number(p.name))]
+    out = []
+    for p in sorted(dirs, key=lambda p: _version_number(p.name)):
+        try:
+            out.append(_read_version(p))
+        except IntegrityError:
+            continue
+    return out
 
 
-def champion(wh: Warehouse) -> str | None:
-    path = wh.models / CHAMPION
+def _read_pointer(path: Path) -> dict | None:
     if not path.exists():
         return None
-    return read_json(path)["version"]
+    try:
+        ptr = read_json(path)
+        validate_name(ptr["version"], "model version")
+        return ptr
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"champion pointer {path} is damaged ({type(exc).__name__}); set it again with "
+                             f"`reviewflow models promote VERSION`") from None
+
+
+def champion(wh: Warehouse, dataset: str | None = None) -> str | None:
+    """The serving champion (what ``champion`` means for score/predict/sql), or the champion of ``dataset``."""
+    if dataset is None:
+        ptr = _read_pointer(wh.models / CHAMPION)
+    else:
+        ptr = _read_pointer(wh.models / CHAMPIONS / f"{validate_name(dataset, 'dataset name')}.json")
+        if ptr is None:   # warehouses from before per-dataset champions: the serving one, if it is of this dataset
+            serving = _read_pointer(wh.models / CHAMPION)
+            if serving is not None and dataset_of(wh, serving["version"]) == dataset:
+                ptr = serving
+    return ptr["version"] if ptr else None
+
+
+def champions(wh: Warehouse) -> dict[str, str]:
+    """``{dataset: version}`` of every per-dataset champion."""
+    out = {}
+    if (wh.models / CHAMPIONS).is_dir():
+        for p in sorted((wh.models / CHAMPIONS).glob("*.json")):
+            out[p.stem] = _read_pointer(p)["version"]
+    serving = champion(wh)
+    if serving is not None:
+        out.setdefault(dataset_of(wh, serving) or "?", serving)
+    return out
+
+
+def dataset_of(wh: Warehouse, version: str) -> str | None:
+    try:
+        return get(wh, version).config.get("dataset")
+    except NotFoundError:
+        return None
 
 
 def get(wh: Warehouse, version: str = CHAMPION) -> ModelVersion:
@@ -212,25 +328,27 @@ def get(wh: Warehouse, version: str = CHAMPION) -> ModelVersion:
     return _read_version(path)
 
 
-def set_champion(wh: Warehouse, version: str) -> None:
+def set_champion(wh: Warehouse, version: str, *, serving: bool = True, reason: str = "") -> None:
+    """Point ``version``'s dataset champion (and, if ``serving``, the serving champion) at ``version``."""
     mv = get(wh, version)
-    write_json_atomic(wh.models / CHAMPION, {
-        "version": mv.version, "val_accuracy": mv.val_accuracy,
-        "promoted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    pointer = {"version": mv.version, "dataset": mv.config.get("dataset"), "val_accuracy": mv.val_accuracy,
+               "reason": reason, "promoted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    if mv.config.get("dataset"):
+        write_json_atomic(wh.models / CHAMPIONS / f"{validate_name(mv.config['dataset'], 'dataset name')}.json",
+                          pointer)
+    if serving:
+        write_json_atomic(wh.models / CHAMPION, pointer)
 
 
 def promote(wh: Warehouse, version: str) -> None:
-    """Explicit promotion: make ``version`` the champion whatever its accuracy."""
-    set_champion(wh, version)
+    """Explicit promotion: make ``version`` the champion (serving and of its dataset) whatever its accuracy."""
+    from pipeline import promotion
+
+    promotion.promote(wh, version, reason="explicit: reviewflow models promote")
 
 
 def maybe_promote(wh: Warehouse, version: str) -> bool:
-    """Promote ``version`` if there is no champion or it beats the champion's validation accuracy."""
-    new = get(wh, version)
-    current = champion(wh)
-    if current is not None:
-        old = get(wh, current).val_accuracy or 0.0
-        if (new.val_accuracy or 0.0) <= old:
-            return False
-    set_champion(wh, version)
-    return True
+    """Promote ``version`` if it beats its dataset's champion on the same evaluation data."""
+    from pipeline import promotion
+
+    return promotion.maybe_promote(wh, version).promoted

@@ -12,26 +12,31 @@ from flows.commands.common import WarehouseOption, echo_kv, warehouse_from
 def register(app: typer.Typer) -> None:
     models = typer.Typer(help="Registered model versions and the champion pointer.\n\n"
                               "\b\nExamples:\n  reviewflow models list\n  reviewflow models show champion\n"
-                              "  reviewflow models promote v0002-default-20260101120000",
+                              "  reviewflow models promote v0002-default-20260101120000\n\n"
+                              "Champions are per dataset; the serving champion (`champion`) only moves implicitly to a "
+                              "better model of its own dataset, measured on the same evaluation data.",
                          no_args_is_help=True)
     app.add_typer(models, name="models")
 
     @models.command("list")
     def list_cmd(warehouse: WarehouseOption = None) -> None:
-        """Every version, oldest first; `*` marks the champion."""
+        """Every version, oldest first; `*` marks the serving champion, `+` the champion of its dataset."""
         from pipeline import registry
 
         wh = warehouse_from(warehouse)
         versions, champ = registry.list_versions(wh), registry.champion(wh)
+        per_dataset = set(registry.champions(wh).values())
         if not versions:
             typer.echo(f"no models in {wh.models}; train one with `reviewflow train --dataset NAME`")
             return
-        typer.echo(f"  {'version':<40} {'val_acc':>7} {'epochs':>6} {'encoder':<12} {'pooling':<9} prep_id")
+        typer.echo(f"  {'version':<40} {'dataset':<16} {'val_acc':>7} {'epochs':>6} {'encoder':<12} {'pooling':<9} "
+                   "prep_id")
         for mv in versions:
             m = mv.config["model"]
             enc = ("bi" if m["bidirectional"] and m["encoder"] != "transformer" else "") + m["encoder"]
             acc = f"{mv.val_accuracy:.4f}" if mv.val_accuracy is not None else "?"
-            typer.echo(f"{'*' if mv.version == champ else ' '} {mv.version:<40} {acc:>7} "
+            mark = "*" if mv.version == champ else ("+" if mv.version in per_dataset else " ")
+            typer.echo(f"{mark} {mv.version:<40} {str(mv.config.get('dataset')):<16} {acc:>7} "
                        f"{len(mv.metrics.get('history', [])):>6} {enc:<12} {m['pooling']:<9} {mv.prep_id}")
 
     @models.command("show")
@@ -62,10 +67,12 @@ def register(app: typer.Typer) -> None:
     @models.command("promote")
     def promote_cmd(version: str = typer.Argument(..., help="the version to make champion"),
                     warehouse: WarehouseOption = None) -> None:
-        """Make VERSION the champion (scoring and predict use it), whatever its accuracy."""
-        from pipeline import registry
+        """Make VERSION the serving champion (scoring, predict and sql use it) and the champion of its dataset,
+        whatever its accuracy: the explicit override of the automatic rule (a new version replaces the
+        champion of its own dataset only when it is more accurate on the same evaluation data)."""
+        from pipeline import promotion, registry
 
         wh = warehouse_from(warehouse)
         before = registry.champion(wh)
-        registry.promote(wh, version)
+        promotion.promote(wh, version, reason="explicit: reviewflow models promote")
         typer.echo(f"champion: {before or 'none'} -> {version}")
