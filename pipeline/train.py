@@ -8,6 +8,14 @@
 * gradient clipping, early stopping on validation loss, best checkpoint (safetensors);
 * resume after a crash: a resumable checkpoint (model, optimizer, epoch, RNG state, history) is written
   atomically at the end of every epoch; running again with the same ``out_dir`` continues from it;
+* checked inputs and state: the shards are verified against the prep manifest (SHA-256 of every file,
+  ~0.04 s for the 25k IMDb reviews, under 0.1% of an epoch) and range-checked as they load; a finished
+  ``result.json`` is reused only if its weights are there with the recorded hash, a checkpoint only if it
+  loads and fits (else it is discarded, with a message, and training starts over: a crash never leaves
+  a state that blocks the next run);
+* one run per run directory: ``run_lock`` (a ``filelock`` beside the directory) makes a second concurrent
+  run of the same directory fail at once with ``TemporaryFailure`` ("in use by pid N", exit code 75)
+  instead of sharing files with the first;
 * seeded determinism on CPU, a tqdm progress bar, per-epoch metrics (loss, accuracy, seconds,
   tokens/s), and a ``max_seconds`` budget that stops cleanly between steps.
 
@@ -20,9 +28,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import math
+import os
 import platform
+import shutil
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,16 +44,25 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from pipeline.errors import InputError, ReviewflowError
+from pipeline.errors import InputError, IntegrityError, ReviewflowError, TemporaryFailure
 from pipeline.models import ModelConfig, SentimentModel
-from pipeline.presets import PRESETS, parse_overrides, resolve_preset
-from pipeline.storage import atomic_path, read_json, write_json_atomic
+from pipeline.presets import PRESETS, above, at_least, between, check_options, option_error, parse_overrides, \
+    resolve_preset
+from pipeline.storage import atomic_path, read_json, sha256_file, write_json_atomic
+from pipeline.weights import check_state, load_model
 
 CHECKPOINT = "checkpoint.pt"      # resumable state, rewritten atomically every epoch
 BEST = "best.safetensors"         # weights of the epoch with the lowest validation loss
 RESULT = "result.json"            # written once training has finished
+REGISTERED = "registered.json"    # written once the result is a registered version: the dir is then discarded
+LR_SCHEDULES = ("constant", "onecycle", "cosine")
+SELECTS = ("val_loss", "val_accuracy")
+TRAIN_BOUNDS = {"epochs": at_least(1), "batch_size": at_least(1), "lr": above(0), "weight_decay": at_least(0),
+                "grad_clip": above(0), "patience": at_least(1), "seed": between(0, 2**32 - 1),
+                "max_seconds": above(0), "threads": at_least(1), "ngram_lr": above(0), "part_loss": at_least(0),
+                "joint_loss": at_least(0)}
 
 
 @dataclass
@@ -63,6 +84,12 @@ class TrainConfig:
     part_loss: float = 0.0              # weight of the losses on the encoder's and the n-gram bag's own logits
     joint_loss: float = 1.0             # weight of the loss on their mix (0 + part_loss 1: an ensemble trained at once)
 
+    def __post_init__(self):
+        """Check every field (type, range, choice): a bad one is an ``InputError`` naming it."""
+        check_options(self, TRAIN_BOUNDS, {"lr_schedule": LR_SCHEDULES, "select": SELECTS})
+        if self.joint_loss == 0 and self.part_loss == 0:
+            raise option_error("joint_loss", "> 0 when part_loss is 0 (else no loss is trained)", self.joint_loss)
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
@@ -83,12 +110,14 @@ class TrainResult:
     device: str
     seconds: float
     environment: dict = field(default_factory=dict)
+    weights_sha256: str | None = None   # of ``weights`` when training finished; a resume checks it
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("history", "metrics", "stopped", "device", "seconds", "environment",
                                            "prep_id")}
         d.update(out_dir=str(self.out_dir), weights=str(self.weights), prep_dir=str(self.prep_dir),
-                 model_config=self.model_config.to_dict(), train_config=asdict(self.train_config))
+                 model_config=self.model_config.to_dict(), train_config=asdict(self.train_config),
+                 weights_sha256=self.weights_sha256)
         return d
 
     @classmethod
@@ -98,17 +127,43 @@ class TrainResult:
                    model_config=ModelConfig.from_dict(d["model_config"]),
                    train_config=TrainConfig.from_dict(d["train_config"]), prep_dir=Path(d["prep_dir"]),
                    prep_id=d["prep_id"], history=d["history"], metrics=d["metrics"], stopped=d["stopped"],
-                   device=d["device"], seconds=d["seconds"], environment=d.get("environment", {}))
+                   device=d["device"], seconds=d["seconds"], environment=d.get("environment", {}),
+                   weights_sha256=d.get("weights_sha256"))
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def available_devices() -> list[str]:
+    """The ``--device`` values that work on this machine."""
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        devices.append("mps")
+    return devices
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` (cuda, then mps, then cpu) or a device that exists here; anything else (``gpu``, ``tpu``,
+    ``cuda:7`` on a one-GPU machine, ``cuda`` without CUDA) is an ``InputError`` listing the devices there are."""
+    if str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    exists = dev is not None and (
+        dev.type == "cpu"
+        or (dev.type == "cuda" and torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count())
+        or (dev.type == "mps" and _mps_available() and not dev.index))
+    if not exists:
+        raise InputError(f"device {str(device)!r} does not exist on this machine (--device); "
+                         f"choose one of: {', '.join(available_devices())}")
+    return dev
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -137,17 +192,14 @@ def make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
         return torch.optim.lr_scheduler.OneCycleLR(opt, peaks, total_steps=steps, pct_start=max(0.1, 2 / steps))
     if cfg.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total + 1)
-    if cfg.lr_schedule != "constant":
-        raise ValueError(f"lr_schedule must be constant|onecycle|cosine, got {cfg.lr_schedule!r}")
-    return None
+    return None     # constant (TrainConfig accepts only LR_SCHEDULES)
 
 
 def read_manifest(prep_dir: Path) -> dict:
-    path = Path(prep_dir) / "manifest.json"
-    if not path.exists():
-        raise InputError("not a prepared shard directory (no manifest.json); run `reviewflow prepare`",
-                         path=str(prep_dir))
-    return read_json(path)
+    """The prep's manifest (``NotFoundError`` when there is none, ``IntegrityError`` when it is unreadable)."""
+    from pipeline.prepare import read_manifest as read_prep_manifest   # deferred: pyarrow, the lake
+
+    return read_prep_manifest(prep_dir)
 
 
 def model_config_for(prep_dir: Path, model: ModelConfig | dict | None) -> ModelConfig:
@@ -225,12 +277,6 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
         save_file(state, str(tmp))
 
 
-def load_model(weights: str | Path, model_config: ModelConfig, device: str | torch.device = "cpu") -> SentimentModel:
-    model = SentimentModel(model_config)
-    model.load_state_dict(load_file(str(weights), device=str(device)))
-    return model.to(device).eval()
-
-
 def _save_checkpoint(path: Path, model, opt, sched, state: dict) -> None:
     ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict() if sched is not None else {},
@@ -239,36 +285,198 @@ def _save_checkpoint(path: Path, model, opt, sched, state: dict) -> None:
         torch.save(ckpt, tmp)
 
 
+# ------------------------------------------------------------------------------ run dir: lock, resume
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: str | Path):
+    """Hold the run directory ``out_dir`` for this process, or fail at once.
+
+    The lock is a ``filelock`` beside the directory (``.<name>.lock``; the OS releases it when a process
+    dies, so a crash never leaves it held; the empty file stays, as deleting a lock file races its next
+    user), with ``.<name>.owner`` saying which pid holds it. A second
+    run of the same directory (the same training configuration) gets ``TemporaryFailure`` naming that
+    pid: it must not share checkpoint files with the first; run it again once the first has finished and
+    it reuses (registered model) or resumes (checkpoint) that work. Leftovers of an interrupted
+    :func:`discard_run_dir` are swept here.
+    """
+    from filelock import FileLock, Timeout
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    owner = out_dir.parent / f".{out_dir.name}.owner"
+    lock = FileLock(out_dir.parent / f".{out_dir.name}.lock", thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise TemporaryFailure(f"run dir {out_dir} is in use by {_owner_of(owner)}; wait for that training to "
+                               "finish, then run again (it reuses or resumes that work)") from None
+    try:
+        write_json_atomic(owner, {"pid": os.getpid(), "host": socket.gethostname(),
+                                  "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        for aside in out_dir.parent.glob(f".{out_dir.name}.discarded-*"):
+            shutil.rmtree(aside, ignore_errors=True)
+        yield out_dir
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
+def _owner_of(owner: Path) -> str:
+    try:
+        info = read_json(owner)
+        return f"pid {info['pid']} on {info['host']} (since {info['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def discard_run_dir(out_dir: str | Path) -> None:
+    """Remove a run directory all at once: renamed aside first, so that a crash during the removal leaves
+    a ``.discarded-*`` directory (swept by the next :func:`run_lock`), never a half-deleted run to resume."""
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return
+    aside = out_dir.with_name(f".{out_dir.name}.discarded-{os.getpid()}-{time.time_ns()}")
+    os.rename(out_dir, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def registered_version(out_dir: str | Path) -> str | None:
+    """The model version this run was registered as, if it was (``mark_registered``)."""
+    try:
+        return str(read_json(Path(out_dir) / REGISTERED)["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def mark_registered(out_dir: str | Path, version: str) -> None:
+    """Record that the run is registered as ``version`` (call :func:`discard_run_dir` next). A crash before
+    the discard leaves the marker: a retry reuses ``version`` and the next run of this configuration
+    discards the dir, instead of registering the same run twice."""
+    write_json_atomic(Path(out_dir) / REGISTERED, {"version": version})
+
+
+def _reusable_result(out_dir: Path, mcfg: ModelConfig, cfg: TrainConfig, progress: bool) -> TrainResult | None:
+    """The finished result in ``out_dir`` if it is whole (readable, its weights present with the recorded
+    SHA-256 and loadable); a broken one is deleted with a message, and training resumes or starts over."""
+    path = out_dir / RESULT
+    if not path.exists():
+        return None
+    try:
+        res = TrainResult.load(out_dir)
+        load_model(res.weights, res.model_config, sha256=res.weights_sha256 or "missing")
+    except (ReviewflowError, OSError, ValueError, KeyError, TypeError) as exc:
+        _say(progress, f"discarding {path}: {exc}; training again")
+        path.unlink(missing_ok=True)
+        return None
+    if res.model_config != mcfg or _cfg_key(res.train_config) != _cfg_key(cfg):
+        raise InputError(f"{out_dir} holds a finished run of a different configuration; "
+                         "use a new output directory (--out) or delete it")
+    return res
+
+
+def _usable_checkpoint(out_dir: Path, mcfg: ModelConfig, cfg: TrainConfig, dev: torch.device,
+                       progress: bool) -> dict | None:
+    """The checkpoint in ``out_dir`` to resume from, or None to start over.
+
+    A checkpoint that does not load (truncated, corrupt, not a tensor-only file: ``weights_only=True`` never
+    runs pickled code) or does not fit the model, or whose best weights are missing or modified, is
+    deleted with a message: it cannot be resumed, and keeping it would block every later run. One of
+    another configuration is the user's (``--out`` reused): an ``InputError``, nothing deleted."""
+    path = out_dir / CHECKPOINT
+    if not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, map_location=dev, weights_only=True)
+        same = ckpt["model_config"] == mcfg.to_dict() and ckpt["train_config"] == _cfg_key(cfg)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file means the same: nothing to resume
+        _say(progress, f"checkpoint {path} cannot be loaded ({type(exc).__name__}: {str(exc)[:200]}); "
+                       "starting over")
+        path.unlink(missing_ok=True)
+        return None
+    if not same:
+        raise InputError(f"{out_dir} holds a checkpoint of a different configuration; use a new output "
+                         "directory (--out) or delete it")
+    try:
+        check_state(str(path), ckpt["model"], SentimentModel(mcfg).state_dict())
+        load_model(out_dir / BEST, mcfg, sha256=ckpt.get("best_sha256", "missing"))
+    except (ReviewflowError, KeyError, TypeError, AttributeError) as exc:
+        _say(progress, f"checkpoint {path} cannot be resumed ({exc}); starting over")
+        path.unlink(missing_ok=True)
+        return None
+    return ckpt
+
+
+def _restore(ckpt: dict, net, opt, sched) -> None:
+    net.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    if sched is not None and ckpt["scheduler"]:
+        sched.load_state_dict(ckpt["scheduler"])
+    torch.set_rng_state(ckpt["torch_rng"].cpu())
+
+
+# ------------------------------------------------------------------------------------------- data
+def load_training_data(prep_dir: Path, man: dict):
+    """The verified train/val (and test, when labelled) splits: every shard file's SHA-256 against the
+    manifest and every id/length/label in range (``IntegrityError`` naming the file), and both classes in
+    train and val (``InputError``: prepare refuses such data, this catches older preps)."""
+    from pipeline.loader import load_split
+    from pipeline.prepare import verify_prep
+
+    splits = ["train", "val"] + (["test"] if man.get("counts", {}).get("test") else [])
+    verify_prep(prep_dir, splits)
+    data = {name: load_split(prep_dir, name) for name in splits}
+    for name in ("train", "val"):
+        labels = np.asarray(data[name].labels)
+        if (labels < 0).any() and name == "train":
+            raise InputError("train split has unlabelled rows (label -1)", path=str(prep_dir))
+        found = {int(c): int(n) for c, n in zip(*np.unique(labels, return_counts=True))}
+        if found.get(0, 0) == 0 or found.get(1, 0) == 0:
+            raise InputError(f"the {name} split of prep {prep_dir.name} needs rows of both classes (0 and 1), "
+                             f"found {found or 'no rows'}; add labelled reviews of the missing class and "
+                             "prepare again", path=str(prep_dir))
+    test = data.get("test")
+    if test is not None and not (len(test.labels) and (np.asarray(test.labels) >= 0).all()):
+        test = None
+    return data["train"], data["val"], test
+
+
 def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: str = "auto",
           progress: bool = True, model: ModelConfig | dict | None = None,
-          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[dict], None] | None = None, lock: bool = True) -> TrainResult:
     """Train on ``<prep_dir>/{train,val}``; write checkpoints and the result into ``out_dir``.
 
     Re-running with the same ``out_dir`` resumes from the last completed epoch (or returns the finished
-    result). ``on_epoch(record)`` is called after every epoch with that epoch's metrics.
+    result), after checking what it resumes from. ``on_epoch(record)`` is called after every epoch with
+    that epoch's metrics. ``lock=False``: the caller already holds :func:`run_lock` on ``out_dir``.
     """
-    from pipeline.loader import iter_batches, load_split
+    with run_lock(out_dir) if lock else contextlib.nullcontext():
+        return _train(Path(prep_dir), cfg, Path(out_dir), device, progress, model, on_epoch)
 
-    prep_dir, out_dir = Path(prep_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if (out_dir / RESULT).exists():
-        return TrainResult.load(out_dir)
+
+def _train(prep_dir: Path, cfg: TrainConfig, out_dir: Path, device: str, progress: bool,
+           model: ModelConfig | dict | None, on_epoch: Callable[[dict], None] | None) -> TrainResult:
+    from pipeline.loader import iter_batches
+
+    dev = pick_device(device)
     mcfg = model_config_for(prep_dir, model)
     man = read_manifest(prep_dir)
-    dev = pick_device(device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    finished = _reusable_result(out_dir, mcfg, cfg, progress)
+    if finished is not None:
+        return finished
+    train_data, val_data, test_data = load_training_data(prep_dir, man)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
 
-    train_data, val_data = load_split(prep_dir, "train"), load_split(prep_dir, "val")
-    if len(train_data.labels) == 0 or len(val_data.labels) == 0:
-        raise InputError("training needs non-empty train and val splits", path=str(prep_dir))
-    if (np.asarray(train_data.labels) < 0).any():
-        raise InputError("train split has unlabelled rows (label -1)", path=str(prep_dir))
-
+    ckpt = _usable_checkpoint(out_dir, mcfg, cfg, dev, progress)
     net = SentimentModel(mcfg)
-    if net.ngrams is not None and mcfg.ngram_nb_alpha > 0 and not (out_dir / CHECKPOINT).exists():
+    if net.ngrams is not None and mcfg.ngram_nb_alpha > 0 and ckpt is None:
         # NBSVM feature scaling from the training reviews (a resumed run loads it with the weights)
         net.ngrams.fit_nb_scale(((b.ids, b.lengths, b.labels) for b in iter_batches(train_data, 512, bucket=True)),
                                 alpha=mcfg.ngram_nb_alpha)
@@ -279,26 +487,20 @@ def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: s
     sched = make_scheduler(opt, cfg, steps_per_epoch)
 
     history: list[dict] = []
-    if cfg.select not in ("val_loss", "val_accuracy"):
-        raise ReviewflowError(f"select must be val_loss or val_accuracy, got {cfg.select!r}")
     start_epoch, best_loss, best_score, bad_epochs, elapsed_before = 0, float("inf"), float("inf"), 0, 0.0
+    best_sha256 = None
     ckpt_path = out_dir / CHECKPOINT
-    if ckpt_path.exists():  # resume after a crash
-        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
-        if ckpt["model_config"] != mcfg.to_dict() or ckpt["train_config"] != _cfg_key(cfg):
-            raise ReviewflowError(f"{out_dir} holds a checkpoint of a different configuration; "
-                                  "use a new output directory")
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        if sched is not None and ckpt["scheduler"]:
-            sched.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["torch_rng"].cpu())
-        history = list(ckpt["history"])
-        start_epoch, best_loss, bad_epochs = ckpt["epoch"] + 1, ckpt["best_loss"], ckpt["bad_epochs"]
-        best_score = ckpt.get("best_score", best_loss)
-        elapsed_before = ckpt["elapsed"]
-        if progress:
-            print(f"resuming {out_dir} at epoch {start_epoch + 1}", file=sys.stderr)
+    if ckpt is not None:  # resume after a crash
+        try:
+            _restore(ckpt, net, opt, sched)
+            history = list(ckpt["history"])
+            start_epoch, best_loss, bad_epochs = ckpt["epoch"] + 1, ckpt["best_loss"], ckpt["bad_epochs"]
+            best_score = ckpt.get("best_score", best_loss)
+            elapsed_before, best_sha256 = ckpt["elapsed"], ckpt["best_sha256"]
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise IntegrityError(f"checkpoint {ckpt_path} does not fit this model or optimizer ({str(exc)[:200]}); "
+                                 "delete it to start over") from None
+        _say(progress, f"resuming {out_dir} at epoch {start_epoch + 1}")
     write_json_atomic(out_dir / "model_config.json", mcfg.to_dict())
     write_json_atomic(out_dir / "train_config.json", asdict(cfg))
 
@@ -354,6 +556,7 @@ def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: s
         if score < best_score:
             best_score = score
             save_weights(net, out_dir / BEST)
+            best_sha256 = sha256_file(out_dir / BEST)
         if val["loss"] < best_loss:   # early stopping always watches the validation loss
             best_loss, bad_epochs = val["loss"], 0
         else:
@@ -369,24 +572,23 @@ def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: s
         _save_checkpoint(ckpt_path, net, opt, sched, {
             "epoch": epoch, "best_loss": best_loss, "best_score": best_score, "bad_epochs": bad_epochs, "history": history,
             "elapsed": time.perf_counter() - t_start, "model_config": mcfg.to_dict(),
-            "train_config": _cfg_key(cfg)})
+            "train_config": _cfg_key(cfg), "best_sha256": best_sha256})
         if on_epoch is not None:
             on_epoch(dict(record, epochs=cfg.epochs))
 
-    best = load_model(out_dir / BEST, mcfg, dev)
+    best = load_model(out_dir / BEST, mcfg, dev, sha256=best_sha256)
     metrics = {f"val_{k}": v for k, v in evaluate(best, val_data, max(cfg.batch_size, 256), dev).items()}
     pick = (lambda r: -r["val_accuracy"]) if cfg.select == "val_accuracy" else (lambda r: r["val_loss"])
     metrics["best_epoch"] = min(history, key=pick)["epoch"]
     metrics["params"] = best.num_params()
     metrics["optimizer_fused"] = bool(getattr(opt, "fused_ok", False))
-    if "test" in man.get("counts", {}) and man["counts"]["test"]:
-        test = load_split(prep_dir, "test")
-        if len(test.labels) and (np.asarray(test.labels) >= 0).all():
-            metrics.update({f"test_{k}": v for k, v in evaluate(best, test, 256, dev).items()})
+    if test_data is not None:
+        metrics.update({f"test_{k}": v for k, v in evaluate(best, test_data, 256, dev).items()})
     result = TrainResult(out_dir=out_dir, weights=out_dir / BEST, model_config=mcfg, train_config=cfg,
                          prep_dir=prep_dir, prep_id=str(man.get("prep_id", prep_dir.name)), history=history,
                          metrics=metrics, stopped=stopped, device=str(dev),
-                         seconds=round(time.perf_counter() - t_start, 3), environment=environment(dev))
+                         seconds=round(time.perf_counter() - t_start, 3), environment=environment(dev),
+                         weights_sha256=best_sha256)
     write_json_atomic(out_dir / RESULT, result.to_dict())
     return result
 
@@ -399,23 +601,31 @@ def _cfg_key(cfg: TrainConfig) -> dict:
 
 
 def run_dir_for(wh, dataset: str, preset: str, prep_id: str, overrides: dict) -> Path:
-    """A deterministic run directory: re-running the same training after a crash resumes there."""
+    """A deterministic run directory: re-running the same training after a crash resumes there.
+
+    Named by the overrides and by the preset's definition, so a preset whose definition changed never
+    meets the checkpoint of its old definition."""
     import hashlib
 
-    digest = hashlib.sha256(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    key = {"overrides": overrides, "preset": PRESETS.get(preset)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
     return wh.tmp / "runs" / f"{dataset}-{preset}-{prep_id}-{digest}"
 
 
 def train_dataset(wh, dataset: str, preset: str = "default", overrides: dict | None = None, device: str = "auto",
                   retrain: bool = False, progress: bool = True) -> dict:
-    """prepare -> train -> register without Prefect (``reviewflow train --no-prefect``)."""
-    import shutil
+    """prepare -> train -> register without Prefect (``reviewflow train --no-prefect``).
 
+    Every option and the device are checked before any data is read. The run directory is held with
+    :func:`run_lock` from training to registration: a concurrent run of the same configuration fails at
+    once with ``TemporaryFailure``; run again later and it reuses the registered model (no overrides) or
+    trains anew. A dir left registered-but-not-removed by a crash is discarded, never registered twice."""
     from pipeline import registry
     from pipeline.prepare import PrepareConfig, prepare
 
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     spec = resolve_preset(preset, overrides)
+    pick_device(device)
     prep = prepare(wh, dataset, PrepareConfig(**spec.prepare))
     if not retrain and not overrides:
         for mv in reversed(registry.list_versions(wh)):
@@ -423,9 +633,13 @@ def train_dataset(wh, dataset: str, preset: str = "default", overrides: dict | N
                 return {"version": mv.version, "val_accuracy": mv.val_accuracy, "promoted": False,
                         "champion": registry.champion(wh), "path": str(mv.path), "skipped": True}
     out = run_dir_for(wh, dataset, preset, prep.prep_id, overrides)
-    res = train(prep.prep_dir, spec.train, out, device=device, progress=progress, model=spec.model)
-    version = registry.register(wh, res, preset=preset, dataset=dataset, prepare=spec.prepare)
-    shutil.rmtree(out, ignore_errors=True)
+    with run_lock(out):
+        if registered_version(out) is not None:
+            discard_run_dir(out)
+        res = train(prep.prep_dir, spec.train, out, device=device, progress=progress, model=spec.model, lock=False)
+        version = registry.register(wh, res, preset=preset, dataset=dataset, prepare=spec.prepare)
+        mark_registered(out, version)
+        discard_run_dir(out)
     mv, champ = registry.get(wh, version), registry.champion(wh)
     return {"version": version, "val_accuracy": mv.val_accuracy, "promoted": champ == version, "champion": champ,
             "path": str(mv.path), "skipped": False}
@@ -442,8 +656,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any model/train field, e.g. --set hidden=64 --set epochs=3 (JSON values)")
     a = p.parse_args(argv)
-    spec = resolve_preset(a.preset, parse_overrides(a.set))
-    res = train(a.prep_dir, spec.train, a.out, device=a.device, progress=not a.quiet, model=spec.model)
+    try:
+        spec = resolve_preset(a.preset, parse_overrides(a.set))
+        res = train(a.prep_dir, spec.train, a.out, device=a.device, progress=not a.quiet, model=spec.model)
+    except ReviewflowError as exc:      # one line, and 2 (user error) or 75 (temporary: try again later)
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     print(json.dumps({"out_dir": str(res.out_dir), "stopped": res.stopped,
                       "val_accuracy": res.metrics["val_accuracy"], "epochs": len(res.history)}))
     return 0

@@ -23,20 +23,20 @@ def test_run_flow_end_to_end_then_cached(prefect_harness, warehouse, tmp_path):
 
     from flows.run import run_flow
 
-    src = write_aclimdb_folder(tmp_path / "src", n_per_class=12)
+    src = write_aclimdb_folder(tmp_path / "src", n_per_class=60)
     first = run_flow(source=str(src), dataset="acl", preset="baseline", warehouse=str(warehouse.root))
-    assert first["rows_added"] == 48 and first["table"] == "acl_test_scored"
-    assert first["rows_scored"] == 24 and first["model_version"] and first["champion"] == first["model_version"]
+    assert first["rows_added"] == 240 and first["table"] == "acl_test_scored"
+    assert first["rows_scored"] == 120 and first["model_version"] and first["champion"] == first["model_version"]
     assert 0.0 <= first["val_accuracy"] <= 1.0 and not first["train_cached"]
     assert first["db_path"] == str(warehouse.duckdb_path)
     with duckdb.connect(first["db_path"], read_only=True) as con:
         assert con.execute("SELECT count(*), count(sentiment_score), count(*) FILTER (WHERE split <> 'test') "
-                           "FROM acl_test_scored").fetchone() == (24, 24, 0)
+                           "FROM acl_test_scored").fetchone() == (120, 120, 0)
 
     again = run_flow(source=str(src), dataset="acl", preset="baseline", warehouse=str(warehouse.root))
     assert again["rows_added"] == 0 and again["prep_cached"] and again["train_cached"]
     assert again["model_version"] == first["model_version"] and again["rows_scored"] == 0
-    assert again["rows_up_to_date"] == 24
+    assert again["rows_up_to_date"] == 120
 
     import asyncio
 

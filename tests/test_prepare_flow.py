@@ -20,17 +20,20 @@ def test_prepare_flow_runs_caches_and_rebuilds(warehouse, prefect_harness):
 
     write_lake_dataset(warehouse, "syn", pa.concat_tables([make_reviews(120, 0, "train"),
                                                            make_reviews(40, 1, "test", id_prefix="t")]))
-    out = prepare_flow(dataset="syn", warehouse=str(warehouse.root), max_len=16, min_freq=1)
+    out = prepare_flow(dataset="syn", warehouse=str(warehouse.root), max_len=16, min_freq=1,
+                         min_class_rows=20)
     assert out["counts"] == {"train": 90, "val": 30, "test": 40, "unsup": 0}
     assert out["label_counts"]["val"] == {"0": 15, "1": 15}
     prep_dir = Path(out["prep_dir"])
     assert (prep_dir / "manifest.json").exists() and not out["cached"]
 
-    again = prepare_flow(dataset="syn", warehouse=str(warehouse.root), max_len=16, min_freq=1)
+    again = prepare_flow(dataset="syn", warehouse=str(warehouse.root), max_len=16, min_freq=1,
+                         min_class_rows=20)
     assert again == out                           # a Prefect cache hit: the very same result
 
     shutil.rmtree(prep_dir)                       # a cached Prefect result must not point at nothing
-    third = prepare_flow(dataset="syn", warehouse=str(warehouse.root), max_len=16, min_freq=1)
+    third = prepare_flow(dataset="syn", warehouse=str(warehouse.root), max_len=16, min_freq=1,
+                         min_class_rows=20)
     assert third["prep_id"] == out["prep_id"] and not third["cached"]
     assert (prep_dir / "manifest.json").exists()
 

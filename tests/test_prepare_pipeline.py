@@ -82,7 +82,7 @@ def test_vocab_from_train_only(warehouse):
     train = rows(["alpha beta", "alpha gamma", "beta alpha", "gamma beta"], labels=[1, 0, 1, 0])
     test = rows(["alpha zeta", "omega"], split="test", labels=[1, 0], prefix="t")
     write_lake_dataset(warehouse, "v", pa.concat_tables([train, test]))
-    res = prepare(warehouse, "v", PrepareConfig(max_len=4, min_freq=1, val_fraction=0.0))
+    res = prepare(warehouse, "v", PrepareConfig(max_len=4, min_freq=1, val_fraction=0.0, min_class_rows=1))
     vocab = read_vocab(res.prep_dir / "vocab.txt")
     assert vocab == ["<pad>", "<unk>", "alpha", "beta", "gamma"]
     test_ids = load_split(res.prep_dir, "test").ids
@@ -154,7 +154,7 @@ def test_checksum_verification_detects_corruption(lake):
 def test_zero_token_reviews_are_dropped_and_counted(warehouse):
     t = rows(["good film", "!!! ...", "<br /><br />", "bad film", "fine"], labels=[1, 0, 1, 0, 1])
     write_lake_dataset(warehouse, "z", t)
-    res = prepare(warehouse, "z", PrepareConfig(max_len=8, min_freq=1, val_fraction=0.0))
+    res = prepare(warehouse, "z", PrepareConfig(max_len=8, min_freq=1, val_fraction=0.0, min_class_rows=1))
     assert res.manifest["dropped"]["empty_after_normalisation"] == 2
     data = load_split(res.prep_dir, "train")
     assert data.review_ids == ["x0", "x3", "x4"] and data.lengths.min() >= 1
@@ -167,7 +167,7 @@ def test_huge_review_is_truncated_with_sane_memory(warehouse):
     t = rows([big, "small one", "another small", "tiny"], labels=[1, 0, 1, 0])
     write_lake_dataset(warehouse, "big", t)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    res = prepare(warehouse, "big", PrepareConfig(max_len=6, min_freq=1, val_fraction=0.0, truncate="head+tail"))
+    res = prepare(warehouse, "big", PrepareConfig(max_len=6, min_freq=1, val_fraction=0.0, truncate="head+tail", min_class_rows=1))
     grew_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     data = load_split(res.prep_dir, "train")
     vocab = read_vocab(res.prep_dir / "vocab.txt")

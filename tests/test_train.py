@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from pipeline.config import Warehouse
 from pipeline.errors import ReviewflowError
 from pipeline.presets import PRESETS, resolve_preset
-from pipeline.train import BEST, CHECKPOINT, RESULT, TrainConfig, TrainResult, load_model, save_weights, train
+from pipeline.train import BEST, CHECKPOINT, RESULT, TrainConfig, TrainResult, save_weights, train
+from pipeline.weights import load_model
 from train_helpers import tiny_model, tiny_prep
 
 
@@ -61,7 +62,7 @@ def test_seeded_runs_are_identical_on_cpu(prep_dir, tmp_path):
 
 
 def test_time_budget_stops_cleanly_and_keeps_a_model(prep_dir, tmp_path):
-    res = train(prep_dir, TrainConfig(epochs=50, batch_size=8, max_seconds=0.0, threads=1), tmp_path / "run",
+    res = train(prep_dir, TrainConfig(epochs=50, batch_size=8, max_seconds=1e-9, threads=1), tmp_path / "run",
                 progress=False, model=tiny_model())
     assert res.stopped == "time_budget"
     assert len(res.history) == 1 and res.history[0]["partial"]
@@ -69,8 +70,9 @@ def test_time_budget_stops_cleanly_and_keeps_a_model(prep_dir, tmp_path):
 
 
 def test_early_stopping_on_validation_loss(prep_dir, tmp_path):
-    # lr=0: validation loss never improves after the first epoch, so patience=2 stops after epoch 3
-    res = train(prep_dir, TrainConfig(epochs=10, lr=0.0, patience=2, threads=1), tmp_path / "run", progress=False,
+    # lr=1e-30 (lr must be > 0): too small to move a float32 weight, so validation loss never improves after
+    # the first epoch and patience=2 stops after epoch 3
+    res = train(prep_dir, TrainConfig(epochs=10, lr=1e-30, patience=2, threads=1), tmp_path / "run", progress=False,
                 model=tiny_model())
     assert res.stopped == "early_stopping" and len(res.history) == 3
     assert res.metrics["best_epoch"] == 1

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pipeline.config import Warehouse
-from pipeline.train import TrainConfig, load_model, train
+from pipeline.train import TrainConfig, train
+from pipeline.weights import load_model
 from train_helpers import tiny_model, tiny_prep
 
 

@@ -47,6 +47,8 @@ def register(app: typer.Typer) -> None:
                                                 "baseline's rule: '<br />' becomes the token 'br').")] = False,
         include_unsup: Annotated[bool, typer.Option("--include-unsup", help="Also write unlabelled rows "
                                                     "(split unsup) as an 'unsup' split.")] = False,
+        min_class_rows: Annotated[int, typer.Option("--min-class-rows", help="Refuse a dataset whose train split "
+                                                    "has fewer rows of either class (0 and 1).")] = 50,
         no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run directly, without a Prefect flow run.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
         warehouse: WarehouseOption = None,
@@ -59,7 +61,8 @@ def register(app: typer.Typer) -> None:
         label in the same proportion); the vocabulary from train only (id 0 <pad>, 1 <unk>, then by
         frequency, ties by token); ids truncated/padded to --max-len; .npy shards of ids, lengths,
         labels and review ids with a manifest (parameters, counts, checksums), vocab.txt and
-        length_hist.png. Reviews with no tokens left are dropped and counted.
+        length_hist.png. Reviews with no tokens left are dropped and counted. A dataset with fewer
+        than --min-class-rows train rows of either class is refused before anything is written.
 
         \b
         The prep id is content-addressed (dataset files + parameters + code version): running
@@ -74,10 +77,11 @@ def register(app: typer.Typer) -> None:
         """
         wh = warehouse_from(warehouse)
         params = dict(max_len=max_len, min_freq=min_freq, max_vocab=max_vocab, val_fraction=val_fraction, seed=seed,
-                      truncate=truncate, pad_side=pad_side, strip_html=not keep_html, include_unsup=include_unsup)
+                      truncate=truncate, pad_side=pad_side, strip_html=not keep_html, include_unsup=include_unsup,
+                      min_class_rows=min_class_rows)
         from pipeline.prepare import PrepareConfig, read_manifest
 
-        PrepareConfig(**params).validate()          # bad flags fail before Prefect starts
+        PrepareConfig(**params)                     # checks every flag: bad ones fail before Prefect starts
         if no_prefect:
             from tqdm import tqdm
 

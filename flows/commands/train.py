@@ -52,6 +52,8 @@ def register(app: typer.Typer) -> None:
           reviewflow train --dataset imdb --max-minutes 5 --no-prefect
           reviewflow train --dataset imdb --ngram-buckets 0 --set part_loss=0   # the recurrent half alone
         Interrupted? Run the same command again: training resumes from the last finished epoch.
+        A second run of the same configuration while one is training stops at once (exit code 75,
+        "run dir is in use by pid N"); run it again when the first has finished.
         """
         wh = warehouse_from(warehouse)
         overrides = {k: v for k, v in dict(
@@ -66,6 +68,11 @@ def register(app: typer.Typer) -> None:
             overrides.update(parse_overrides(set_))
         except ReviewflowError as exc:
             raise typer.BadParameter(str(exc), param_hint="--set") from None
+        from pipeline.presets import resolve_preset
+        from pipeline.train import pick_device
+
+        resolve_preset(preset, overrides)           # bad options and devices fail here, before Prefect starts
+        pick_device(device)
         if no_prefect:
             from pipeline.train import train_dataset
 
