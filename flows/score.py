@@ -3,6 +3,12 @@
 Thin orchestration over :mod:`pipeline.score`: loads the model, runs the chunked write-back
 with a progress artifact updated after every committed chunk, and publishes a summary table
 artifact (rows scored/skipped, label counts, score deciles, seconds, rows/s).
+
+Errors are not hidden in a Prefect state: a refused input (:class:`pipeline.errors.InputError`), a
+broken model (:class:`pipeline.score.ModelOutputError`) or any other failure of the scoring task is
+re-raised by the flow as the same exception, so the CLI prints its one-line message. Only a
+:class:`pipeline.duck.LockTimeout` (a database lock or another run's claim on the table held too
+long) is retried; user errors are never retried.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline.config import Warehouse
 from pipeline.duck import LockTimeout
+from pipeline.errors import InputError, ReviewflowError, TemporaryFailure
 from flows.artifacts import artifact_key
 
 
 def _retry_on_lock(task, task_run, state) -> bool:
-    """Retry the scoring task only when another process kept the database locked too long."""
+    """Retry the scoring task only when another process kept the database locked, or the table's
+    scoring claim, too long."""
     try:
         state.result()
     except LockTimeout:
@@ -30,7 +38,22 @@ def _retry_on_lock(task, task_run, state) -> bool:
     return False
 
 
-@task(name="load-model", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def _retry_unless_user_error(task, task_run, state) -> bool:
+    """Retry loading the model after an I/O hiccup, never after a user error (unknown version,
+    weights that fail verification): those fail the same way every time."""
+    try:
+        state.result()
+    except TemporaryFailure:
+        return True
+    except ReviewflowError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(name="load-model", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_user_error,
+      cache_policy=NO_CACHE)
 def load_model(warehouse: str, model: str, batch_size: int):
     from pipeline.inference import load_predictor
 
@@ -68,7 +91,7 @@ def _summary_rows(rep: dict) -> list[dict[str, Any]]:
         {"metric": "table", "value": rep["table"]},
         {"metric": "model", "value": rep["model"]},
         {"metric": "rows scored", "value": rep["rows_scored"]},
-        {"metric": "rows skipped (NULL/empty text)", "value": rep["rows_skipped"]},
+        {"metric": "rows skipped (no text to score)", "value": rep["rows_skipped"]},
         {"metric": "rows already up to date", "value": rep["rows_up_to_date"]},
         {"metric": "positive", "value": rep["label_counts"]["positive"]},
         {"metric": "negative", "value": rep["label_counts"]["negative"]},
@@ -93,12 +116,14 @@ def _run_name() -> str:
 def score_flow(table: str | None = None, db: str | None = None, dataset: str | None = None,
                split: str | None = None, model: str = "champion", warehouse: str | None = None, id_col: str = "review_id",
                text_col: str = "text", rescore: bool = False, threshold: float = 0.5, batch_size: int = 256,
-               chunk_rows: int = 4096, lock_timeout: float = 120.0, predictor: Any = None) -> dict:
+               chunk_rows: int = 4096, lock_timeout: float = 120.0, blob_as_utf8: bool = False,
+               predictor: Any = None) -> dict:
     """Score ``table`` in DuckDB file ``db`` (default: the warehouse's reviews.duckdb), or the lake
     ``dataset`` (or only its ``split``) into ``<dataset>[_<split>]_scored``, with model ``model`` (a version or "champion").
+    ``blob_as_utf8`` lets a BLOB text column be decoded as UTF-8 (``table`` only).
     ``predictor`` (an already-loaded Predictor) skips loading; used when embedding the flow."""
     if (table is None) == (dataset is None):
-        raise ValueError("give exactly one of table= or dataset=")
+        raise InputError("give exactly one of table= or dataset=")
     logger = get_run_logger()
     wh = Warehouse.from_env(warehouse)
     db_path = str(db) if db is not None else str(wh.duckdb_path)
@@ -107,7 +132,7 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
     options = dict(rescore=rescore, threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
                    lock_timeout=lock_timeout)
     if dataset is None:
-        options.update(id_col=id_col, text_col=text_col)
+        options.update(id_col=id_col, text_col=text_col, blob_as_utf8=blob_as_utf8)
     else:
         from pipeline.score import scored_table_name
 
@@ -125,7 +150,7 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
     create_markdown_artifact(
         key=artifact_key("score-report", label),
         markdown=(f"### Scored `{label}` with `{rep['model']}`\n\n"
-                  f"{rep['rows_scored']} rows scored, {rep['rows_skipped']} skipped (NULL/empty text), "
+                  f"{rep['rows_scored']} rows scored, {rep['rows_skipped']} skipped (no text to score), "
                   f"{rep['rows_up_to_date']} already up to date, {rep['rows_per_s']:.0f} rows/s.\n\n"
                   + (f"Score histogram: `{plot}`\n\n" if plot else "")
                   + f"Query it: `reviewflow sql \"SELECT sentiment_label, count(*) FROM {label} GROUP BY 1\"`"),

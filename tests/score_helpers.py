@@ -110,14 +110,24 @@ def make_review_db(path, n: int = 200, *, table: str = "reviews", seed: int = 0,
 
 
 def _main(argv: list[str]) -> None:
-    """``python tests/score_helpers.py DB TABLE CHUNK_ROWS DELAY`` — a real scoring process for
-    kill -9 / concurrency tests; prints ``chunk N`` after each committed chunk."""
+    """``python tests/score_helpers.py DB TABLE CHUNK_ROWS DELAY [GATE]`` — a real scoring process for
+    kill -9 / concurrency tests; prints ``chunk N`` after each committed chunk, and the claim/lock
+    waiting messages. With GATE (a path), it pauses after its first chunk, still holding the table's
+    claim, until that file exists (prints ``gated`` first): a test decides when it may go on."""
     from pipeline.score import score_table
 
     db, table, chunk_rows, delay = argv[0], argv[1], int(argv[2]), float(argv[3])
+    gate = Path(argv[4]) if len(argv) > 4 else None
+
+    def after_chunk(r) -> None:
+        print(f"chunk {r.chunks} rows {r.rows_scored}", flush=True)
+        if gate is not None and r.chunks == 1:
+            print("gated", flush=True)
+            while not gate.exists():
+                time.sleep(0.01)
+
     rep = score_table(db, table, BowPredictor(delay=delay), chunk_rows=chunk_rows, batch_size=64,
-                      after_chunk=lambda r: print(f"chunk {r.chunks} rows {r.rows_scored}", flush=True),
-                      on_wait=lambda m: print(m, flush=True))
+                      after_chunk=after_chunk, on_wait=lambda m: print(m, flush=True))
     print(f"done {rep.rows_scored}", flush=True)
 
 

@@ -13,6 +13,7 @@ import duckdb
 import numpy as np
 from score_helpers import BowPredictor, make_review_db
 
+from pipeline.errors import EXIT_TEMPORARY
 from pipeline.score import score_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,4 +114,4 @@ def test_sql_cli_waits_for_a_writer_holding_the_lock(tmp_path):
                        capture_output=True, text=True, cwd=ROOT, timeout=60)
     holder.kill()
     holder.wait()
-    assert r.returncode == 2 and "gave up after" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == EXIT_TEMPORARY and "gave up after" in r.stderr and "Traceback" not in r.stderr

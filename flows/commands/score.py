@@ -23,7 +23,8 @@ def register(app: typer.Typer) -> None:
         chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows per committed chunk (one transaction each).")] = 4096,
         rescore: Annotated[bool, typer.Option("--rescore", help="Score every row again, not just new/stale ones.")] = False,
         threshold: Annotated[float, typer.Option("--threshold", help="score >= threshold -> 'positive'.")] = 0.5,
-        lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another process's lock.")] = 120.0,
+        lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another process's lock, or for another scoring run of the same table to finish.")] = 120.0,
+        blob_as_utf8: Annotated[bool, typer.Option("--blob-as-utf8", help="The text column is BLOB holding UTF-8 text: decode it (a row that is not valid UTF-8 is an error naming its id).")] = False,
         no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run directly (progress bar), without a Prefect flow run.")] = False,
         warehouse: WarehouseOption = None,
     ) -> None:
@@ -32,9 +33,16 @@ def register(app: typer.Typer) -> None:
         \b
         Adds (if missing) sentiment_score DOUBLE, sentiment_label VARCHAR, sentiment_model VARCHAR,
         scored_at TIMESTAMPTZ. Only rows never scored, or scored by another model version, are scored
-        (--rescore: all). Rows with NULL/empty text stay NULL and are reported as skipped. Each chunk
-        is one transaction: an interrupted run loses nothing; run it again to finish. Every run is
-        recorded in the table sentiment_runs.
+        (--rescore: all). Rows with NULL/empty text, or text with nothing to score (no letter or
+        digit, e.g. "!!!"), stay NULL and are reported as skipped. Each chunk is one transaction: an
+        interrupted run loses nothing; run it again to finish. Every run is recorded in the table
+        sentiment_runs. A model that returns anything but a score in 0..1 fails the run (nothing of
+        that chunk is written).
+
+        \b
+        The text column must be VARCHAR (a BLOB of UTF-8 text with --blob-as-utf8); any other type
+        (e.g. INTEGER star ratings) is refused before anything is written. One run scores a table at
+        a time: a second one waits for it (up to --lock-timeout) and then scores what is left.
 
         \b
         Examples:
@@ -71,7 +79,8 @@ def register(app: typer.Typer) -> None:
                 if dataset is not None:
                     rep = score_dataset(wh, dataset, predictor, db_path=db_path, **opts)
                 else:
-                    rep = score_table(db_path, table, predictor, id_col=id_col, text_col=text_col, **opts)
+                    rep = score_table(db_path, table, predictor, id_col=id_col, text_col=text_col,
+                                      blob_as_utf8=blob_as_utf8, **opts)
             finally:
                 bar.close()
             result = rep.to_dict()
@@ -81,11 +90,11 @@ def register(app: typer.Typer) -> None:
             result = score_flow(table=table, db=str(db_path), dataset=dataset, model=model,
                                 warehouse=str(wh.root), id_col=id_col, text_col=text_col, rescore=rescore,
                                 threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
-                                lock_timeout=lock_timeout)
+                                lock_timeout=lock_timeout, blob_as_utf8=blob_as_utf8)
         echo_kv(f"scored {result['table']} in {result['db_path']}", {
             "model": result["model"],
             "rows scored": result["rows_scored"],
-            "rows skipped (NULL/empty text)": result["rows_skipped"],
+            "rows skipped (no text to score)": result["rows_skipped"],
             "already up to date": result["rows_up_to_date"],
             "labels": ", ".join(f"{k} {v}" for k, v in result["label_counts"].items()),
             "score deciles": " ".join(f"{d:.2f}" for d in result["deciles"]) or "-",
