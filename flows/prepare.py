@@ -27,10 +27,11 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from pipeline.config import Warehouse, validate_name
 from pipeline.prepare import DEFAULT_MIN_CLASS_ROWS, PrepareConfig, compute_prep_id, dataset_fingerprint, prepare
 from flows.artifacts import artifact_key
+from flows.retries import retry_unless_user_error
 
 
 @task(name="prepare-shards", task_run_name="prepare-{dataset}", cache_policy=INPUTS + TASK_SOURCE,
-      retries=1, retry_delay_seconds=5)
+      retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
 def prepare_task(dataset: str, warehouse: str, params: dict, prep_id: str, prep_dir: str) -> dict:
     """Tokenize, build the vocabulary, split, pad and write shards (or reuse the prep with this id)."""
     logger = get_run_logger()

@@ -26,6 +26,7 @@ from pipeline.presets import resolve_preset
 from pipeline.train import (discard_run_dir, mark_registered, model_config_for, pick_device, registered_version,
                             run_dir_for, run_lock)
 from flows.artifacts import artifact_key
+from flows.retries import retry_unless_user_error
 
 GRACE_SECONDS = 600        # the task timeout = the loop's own budget + this (evaluation, checkpointing)
 DEFAULT_TIMEOUT = 6 * 3600
@@ -58,7 +59,8 @@ def train_model(prep_dir: str, out_dir: str, dataset: str, preset: str, override
     return str(res.out_dir)
 
 
-@task(name="register-model", task_run_name="register-{dataset}-{preset}", retries=2, retry_delay_seconds=2)
+@task(name="register-model", task_run_name="register-{dataset}-{preset}", retries=2, retry_delay_seconds=2,
+      retry_condition_fn=retry_unless_user_error)
 def register_model(warehouse: str, out_dir: str, dataset: str, preset: str, prepare: dict) -> dict:
     logger = get_run_logger()
     wh = Warehouse.from_env(warehouse)

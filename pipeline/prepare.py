@@ -56,7 +56,7 @@ from pipeline.errors import InputError, IntegrityError, NotFoundError
 from pipeline.presets import at_least, between, check_options, option_error
 from pipeline.shards import ChecksumError, ShardWriter, verify_shards
 from pipeline.split import stratified_val_mask
-from pipeline.storage import atomic_dir, read_json, write_json_atomic
+from pipeline.storage import atomic_dir, read_json, sweep_dead, temp_prefix, write_json_atomic
 from pipeline.text import PAD_SIDES, TRUNCATE_MODES, kept_mask, pad_rows, tokenize
 from pipeline.vocab import Lookup, TokenCounter, build_vocab, read_vocab, vocab_bytes, vocab_sha256
 
@@ -262,7 +262,8 @@ def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), p
                "unlabelled_excluded": int(0 if cfg.include_unsup else (other & (labels < 0)).sum())}
     timings["assign"] = time.perf_counter() - t
 
-    scratch = Path(tempfile.mkdtemp(prefix=f".prepare-{prep_id}-", dir=wh.tmp))
+    sweep_dead(wh.tmp, wh.shards)     # what killed prepares left behind
+    scratch = Path(tempfile.mkdtemp(prefix=temp_prefix(f"prepare-{prep_id}"), dir=wh.tmp))
     try:
         # pass 1: tokenize, count train tokens, keep truncated batch-local indices ----------------
         t = time.perf_counter()

@@ -34,7 +34,7 @@ import numpy as np
 from pipeline.config import Warehouse, validate_name
 from pipeline.errors import IntegrityError, NotFoundError, ReviewflowError
 from pipeline.models import ModelConfig
-from pipeline.storage import atomic_dir, read_json, sha256_file, write_json_atomic
+from pipeline.storage import atomic_dir, read_json, sha256_file, sweep_dead, write_json_atomic
 
 CHAMPION = "champion"          # the serving champion: what `champion` means for score / predict / sql
 CHAMPIONS = "champions"        # champions/<dataset>.json: the champion of each dataset
@@ -175,6 +175,7 @@ def register(wh: Warehouse, run, *, preset: str = "custom", dataset: str | None 
     from pipeline.train import TrainResult   # deferred: train imports torch and the whole loop
 
     res = run if isinstance(run, TrainResult) else TrainResult.load(run)
+    sweep_dead(wh.models)     # half-built version folders of killed registrations
     if not Path(res.weights).is_file():
         raise IntegrityError(f"training run {res.out_dir} has no weights file {res.weights}; retrain")
     if getattr(res, "weights_sha256", None) and sha256_file(res.weights) != res.weights_sha256:
