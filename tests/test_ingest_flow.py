@@ -66,15 +66,22 @@ def test_ingest_flow_lands_rows_and_publishes_artifacts(prefect_harness, tmp_pat
     assert dataset_files(wh, "Shop_2026") == before
 
 
-def test_read_task_retries_only_transient_network_errors():
+def test_tasks_retry_only_what_a_retry_can_cure():
     from prefect.states import Failed
 
-    from flows.ingest import READ_RETRIES, _transient, artifact_key, read_task
+    from flows.ingest import READ_RETRIES, artifact_key, read_task
+    from flows.retries import retry_unless_user_error
+    from pipeline.duck import LockTimeout
+    from pipeline.errors import IntegrityError, QueryRefused
 
     assert READ_RETRIES >= 2 and read_task.retries == READ_RETRIES
-    assert _transient(None, None, Failed(data=DownloadError("HTTP 503", url="http://x", transient=True)))
-    assert not _transient(None, None, Failed(data=DownloadError("HTTP 404", url="http://x", transient=False)))
-    assert not _transient(None, None, Failed(data=InputError("unknown label value", path="f.csv", row=2)))
+    assert read_task.retry_condition_fn is retry_unless_user_error
+    retried = [DownloadError("HTTP 503", url="http://x", transient=True), LockTimeout("held"), OSError("disk busy")]
+    not_retried = [DownloadError("HTTP 404", url="http://x", transient=False),
+                   InputError("unknown label value", path="f.csv", row=2), QueryRefused("COPY"),
+                   IntegrityError("weights modified")]
+    assert all(retry_unless_user_error(None, None, Failed(data=exc)) for exc in retried)
+    assert not any(retry_unless_user_error(None, None, Failed(data=exc)) for exc in not_retried)
     assert artifact_key("ingest", "My Data_set.v2") == "ingest-my-data-set-v2"
 
 
