@@ -85,11 +85,11 @@ def _sample_rows(n: int, k: int) -> list[int]:
 def phase_ours(args) -> dict:
     import numpy as np
 
-    import pipeline.plots  # noqa: F401  (imports excluded from the timing)
-    from pipeline.config import Warehouse
-    from pipeline.loader import load_split
-    from pipeline.prepare import PrepareConfig, prepare
-    from pipeline.vocab import read_vocab
+    import pipeline.core.plots  # noqa: F401  (imports excluded from the timing)
+    from pipeline.core.config import Warehouse
+    from pipeline.train.loader import load_split
+    from pipeline.prepare.job import PrepareConfig, prepare
+    from pipeline.prepare.vocab import read_vocab
 
     import matplotlib
 
@@ -126,8 +126,8 @@ def write_lake(wh_root: Path, name: str, sources: list[Path], total: int | None,
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipeline.config import Warehouse
-    from pipeline.schema import REVIEW_SCHEMA
+    from pipeline.core.config import Warehouse
+    from pipeline.core.schema import REVIEW_SCHEMA
 
     wh = Warehouse(wh_root).ensure()
     d = wh.dataset_dir(name)

@@ -2,7 +2,7 @@
 
 Prints, all measured in this one run with the same model:
 
-* rows/s and peak RSS of ``pipeline.score.score_table`` at --small-rows vs --rows (each in its own
+* rows/s and peak RSS of ``pipeline.score.writeback.score_table`` at --small-rows vs --rows (each in its own
   subprocess, on a fresh table replicated from ../shared/data/imdb/train.parquet with new ids):
   memory should be flat (target < 1.5 GiB);
 * rows/s of the lineage's one-review-at-a-time ``sentiment_inference`` loop (512-token front
@@ -52,13 +52,13 @@ def rss_peak_mib() -> float:
 def load_predictor_from(args):
     import torch
 
-    from pipeline.inference import Predictor, load_predictor
+    from pipeline.train.predictor import Predictor, load_predictor
 
     torch.set_num_threads(args.threads)
     if args.model_dir:
         pred = Predictor(args.model_dir, batch_size=args.batch_size)
     else:
-        from pipeline.config import Warehouse
+        from pipeline.core.config import Warehouse
 
         pred = load_predictor(Warehouse.from_env(args.warehouse), args.model, batch_size=args.batch_size)
     if getattr(args, "use_quantized", False):
@@ -78,7 +78,7 @@ def quantized(model):
 
 
 def child(args) -> None:
-    from pipeline.score import score_table
+    from pipeline.score.writeback import score_table
 
     pred = load_predictor_from(args)
     base = rss_peak_mib()
@@ -97,9 +97,9 @@ def child(args) -> None:
 def ensure_model(args) -> None:
     if args.model_dir:
         return
-    from pipeline import registry
-    from pipeline.config import Warehouse
-    from pipeline.errors import NotFoundError
+    from pipeline.train import registry
+    from pipeline.core.config import Warehouse
+    from pipeline.core.errors import NotFoundError
 
     wh = Warehouse.from_env(args.warehouse).ensure()
     try:
@@ -112,8 +112,8 @@ def ensure_model(args) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.schema import REVIEW_SCHEMA
-    from pipeline.train import train_dataset
+    from pipeline.core.schema import REVIEW_SCHEMA
+    from pipeline.train.loop import train_dataset
 
     print(f"# no model in {wh.models}: training a quick 'default' model ({args.train_seconds} s budget)", flush=True)
     t = pq.read_table(args.source, columns=["review_id", "text", "label", "rating", "split"])
@@ -164,7 +164,7 @@ def baseline_loop(pred, texts: list[str], width: int = 512) -> float:
     import numpy as np
     import torch
 
-    from pipeline.models import SentimentModel
+    from pipeline.train.model import SentimentModel
 
     cfg = dataclasses.replace(pred.model_config, exact_lengths=False, pad_side="left",
                               max_len=max(width, pred.model_config.max_len))
@@ -190,7 +190,7 @@ def model_flops(pred, texts: list[str], batch_size: int) -> tuple[float, float]:
     import pyarrow as pa
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipeline.score import predict_sorted
+    from pipeline.score.writeback import predict_sorted
 
     arr = pa.array(texts, pa.string())
     with FlopCounterMode(display=False) as fc:

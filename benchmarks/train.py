@@ -6,7 +6,7 @@
 
 The 25k labelled reviews of ``../shared/data/imdb/train.parquet`` are written into a temporary
 warehouse's lake, prepared with each preset's own prepare parameters (validation split from prepare)
-and trained with ``pipeline.train``. Columns: preset, parameters, epochs run, mean seconds/epoch,
+and trained with ``pipeline.train.loop``. Columns: preset, parameters, epochs run, mean seconds/epoch,
 tokens/s, best validation accuracy, wall time (prepare excluded), CPU seconds of the training process.
 A CUDA row is added with ``--device cuda`` where a GPU exists.
 """
@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from pipeline.config import Warehouse  # noqa: E402
-from pipeline.schema import REVIEW_SCHEMA  # noqa: E402
+from pipeline.core.config import Warehouse  # noqa: E402
+from pipeline.core.schema import REVIEW_SCHEMA  # noqa: E402
 
 DEFAULT_SOURCE = ROOT.parent / "shared" / "data" / "imdb" / "train.parquet"
 
@@ -50,9 +50,9 @@ def load_lake(wh: Warehouse, source: Path, rows: int | None, seed: int = 0) -> i
 
 
 def run_preset(wh: Warehouse, preset: str, overrides: dict, device: str, progress: bool) -> dict:
-    from pipeline.prepare import PrepareConfig, prepare
-    from pipeline.presets import resolve_preset
-    from pipeline.train import run_dir_for, train
+    from pipeline.prepare.job import PrepareConfig, prepare
+    from pipeline.train.presets import resolve_preset
+    from pipeline.train.loop import run_dir_for, train
 
     spec = resolve_preset(preset, overrides)
     t = time.perf_counter()
@@ -90,7 +90,7 @@ def main() -> None:
         sys.exit(f"no data at {a.source}")
     overrides = {k: v for k, v in dict(epochs=a.epochs, max_minutes=a.max_minutes, threads=a.threads).items()
                  if v is not None}
-    from pipeline.presets import parse_overrides
+    from pipeline.train.presets import parse_overrides
 
     overrides.update(parse_overrides(a.set))
 

@@ -14,7 +14,7 @@ import traceback
 
 import typer
 
-from pipeline.errors import EXIT_TEMPORARY, ReviewflowError, TemporaryFailure
+from pipeline.core.errors import EXIT_TEMPORARY, ReviewflowError, TemporaryFailure
 
 HELP = """\
 reviewflow: turn raw review text into sentiment columns you can query with SQL.

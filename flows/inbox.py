@@ -4,7 +4,7 @@ Each waiting file is claimed (atomic rename into ``inbox/processing/``), ingeste
 ``dataset`` (default ``inbox``), then the dataset is scored with the champion model into the warehouse
 DuckDB table ``<dataset>_scored`` (only rows not scored yet). Files end in ``inbox/processed/``, or in
 ``inbox/failed/`` with ``<name>.error.txt`` beside them. A file whose content (SHA-256) was processed
-before is not ingested again. See pipeline/inbox.py for the guarantees.
+before is not ingested again. See pipeline/ops/inbox.py for the guarantees.
 
     python -m flows.inbox --warehouse warehouse     # one pass, without a server
 """
@@ -17,8 +17,8 @@ from prefect.artifacts import create_table_artifact
 from flows.ingest import ingest_flow
 from flows.retries import retry_unless_user_error
 from flows.score import score_flow
-from pipeline import inbox as box
-from pipeline.config import Warehouse, validate_name
+from pipeline.ops import inbox as box
+from pipeline.core.config import Warehouse, validate_name
 
 
 @task(name="claim-inbox-files", task_run_name="claim-inbox-files", retries=2, retry_delay_seconds=2,

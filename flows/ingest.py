@@ -1,13 +1,13 @@
-"""Prefect flow: ingest a review source into the Parquet lake (logic in :mod:`pipeline.ingest`).
+"""Prefect flow: ingest a review source into the Parquet lake (logic in :mod:`pipeline.ingest.job`).
 
 Two tasks:
 
 * ``read-<dataset>`` reads and validates the whole source into a hidden staging file
-  (``pipeline.ingest.stage``). It is the task that touches the network, so it retries (with a
+  (``pipeline.ingest.job.stage``). It is the task that touches the network, so it retries (with a
   growing delay) when a URL fails in a way worth retrying (connection errors, 5xx, a cut-off
   body); bad input (404, corrupt tarball, unknown label...) fails at once.
 * ``write-<dataset>`` publishes the staging file as one new part file under the dataset lock
-  (``pipeline.ingest.publish``), or none when every row was already there.
+  (``pipeline.ingest.job.publish``), or none when every row was already there.
 
 Artifacts: ``ingest-<dataset>`` (rows by split and label: in the source / added) and
 ``ingest-<dataset>-dropped`` (what was dropped, skipped or repaired, and why).
@@ -20,8 +20,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.config import Warehouse
-from pipeline.ingest import IngestReport, StagedIngest, publish, skipped_note, stage
+from pipeline.core.config import Warehouse
+from pipeline.ingest.job import IngestReport, StagedIngest, publish, skipped_note, stage
 from flows.artifacts import artifact_key
 from flows.retries import retry_unless_user_error
 

@@ -1,9 +1,9 @@
-"""Prefect flow: prepare a lake dataset into tensor shards (logic in :mod:`pipeline.prepare`).
+"""Prefect flow: prepare a lake dataset into tensor shards (logic in :mod:`pipeline.prepare.job`).
 
 Caching, two layers:
 
 * the prep id is content-addressed (dataset part files + parameters + code version), and
-  ``pipeline.prepare.prepare`` returns at once when ``<wh>/shards/<prep-id>/manifest.json`` exists;
+  ``pipeline.prepare.job.prepare`` returns at once when ``<wh>/shards/<prep-id>/manifest.json`` exists;
 * the task's Prefect cache policy is ``INPUTS + TASK_SOURCE`` (the inputs include the prep id, so
   the dataset fingerprint and every parameter). A cached Prefect result only says where the prep
   *was*: when that directory is gone the flow runs the task with ``refresh_cache=True``, which
@@ -24,8 +24,8 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
                                update_progress_artifact)
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from pipeline.config import Warehouse, validate_name
-from pipeline.prepare import DEFAULT_MIN_CLASS_ROWS, PrepareConfig, compute_prep_id, dataset_fingerprint, prepare
+from pipeline.core.config import Warehouse, validate_name
+from pipeline.prepare.job import DEFAULT_MIN_CLASS_ROWS, PrepareConfig, compute_prep_id, dataset_fingerprint, prepare
 from flows.artifacts import artifact_key
 from flows.retries import retry_unless_user_error
 
@@ -118,7 +118,7 @@ def prepare_flow(dataset: str, warehouse: Optional[str] = None, max_len: int = 2
     if not (prep_dir / "manifest.json").exists():
         run = prepare_task.with_options(refresh_cache=True)     # never trust a cached result for a missing dir
     summary = run(dataset, str(wh.root), asdict(cfg), prep_id, str(prep_dir))
-    from pipeline.prepare import read_manifest
+    from pipeline.prepare.job import read_manifest
 
     manifest = read_manifest(summary["prep_dir"])
     create_markdown_artifact(key=artifact_key("prepare", dataset), markdown=report_markdown(summary, manifest),

@@ -1,15 +1,15 @@
 """When a Prefect task retry is worth it: one rule for every task that has retries.
 
 A retry helps with what may go away by itself (a DuckDB file kept locked, a network hiccup, an OS error on a
-busy disk): :class:`pipeline.errors.TemporaryFailure`, a transient download error, or any exception that is
+busy disk): :class:`pipeline.core.errors.TemporaryFailure`, a transient download error, or any exception that is
 not one of ours. It never helps with a user's problem (bad input, a missing table, a refused query,
-a damaged artifact: every other :class:`pipeline.errors.ReviewflowError`), which then fails at once, with
+a damaged artifact: every other :class:`pipeline.core.errors.ReviewflowError`), which then fails at once, with
 its one-line message, instead of running the same failing work again.
 """
 
 from __future__ import annotations
 
-from pipeline.errors import ReviewflowError, TemporaryFailure
+from pipeline.core.errors import ReviewflowError, TemporaryFailure
 
 
 def failure_of(state) -> BaseException | None:

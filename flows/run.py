@@ -20,20 +20,20 @@ from flows.ingest import ingest_flow
 from flows.prepare import prepare_flow
 from flows.score import score_flow
 from flows.train import train_flow
-from pipeline.config import Warehouse, validate_name
-from pipeline.connectivity import is_url, probe_url
-from pipeline.summary import build_summary, summary_markdown
+from pipeline.core.config import Warehouse, validate_name
+from pipeline.ingest.connectivity import is_url, probe_url
+from pipeline.ops.summary import build_summary, summary_markdown
 from flows.artifacts import artifact_key
 
 try:  # the ingest module owns the official URL
-    from pipeline.download import ACLIMDB_URL
-except ImportError:  # pragma: no cover - only while pipeline.download is missing
+    from pipeline.ingest.download import ACLIMDB_URL
+except ImportError:  # pragma: no cover - only while pipeline.ingest.download is missing
     ACLIMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 
 
 def preset_prepare_params(preset: str) -> dict:
     """The prepare parameters a training preset asks for (so prepare and train agree on the shards)."""
-    from pipeline.presets import resolve_preset
+    from pipeline.train.presets import resolve_preset
 
     return dict(resolve_preset(preset).prepare)
 
@@ -85,8 +85,8 @@ def run_flow(source: str | None = None, dataset: str = "imdb", preset: str = "de
         sc = score_flow(table=score_table, db=db_path, warehouse=whs)
         table = score_table
     else:
-        from pipeline.lake import split_counts
-        from pipeline.score import scored_table_name
+        from pipeline.ingest.lake import split_counts
+        from pipeline.score.writeback import scored_table_name
 
         counts = split_counts(wh, dataset)
         if counts.get("test"):

@@ -1,13 +1,13 @@
 """Prefect flow: score a DuckDB table (or a lake dataset) and write sentiment columns back.
 
-Thin orchestration over :mod:`pipeline.score`: loads the model, runs the chunked write-back
+Thin orchestration over :mod:`pipeline.score.writeback`: loads the model, runs the chunked write-back
 with a progress artifact updated after every committed chunk, and publishes a summary table
 artifact (rows scored/skipped, label counts, score deciles, seconds, rows/s).
 
-Errors are not hidden in a Prefect state: a refused input (:class:`pipeline.errors.InputError`), a
-broken model (:class:`pipeline.score.ModelOutputError`) or any other failure of the scoring task is
+Errors are not hidden in a Prefect state: a refused input (:class:`pipeline.core.errors.InputError`), a
+broken model (:class:`pipeline.score.writeback.ModelOutputError`) or any other failure of the scoring task is
 re-raised by the flow as the same exception, so the CLI prints its one-line message. Only a
-:class:`pipeline.duck.LockTimeout` (a database lock or another run's claim on the table held too
+:class:`pipeline.core.duck.LockTimeout` (a database lock or another run's claim on the table held too
 long) is retried; user errors are never retried.
 """
 
@@ -20,9 +20,9 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
                                update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.config import Warehouse
-from pipeline.duck import LockTimeout
-from pipeline.errors import InputError, ReviewflowError, TemporaryFailure
+from pipeline.core.config import Warehouse
+from pipeline.core.duck import LockTimeout
+from pipeline.core.errors import InputError, ReviewflowError, TemporaryFailure
 from flows.artifacts import artifact_key
 
 
@@ -55,7 +55,7 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
 @task(name="load-model", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_user_error,
       cache_policy=NO_CACHE)
 def load_model(warehouse: str, model: str, batch_size: int):
-    from pipeline.inference import load_predictor
+    from pipeline.train.predictor import load_predictor
 
     predictor = load_predictor(Warehouse.from_env(warehouse), model, batch_size=batch_size)
     get_run_logger().info("loaded model %s", predictor.version)
@@ -66,7 +66,7 @@ def load_model(warehouse: str, model: str, batch_size: int):
       task_run_name="score-{label}")
 def score_task(label: str, db: str, table: str | None, dataset: str | None, warehouse: str, predictor,
                options: dict) -> dict:
-    from pipeline.score import score_dataset, score_table
+    from pipeline.score.writeback import score_dataset, score_table
 
     logger = get_run_logger()
     art = create_progress_artifact(progress=0.0, key=artifact_key("score-progress", label),
@@ -134,14 +134,14 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
     if dataset is None:
         options.update(id_col=id_col, text_col=text_col, blob_as_utf8=blob_as_utf8)
     else:
-        from pipeline.score import scored_table_name
+        from pipeline.score.writeback import scored_table_name
 
         options.update(split=split)
     rep = score_task(table or scored_table_name(dataset, split), db_path, table, dataset, str(wh.root), predictor, options)
     label = rep["table"]
     plot = None
     if rep["rows_scored"]:
-        from pipeline.plots import score_histogram
+        from pipeline.core.plots import score_histogram
 
         plot = score_histogram(rep["histogram"], wh.root / "plots" / f"{artifact_key('score', label)}.png",
                                threshold=threshold, title=f"{label} ({rep['model']})")

@@ -63,14 +63,14 @@ class ServeConfig:
             if v is not None:
                 setattr(cfg, k, v)
         if cfg.warehouse is None:
-            from pipeline.config import Warehouse
+            from pipeline.core.config import Warehouse
 
             cfg.warehouse = str(Warehouse.from_env(None).root)
         return cfg
 
 
 def _validate_cron(expr: str, what: str) -> str:
-    from pipeline.errors import InputError
+    from pipeline.core.errors import InputError
 
     try:
         from croniter import croniter

@@ -7,7 +7,7 @@ Training runs inside a Prefect task with a timeout; the loop also gets the same 
 (``max_seconds``) so it stops itself cleanly and still registers its best checkpoint. Only paths pass
 through Prefect. The run directory is derived from dataset/preset/prep/overrides, so re-running after
 a crash resumes from the last completed epoch. Options and the device are checked before prepare; the
-flow holds the run directory (``pipeline.train.run_lock``) from training to registration, so a second
+flow holds the run directory (``pipeline.train.loop.run_lock``) from training to registration, so a second
 flow of the same configuration fails at once with ``TemporaryFailure`` instead of sharing its files.
 """
 
@@ -20,10 +20,10 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
                                update_progress_artifact)
 
 from flows.prepare import prepare_flow
-from pipeline import registry
-from pipeline.config import Warehouse, validate_name
-from pipeline.presets import resolve_preset
-from pipeline.train import (discard_run_dir, mark_registered, model_config_for, pick_device, registered_version,
+from pipeline.train import registry
+from pipeline.core.config import Warehouse, validate_name
+from pipeline.train.presets import resolve_preset
+from pipeline.train.loop import (discard_run_dir, mark_registered, model_config_for, pick_device, registered_version,
                             run_dir_for, run_lock)
 from flows.artifacts import artifact_key
 from flows.retries import retry_unless_user_error
@@ -35,8 +35,8 @@ DEFAULT_TIMEOUT = 6 * 3600
 @task(name="train-model", task_run_name="train-{dataset}-{preset}", tags=["gpu"])
 def train_model(prep_dir: str, out_dir: str, dataset: str, preset: str, overrides: dict,
                 device: str = "auto") -> str:
-    """Run ``pipeline.train.train`` on the shards in ``prep_dir``; returns the run directory."""
-    from pipeline.train import train
+    """Run ``pipeline.train.loop.train`` on the shards in ``prep_dir``; returns the run directory."""
+    from pipeline.train.loop import train
 
     logger = get_run_logger()
     spec = resolve_preset(preset, overrides)

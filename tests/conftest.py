@@ -15,7 +15,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("REVIEWFLOW_WAREHOUSE", None)
 
-from pipeline.config import Warehouse  # noqa: E402
+from pipeline.core.config import Warehouse  # noqa: E402
 
 
 @pytest.fixture

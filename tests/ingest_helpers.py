@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from pipeline.config import Warehouse
+from pipeline.core.config import Warehouse
 
 
 def snapshot(wh: Warehouse) -> dict[str, bytes]:

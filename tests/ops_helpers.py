@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from pipeline.config import Warehouse
+from pipeline.core.config import Warehouse
 from synthetic import make_reviews, write_lake_dataset
 
 TINY_OVERRIDES = {"epochs": 1, "embed_dim": 16, "hidden": 16, "max_len": 64, "batch_size": 32,
@@ -22,10 +22,10 @@ TINY_OVERRIDES = {"epochs": 1, "embed_dim": 16, "hidden": 16, "max_len": 64, "ba
 
 def train_tiny_champion(wh: Warehouse, dataset: str = "tiny", n: int = 200) -> str:
     """Train and promote a tiny model in ``wh``; returns its version."""
-    from pipeline import registry
-    from pipeline.prepare import PrepareConfig, prepare
-    from pipeline.presets import resolve_preset
-    from pipeline.train import train
+    from pipeline.train import registry
+    from pipeline.prepare.job import PrepareConfig, prepare
+    from pipeline.train.presets import resolve_preset
+    from pipeline.train.loop import train
 
     write_lake_dataset(wh, dataset, make_reviews(n, seed=3, split="train"))
     spec = resolve_preset("default", TINY_OVERRIDES)

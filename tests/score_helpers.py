@@ -82,7 +82,7 @@ def make_review_db(path, n: int = 200, *, table: str = "reviews", seed: int = 0,
     import duckdb
     from synthetic import make_reviews
 
-    from pipeline.duck import quote_ident
+    from pipeline.core.duck import quote_ident
 
     rows = make_reviews(n, seed=seed)
     con = duckdb.connect(str(path))
@@ -114,7 +114,7 @@ def _main(argv: list[str]) -> None:
     kill -9 / concurrency tests; prints ``chunk N`` after each committed chunk, and the claim/lock
     waiting messages. With GATE (a path), it pauses after its first chunk, still holding the table's
     claim, until that file exists (prints ``gated`` first): a test decides when it may go on."""
-    from pipeline.score import score_table
+    from pipeline.score.writeback import score_table
 
     db, table, chunk_rows, delay = argv[0], argv[1], int(argv[2]), float(argv[3])
     gate = Path(argv[4]) if len(argv) > 4 else None

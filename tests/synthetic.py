@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import Warehouse
-from pipeline.schema import REVIEW_SCHEMA
+from pipeline.core.config import Warehouse
+from pipeline.core.schema import REVIEW_SCHEMA
 
 POSITIVE = ["great", "excellent", "wonderful", "loved", "superb", "brilliant", "moving", "beautiful", "fun", "masterpiece"]
 NEGATIVE = ["awful", "terrible", "boring", "worst", "waste", "dull", "poor", "horrible", "stupid", "mess"]

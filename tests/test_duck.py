@@ -1,4 +1,4 @@
-"""pipeline.duck: identifier quoting, existence checks, lock waiting with real processes."""
+"""pipeline.core.duck: identifier quoting, existence checks, lock waiting with real processes."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import time
 import duckdb
 import pytest
 
-from pipeline.duck import (LockTimeout, connect, list_columns, primary_key, quote_ident, require_columns,
+from pipeline.core.duck import (LockTimeout, connect, list_columns, primary_key, quote_ident, require_columns,
                            require_table)
-from pipeline.errors import InputError, NotFoundError
+from pipeline.core.errors import InputError, NotFoundError
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 

@@ -1,11 +1,11 @@
-"""The inbox's file life cycle (pipeline/inbox.py): claim once, never lose, never redo."""
+"""The inbox's file life cycle (pipeline/ops/inbox.py): claim once, never lose, never redo."""
 
 from __future__ import annotations
 
 import os
 import time
 
-from pipeline import inbox
+from pipeline.ops import inbox
 
 
 def _drop(wh, name, text="review_id,text\n1,great\n", age_s=10.0):

@@ -11,9 +11,9 @@ import pytest
 from synthetic import write_aclimdb_folder
 from typer.testing import CliRunner
 
-from pipeline.download import DownloadError
-from pipeline.errors import InputError
-from pipeline.lake import dataset_files, read_table
+from pipeline.ingest.download import DownloadError
+from pipeline.core.errors import InputError
+from pipeline.ingest.lake import dataset_files, read_table
 
 
 @pytest.mark.prefect
@@ -22,7 +22,7 @@ def test_ingest_flow_lands_rows_and_publishes_artifacts(prefect_harness, tmp_pat
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from flows.ingest import ingest_flow
-    from pipeline.config import Warehouse
+    from pipeline.core.config import Warehouse
 
     csv = tmp_path / "shop reviews.csv"
     csv.write_text("id,body,verdict\n1,loved it,positive\n2,hated it,negative\n3,   ,positive\n1,loved it,pos\n"
@@ -71,8 +71,8 @@ def test_tasks_retry_only_what_a_retry_can_cure():
 
     from flows.ingest import READ_RETRIES, artifact_key, read_task
     from flows.retries import retry_unless_user_error
-    from pipeline.duck import LockTimeout
-    from pipeline.errors import IntegrityError, QueryRefused
+    from pipeline.core.duck import LockTimeout
+    from pipeline.core.errors import IntegrityError, QueryRefused
 
     assert READ_RETRIES >= 2 and read_task.retries == READ_RETRIES
     assert read_task.retry_condition_fn is retry_unless_user_error

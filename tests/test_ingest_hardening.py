@@ -20,10 +20,11 @@ import pytest
 from ingest_helpers import snapshot, tmp_files
 from synthetic import write_aclimdb_folder
 
-from pipeline import lake, sources
-from pipeline.config import Warehouse
-from pipeline.errors import InputError, NotFoundError
-from pipeline.ingest import ingest, publish, stage
+from pipeline.ingest import lake
+from pipeline.ingest import sources
+from pipeline.core.config import Warehouse
+from pipeline.core.errors import InputError, NotFoundError
+from pipeline.ingest.job import ingest, publish, stage
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "root:x:0:0:the secret the lake must never hold"
@@ -355,8 +356,9 @@ def test_an_exact_repeat_is_a_harmless_duplicate_even_across_batches(warehouse, 
 CHILD = r"""
 import sys
 import pyarrow.parquet as pq
-from pipeline import ingest as ing, lake
-from pipeline.config import Warehouse
+from pipeline.ingest import job as ing
+from pipeline.ingest import lake
+from pipeline.core.config import Warehouse
 
 wh, point, source = Warehouse.from_env(sys.argv[1]), sys.argv[2], sys.argv[3]
 

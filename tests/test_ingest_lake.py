@@ -13,10 +13,10 @@ import pytest
 from ingest_helpers import snapshot, tmp_files
 from synthetic import make_reviews, write_lake_dataset
 
-from pipeline import lake
-from pipeline.errors import ReviewflowError
-from pipeline.ingest import ingest, publish, stage
-from pipeline.schema import REVIEW_SCHEMA
+from pipeline.ingest import lake
+from pipeline.core.errors import ReviewflowError
+from pipeline.ingest.job import ingest, publish, stage
+from pipeline.core.schema import REVIEW_SCHEMA
 
 
 def write_csv(path, ids, prefix="text"):

@@ -16,13 +16,13 @@ import pytest
 from ingest_helpers import make_tarball, serve_dir, snapshot, tar_folder, tmp_files
 from synthetic import make_reviews, write_aclimdb_folder
 
-from pipeline.download import DownloadError
-from pipeline.errors import InputError
-from pipeline.ingest import ingest
-from pipeline.labels import normalize_labels
-from pipeline.lake import dataset_files, read_table
-from pipeline.schema import REVIEW_SCHEMA
-from pipeline.sources import detect
+from pipeline.ingest.download import DownloadError
+from pipeline.core.errors import InputError
+from pipeline.ingest.job import ingest
+from pipeline.ingest.labels import normalize_labels
+from pipeline.ingest.lake import dataset_files, read_table
+from pipeline.core.schema import REVIEW_SCHEMA
+from pipeline.ingest.sources import detect
 
 
 def lake_rows(wh, name) -> dict[str, dict]:
@@ -243,7 +243,7 @@ def test_ten_megabyte_review_memory_is_sane(tmp_path):
     csv.write_text(f"text\n{big}\n")
     code = (
         "import resource, sys\n"
-        "from pipeline.config import Warehouse\nfrom pipeline.ingest import ingest\n"
+        "from pipeline.core.config import Warehouse\nfrom pipeline.ingest.job import ingest\n"
         "import pyarrow, pyarrow.csv, pyarrow.parquet, pyarrow.json, pyarrow.dataset\n"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         f"r = ingest(Warehouse.from_env({str(tmp_path / 'wh')!r}).ensure(), {str(csv)!r}, 'big', progress=False)\n"
@@ -420,7 +420,7 @@ def test_cut_off_download_is_a_transient_error_and_download_is_atomic(warehouse,
     import http.server
     import threading
 
-    from pipeline.download import download
+    from pipeline.ingest.download import download
 
     base = write_aclimdb_folder(tmp_path / "src", n_per_class=20)
     body = tar_folder(base, tmp_path / "a.tar.gz").read_bytes()

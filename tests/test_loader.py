@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.loader import SplitData, batch_order, iter_batches, load_split
-from pipeline.prepare import PrepareConfig, prepare
-from pipeline.text import pad_rows
+from pipeline.train.loader import SplitData, batch_order, iter_batches, load_split
+from pipeline.prepare.job import PrepareConfig, prepare
+from pipeline.prepare.text import pad_rows
 from synthetic import make_reviews, write_lake_dataset
 
 

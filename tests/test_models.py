@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from pipeline.models import ENCODERS, POOLINGS, ModelConfig, SentimentModel
+from pipeline.train.model import ENCODERS, POOLINGS, ModelConfig, SentimentModel
 
 VOCAB = 60
 
@@ -150,7 +150,7 @@ def test_wide_and_deep_padding_invariance(encoder, pad_side):
 
 
 def test_nb_scale_is_the_smoothed_log_count_ratio_of_binarized_ngrams():
-    from pipeline.models import NgramLogit
+    from pipeline.train.model import NgramLogit
 
     bag = NgramLogit(vocab_size=8, buckets=5)
     reviews = [([2, 3, 3], 1), ([2, 4], 1), ([4, 3], 0)]

@@ -1,4 +1,4 @@
-"""The main job's fail-fast network probe (pipeline/connectivity.py), against real loopback sockets."""
+"""The main job's fail-fast network probe (pipeline/ingest/connectivity.py), against real loopback sockets."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from pipeline.connectivity import OfflineError, is_url, probe_url
-from pipeline.errors import ReviewflowError
+from pipeline.ingest.connectivity import OfflineError, is_url, probe_url
+from pipeline.core.errors import ReviewflowError
 
 
 def test_is_url():

@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 from ops_helpers import drop_bad_csv, drop_csv, train_tiny_champion
-from pipeline import inbox as box
+from pipeline.ops import inbox as box
 
 
 @pytest.mark.prefect

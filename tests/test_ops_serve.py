@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from flows.serve import ServeConfig, build_deployments, describe
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 
 def test_config_precedence_defaults_env_flags(tmp_path):

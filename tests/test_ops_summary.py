@@ -1,4 +1,4 @@
-"""The run summary and the split table the main job scores (pipeline/summary.py, pipeline/score.py)."""
+"""The run summary and the split table the main job scores (pipeline/ops/summary.py, pipeline/score/writeback.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import shlex
 
 import duckdb
 
-from pipeline.lake import split_counts
-from pipeline.score import sync_dataset_table
-from pipeline.summary import build_summary, example_sql, summary_markdown, summary_text
+from pipeline.ingest.lake import split_counts
+from pipeline.score.writeback import sync_dataset_table
+from pipeline.ops.summary import build_summary, example_sql, summary_markdown, summary_text
 from synthetic import make_reviews, write_lake_dataset
 
 

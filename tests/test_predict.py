@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipeline import registry
-from pipeline.config import Warehouse
-from pipeline.inference import load_predictor
-from pipeline.train import TrainConfig, train
+from pipeline.train import registry
+from pipeline.core.config import Warehouse
+from pipeline.train.predictor import load_predictor
+from pipeline.train.loop import TrainConfig, train
 from train_helpers import tiny_model, tiny_prep
 
 

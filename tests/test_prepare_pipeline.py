@@ -11,12 +11,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from pipeline.errors import InputError, NotFoundError
-from pipeline.loader import load_split
-from pipeline.prepare import PrepareConfig, compute_prep_id, dataset_fingerprint, load_preprocessor, prepare
-from pipeline.schema import REVIEW_SCHEMA
-from pipeline.shards import ChecksumError
-from pipeline.vocab import read_vocab, vocab_sha256
+from pipeline.core.errors import InputError, NotFoundError
+from pipeline.train.loader import load_split
+from pipeline.prepare.job import PrepareConfig, compute_prep_id, dataset_fingerprint, load_preprocessor, prepare
+from pipeline.core.schema import REVIEW_SCHEMA
+from pipeline.prepare.shards import ChecksumError
+from pipeline.prepare.vocab import read_vocab, vocab_sha256
 from synthetic import make_reviews, write_lake_dataset
 
 CFG = PrepareConfig(max_len=24, min_freq=1, max_vocab=1000)
@@ -208,7 +208,7 @@ def test_bad_inputs(warehouse, lake):
 
 def test_crash_leaves_no_half_prep(lake, monkeypatch):
     wh, _ = lake
-    import pipeline.prepare as P
+    import pipeline.prepare.job as P
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
@@ -222,7 +222,7 @@ def test_crash_leaves_no_half_prep(lake, monkeypatch):
 
 
 def test_shard_writer_splits_exactly(tmp_path):
-    from pipeline.shards import ShardWriter
+    from pipeline.prepare.shards import ShardWriter
 
     w = ShardWriter(tmp_path, "train", 3, total=10, shard_rows=4)
     for lo, hi in ((0, 3), (3, 9), (9, 10)):                 # batches that straddle shard boundaries

@@ -1,10 +1,10 @@
-"""Stratified, seeded train/validation assignment (pipeline.split)."""
+"""Stratified, seeded train/validation assignment (pipeline.prepare.split)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.split import hash_strings, stratified_val_mask
+from pipeline.prepare.split import hash_strings, stratified_val_mask
 
 
 def test_balanced_where_the_baseline_cut_was_not():

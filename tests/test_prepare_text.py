@@ -1,4 +1,4 @@
-"""Normalisation / tokenisation rules and truncation / padding (pipeline.text)."""
+"""Normalisation / tokenisation rules and truncation / padding (pipeline.prepare.text)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.text import kept_positions, normalise, pad_rows, tokenize, tokenize_reference
+from pipeline.prepare.text import kept_positions, normalise, pad_rows, tokenize, tokenize_reference
 
 
 def baseline_tokens(text: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Vocabulary ids, tie order, min_freq / max_vocab, streaming counts (pipeline.vocab)."""
+"""Vocabulary ids, tie order, min_freq / max_vocab, streaming counts (pipeline.prepare.vocab)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.vocab import Lookup, TokenCounter, build_vocab, read_vocab, vocab_bytes
+from pipeline.prepare.vocab import Lookup, TokenCounter, build_vocab, read_vocab, vocab_bytes
 
 
 def counts_of(tokens: list[str], parts: int = 1) -> pa.Table:

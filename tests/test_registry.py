@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from pipeline import registry
-from pipeline.config import Warehouse
-from pipeline.errors import NotFoundError, ReviewflowError
-from pipeline.train import TrainConfig, train
+from pipeline.train import registry
+from pipeline.core.config import Warehouse
+from pipeline.core.errors import NotFoundError, ReviewflowError
+from pipeline.train.loop import TrainConfig, train
 from train_helpers import tiny_model, tiny_prep
 
 

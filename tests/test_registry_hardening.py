@@ -15,11 +15,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline import promotion, registry
-from pipeline.config import Warehouse
-from pipeline.errors import IntegrityError
-from pipeline.inference import Predictor, load_predictor
-from pipeline.train import TrainConfig, train
+from pipeline.train import promotion
+from pipeline.train import registry
+from pipeline.core.config import Warehouse
+from pipeline.core.errors import IntegrityError
+from pipeline.train.predictor import Predictor, load_predictor
+from pipeline.train.loop import TrainConfig, train
 from train_helpers import tiny_model, tiny_prep
 
 GOOD = TrainConfig(epochs=3, batch_size=32, lr=0.02, threads=1)

@@ -1,4 +1,4 @@
-"""pipeline.score on real DuckDB files with a real (tiny, seeded) torch predictor."""
+"""pipeline.score.writeback on real DuckDB files with a real (tiny, seeded) torch predictor."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 from score_helpers import BowPredictor, make_review_db
 from synthetic import make_reviews, write_lake_dataset
 
-from pipeline.duck import quote_ident
-from pipeline.errors import InputError, NotFoundError
-from pipeline.score import score_dataset, score_table
+from pipeline.core.duck import quote_ident
+from pipeline.core.errors import InputError, NotFoundError
+from pipeline.score.writeback import score_dataset, score_table
 
 
 def _rows(db, sql, params=None):

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 from score_helpers import BowPredictor, make_review_db
 
-from pipeline.duck import LockTimeout
-from pipeline.errors import InputError, TemporaryFailure
-from pipeline.score import ModelOutputError, claim_path, score_table
+from pipeline.core.duck import LockTimeout
+from pipeline.core.errors import InputError, TemporaryFailure
+from pipeline.score.writeback import ModelOutputError, claim_path, score_table
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = str(ROOT / "tests" / "score_helpers.py")

@@ -1,4 +1,4 @@
-"""Scoring and SQL with a REAL registered model (tiny, trained here) loaded by pipeline.inference."""
+"""Scoring and SQL with a REAL registered model (tiny, trained here) loaded by pipeline.train.predictor."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 @pytest.fixture(scope="module")
 def trained_wh(tmp_path_factory):
-    from pipeline.config import Warehouse
-    from pipeline.train import train_dataset
+    from pipeline.core.config import Warehouse
+    from pipeline.train.loop import train_dataset
 
     wh = Warehouse(tmp_path_factory.mktemp("scoremodel") / "wh").ensure()
     write_lake_dataset(wh, "syn", make_reviews(240, seed=3))
@@ -25,8 +25,8 @@ def trained_wh(tmp_path_factory):
 
 
 def test_score_dataset_with_registered_champion(trained_wh):
-    from pipeline.inference import load_predictor
-    from pipeline.score import score_dataset
+    from pipeline.train.predictor import load_predictor
+    from pipeline.score.writeback import score_dataset
 
     pred = load_predictor(trained_wh, "champion")
     rep = score_dataset(trained_wh, "syn", pred, chunk_rows=100)

@@ -13,8 +13,8 @@ import duckdb
 import numpy as np
 from score_helpers import BowPredictor, make_review_db
 
-from pipeline.errors import EXIT_TEMPORARY
-from pipeline.score import score_table
+from pipeline.core.errors import EXIT_TEMPORARY
+from pipeline.score.writeback import score_table
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = str(ROOT / "tests" / "score_helpers.py")

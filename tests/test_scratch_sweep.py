@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.storage import owner_tag, sweep_dead
+from pipeline.core.storage import owner_tag, sweep_dead
 from train_helpers import TINY_PREP
 from synthetic import make_reviews, write_lake_dataset
 
@@ -32,7 +32,7 @@ def run_and_get_killed(code: str) -> None:
 def test_temps_of_a_killed_writer_are_swept_live_ones_kept(tmp_path, kind):
     target = tmp_path / "thing"
     run_and_get_killed(f"""
-        from pipeline.storage import {kind}
+        from pipeline.core.storage import {kind}
         with {kind}({str(target)!r}) as tmp:
             die()
     """)
@@ -57,8 +57,8 @@ def test_a_reused_pid_does_not_pass_for_the_dead_owner(tmp_path):
 def test_a_killed_prepare_leaves_nothing_after_the_next_run(warehouse):
     write_lake_dataset(warehouse, "syn", make_reviews(240, seed=1, max_words=30))
     run_and_get_killed(f"""
-        from pipeline.config import Warehouse
-        from pipeline.prepare import PrepareConfig, prepare
+        from pipeline.core.config import Warehouse
+        from pipeline.prepare.job import PrepareConfig, prepare
         def progress(stage, done, total):
             if stage == "encode":
                 die()
@@ -66,7 +66,7 @@ def test_a_killed_prepare_leaves_nothing_after_the_next_run(warehouse):
     """)
     debris = [p for d in (warehouse.tmp, warehouse.shards) for p in d.iterdir() if p.name.startswith(".")]
     assert debris, "the killed prepare should have left its scratch behind"
-    from pipeline.prepare import PrepareConfig, prepare
+    from pipeline.prepare.job import PrepareConfig, prepare
 
     res = prepare(warehouse, "syn", PrepareConfig(**TINY_PREP))
     assert res.counts["train"] + res.counts["val"] == 240

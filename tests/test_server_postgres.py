@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Warehouse
+from pipeline.core.config import Warehouse
 from serverkit import ROOT, api, client_env, postgres_cluster, prefect_server, psql
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))

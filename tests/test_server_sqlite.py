@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from ops_helpers import drop_csv, train_tiny_champion
-from pipeline.config import Warehouse
+from pipeline.core.config import Warehouse
 from flows.localserver import free_port, is_healthy
 from serverkit import api, background, client_env, wait_for
 

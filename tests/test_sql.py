@@ -1,4 +1,4 @@
-"""pipeline.sql: read-only queries, the sentiment() Arrow UDF, output formats."""
+"""pipeline.score.sql: read-only queries, the sentiment() Arrow UDF, output formats."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 from score_helpers import BowPredictor, make_review_db
 
-from pipeline.errors import NotFoundError, QueryRefused
-from pipeline.score import score_table
-from pipeline.sql import format_result, register_sentiment_udf, run_query, uses_sentiment
+from pipeline.core.errors import NotFoundError, QueryRefused
+from pipeline.score.writeback import score_table
+from pipeline.score.sql import format_result, register_sentiment_udf, run_query, uses_sentiment
 
 
 def test_sentiment_udf_matches_predictor_and_is_vectorised(tmp_path):

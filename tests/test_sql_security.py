@@ -25,9 +25,9 @@ import pytest
 from score_helpers import make_review_db
 from synthetic import make_reviews, write_lake_dataset
 
-from pipeline.config import Warehouse
-from pipeline.errors import InputError, NotFoundError, QueryRefused, ReviewflowError
-from pipeline.sql import QueryLimits, check_statement, query_connection, run_query
+from pipeline.core.config import Warehouse
+from pipeline.core.errors import InputError, NotFoundError, QueryRefused, ReviewflowError
+from pipeline.score.sql import QueryLimits, check_statement, query_connection, run_query
 
 N_REVIEWS = 40
 

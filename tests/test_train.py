@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.config import Warehouse
-from pipeline.errors import ReviewflowError
-from pipeline.presets import PRESETS, resolve_preset
-from pipeline.train import BEST, CHECKPOINT, RESULT, TrainConfig, TrainResult, save_weights, train
-from pipeline.weights import load_model
+from pipeline.core.config import Warehouse
+from pipeline.core.errors import ReviewflowError
+from pipeline.train.presets import PRESETS, resolve_preset
+from pipeline.train.loop import BEST, CHECKPOINT, RESULT, TrainConfig, TrainResult, save_weights, train
+from pipeline.train.weights import load_model
 from train_helpers import tiny_model, tiny_prep
 
 
@@ -103,9 +103,9 @@ def test_resume_continues_and_matches_an_uninterrupted_run(prep_dir, tmp_path):
 
 
 def test_resume_after_sigkill(prep_dir, tmp_path):
-    """A real ``python -m pipeline.train`` killed mid-run resumes from its last saved epoch and finishes."""
+    """A real ``python -m pipeline.train.loop`` killed mid-run resumes from its last saved epoch and finishes."""
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "pipeline.train", "--prep-dir", str(prep_dir), "--out", str(out),
+    args = [sys.executable, "-m", "pipeline.train.loop", "--prep-dir", str(prep_dir), "--out", str(out),
             "--preset", "default", "--device", "cpu",
             "--set", "epochs=40", "--set", "hidden=16", "--set", "embed_dim=16", "--set", "batch_size=8",
             "--set", "threads=1", "--set", "max_seconds=null", "--set", "patience=null", "--set", "ngram_buckets=997"]
@@ -136,7 +136,7 @@ def test_resume_after_sigkill(prep_dir, tmp_path):
 
 
 def test_pipeline_never_imports_prefect():
-    code = ("import sys, pipeline.train, pipeline.models, pipeline.registry, pipeline.inference, pipeline.presets;"
+    code = ("import sys, pipeline.train.loop, pipeline.train.model, pipeline.train.registry, pipeline.train.predictor, pipeline.train.presets;"
             "bad = [m for m in sys.modules if m.split('.')[0] == 'prefect']; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
@@ -184,8 +184,8 @@ def test_best_checkpoint_follows_the_selection_metric(prep_dir, tmp_path, select
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 9, 10, 11, 352])
 def test_onecycle_schedule_works_for_any_number_of_steps_and_per_group_peaks(steps):
-    from pipeline.models import ModelConfig, SentimentModel
-    from pipeline.train import make_optimizer, make_scheduler
+    from pipeline.train.model import ModelConfig, SentimentModel
+    from pipeline.train.loop import make_optimizer, make_scheduler
 
     net = SentimentModel(ModelConfig(vocab_size=50, embed_dim=4, hidden=4, ngram_buckets=31))
     cfg = TrainConfig(epochs=1, lr=0.01, ngram_lr=0.5, lr_schedule="onecycle")
@@ -232,7 +232,7 @@ def test_wide_and_deep_model_learns_with_nb_scaled_ngrams(prep_dir, tmp_path):
 
 
 def test_parse_overrides_reads_json_values_and_names_a_malformed_item():
-    from pipeline.presets import parse_overrides
+    from pipeline.train.presets import parse_overrides
 
     got = parse_overrides(["epochs=3", "lr=0.5", "patience=null", "bidirectional=false", "pooling=attention",
                            "ngram-buckets=97"])

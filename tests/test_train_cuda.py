@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import Warehouse
-from pipeline.train import TrainConfig, train
-from pipeline.weights import load_model
+from pipeline.core.config import Warehouse
+from pipeline.train.loop import TrainConfig, train
+from pipeline.train.weights import load_model
 from train_helpers import tiny_model, tiny_prep
 
 

@@ -23,15 +23,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ingest_helpers import snapshot
-from pipeline.config import Warehouse
-from pipeline.errors import EXIT_TEMPORARY, InputError, IntegrityError, NotFoundError, TemporaryFailure
-from pipeline.models import ModelConfig
-from pipeline.prepare import PrepareConfig, manifest_digest, prepare
-from pipeline.presets import resolve_preset
-from pipeline.storage import read_json, sha256_file, write_json_atomic
-from pipeline.train import (BEST, CHECKPOINT, RESULT, TrainConfig, discard_run_dir, mark_registered, pick_device,
+from pipeline.core.config import Warehouse
+from pipeline.core.errors import EXIT_TEMPORARY, InputError, IntegrityError, NotFoundError, TemporaryFailure
+from pipeline.train.model import ModelConfig
+from pipeline.prepare.job import PrepareConfig, manifest_digest, prepare
+from pipeline.train.presets import resolve_preset
+from pipeline.core.storage import read_json, sha256_file, write_json_atomic
+from pipeline.train.loop import (BEST, CHECKPOINT, RESULT, TrainConfig, discard_run_dir, mark_registered, pick_device,
                             run_dir_for, run_lock, train, train_dataset)
-from pipeline.weights import load_model
+from pipeline.train.weights import load_model
 from synthetic import make_reviews, write_lake_dataset
 from train_helpers import TINY_OVERRIDES, tiny_model, tiny_prep
 
@@ -303,9 +303,9 @@ WORKER = """
 import json, sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from pipeline.config import Warehouse
-from pipeline.errors import ReviewflowError
-from pipeline.train import train_dataset
+from pipeline.core.config import Warehouse
+from pipeline.core.errors import ReviewflowError
+from pipeline.train.loop import train_dataset
 go = Path({go!r})
 while not go.exists():
     time.sleep(0.05)
@@ -333,7 +333,7 @@ def _wait_for(condition, timeout: float, what: str) -> None:
 
 
 def _versions(wh: Warehouse) -> list[str]:
-    from pipeline import registry
+    from pipeline.train import registry
 
     return sorted(mv.version for mv in registry.list_versions(wh))
 
@@ -422,7 +422,7 @@ def test_whatever_a_crash_leaves_in_the_run_dir_the_next_run_succeeds(warehouse,
 
 
 def test_a_crash_between_register_and_cleanup_never_registers_the_run_twice(warehouse):
-    from pipeline import registry
+    from pipeline.train import registry
 
     write_lake_dataset(warehouse, "syn", make_reviews(240, seed=0, max_words=30))
     out = _finished_run(warehouse, FAST)
@@ -439,8 +439,8 @@ def test_a_crash_between_register_and_cleanup_never_registers_the_run_twice(ware
 def test_a_second_holder_of_a_run_dir_gets_a_temporary_failure(tmp_path):
     out = tmp_path / "runs" / "r"
     with run_lock(out):
-        code = ("import sys; from pipeline.train import run_lock\n"
-                "from pipeline.errors import TemporaryFailure\n"
+        code = ("import sys; from pipeline.train.loop import run_lock\n"
+                "from pipeline.core.errors import TemporaryFailure\n"
                 f"try:\n    run_lock({str(out)!r}).__enter__()\nexcept TemporaryFailure as e:\n"
                 "    print(e); sys.exit(75)\n")
         other = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import Warehouse
-from pipeline.models import ModelConfig
-from pipeline.prepare import PrepareConfig, prepare
+from pipeline.core.config import Warehouse
+from pipeline.train.model import ModelConfig
+from pipeline.prepare.job import PrepareConfig, prepare
 from synthetic import make_reviews, write_lake_dataset
 
 TINY_PREP = dict(max_len=32, min_freq=1, max_vocab=0, val_fraction=0.25, truncate="head+tail", pad_side="right")

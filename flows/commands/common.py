@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.config import ENV_WAREHOUSE, Warehouse
+from pipeline.core.config import ENV_WAREHOUSE, Warehouse
 
 WarehouseOption = Annotated[
     Optional[Path],

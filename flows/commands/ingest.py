@@ -16,7 +16,7 @@ def _col(flag: str, what: str):
 
 
 def print_report(rep: dict) -> None:
-    from pipeline.ingest import skipped_note
+    from pipeline.ingest.job import skipped_note
 
     echo_kv(f"ingested {rep['source']} -> dataset {rep['dataset']!r}", {
         "kind": rep["kind"],
@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
         mapping = dict(text_col=text_col, label_col=label_col, id_col=id_col, rating_col=rating_col,
                        split_col=split_col, split=split)
         if no_prefect:
-            from pipeline.ingest import ingest as run_ingest
+            from pipeline.ingest.job import ingest as run_ingest
 
             rep = run_ingest(wh, source, dataset, progress=not no_progress, **mapping).to_dict()
         else:

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
     @models.command("list")
     def list_cmd(warehouse: WarehouseOption = None) -> None:
         """Every version, oldest first; `*` marks the serving champion, `+` the champion of its dataset."""
-        from pipeline import registry
+        from pipeline.train import registry
 
         wh = warehouse_from(warehouse)
         versions, champ = registry.list_versions(wh), registry.champion(wh)
@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
                  as_json: bool = typer.Option(False, "--json", help="print config + metrics as JSON"),
                  warehouse: WarehouseOption = None) -> None:
         """Config, final metrics and the per-epoch history of one version."""
-        from pipeline import registry
+        from pipeline.train import registry
 
         wh = warehouse_from(warehouse)
         mv = registry.get(wh, version)
@@ -70,7 +70,8 @@ def register(app: typer.Typer) -> None:
         """Make VERSION the serving champion (scoring, predict and sql use it) and the champion of its dataset,
         whatever its accuracy: the explicit override of the automatic rule (a new version replaces the
         champion of its own dataset only when it is more accurate on the same evaluation data)."""
-        from pipeline import promotion, registry
+        from pipeline.train import promotion
+        from pipeline.train import registry
 
         wh = warehouse_from(warehouse)
         before = registry.champion(wh)

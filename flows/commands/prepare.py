@@ -79,13 +79,13 @@ def register(app: typer.Typer) -> None:
         params = dict(max_len=max_len, min_freq=min_freq, max_vocab=max_vocab, val_fraction=val_fraction, seed=seed,
                       truncate=truncate, pad_side=pad_side, strip_html=not keep_html, include_unsup=include_unsup,
                       min_class_rows=min_class_rows)
-        from pipeline.prepare import PrepareConfig, read_manifest
+        from pipeline.prepare.job import PrepareConfig, read_manifest
 
         PrepareConfig(**params)                     # checks every flag: bad ones fail before Prefect starts
         if no_prefect:
             from tqdm import tqdm
 
-            from pipeline.prepare import prepare as run_prepare
+            from pipeline.prepare.job import prepare as run_prepare
 
             bars: dict = {}
 

@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         """
         import os
 
-        from pipeline.connectivity import is_url, probe_url
+        from pipeline.ingest.connectivity import is_url, probe_url
 
         # a busy machine can take longer than Prefect's default 20 s to boot its embedded API
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -56,13 +56,13 @@ def register(app: typer.Typer) -> None:
         if is_url(url):  # before Prefect starts (that alone takes seconds)
             probe_url(url, timeout=probe_timeout)
         elif not Path(url).expanduser().exists():
-            from pipeline.errors import NotFoundError
+            from pipeline.core.errors import NotFoundError
 
             raise NotFoundError(f"--source {url!r} does not exist")
         wh = warehouse_from(warehouse)
 
         from flows.run import run_flow
-        from pipeline.summary import summary_text
+        from pipeline.ops.summary import summary_text
 
         summary = run_flow(source=str(Path(url).expanduser().resolve()) if not is_url(url) else url,
                            dataset=dataset, preset=preset, warehouse=str(wh.root),

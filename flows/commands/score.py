@@ -59,8 +59,8 @@ def register(app: typer.Typer) -> None:
         if no_prefect:
             from tqdm import tqdm
 
-            from pipeline.inference import load_predictor
-            from pipeline.score import score_dataset, score_table
+            from pipeline.train.predictor import load_predictor
+            from pipeline.score.writeback import score_dataset, score_table
 
             predictor = load_predictor(wh, model, batch_size=batch_size)
             bar = tqdm(unit="rows", desc=f"score {table or dataset}")

@@ -49,14 +49,14 @@ def register(app: typer.Typer) -> None:
         """
         if fmt not in FORMATS:
             raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}")
-        from pipeline.sql import QueryLimits, format_result, run_query
+        from pipeline.score.sql import QueryLimits, format_result, run_query
 
         wh = warehouse_from(warehouse)
         db_path = db if db is not None else wh.duckdb_path
         limits = QueryLimits(memory_limit=memory_limit, **({"threads": threads} if threads else {}))
 
         def load():
-            from pipeline.inference import load_predictor
+            from pipeline.train.predictor import load_predictor
 
             return load_predictor(wh, model)
 

@@ -38,10 +38,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.config import Warehouse, validate_name
-from pipeline.errors import InputError, NotFoundError, TemporaryFailure
-from pipeline.schema import REVIEW_SCHEMA
-from pipeline.storage import sha256_file
+from pipeline.core.config import Warehouse, validate_name
+from pipeline.core.errors import InputError, NotFoundError, TemporaryFailure
+from pipeline.core.schema import REVIEW_SCHEMA
+from pipeline.core.storage import sha256_file
 
 PART_COMPRESSION = "zstd"
 ROW_GROUP_BYTES = 32 << 20  # PartWriter buffers about this much before writing a row group

@@ -54,7 +54,7 @@ class ModelConfig:
 
     def __post_init__(self):
         """Check every field (type, range, choice): a bad one is an ``InputError`` naming it."""
-        from pipeline.presets import at_least, between, check_options, option_error
+        from pipeline.core.options import at_least, between, check_options, option_error
 
         positive = {name: at_least(1) for name in ("embed_dim", "hidden", "layers", "heads", "ff", "max_len")}
         fractions = {name: between(0, 1, high_open=True) for name in ("dropout", "embed_dropout", "ngram_dropout")}

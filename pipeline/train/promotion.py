@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import registry
-from pipeline.config import Warehouse
-from pipeline.errors import ReviewflowError, TemporaryFailure
+from pipeline.train import registry
+from pipeline.core.config import Warehouse
+from pipeline.core.errors import ReviewflowError, TemporaryFailure
 
 LOG = "promotions.jsonl"
 LOCK_TIMEOUT = 300.0    # seconds to wait for another registration's promotion decision
@@ -72,7 +72,7 @@ def _eval_rows(wh: Warehouse, mv: registry.ModelVersion) -> tuple[list[str], np.
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
-    from pipeline.lake import read_table
+    from pipeline.ingest.lake import read_table
 
     path = mv.path / registry.EVAL_SET
     if not path.is_file():
@@ -92,7 +92,7 @@ def _eval_rows(wh: Warehouse, mv: registry.ModelVersion) -> tuple[list[str], np.
 
 
 def _accuracy(mv: registry.ModelVersion, texts: list[str], labels: np.ndarray) -> float:
-    from pipeline.inference import Predictor
+    from pipeline.train.predictor import Predictor
 
     probs = Predictor(mv.path, version=mv.version, device="cpu").predict_proba(texts)
     return float(np.mean((probs >= 0.5) == (labels == 1)))   # NaN (nothing to score) counts as wrong

@@ -10,10 +10,8 @@
 * ``best``: most accurate regardless of time; sized for a GPU (a stacked bidirectional LSTM with
   attention over 800 tokens, plus the n-gram half). On a CPU it takes hours.
 
-User options are checked where they land: ``ModelConfig``, ``TrainConfig`` and ``PrepareConfig`` each call
-:func:`check_options` when they are built, so a bad value (wrong type, out of range, unknown choice) is an
-``InputError`` naming the option as the user typed it, before any data is read. This module imports no
-torch and no prepare code, so all three configurations can share that checker.
+User options are checked where they land (``pipeline.core.options``): ``ModelConfig``, ``TrainConfig`` and
+``PrepareConfig`` each check themselves when they are built.
 """
 
 from __future__ import annotations
@@ -22,87 +20,14 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
+from pipeline.core.options import option_error
 
-# PrepareConfig's fields (pipeline.prepare), listed here so presets need not import the prepare code.
+# PrepareConfig's fields (pipeline.prepare.job), listed here so presets need not import the prepare code.
 PREPARE_FIELDS = ("max_len", "min_freq", "max_vocab", "val_fraction", "seed", "truncate", "pad_side",
                   "strip_html", "include_unsup", "min_class_rows")
 
-
-# ------------------------------------------------------------------------------------- option checks
-@dataclass(frozen=True)
-class Bound:
-    """The range a numeric option must lie in, and how to say it in an error message."""
-
-    text: str
-    holds: Callable[[float], bool]
-
-
-def at_least(low: float) -> Bound:
-    return Bound(f">= {low}", lambda v: v >= low)
-
-
-def above(low: float) -> Bound:
-    return Bound(f"> {low}", lambda v: v > low)
-
-
-def between(low: float, high: float, *, high_open: bool = False) -> Bound:
-    """``low <= v <= high``, or ``low <= v < high`` with ``high_open``."""
-    if high_open:
-        return Bound(f"in [{low}, {high})", lambda v: low <= v < high)
-    return Bound(f"in [{low}, {high}]", lambda v: low <= v <= high)
-
-
-def option_error(name: str, need: str, value) -> InputError:
-    """``invalid epochs (--epochs): must be an integer >= 1, got 0``: the option as the CLI spells it
-    (a flag, or ``--set name=VALUE`` for the fields without one), what it must be, what it was."""
-    return InputError(f"invalid {name} (--{name.replace('_', '-')} / --set {name}=...): must be {need}, "
-                      f"got {value!r}")
-
-
-def _kind(annotation: str) -> tuple[str, bool]:
-    """``"float | None"`` -> ``("float", True)`` (annotations are strings under ``from __future__``)."""
-    parts = {p.strip() for p in str(annotation).split("|")}
-    return (parts - {"None"}).pop(), "None" in parts
-
-
-def _coerce(kind: str, value):
-    """The value as ``kind`` (an int is fine for a float), or None when it is not one."""
-    if isinstance(value, bool):
-        return value if kind == "bool" else None
-    if kind == "int":
-        return int(value) if isinstance(value, numbers.Integral) else None
-    if kind == "float":
-        return float(value) if isinstance(value, numbers.Real) and math.isfinite(value) else None
-    if kind == "str":
-        return value if isinstance(value, str) else None
-    return None
-
-
-_KIND_TEXT = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string"}
-
-
-def check_options(config, bounds: dict[str, Bound], choices: dict[str, Sequence[str]] | None = None) -> None:
-    """Check every field of the dataclass ``config`` against its annotated type (``int``, ``float``,
-    ``bool``, ``str``, optionally ``| None``), its ``bounds`` and its ``choices``; raise the first
-    problem as an :func:`option_error`. Ints given for float fields are stored as floats (works on
-    frozen dataclasses too)."""
-    choices = choices or {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        kind, optional = _kind(f.type)
-        if value is None and optional:
-            continue
-        bound, allowed = bounds.get(f.name), choices.get(f.name)
-        need = (f"one of {', '.join(allowed)}" if allowed else _KIND_TEXT[kind]) \
-            + (f" {bound.text}" if bound else "") + (" or null" if optional else "")
-        got = _coerce(kind, value)
-        if got is None or (bound is not None and not bound.holds(got)) or (allowed and got not in allowed):
-            raise option_error(f.name, need, value)
-        if type(got) is not type(value):
-            object.__setattr__(config, f.name, got)
 
 PRESETS: dict[str, dict] = {
     "baseline": {
@@ -180,7 +105,7 @@ def parse_overrides(items: list[str]) -> dict:
 class PresetSpec:
     name: str
     model: "ModelConfig"            # noqa: F821  vocab_size / max_len / pad_side are refilled from the prep manifest
-    train: "TrainConfig"            # noqa: F821  (pipeline.train.TrainConfig)
+    train: "TrainConfig"            # noqa: F821  (pipeline.train.loop.TrainConfig)
     prepare: dict                   # PrepareConfig fields
     description: str = ""
 
@@ -193,9 +118,9 @@ def resolve_preset(name: str, overrides: dict | None = None) -> PresetSpec:
     Raises ``InputError`` (naming the option) for an unknown preset or option or a bad value, before any
     data is read: the prepare part is checked by building a ``PrepareConfig`` too.
     """
-    from pipeline.models import ModelConfig
-    from pipeline.prepare import PrepareConfig
-    from pipeline.train import TrainConfig
+    from pipeline.train.model import ModelConfig
+    from pipeline.prepare.job import PrepareConfig
+    from pipeline.train.loop import TrainConfig
 
     if name not in PRESETS:
         raise InputError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")

@@ -1,7 +1,7 @@
 """Streamed http(s) reads with a progress bar.
 
 The aclImdb tarball is read straight off the socket into ``tarfile`` stream mode
-(``pipeline.sources``), so nothing is unpacked to disk. ``download()`` saves a URL to a file
+(``pipeline.ingest.sources``), so nothing is unpacked to disk. ``download()`` saves a URL to a file
 atomically for when a local copy is wanted.
 """
 
@@ -19,8 +19,8 @@ from typing import BinaryIO, Iterator
 
 from tqdm.auto import tqdm
 
-from pipeline.errors import InputError
-from pipeline.storage import atomic_path
+from pipeline.core.errors import InputError
+from pipeline.core.storage import atomic_path
 
 ACLIMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 USER_AGENT = "reviewflow/0.1 (+https://github.com/reviewflow)"

@@ -1,9 +1,9 @@
 """One training loop for the sentiment models, readable in a sitting (nanoGPT-style).
 
-    python -m pipeline.train --prep-dir warehouse/shards/<prep-id> --out runs/r1 --preset default
+    python -m pipeline.train.loop --prep-dir warehouse/shards/<prep-id> --out runs/r1 --preset default
 
 * device ``auto``: cuda, then mps, then cpu; on CUDA bf16 autocast, pinned memory, non-blocking copies;
-* length-bucketed batches trimmed to their longest review (``pipeline.loader.iter_batches``);
+* length-bucketed batches trimmed to their longest review (``pipeline.train.loader.iter_batches``);
 * ``Adam(fused=True)`` where the device supports it (falls back to the foreach implementation);
 * gradient clipping, early stopping on validation loss, best checkpoint (safetensors);
 * resume after a crash: a resumable checkpoint (model, optimizer, epoch, RNG state, history) is written
@@ -46,12 +46,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from pipeline.errors import InputError, IntegrityError, ReviewflowError, TemporaryFailure
-from pipeline.models import ModelConfig, SentimentModel
-from pipeline.presets import PRESETS, above, at_least, between, check_options, option_error, parse_overrides, \
-    resolve_preset
-from pipeline.storage import atomic_path, read_json, sha256_file, write_json_atomic
-from pipeline.weights import check_state, load_model
+from pipeline.core.errors import InputError, IntegrityError, ReviewflowError, TemporaryFailure
+from pipeline.train.model import ModelConfig, SentimentModel
+from pipeline.core.options import above, at_least, between, check_options, option_error
+from pipeline.train.presets import PRESETS, parse_overrides, resolve_preset
+from pipeline.core.storage import atomic_path, read_json, sha256_file, write_json_atomic
+from pipeline.train.weights import check_state, load_model
 
 CHECKPOINT = "checkpoint.pt"      # resumable state, rewritten atomically every epoch
 BEST = "best.safetensors"         # weights of the epoch with the lowest validation loss
@@ -197,7 +197,7 @@ def make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
 
 def read_manifest(prep_dir: Path) -> dict:
     """The prep's manifest (``NotFoundError`` when there is none, ``IntegrityError`` when it is unreadable)."""
-    from pipeline.prepare import read_manifest as read_prep_manifest   # deferred: pyarrow, the lake
+    from pipeline.prepare.job import read_manifest as read_prep_manifest   # deferred: pyarrow, the lake
 
     return read_prep_manifest(prep_dir)
 
@@ -233,7 +233,7 @@ def evaluate(model: SentimentModel, data, batch_size: int, device: torch.device)
 
     Batches are trimmed to their longest review, except for the lineage baseline (``exact_lengths=False``),
     whose output depends on its full front padding."""
-    from pipeline.loader import iter_batches
+    from pipeline.train.loader import iter_batches
 
     model.eval()
     loss_sum, n, tp, tn, fp, fn = 0.0, 0, 0, 0, 0, 0
@@ -423,8 +423,8 @@ def load_training_data(prep_dir: Path, man: dict):
     """The verified train/val (and test, when labelled) splits: every shard file's SHA-256 against the
     manifest and every id/length/label in range (``IntegrityError`` naming the file), and both classes in
     train and val (``InputError``: prepare refuses such data, this catches older preps)."""
-    from pipeline.loader import load_split
-    from pipeline.prepare import verify_prep
+    from pipeline.train.loader import load_split
+    from pipeline.prepare.job import verify_prep
 
     splits = ["train", "val"] + (["test"] if man.get("counts", {}).get("test") else [])
     verify_prep(prep_dir, splits)
@@ -459,7 +459,7 @@ def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: s
 
 def _train(prep_dir: Path, cfg: TrainConfig, out_dir: Path, device: str, progress: bool,
            model: ModelConfig | dict | None, on_epoch: Callable[[dict], None] | None) -> TrainResult:
-    from pipeline.loader import iter_batches
+    from pipeline.train.loader import iter_batches
 
     dev = pick_device(device)
     mcfg = model_config_for(prep_dir, model)
@@ -620,8 +620,8 @@ def train_dataset(wh, dataset: str, preset: str = "default", overrides: dict | N
     :func:`run_lock` from training to registration: a concurrent run of the same configuration fails at
     once with ``TemporaryFailure``; run again later and it reuses the registered model (no overrides) or
     trains anew. A dir left registered-but-not-removed by a crash is discarded, never registered twice."""
-    from pipeline import registry
-    from pipeline.prepare import PrepareConfig, prepare
+    from pipeline.train import registry
+    from pipeline.prepare.job import PrepareConfig, prepare
 
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     spec = resolve_preset(preset, overrides)
@@ -646,7 +646,7 @@ def train_dataset(wh, dataset: str, preset: str = "default", overrides: dict | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.train", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m pipeline.train.loop", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prep-dir", required=True, help="prepared shard dir (<warehouse>/shards/<prep-id>)")
     p.add_argument("--out", required=True, help="run directory; rerun with the same one to resume")

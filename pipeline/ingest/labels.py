@@ -16,7 +16,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 POSITIVE = ("pos", "positive", "1", "true")
 NEGATIVE = ("neg", "negative", "0", "false")

@@ -3,7 +3,7 @@
 Every shard is range-checked as it loads (one vectorised min/max per array, ~10 ms for 22.5k x 400 ids):
 shapes and row counts as the manifest says, token ids within the vocabulary, lengths within
 ``max_len``, labels in {-1, 0, 1}. A bad file is an ``IntegrityError`` naming it, never an IndexError
-deep in the model. (The SHA-256 of the bytes is checked by ``pipeline.prepare.verify_prep``.)"""
+deep in the model. (The SHA-256 of the bytes is checked by ``pipeline.prepare.job.verify_prep``.)"""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Iterator
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.errors import NotFoundError
-from pipeline.shards import ChecksumError, shard_paths, verify_shards
+from pipeline.core.errors import NotFoundError
+from pipeline.prepare.shards import ChecksumError, shard_paths, verify_shards
 
 
 @dataclass
@@ -36,7 +36,7 @@ class SplitData:
 
 def load_split(prep_dir: str | Path, split: str, *, verify: bool = False, mmap: bool = True) -> SplitData:
     """Load one split (train/val/test/unsup). ``verify=True`` checks every file's sha256 first."""
-    from pipeline.prepare import read_manifest
+    from pipeline.prepare.job import read_manifest
 
     prep_dir = Path(prep_dir)
     manifest = read_manifest(prep_dir)

@@ -16,7 +16,7 @@ Versions are named ``v0001-<preset>-<yyyymmddHHMMSS>`` (number monotonic), publi
 ``atomic_dir`` and never rewritten. ``<warehouse>/models/champion`` is a small JSON pointer, written
 atomically. Champions are per dataset (``<warehouse>/models/champions/<dataset>.json``); the serving
 champion moves implicitly only to a model of its own dataset that beats it on the same evaluation data
-(:mod:`pipeline.promotion`), and otherwise only on an explicit ``promote``.
+(:mod:`pipeline.train.promotion`), and otherwise only on an explicit ``promote``.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import Warehouse, validate_name
-from pipeline.errors import IntegrityError, NotFoundError, ReviewflowError
-from pipeline.models import ModelConfig
-from pipeline.storage import atomic_dir, read_json, sha256_file, sweep_dead, write_json_atomic
+from pipeline.core.config import Warehouse, validate_name
+from pipeline.core.errors import IntegrityError, NotFoundError, ReviewflowError
+from pipeline.train.model import ModelConfig
+from pipeline.core.storage import atomic_dir, read_json, sha256_file, sweep_dead, write_json_atomic
 
 CHAMPION = "champion"          # the serving champion: what `champion` means for score / predict / sql
 CHAMPIONS = "champions"        # champions/<dataset>.json: the champion of each dataset
@@ -142,7 +142,7 @@ def _eval_set_table(prep_dir: Path) -> "pa.Table | None":
     """(review_id, label) of the validation rows the version was selected on, or None without a val split."""
     import pyarrow as pa
 
-    from pipeline.loader import load_split
+    from pipeline.train.loader import load_split
 
     try:
         val = load_split(prep_dir, "val", mmap=True)
@@ -169,10 +169,10 @@ def register(wh: Warehouse, run, *, preset: str = "custom", dataset: str | None 
     can compare models on the same data.
 
     ``promote``: None = promote only if it beats its dataset's champion on the same evaluation data
-    (:func:`pipeline.promotion.maybe_promote`); True = always; False = never. Registering onto an existing
+    (:func:`pipeline.train.promotion.maybe_promote`); True = always; False = never. Registering onto an existing
     version fails.
     """
-    from pipeline.train import TrainResult   # deferred: train imports torch and the whole loop
+    from pipeline.train.loop import TrainResult   # deferred: train imports torch and the whole loop
 
     res = run if isinstance(run, TrainResult) else TrainResult.load(run)
     sweep_dead(wh.models)     # half-built version folders of killed registrations
@@ -213,7 +213,7 @@ def register(wh: Warehouse, run, *, preset: str = "custom", dataset: str | None 
             write_json_atomic(tmp / "metrics.json", metrics)
             write_json_atomic(tmp / "environment.json", res.environment | {"device": res.device})
             try:
-                from pipeline.plots import plot_training_curve
+                from pipeline.core.plots import plot_training_curve
 
                 plot_training_curve(res.history, tmp / "training_curve.png", title=version)
             except ImportError:  # plotting is a nicety, never a reason to lose a trained model
@@ -223,7 +223,7 @@ def register(wh: Warehouse, run, *, preset: str = "custom", dataset: str | None 
         if target.exists():
             raise ReviewflowError(f"model version {version} already exists; versions are immutable") from exc
         raise
-    from pipeline import promotion   # deferred: promotion scores with pipeline.inference, which reads the registry
+    from pipeline.train import promotion   # deferred: promotion scores with pipeline.train.predictor, which reads the registry
 
     if promote is True:
         promotion.promote(wh, version, reason="registered with promote=True")
@@ -246,7 +246,7 @@ def _read_version(path: Path) -> ModelVersion:
 
 def verify_files(mv: ModelVersion, names: tuple[str, ...] = ("vocab.txt", "manifest.json")) -> None:
     """Check ``names`` against the SHA-256 recorded at registration (versions from before checksums: skipped).
-    The weights are checked where they are loaded (:func:`pipeline.weights.load_model`)."""
+    The weights are checked where they are loaded (:func:`pipeline.train.weights.load_model`)."""
     recorded = mv.config.get("checksums") or {}
     for name in names:
         want = recorded.get(name)
@@ -346,13 +346,13 @@ def set_champion(wh: Warehouse, version: str, *, serving: bool = True, reason: s
 
 def promote(wh: Warehouse, version: str) -> None:
     """Explicit promotion: make ``version`` the champion (serving and of its dataset) whatever its accuracy."""
-    from pipeline import promotion
+    from pipeline.train import promotion
 
     promotion.promote(wh, version, reason="explicit: reviewflow models promote")
 
 
 def maybe_promote(wh: Warehouse, version: str) -> bool:
     """Promote ``version`` if it beats its dataset's champion on the same evaluation data."""
-    from pipeline import promotion
+    from pipeline.train import promotion
 
     return promotion.maybe_promote(wh, version).promoted

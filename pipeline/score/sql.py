@@ -39,8 +39,8 @@ import pyarrow as pa
 
 import duckdb
 
-from pipeline.duck import DEFAULT_LOCK_TIMEOUT, connection, list_tables, quote_literal
-from pipeline.errors import InputError, NotFoundError, QueryRefused, ReviewflowError
+from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT, connection, list_tables, quote_literal
+from pipeline.core.errors import InputError, NotFoundError, QueryRefused, ReviewflowError
 
 _SENTIMENT_CALL = re.compile(r"\bsentiment\s*\(", re.IGNORECASE)
 

@@ -51,7 +51,7 @@ def length_histogram(lengths, path: str | Path, max_len: int | None = None,
 def plot_training_curve(history: list[dict], path: str | Path, title: str = "Training") -> Path:
     """Loss (train/val) and validation accuracy per epoch, side by side. Returns ``path``.
 
-    (Added by the training stage; ``history`` is ``pipeline.train``'s per-epoch records.)
+    (Added by the training stage; ``history`` is ``pipeline.train.loop``'s per-epoch records.)
     """
     fig = _figure(figsize=(9, 3.6))
     ax_loss, ax_acc = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)

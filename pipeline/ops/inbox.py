@@ -25,8 +25,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import Warehouse
-from pipeline.storage import read_json, sha256_file, write_bytes_atomic, write_json_atomic
+from pipeline.core.config import Warehouse
+from pipeline.core.storage import read_json, sha256_file, write_bytes_atomic, write_json_atomic
 
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet")
 PROCESSING, PROCESSED, FAILED, LEDGER = "processing", "processed", "failed", ".ledger"

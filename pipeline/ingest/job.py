@@ -2,16 +2,16 @@
 
 Two steps, so an orchestrator can retry the first (which may read a URL) on its own:
 
-* ``stage()`` streams the source (``pipeline.sources``) batch by batch, drops rows with missing or
+* ``stage()`` streams the source (``pipeline.ingest.sources``) batch by batch, drops rows with missing or
   whitespace-only text, drops repeats of a review_id (a harmless duplicate: same text, label, rating
   and split as its first row; a repeat with *different* content is an error naming the ids, since
   one of the two reviews would be lost), drops ids the dataset already holds, and writes what is
   left to a hidden staging file. Any error (bad row, bad tarball member, network) deletes the
   staging file: the lake is never touched before everything has been read and validated. It first
-  sweeps staging files of dead ingests (``pipeline.lake.sweep_dead_staging``) and refuses a dataset
+  sweeps staging files of dead ingests (``pipeline.ingest.lake.sweep_dead_staging``) and refuses a dataset
   name that differs only by case from an existing one.
 * ``publish()`` moves the staging file into the dataset as one new part file, atomically, under
-  the dataset's writer lock (``pipeline.lake.publish_part``), re-checking ids against parts that
+  the dataset's writer lock (``pipeline.ingest.lake.publish_part``), re-checking ids against parts that
   appeared while staging ran. Nothing new -> no part file.
 
 ``ingest()`` does both. Memory stays near one batch (plus the set of review ids), whatever the
@@ -28,12 +28,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import lake
-from pipeline.config import Warehouse, validate_name
-from pipeline.errors import InputError
-from pipeline.labels import label_name
-from pipeline.schema import REVIEW_SCHEMA
-from pipeline.sources import ColumnMap, ReadStats, Source, detect, read_source
+from pipeline.ingest import lake
+from pipeline.core.config import Warehouse, validate_name
+from pipeline.core.errors import InputError
+from pipeline.ingest.labels import label_name
+from pipeline.core.schema import REVIEW_SCHEMA
+from pipeline.ingest.sources import ColumnMap, ReadStats, Source, detect, read_source
 
 DROP_REASONS = ("missing_text", "empty_text")  # text null / text empty or whitespace only
 CONFLICTS_SHOWN = 5  # review_ids named in a "same id, different content" error

@@ -13,8 +13,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pipeline.config import Warehouse
-from pipeline.errors import IntegrityError
+from pipeline.core.config import Warehouse
+from pipeline.core.errors import IntegrityError
 
 
 class Predictor:
@@ -26,9 +26,9 @@ class Predictor:
 
     def __init__(self, model_dir: str | Path, version: str | None = None, device: str = "cpu",
                  batch_size: int = 256):
-        from pipeline.prepare import load_preprocessor
-        from pipeline.registry import _read_version, verify_files
-        from pipeline.weights import load_model
+        from pipeline.prepare.job import load_preprocessor
+        from pipeline.train.registry import _read_version, verify_files
+        from pipeline.train.weights import load_model
 
         self.model_dir = Path(model_dir)
         mv = _read_version(self.model_dir)
@@ -137,7 +137,7 @@ class Predictor:
 
 def load_predictor(wh: Warehouse, model: str = "champion", device: str = "cpu", batch_size: int = 256) -> Predictor:
     """A Predictor for a registered version (or the champion)."""
-    from pipeline import registry
+    from pipeline.train import registry
 
     mv = registry.get(wh, model)
     return Predictor(mv.path, version=mv.version, device=device, batch_size=batch_size)

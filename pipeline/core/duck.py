@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 import duckdb
 
-from pipeline.errors import InputError, NotFoundError, TemporaryFailure
+from pipeline.core.errors import InputError, NotFoundError, TemporaryFailure
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 import urllib.parse
 
-from pipeline.download import is_url  # noqa: F401  (re-exported for callers of the probe)
-from pipeline.errors import ReviewflowError
+from pipeline.ingest.download import is_url  # noqa: F401  (re-exported for callers of the probe)
+from pipeline.core.errors import ReviewflowError
 
 LOCAL_HINT = (
     "Point it at local data instead, e.g.\n"

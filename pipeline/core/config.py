@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 ENV_WAREHOUSE = "REVIEWFLOW_WAREHOUSE"
 DEFAULT_WAREHOUSE = "warehouse"

@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import IntegrityError
-from pipeline.storage import sha256_file
+from pipeline.core.errors import IntegrityError
+from pipeline.core.storage import sha256_file
 
 SHARD_FILES = ("ids.npy", "lengths.npy", "labels.npy", "review_ids.parquet")
 

@@ -3,10 +3,10 @@
 Three streaming passes, none of which holds the text of the whole dataset:
 
 0. ids, labels and splits only (no text): the stratified seeded train/val assignment
-   (``pipeline.split``); test rows -> ``test``; ``unsup`` rows (and unlabelled train rows) -> ``unsup``
+   (``pipeline.prepare.split``); test rows -> ``test``; ``unsup`` rows (and unlabelled train rows) -> ``unsup``
    only with ``include_unsup``.
 1. text, record batch by record batch on a small thread pool (the arrow/numpy kernels release the GIL,
-   so both cores work): tokenize (``pipeline.text``), dictionary-encode each batch's tokens once, count
+   so both cores work): tokenize (``pipeline.prepare.text``), dictionary-encode each batch's tokens once, count
    the *train* rows' tokens (merged across batches by ``TokenCounter``), and keep only the batch-local
    token indices that survive truncation (spilled to scratch files when they outgrow memory).
 2. per batch: map the batch dictionary (a few thousand distinct tokens) onto the vocabulary, gather,
@@ -50,19 +50,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import lake
-from pipeline.config import Warehouse, validate_name
-from pipeline.errors import InputError, IntegrityError, NotFoundError
-from pipeline.presets import at_least, between, check_options, option_error
-from pipeline.shards import ChecksumError, ShardWriter, verify_shards
-from pipeline.split import stratified_val_mask
-from pipeline.storage import atomic_dir, read_json, sweep_dead, temp_prefix, write_json_atomic
-from pipeline.text import PAD_SIDES, TRUNCATE_MODES, kept_mask, pad_rows, tokenize
-from pipeline.vocab import Lookup, TokenCounter, build_vocab, read_vocab, vocab_bytes, vocab_sha256
+from pipeline.ingest import lake
+from pipeline.core.config import Warehouse, validate_name
+from pipeline.core.errors import InputError, IntegrityError, NotFoundError
+from pipeline.core.options import at_least, between, check_options, option_error
+from pipeline.prepare.shards import ChecksumError, ShardWriter, verify_shards
+from pipeline.prepare.split import stratified_val_mask
+from pipeline.core.storage import atomic_dir, read_json, sweep_dead, temp_prefix, write_json_atomic
+from pipeline.prepare.text import PAD_SIDES, TRUNCATE_MODES, kept_mask, pad_rows, tokenize
+from pipeline.prepare.vocab import Lookup, TokenCounter, build_vocab, read_vocab, vocab_bytes, vocab_sha256
 
 CODE_VERSION = "prepare-1"          # bump when the output of prepare changes for the same inputs
 SPLIT_NAMES = ("train", "val", "test", "unsup")
-CLASSES = (0, 1)                    # the labels a training set needs (pipeline.labels: 0 negative, 1 positive)
+CLASSES = (0, 1)                    # the labels a training set needs (pipeline.ingest.labels: 0 negative, 1 positive)
 DEFAULT_MIN_CLASS_ROWS = 50
 TRAIN, VAL, TEST, UNSUP, SKIP = 0, 1, 2, 3, -1
 TRUNCATE_RULE = {
@@ -178,7 +178,7 @@ class _Spill:
 
 
 def _plot(prep_dir: Path, lengths: np.ndarray, max_len: int) -> None:
-    from pipeline.plots import length_histogram
+    from pipeline.core.plots import length_histogram
 
     length_histogram(lengths, prep_dir / "length_hist.png", max_len)
 
@@ -235,7 +235,7 @@ def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), p
     # both passes read exactly the fingerprinted part files (a concurrent ingest adds a file we ignore)
     import pyarrow.dataset as pads
 
-    from pipeline.schema import REVIEW_SCHEMA
+    from pipeline.core.schema import REVIEW_SCHEMA
 
     source = pads.dataset([str(wh.dataset_dir(dataset) / f["name"]) for f in fingerprint["files"]],
                           schema=REVIEW_SCHEMA, format="parquet")

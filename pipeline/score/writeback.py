@@ -37,7 +37,7 @@ How a run works (and why):
 * **One scoring run per table at a time.** A run first takes the table's *claim*, an OS file lock
   on ``<db>.score-<sha1(table)[:16]>.lock`` beside the database file, and holds it to the end. A
   second run of the same table says that it waits, waits up to ``lock_timeout`` (then
-  :class:`pipeline.duck.LockTimeout`, a temporary failure), and then scores only what is left
+  :class:`pipeline.core.duck.LockTimeout`, a temporary failure), and then scores only what is left
   (usually nothing), so every row is scored by one run and ``sentiment_runs`` adds up. The OS drops
   the lock when its process dies, even by ``kill -9``: the claim never stays stuck. The lock file
   itself is left in place (empty; harmless).
@@ -51,7 +51,7 @@ How a run works (and why):
   read-only) while a writer has it open, so a run opens the file to read a chunk, closes it,
   runs the model, reopens it to write and commit, and closes it again. Readers
   (``reviewflow sql``) get in between; both sides wait for each other with backoff
-  (:func:`pipeline.duck.connect`).
+  (:func:`pipeline.core.duck.connect`).
 * **Memory is flat**: one chunk of (id, text) at a time plus a fixed-size score histogram.
 * Every run is recorded in the audit table ``sentiment_runs`` (``running`` at start, then
   ``completed`` or ``failed`` with the error). A run killed by a signal stays ``running`` until
@@ -60,7 +60,7 @@ How a run works (and why):
 The predictor is anything with ``.version: str`` and
 ``.predict_proba(list[str | None]) -> np.ndarray`` (float64 within 0..1; NaN only for a text with
 nothing to score), e.g.
-:class:`pipeline.inference.Predictor`. Texts are passed through whole: truncating to the
+:class:`pipeline.train.predictor.Predictor`. Texts are passed through whole: truncating to the
 model's max length (head/tail as it was trained) is the predictor's job.
 """
 
@@ -84,9 +84,9 @@ import pyarrow.compute as pc
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
 
-from pipeline.duck import (DEFAULT_LOCK_TIMEOUT, LockTimeout, connection, is_unique_column, list_columns,
+from pipeline.core.duck import (DEFAULT_LOCK_TIMEOUT, LockTimeout, connection, is_unique_column, list_columns,
                            quote_ident, require_columns, require_table)
-from pipeline.errors import InputError, NotFoundError, ReviewflowError
+from pipeline.core.errors import InputError, NotFoundError, ReviewflowError
 
 SENTIMENT_COLUMNS: dict[str, str] = {
     "sentiment_score": "DOUBLE",
@@ -391,7 +391,7 @@ def score_table(db_path: str | os.PathLike, table: str, predictor: PredictorLike
     (listing what exists), :class:`InputError` for a column of the wrong type, NULL or duplicate
     ids or clashing columns (nothing written), :class:`ModelOutputError` when the model returns
     something that is not a score (the run is recorded as failed),
-    :class:`pipeline.duck.LockTimeout` when another process keeps the file locked, or another
+    :class:`pipeline.core.duck.LockTimeout` when another process keeps the file locked, or another
     run of this table keeps its claim, too long. ``progress(done, total)`` is called after every
     committed chunk; ``blob_as_utf8`` lets a BLOB text column be decoded as UTF-8.
     """
@@ -577,7 +577,7 @@ def _duck_type(t: pa.DataType) -> str:
 
 def scored_table_name(dataset: str, split: str | None = None) -> str:
     """``<dataset>_scored``, or ``<dataset>_<split>_scored`` for one split of it."""
-    from pipeline.config import validate_name
+    from pipeline.core.config import validate_name
 
     validate_name(dataset, "dataset name")
     return f"{dataset}_{validate_name(split, 'split')}_scored" if split else f"{dataset}_scored"
@@ -590,8 +590,8 @@ def sync_dataset_table(wh, dataset: str, db_path: str | os.PathLike | None = Non
     transaction; scores already written stay. -> (table, rows added)."""
     import pyarrow.dataset as pads
 
-    from pipeline.lake import open_dataset
-    from pipeline.schema import REVIEW_SCHEMA
+    from pipeline.ingest.lake import open_dataset
+    from pipeline.core.schema import REVIEW_SCHEMA
 
     lake = open_dataset(wh, dataset)            # NotFoundError with known datasets if missing
     if split is not None:

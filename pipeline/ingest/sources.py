@@ -67,10 +67,10 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from pipeline.download import is_url, open_local, open_url
-from pipeline.errors import InputError
-from pipeline.labels import normalize_labels, plain_array
-from pipeline.schema import REVIEW_SCHEMA, SPLITS
+from pipeline.ingest.download import is_url, open_local, open_url
+from pipeline.core.errors import InputError
+from pipeline.ingest.labels import normalize_labels, plain_array
+from pipeline.core.schema import REVIEW_SCHEMA, SPLITS
 
 SOURCE_SCHEMA = pa.schema([REVIEW_SCHEMA.field(n) for n in ("review_id", "text", "label", "rating", "split")])
 

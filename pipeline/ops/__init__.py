@@ -1,0 +1,1 @@
+"""Operations: the inbox of dropped files and the run summary."""

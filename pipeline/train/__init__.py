@@ -1,0 +1,1 @@
+"""Stage 3, train: the models, the training loop, presets, the registry of versions and promotion."""
