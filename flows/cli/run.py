@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows.commands.common import WarehouseOption, warehouse_from
+from flows.cli.common import WarehouseOption, warehouse_from
 
 DEFAULT_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 

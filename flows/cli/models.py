@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from flows.commands.common import WarehouseOption, echo_kv, warehouse_from
+from flows.cli.common import WarehouseOption, echo_kv, warehouse_from
 
 
 def register(app: typer.Typer) -> None:

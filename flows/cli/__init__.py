@@ -1,6 +1,6 @@
 """The ``reviewflow`` command line: one entry point for every step of the pipeline.
 
-Each command module registers itself; see ``flows/commands/``.
+Each command module registers itself; see ``flows/cli/``.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ COMMAND_MODULES = ("ingest", "prepare", "train", "models", "predict", "score", "
 
 for _name in COMMAND_MODULES:
     try:
-        _module = importlib.import_module(f"flows.commands.{_name}")
+        _module = importlib.import_module(f"flows.cli.{_name}")
     except ModuleNotFoundError as exc:  # a command group not written yet
-        if exc.name != f"flows.commands.{_name}":
+        if exc.name != f"flows.cli.{_name}":
             raise
         continue
     _module.register(app)

@@ -6,7 +6,7 @@ from typing import List
 
 import typer
 
-from flows.commands.common import WarehouseOption, warehouse_from
+from flows.cli.common import WarehouseOption, warehouse_from
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows.commands.common import WarehouseOption, echo_kv, warehouse_from
+from flows.cli.common import WarehouseOption, echo_kv, warehouse_from
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from flows.commands.common import WarehouseOption, echo_kv, warehouse_from
+from flows.cli.common import WarehouseOption, echo_kv, warehouse_from
 
 
 def print_summary(summary: dict, manifest: dict) -> None:

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows.commands.common import WarehouseOption
+from flows.cli.common import WarehouseOption
 
 
 def register(app: typer.Typer) -> None:
@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         than 2 s are left for the next pass).
         Every flag also reads a REVIEWFLOW_* env var (see docs/OPERATIONS.md).
         """
-        from flows.commands.common import warehouse_from
+        from flows.cli.common import warehouse_from
         from flows.serve import ServeConfig, describe, serve_all
 
         wh = warehouse_from(warehouse)

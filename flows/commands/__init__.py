@@ -1,2 +1,0 @@
-"""CLI command groups. Each module exposes ``register(app)``; heavy imports stay inside commands
-so ``reviewflow --help`` is instant."""
