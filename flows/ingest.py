@@ -15,7 +15,6 @@ Artifacts: ``ingest-<dataset>`` (rows by split and label: in the source / added)
 
 from __future__ import annotations
 
-
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE

@@ -21,7 +21,8 @@ from ingest_helpers import snapshot, tmp_files
 from synthetic import write_aclimdb_folder
 
 from pipeline.ingest import lake
-from pipeline.ingest import sources
+from pipeline.ingest.readers import aclimdb, jsonl
+from pipeline.ingest.readers.base import SKIPPED_NAMES_KEPT
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import InputError, NotFoundError
 from pipeline.ingest.job import ingest, publish, stage
@@ -177,7 +178,7 @@ def test_skipped_names_are_capped_and_the_cli_lists_them(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "25 entries not read: aclImdb/train/neg/" in out.stdout and "(FIFO (named pipe))" in out.stdout
     assert "and 5 more" in out.stdout
-    assert out.stdout.count("_2.txt (FIFO") == sources.SKIPPED_NAMES_KEPT
+    assert out.stdout.count("_2.txt (FIFO") == SKIPPED_NAMES_KEPT
 
 
 def _tar_member(name: str, kind: bytes, linkname: str = "") -> tuple[tarfile.TarInfo, bytes | None]:
@@ -259,7 +260,7 @@ def test_jsonl_errors_name_the_physical_line(populated, tmp_path, case):
 
 
 def test_jsonl_line_numbers_survive_chunk_boundaries(populated, tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "JSON_CHUNK_BYTES", 64)  # many chunks, cut between blank lines
+    monkeypatch.setattr(jsonl, "JSON_CHUNK_BYTES", 64)  # many chunks, cut between blank lines
     lines = []
     for i in range(40):
         lines += [f'{{"text": "review {i}", "label": "pos"}}', ""]
@@ -330,7 +331,7 @@ REUSED = ["csv, other text", "jsonl, other label, next chunk", "parquet, integer
 
 @pytest.mark.parametrize("case", REUSED)
 def test_a_review_id_reused_for_another_review_is_refused_by_name(populated, tmp_path, monkeypatch, case):
-    monkeypatch.setattr(sources, "JSON_CHUNK_BYTES", 200)   # the repeat lands in a later chunk (batch)
+    monkeypatch.setattr(jsonl, "JSON_CHUNK_BYTES", 200)   # the repeat lands in a later chunk (batch)
     source, ids = _reused_ids(tmp_path, case)
     err = assert_refused(populated, source, r"used by rows with different content.*nothing was ingested")
     for rid in ids:
@@ -339,8 +340,8 @@ def test_a_review_id_reused_for_another_review_is_refused_by_name(populated, tmp
 
 
 def test_an_exact_repeat_is_a_harmless_duplicate_even_across_batches(warehouse, tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "JSON_CHUNK_BYTES", 100)
-    monkeypatch.setattr(sources, "BATCH_ROWS", 1)
+    monkeypatch.setattr(jsonl, "JSON_CHUNK_BYTES", 100)
+    monkeypatch.setattr(aclimdb, "BATCH_ROWS", 1)
     jl = tmp_path / "r.jsonl"
     jl.write_text("".join(f'{{"id": {i % 4}, "text": "t{i % 4}", "label": {i % 2}}}\n' for i in range(12)))
     rep = ingest(warehouse, str(jl), "j", progress=False)

@@ -177,3 +177,53 @@ def test_read_side_still_works(warehouse, tmp_path):
     assert sum(b.num_rows for b in batches) == 20 and batches[0].schema.names == ["review_id", "label"]
     assert lake.read_table(warehouse, "ds", columns=["text"]).num_rows == 20
     assert lake.open_dataset(warehouse, "ds").schema.equals(REVIEW_SCHEMA)
+
+
+def test_write_part_refuses_an_id_reused_for_another_review_like_ingest(warehouse):
+    """One first-wins rule for ingest and write_part: an exact repeat is dropped, a different review under
+    the same id is refused (before, write_part silently kept the first and lost the second)."""
+    t = make_reviews(4, seed=1)
+    clash = pa.concat_tables([t, make_reviews(1, seed=9)])  # syn_0 again, other text
+    with pytest.raises(ReviewflowError, match=r"review_id 'syn_0' is used by rows with different content"):
+        lake.write_part(warehouse, "w", clash)
+    assert not warehouse.dataset_dir("w").exists() and not tmp_files(warehouse)
+    assert lake.write_part(warehouse, "w", pa.concat_tables([t, t])).rows_added == 4
+
+
+def test_part_writer_keeps_the_file_only_when_the_block_succeeds(tmp_path):
+    t = make_reviews(3, seed=1)
+    with lake.PartWriter(tmp_path / "ok.parquet") as writer:
+        writer.write(t)
+    assert pq.read_table(tmp_path / "ok.parquet").num_rows == 3
+    with pytest.raises(RuntimeError, match="mid-write"):
+        with lake.PartWriter(tmp_path / "bad.parquet") as writer:
+            writer.write(t)
+            raise RuntimeError("mid-write")
+    assert not (tmp_path / "bad.parquet").exists()
+
+
+def test_dataset_lock_ignores_case_waits_without_timeout_and_tries_once_with_zero(warehouse):
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with lake.dataset_lock(warehouse, "IMDB"):
+            held.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=holder)
+    worker.start()
+    try:
+        assert held.wait(10)
+        assert (warehouse.lake / ".dataset=imdb.lock").exists()
+        t0 = time.monotonic()
+        with pytest.raises(ReviewflowError, match="locked by another writer"):
+            with lake.dataset_lock(warehouse, "imdb", timeout=0):   # same name ignoring case: one lock
+                pass
+        assert time.monotonic() - t0 < 0.5
+        threading.Timer(0.3, release.set).start()
+        t0 = time.monotonic()
+        with lake.dataset_lock(warehouse, "Imdb", timeout=None):    # waits as long as it takes
+            assert time.monotonic() - t0 >= 0.25
+    finally:
+        release.set()
+        worker.join(10)

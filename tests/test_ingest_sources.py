@@ -22,7 +22,7 @@ from pipeline.ingest.job import ingest
 from pipeline.ingest.labels import normalize_labels
 from pipeline.ingest.lake import dataset_files, read_table
 from pipeline.core.schema import REVIEW_SCHEMA
-from pipeline.ingest.sources import detect
+from pipeline.ingest.detect import detect
 
 
 def lake_rows(wh, name) -> dict[str, dict]:

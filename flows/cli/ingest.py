@@ -10,13 +10,12 @@ import typer
 from flows.cli.common import WarehouseOption, echo_kv, warehouse_from
 
 
-
 def _col(flag: str, what: str):
     return typer.Option(flag, help=what, show_default=False)
 
 
 def print_report(rep: dict) -> None:
-    from pipeline.ingest.job import skipped_note
+    from pipeline.ingest.job import skipped_note  # deferred: pyarrow is not imported for `reviewflow --help`
 
     echo_kv(f"ingested {rep['source']} -> dataset {rep['dataset']!r}", {
         "kind": rep["kind"],
@@ -87,11 +86,11 @@ def register(app: typer.Typer) -> None:
         mapping = dict(text_col=text_col, label_col=label_col, id_col=id_col, rating_col=rating_col,
                        split_col=split_col, split=split)
         if no_prefect:
-            from pipeline.ingest.job import ingest as run_ingest
+            from pipeline.ingest.job import ingest as run_ingest  # deferred: pyarrow, as in print_report
 
             rep = run_ingest(wh, source, dataset, progress=not no_progress, **mapping).to_dict()
         else:
-            from flows.ingest import ingest_flow
+            from flows.ingest import ingest_flow  # deferred: Prefect reads its settings at import (flows.cli)
 
             rep = ingest_flow(source=source, dataset=dataset, warehouse=str(wh.root), progress=not no_progress,
                               **mapping)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import urllib.parse
 
-from pipeline.ingest.download import is_url  # noqa: F401  (re-exported for callers of the probe)
 from pipeline.core.errors import ReviewflowError
 
 LOCAL_HINT = (
@@ -31,9 +30,7 @@ def probe_url(url: str, timeout: float = 3.0) -> None:
     if not host:
         raise OfflineError(f"not a URL with a host: {url!r}\n{LOCAL_HINT}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    old = socket.getdefaulttimeout()
     try:
-        socket.setdefaulttimeout(timeout)
         with socket.create_connection((host, port), timeout=timeout):
             return
     except OSError as exc:
@@ -41,5 +38,3 @@ def probe_url(url: str, timeout: float = 3.0) -> None:
             f"cannot reach {host}:{port} to download {url} ({type(exc).__name__}: {exc}); "
             f"no network?\n{LOCAL_HINT}"
         ) from None
-    finally:
-        socket.setdefaulttimeout(old)

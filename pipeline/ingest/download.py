@@ -1,22 +1,25 @@
-"""Streamed http(s) reads with a progress bar.
+"""Streamed http(s) reads (httpx) with a progress bar (tqdm).
 
 The aclImdb tarball is read straight off the socket into ``tarfile`` stream mode
-(``pipeline.ingest.sources``), so nothing is unpacked to disk. ``download()`` saves a URL to a file
+(``pipeline.ingest.readers.aclimdb``), so nothing is unpacked to disk. ``download()`` saves a URL to a file
 atomically for when a local copy is wanted.
+
+Every failure is a ``DownloadError`` whose ``transient`` says whether a retry may cure it: connection
+failures, time-outs, 5xx / 429 answers and a body cut short (fewer bytes than Content-Length) are
+transient; other 4xx answers and a host name that does not resolve are not. ``timeout`` bounds the
+connection and each read, not the whole transfer.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import io
 import os
 import socket
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
+import httpx
 from tqdm.auto import tqdm
 
 from pipeline.core.errors import InputError
@@ -24,6 +27,8 @@ from pipeline.core.storage import atomic_path
 
 ACLIMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 USER_AGENT = "reviewflow/0.1 (+https://github.com/reviewflow)"
+# the bytes exactly as sent: Content-Length counts them, and the tar reader decompresses by itself
+HEADERS = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
 
 
 class DownloadError(InputError):
@@ -39,87 +44,106 @@ def is_url(source: str) -> bool:
     return str(source).lower().startswith(("http://", "https://"))
 
 
-class ProgressReader(io.RawIOBase):
-    """A read-only file object that counts bytes into a tqdm bar and checks the expected size.
+class _Body(io.RawIOBase):
+    """An httpx response body as a read-only file, since ``tarfile`` reads files and httpx yields chunks.
 
-    For a URL (``url`` set), network errors and a body shorter than ``total`` (Content-Length)
-    raise a transient ``DownloadError``: a truncated download must not look like a complete one.
-    """
+    Network errors while reading, and a body that ends before its Content-Length, raise a transient
+    ``DownloadError``: a truncated download must not look like a complete one."""
 
-    def __init__(self, raw: BinaryIO, bar: tqdm | None, total: int | None = None, url: str | None = None):
-        self._raw, self._bar, self.total, self.url = raw, bar, total, url
+    def __init__(self, response: httpx.Response, url: str):
+        self._chunks, self._left, self.url = response.iter_raw(), b"", url
+        length = response.headers.get("Content-Length")
+        self.total = int(length) if length and length.isdigit() else None
         self.bytes_read = 0
 
     def readable(self) -> bool:
         return True
 
-    def read(self, size: int = -1) -> bytes:
+    def _short(self) -> DownloadError:
+        return DownloadError(f"connection closed after {self.bytes_read} of {self.total} bytes", url=self.url,
+                             transient=True)
+
+    def _next_chunk(self) -> bytes:
         try:
-            data = self._raw.read(size)
-        except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
-            if self.url is None:
-                raise
+            return next(self._chunks, b"")
+        except httpx.RemoteProtocolError as exc:
+            if self.total is not None and self.bytes_read < self.total:
+                raise self._short() from None
             raise DownloadError(f"network error after {self.bytes_read} bytes: {exc!r}", url=self.url,
                                 transient=True) from None
-        if data:
-            self.bytes_read += len(data)
-            if self._bar is not None:
-                self._bar.update(len(data))
-        elif self.url is not None and self.total is not None and self.bytes_read < self.total:
-            raise DownloadError(f"connection closed after {self.bytes_read} of {self.total} bytes",
-                                url=self.url, transient=True)
-        return data
+        except httpx.HTTPError as exc:
+            raise DownloadError(f"network error after {self.bytes_read} bytes: {exc!r}", url=self.url,
+                                transient=True) from None
 
     def readinto(self, b) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
+        while not self._left:
+            self._left = self._next_chunk()
+            if not self._left:
+                if self.total is not None and self.bytes_read < self.total:
+                    raise self._short()
+                return 0
+        n = min(len(b), len(self._left))
+        b[:n], self._left = self._left[:n], self._left[n:]
+        self.bytes_read += n
+        return n
+
+
+def _connect_error(exc: httpx.HTTPError, url: str) -> DownloadError:
+    """Why a request got no answer, and whether trying again may help (an unknown host: no)."""
+    cause = exc
+    while cause is not None and not isinstance(cause, socket.gaierror):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:  # no DNS (offline, or a typo in the host): retrying won't help
+        return DownloadError(f"cannot resolve host: {cause}", url=url, transient=False)
+    if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol)):
+        return DownloadError(f"not a valid URL: {exc}", url=url, transient=False)
+    return DownloadError(f"cannot connect: {exc}", url=url, transient=True)
+
+
+@contextlib.contextmanager
+def _response(url: str, timeout: float) -> Iterator[httpx.Response]:
+    """A streaming GET of ``url`` with a 2xx answer (redirects followed); errors as ``DownloadError``."""
+    if not is_url(url):
+        raise DownloadError("not an http(s) URL", url=url, transient=False)
+    with httpx.Client(headers=HEADERS, timeout=timeout, follow_redirects=True) as client:
+        try:
+            response = client.send(client.build_request("GET", url), stream=True)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise _connect_error(exc, url) from None
+        with contextlib.closing(response):
+            if response.is_error:
+                code = response.status_code
+                raise DownloadError(f"HTTP {code} {response.reason_phrase}", url=url,
+                                    transient=code >= 500 or code == 429)
+            yield response
+
+
+def _byte_bar(stream: BinaryIO, total: int | None, desc: str, progress: bool):
+    """``stream`` with its ``read`` counted into a tqdm bar of bytes (a context manager)."""
+    return tqdm.wrapattr(stream, "read", total=total, desc=desc, disable=not progress, leave=False)
 
 
 @contextlib.contextmanager
 def open_url(url: str, *, timeout: float = 60.0, progress: bool = True,
-             desc: str | None = None) -> Iterator[ProgressReader]:
+             desc: str | None = None) -> Iterator[BinaryIO]:
     """Open ``url`` for streamed reading; yields a file object (with a tqdm bar over the bytes).
 
     Raises ``DownloadError`` for HTTP errors (404 -> not transient, 5xx -> transient), connection
     failures and short bodies (fewer bytes than Content-Length).
     """
-    if not is_url(url):
-        raise DownloadError("not an http(s) URL", url=url, transient=False)
-    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    try:
-        resp = urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 (scheme checked above)
-    except urllib.error.HTTPError as exc:
-        raise DownloadError(f"HTTP {exc.code} {exc.reason}", url=url, transient=exc.code >= 500 or exc.code == 429) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        if isinstance(reason, socket.gaierror):  # no DNS (offline, or a typo in the host): retrying won't help
-            raise DownloadError(f"cannot resolve host: {reason}", url=url, transient=False) from None
-        raise DownloadError(f"cannot connect: {reason}", url=url, transient=True) from None
-    length = resp.headers.get("Content-Length")
-    total = int(length) if length and length.isdigit() else None
-
-    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc or Path(url).name,
-               disable=not progress, leave=False)
-    try:
-        with resp:
-            yield ProgressReader(resp, bar, total, url=url)
-    finally:
-        bar.close()
+    with _response(url, timeout) as response:
+        body = _Body(response, url)
+        buffered = io.BufferedReader(body, buffer_size=1 << 20)  # read(n) gives n bytes unless at the end
+        with _byte_bar(buffered, body.total, desc or Path(url).name, progress) as fh:
+            yield fh
 
 
 @contextlib.contextmanager
-def open_local(path: str | os.PathLike, *, progress: bool = True, desc: str | None = None) -> Iterator[ProgressReader]:
-    """Open a local file with the same progress-bar wrapper as ``open_url``."""
+def open_local(path: str | os.PathLike, *, progress: bool = True, desc: str | None = None) -> Iterator[BinaryIO]:
+    """Open a local file with the same progress bar as ``open_url``."""
     path = Path(path)
-    total = path.stat().st_size
-    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc or path.name,
-               disable=not progress, leave=False)
-    try:
-        with open(path, "rb") as fh:
-            yield ProgressReader(fh, bar, total)
-    finally:
-        bar.close()
+    with open(path, "rb") as raw, _byte_bar(raw, path.stat().st_size, desc or path.name, progress) as fh:
+        yield fh
 
 
 def download(url: str, dest: str | os.PathLike, *, timeout: float = 60.0, progress: bool = True,

@@ -2,10 +2,10 @@
 
 Two steps, so an orchestrator can retry the first (which may read a URL) on its own:
 
-* ``stage()`` streams the source (``pipeline.ingest.sources``) batch by batch, drops rows with missing or
-  whitespace-only text, drops repeats of a review_id (a harmless duplicate: same text, label, rating
-  and split as its first row; a repeat with *different* content is an error naming the ids, since
-  one of the two reviews would be lost), drops ids the dataset already holds, and writes what is
+* ``stage()`` streams the source (``pipeline.ingest.readers``) batch by batch, drops rows with missing or
+  whitespace-only text, drops repeats of a review_id (``pipeline.ingest.dedupe``: a harmless duplicate
+  is dropped, an id reused for another review is an error naming the ids), drops ids the dataset
+  already holds, and writes what is
   left to a hidden staging file. Any error (bad row, bad tarball member, network) deletes the
   staging file: the lake is never touched before everything has been read and validated. It first
   sweeps staging files of dead ingests (``pipeline.ingest.lake.sweep_dead_staging``) and refuses a dataset
@@ -28,15 +28,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.ingest import lake
 from pipeline.core.config import Warehouse, validate_name
 from pipeline.core.errors import InputError
-from pipeline.ingest.labels import label_name
 from pipeline.core.schema import REVIEW_SCHEMA
-from pipeline.ingest.sources import ColumnMap, ReadStats, Source, detect, read_source
+from pipeline.ingest import lake
+from pipeline.ingest.columns import ColumnMap
+from pipeline.ingest.dedupe import Deduper
+from pipeline.ingest.detect import Source, detect
+from pipeline.ingest.labels import label_name
+from pipeline.ingest.readers import read_source
+from pipeline.ingest.readers.base import ReadStats
 
 DROP_REASONS = ("missing_text", "empty_text")  # text null / text empty or whitespace only
-CONFLICTS_SHOWN = 5  # review_ids named in a "same id, different content" error
 
 
 @dataclass
@@ -113,52 +116,65 @@ def _check_dataset(dataset: str) -> str:
         raise InputError(str(exc)) from None
 
 
-def _row_keys(batch: pa.RecordBatch) -> list[int]:
-    """One hash per row of everything a review is (text, label, rating, split): equal keys = the same review.
+def _column_map(src: Source, mapping: dict) -> ColumnMap:
+    """The ``--*-col``/``--split`` options as a ``ColumnMap``; refused for aclImdb sources, which have no columns."""
+    if src.kind.startswith("aclimdb") and any(v is not None for v in mapping.values()):
+        used = ", ".join("--" + k.replace("_", "-") for k, v in mapping.items() if v is not None)
+        raise InputError(f"{used} apply to CSV/JSON/Parquet files only; an aclImdb source takes ids, labels, "
+                         f"ratings and splits from its folder and file names", path=src.location)
+    return ColumnMap(**mapping)
 
-    A 64-bit hash, so two *different* reviews under one id pass as the same with odds of about 1 in
-    10^19 per pair; keeping the hash instead of the text keeps memory to ids + 8 bytes per row."""
-    cols = [batch.column(c).to_pylist() for c in ("text", "label", "rating", "split")]
-    return [hash(row) for row in zip(*cols)]
+
+def _drop_textless(batch: pa.RecordBatch, dropped: dict[str, int]) -> pa.RecordBatch:
+    """``batch`` without rows whose text is null or blank, each counted under its ``DROP_REASONS`` entry."""
+    text = batch.column("text")
+    missing = pc.is_null(text)
+    blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
+    dropped["missing_text"] += int(pc.sum(missing).as_py() or 0)
+    dropped["empty_text"] += int(pc.sum(blank).as_py() or 0)
+    return batch.filter(pc.invert(pc.or_(missing, blank)))
 
 
-class _Deduper:
-    """Drops repeated review_ids within one source, across batches; refuses an id reused for another review."""
+def _count_by_split_label(counts: dict[tuple, list[int]], batch: pa.RecordBatch, new: pa.Array) -> None:
+    """Add ``batch``'s rows to ``counts[(split, label)] = [rows, new rows]``."""
+    grouped = pa.table({"split": batch.column("split"), "label": batch.column("label"),
+                        "new": pc.cast(new, pa.int64())}).group_by(["split", "label"]).aggregate(
+        [("new", "count"), ("new", "sum")])
+    for s, lab, n, k in zip(*(grouped.column(c).to_pylist() for c in ("split", "label", "new_count", "new_sum"))):
+        c = counts.setdefault((s, lab), [0, 0])
+        c[0] += n
+        c[1] += k
 
-    def __init__(self, where: str, kind: str):
-        self.where, self.kind = where, kind
-        self.seen: dict[str, int] = {}  # review_id -> _row_keys hash of its first row
-        self.repeats = 0
 
-    def keep_mask(self, batch: pa.RecordBatch) -> list[bool]:
-        """True for each row whose id is new; repeats of the same review are counted and dropped."""
-        keep, conflicts = [], []
-        for rid, key in zip(batch.column("review_id").to_pylist(), _row_keys(batch)):
-            first = self.seen.get(rid)
-            if first is None:
-                self.seen[rid] = key
-                keep.append(True)
-                continue
-            keep.append(False)
-            self.repeats += 1
-            if first != key:
-                conflicts.append(rid)
-        if conflicts:
-            raise self._conflict(list(dict.fromkeys(conflicts)))
-        return keep
+class _Stager:
+    """The per-batch rules of ``stage()``: drop textless rows, repeats and ids already in the lake; count
+    what was dropped; hand back the new rows as REVIEW_SCHEMA rows (``source``, ``ingested_at`` added)."""
 
-    def _conflict(self, ids: list[str]) -> InputError:
-        shown = ", ".join(repr(i) for i in ids[:CONFLICTS_SHOWN])
-        more = f" (and {len(ids) - CONFLICTS_SHOWN} more)" if len(ids) > CONFLICTS_SHOWN else ""
-        if self.kind.startswith("aclimdb"):
-            fix = ("aclImdb ids come from <split>/<pos|neg|unsup>/<id>_<rating>.txt, so two files with the same "
-                   "<id> (like 7_9.txt and 007_10.txt, or the same path twice in a tarball) are one id: "
-                   "remove or renumber one of them")
-        else:
-            fix = "give each review its own id, or drop the id column (or --id-col) to use content hashes"
-        which = f"review_id {shown} is" if len(ids) == 1 else f"review_ids {shown}{more} are"
-        return InputError(f"{which} used by rows with different content (text, label, rating or split), so a "
-                          f"review would be lost: {fix}; nothing was ingested", path=self.where)
+    def __init__(self, src: Source, lake_ids: set[str]):
+        self.src, self.lake_ids = src, lake_ids
+        self.now = pa.scalar(dt.datetime.now(dt.timezone.utc), REVIEW_SCHEMA.field("ingested_at").type)
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self.deduper = Deduper(src.location, src.kind)
+        self.dup_lake = 0
+        self.counts: dict[tuple, list[int]] = {}  # (split, label) -> [rows, staged]
+
+    def new_rows(self, batch: pa.RecordBatch) -> pa.RecordBatch | None:
+        batch = _drop_textless(batch, self.dropped)
+        if batch.num_rows == 0:
+            return None
+        batch = self.deduper.first_rows(batch)
+        new = pa.array([rid not in self.lake_ids for rid in batch.column("review_id").to_pylist()], pa.bool_())
+        _count_by_split_label(self.counts, batch, new)
+        n_new = int(pc.sum(pc.cast(new, pa.int64())).as_py() or 0)
+        self.dup_lake += batch.num_rows - n_new
+        if n_new == 0:
+            return None
+        if n_new < batch.num_rows:
+            batch = batch.filter(new)
+        m = batch.num_rows
+        return pa.RecordBatch.from_arrays(
+            [*batch.columns, pa.array([self.src.location] * m, pa.string()), pa.repeat(self.now, m)],
+            schema=REVIEW_SCHEMA)
 
 
 def stage(wh: Warehouse, source: str, dataset: str, *, text_col: str | None = None, label_col: str | None = None,
@@ -168,71 +184,31 @@ def stage(wh: Warehouse, source: str, dataset: str, *, text_col: str | None = No
     started = time.monotonic()
     _check_dataset(dataset)
     src = detect(source)
-    mapping = dict(text_col=text_col, label_col=label_col, id_col=id_col, rating_col=rating_col,
-                   split_col=split_col, split=split)
-    if src.kind.startswith("aclimdb") and any(v is not None for v in mapping.values()):
-        used = ", ".join("--" + k.replace("_", "-") for k, v in mapping.items() if v is not None)
-        raise InputError(f"{used} apply to CSV/JSON/Parquet files only; an aclImdb source takes ids, labels, "
-                         f"ratings and splits from its folder and file names", path=src.location)
-    cols = ColumnMap(**mapping)
+    cols = _column_map(src, dict(text_col=text_col, label_col=label_col, id_col=id_col, rating_col=rating_col,
+                                 split_col=split_col, split=split))
     wh.ensure()
     lake.sweep_dead_staging(wh)
     lake.sweep_dead_rewrites(wh, dataset)
     lake.check_name_is_free(wh, dataset)
     known = lake.part_files(wh, dataset)
-    lake_ids = set(lake.review_ids(known).to_pylist())  # one hash set; cheaper than pc.is_in per batch
-    now = pa.scalar(dt.datetime.now(dt.timezone.utc), REVIEW_SCHEMA.field("ingested_at").type)
+    stager = _Stager(src, set(lake.review_ids(known).to_pylist()))  # one hash set; cheaper than pc.is_in per batch
     stats = ReadStats()
-    dropped = dict.fromkeys(DROP_REASONS, 0)
-    deduper = _Deduper(src.location, src.kind)
-    dup_lake = 0
-    counts: dict[tuple, list[int]] = {}
     scratch = lake.new_staging_file(wh, dataset)
-    writer = lake.PartWriter(scratch.path)
     try:
-        for batch in read_source(src, cols, stats, progress=progress):
-            text = batch.column("text")
-            missing = pc.is_null(text)
-            blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), False)
-            dropped["missing_text"] += int(pc.sum(missing).as_py() or 0)
-            dropped["empty_text"] += int(pc.sum(blank).as_py() or 0)
-            batch = batch.filter(pc.invert(pc.or_(missing, blank)))
-            if batch.num_rows == 0:
-                continue
-            keep = deduper.keep_mask(batch)
-            if not all(keep):
-                batch = batch.filter(pa.array(keep, pa.bool_()))
-            new = pa.array([rid not in lake_ids for rid in batch.column("review_id").to_pylist()], pa.bool_())
-            grouped = pa.table({"split": batch.column("split"), "label": batch.column("label"),
-                                "new": pc.cast(new, pa.int64())}).group_by(["split", "label"]).aggregate(
-                [("new", "count"), ("new", "sum")])
-            for s, lab, n, k in zip(*(grouped.column(c).to_pylist() for c in ("split", "label", "new_count", "new_sum"))):
-                c = counts.setdefault((s, lab), [0, 0])
-                c[0] += n
-                c[1] += k
-            n_new = int(pc.sum(pc.cast(new, pa.int64())).as_py() or 0)
-            dup_lake += batch.num_rows - n_new
-            if n_new == 0:
-                continue
-            if n_new < batch.num_rows:
-                batch = batch.filter(new)
-            m = batch.num_rows
-            out = pa.RecordBatch.from_arrays(
-                [*batch.columns, pa.array([src.location] * m, pa.string()), pa.repeat(now, m)],
-                schema=REVIEW_SCHEMA)
-            writer.write(out)
-        writer.close()
+        with lake.PartWriter(scratch.path) as writer:
+            for batch in read_source(src, cols, stats, progress=progress):
+                if (rows := stager.new_rows(batch)) is not None:
+                    writer.write(rows)
     except BaseException:
-        writer.abort()
         scratch.release()
         raise
     if writer.rows == 0:
         scratch.release()
     return StagedIngest(dataset=dataset, source=src, staged_path=scratch.path if writer.rows else None,
                         known_files=known, rows_read=stats.rows_read, rows_staged=writer.rows,
-                        duplicates_in_lake=dup_lake, duplicates_in_source=deduper.repeats, dropped=dropped,
-                        replaced_utf8=stats.replaced_utf8, skipped=list(stats.skipped),
-                        skipped_total=stats.skipped_total, counts=counts, columns=dict(stats.columns),
+                        duplicates_in_lake=stager.dup_lake, duplicates_in_source=stager.deduper.repeats,
+                        dropped=stager.dropped, replaced_utf8=stats.replaced_utf8, skipped=list(stats.skipped),
+                        skipped_total=stats.skipped_total, counts=stager.counts, columns=dict(stats.columns),
                         started=started, scratch=scratch if writer.rows else None)
 
 

@@ -5,7 +5,7 @@ Read side: ``list_datasets``, ``dataset_files``, ``open_dataset``, ``iter_batche
 Write side: a dataset only ever grows by whole part files, ``part-<utc timestamp>-<sha256[:12]>.parquet``
 (zstd), each published by one rename. Writers stream rows into a hidden staging file under
 ``<wh>/.tmp/ingest/`` (same filesystem, outside the lake, so a crash never leaves debris in a
-dataset folder); ``publish_part`` then takes the dataset's writer lock (``fcntl.flock`` on
+dataset folder); ``publish_part`` then takes the dataset's writer lock (a ``filelock.FileLock`` on
 ``<wh>/lake/reviews/.dataset=<lowercased name>.lock``), drops rows whose review_id the dataset already
 holds and renames the file into place. Readers never lock: they see a part file whole or not at all,
 and ignore hidden (``.``) files.
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import filelock
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -42,12 +43,12 @@ from pipeline.core.config import Warehouse, validate_name
 from pipeline.core.errors import InputError, NotFoundError, TemporaryFailure
 from pipeline.core.schema import REVIEW_SCHEMA
 from pipeline.core.storage import sha256_file
+from pipeline.ingest.dedupe import Deduper
 
 PART_COMPRESSION = "zstd"
 ROW_GROUP_BYTES = 32 << 20  # PartWriter buffers about this much before writing a row group
-
-
-BORN_GRACE_S = 60.0                     # a ``.new-*`` file younger than this may be a staging file being born
+LOCK_TIMEOUT_S = 600.0      # a writer waits this long for a dataset's lock, then fails as a temporary failure
+BORN_GRACE_S = 60.0         # a ``.new-*`` file younger than this may be a staging file being born
 
 
 def list_datasets(wh: Warehouse) -> list[str]:
@@ -100,8 +101,6 @@ def read_table(wh: Warehouse, name: str, columns: Sequence[str] | None = None, f
     return open_dataset(wh, name).to_table(columns=list(columns) if columns else None, filter=filter)
 
 
-# --------------------------------------------------------------------------------- write side
-
 def part_files(wh: Warehouse, name: str) -> list[str]:
     """Like ``dataset_files`` but an empty list (not an error) for a new dataset."""
     d = wh.dataset_dir(name)
@@ -109,32 +108,25 @@ def part_files(wh: Warehouse, name: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def dataset_lock(wh: Warehouse, name: str, timeout: float | None = 600.0) -> Iterator[Path]:
-    """Exclusive per-dataset writer lock (fcntl.flock; released on exit or if the process dies).
+def dataset_lock(wh: Warehouse, name: str, timeout: float | None = LOCK_TIMEOUT_S) -> Iterator[Path]:
+    """Exclusive per-dataset writer lock (released on exit, or by the kernel if the process dies).
 
     One lock per name *ignoring case*, so two writers racing to create ``IMDB`` and ``imdb`` queue on
-    the same lock and the second sees the first's dataset (``check_name_is_free``)."""
+    the same lock and the second sees the first's dataset (``check_name_is_free``). ``timeout`` None
+    waits forever; 0 tries once. Waiting longer than ``timeout`` raises ``TemporaryFailure``."""
     d = wh.dataset_dir(name)
     lock_path = d.parent / f".{d.name.lower()}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = filelock.FileLock(lock_path, timeout=-1 if timeout is None else timeout)
     try:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TemporaryFailure(f"dataset {name!r} is locked by another writer for over "
-                                           f"{timeout:.0f}s; try again when it is done ({lock_path})") from None
-                time.sleep(0.05)
-        try:
-            yield lock_path
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        lock.acquire()
+    except filelock.Timeout:
+        raise TemporaryFailure(f"dataset {name!r} is locked by another writer for over {timeout:.0f}s; "
+                               f"try again when it is done ({lock_path})") from None
+    try:
+        yield lock_path
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def review_ids(files: Sequence[str]) -> pa.Array:
@@ -146,7 +138,14 @@ def review_ids(files: Sequence[str]) -> pa.Array:
 
 
 class PartWriter:
-    """Streams REVIEW_SCHEMA batches into one zstd Parquet file, buffering ~32 MiB per row group."""
+    """Streams REVIEW_SCHEMA batches into one zstd Parquet file, buffering ~32 MiB per row group.
+
+    Use it as a context manager: the file is closed and fsynced when the block ends, or deleted
+    (``abort``) when the block, or the close itself, raises::
+
+        with PartWriter(path) as writer:
+            writer.write(batch)
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -185,6 +184,19 @@ class PartWriter:
             self._writer.close()
         self.path.unlink(missing_ok=True)
 
+    def __enter__(self) -> "PartWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+            return
+        try:
+            self.close()
+        except BaseException:
+            self.abort()
+            raise
+
 
 def _staging_dir(wh: Warehouse) -> Path:
     d = wh.tmp / "ingest"
@@ -214,6 +226,7 @@ def new_staging_file(wh: Warehouse, name: str) -> StagingFile:
     ``.stage-*``: so every ``.stage-*`` file a sweeper sees unlocked is truly dead."""
     d = _staging_dir(wh)
     fd, born = tempfile.mkstemp(prefix=f".new-{validate_name(name, 'dataset name')}-", suffix=".parquet", dir=d)
+    # fcntl, not filelock: the lock must be on this very descriptor before the file gets its .stage- name
     fcntl.flock(fd, fcntl.LOCK_EX)
     path = d / (".stage-" + Path(born).name.removeprefix(".new-"))
     os.rename(born, path)
@@ -221,7 +234,9 @@ def new_staging_file(wh: Warehouse, name: str) -> StagingFile:
 
 
 def _remove_if_unlocked(path: Path) -> bool:
-    """Delete ``path`` if no process holds a flock on it (never opens FIFOs/devices, never follows links)."""
+    """Delete ``path`` if no process holds a flock on it (never opens FIFOs/devices, never follows links).
+
+    fcntl, not filelock: filelock opens with O_CREAT, so it would recreate a file published meanwhile."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -304,8 +319,22 @@ def _part_name(path: Path, now: dt.datetime | None = None) -> str:
     return f"part-{now.strftime('%Y%m%dT%H%M%S%fZ')}-{sha256_file(path)[:12]}.parquet"
 
 
+def _rewrite_without(pf: pq.ParquetFile, existing: pa.Array, d: Path) -> tuple[Path, pa.Table]:
+    """Copy ``pf`` into a ``.part-*.tmp`` file in ``d`` without the rows whose review_id is in ``existing``;
+    returns that file and the (split, label) of the rows kept."""
+    fd, tmp = tempfile.mkstemp(prefix=".part-", suffix=".parquet.tmp", dir=d)
+    os.close(fd)
+    parts = []
+    with PartWriter(tmp) as writer:
+        for batch in pf.iter_batches(batch_size=8192):
+            kept = batch.filter(pc.invert(pc.is_in(batch.column("review_id"), value_set=existing)))
+            writer.write(kept)
+            parts.append(kept.select(["split", "label"]))
+    return Path(tmp), pa.Table.from_batches(parts)
+
+
 def publish_part(wh: Warehouse, name: str, staged: str | os.PathLike, *,
-                 known_files: Sequence[str] | None = None, lock_timeout: float | None = 600.0) -> PublishResult:
+                 known_files: Sequence[str] | None = None, lock_timeout: float | None = LOCK_TIMEOUT_S) -> PublishResult:
     """Publish a staged REVIEW_SCHEMA Parquet file (already free of internal duplicates) into the dataset.
 
     Under the dataset lock: the name is checked against datasets spelled in another case (one may have
@@ -320,40 +349,20 @@ def publish_part(wh: Warehouse, name: str, staged: str | os.PathLike, *,
         with dataset_lock(wh, name, lock_timeout):
             check_name_is_free(wh, name)
             _sweep_dead_rewrites(d)
-            current = part_files(wh, name)
             known = set(known_files) if known_files is not None else set()
-            new = [f for f in current if f not in known]
-            existing = review_ids(new)
+            existing = review_ids([f for f in part_files(wh, name) if f not in known])
             pf = pq.ParquetFile(staged)
             total = pf.metadata.num_rows
             dups = 0
-            by = None
             if len(existing) and total:
                 ids = pf.read(columns=["review_id"]).column("review_id")
                 dups = int(pc.sum(pc.is_in(ids, value_set=existing)).as_py() or 0)
             if dups == total:
                 return PublishResult(None, 0, dups)
             d.mkdir(parents=True, exist_ok=True)
-            if dups:
-                # another writer got some of these rows in first: rewrite without them
-                fd, tmp = tempfile.mkstemp(prefix=".part-", suffix=".parquet.tmp", dir=d)
-                os.close(fd)
-                writer = PartWriter(tmp)
-                parts = []
-                try:
-                    for batch in pf.iter_batches(batch_size=8192):
-                        keep = pc.invert(pc.is_in(batch.column("review_id"), value_set=existing))
-                        kept = batch.filter(keep)
-                        writer.write(kept)
-                        parts.append(kept.select(["split", "label"]))
-                    writer.close()
-                except BaseException:
-                    writer.abort()
-                    raise
-                by = pa.Table.from_batches(parts)
-                src = Path(tmp)
-            else:
-                src = staged
+            src, by = staged, None
+            if dups:  # another writer got some of these rows in first: rewrite without them
+                src, by = _rewrite_without(pf, existing, d)
             target = d / _part_name(src)
             os.chmod(src, 0o644)  # mkstemp made it 0600; published data is readable like any other file
             os.replace(src, target)
@@ -364,25 +373,14 @@ def publish_part(wh: Warehouse, name: str, staged: str | os.PathLike, *,
 
 
 def write_part(wh: Warehouse, name: str, table: pa.Table) -> PublishResult:
-    """Append ``table`` (REVIEW_SCHEMA columns) to the dataset: dedupe by review_id (first wins,
-    and against the lake), atomically. Convenience for small tables and tests; ingest streams."""
-    table = table.cast(REVIEW_SCHEMA)
-    ids = table.column("review_id").to_pylist()
-    seen: set[str] = set()
-    keep = []
-    for rid in ids:
-        keep.append(rid not in seen)
-        seen.add(rid)
-    table = table.filter(pa.array(keep, pa.bool_()))
+    """Append ``table`` (REVIEW_SCHEMA columns) to the dataset: dedupe by review_id (first wins, as in
+    ingest; an id reused for another review is refused), and against the lake, atomically. Convenience
+    for small tables and tests; ingest streams."""
+    table = Deduper(f"table for dataset {name!r}", "table").first_rows(table.cast(REVIEW_SCHEMA))
     scratch = new_staging_file(wh, name)
     try:
-        writer = PartWriter(scratch.path)
-        try:
+        with PartWriter(scratch.path) as writer:
             writer.write(table)
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
         return publish_part(wh, name, scratch.path, known_files=None)
     finally:
         scratch.release()
@@ -390,8 +388,6 @@ def write_part(wh: Warehouse, name: str, table: pa.Table) -> PublishResult:
 
 def split_counts(wh: Warehouse, name: str) -> dict[str, int]:
     """Rows per split in the dataset (a null split is counted as ``"none"``); reads only that column."""
-    import pyarrow.compute as pc
-
     col = open_dataset(wh, name).to_table(columns=["split"]).column("split")
     return {(r["values"] if r["values"] is not None else "none"): int(r["counts"])
             for r in pc.value_counts(col).to_pylist()}
