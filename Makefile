@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 SOURCE  ?= ../shared/data/imdb/train.parquet
 RUN_ARGS ?=
 
-.PHONY: setup run test bench clean
+.PHONY: setup run lint test bench clean
 
 $(BIN)/reviewflow: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,7 +18,11 @@ setup: $(BIN)/reviewflow
 run: setup
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/reviewflow run --source $(SOURCE) $(RUN_ARGS)
 
-test: setup
+# the import contracts of pyproject.toml ([tool.importlinter]): stages import one way, pipeline never imports prefect
+lint: setup
+	$(BIN)/lint-imports
+
+test: lint
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q
 
 bench: setup

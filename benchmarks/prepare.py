@@ -10,7 +10,7 @@ front-padded with zeros. (2) ours: ``prepare()`` into a temp warehouse with the 
 (strip_html=False, max_len=512, pad_side=left, truncate=head, min_freq=1, val_fraction=0).
 Both must give the same tokens for a sample of reviews (compared as token strings: the baseline breaks
 count ties by first occurrence, ours by token string). (3) scale: train + unsup replicated to
-``--scale`` reviews in a temp lake (written streaming), prepared in a subprocess.
+``--scale`` reviews in a temp lake (written in parts by the lake's own writer), prepared in a subprocess.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import IMDB, write_lake
+from pipeline.core.config import Warehouse
 
 
 def peak_rss_mib() -> float:
@@ -88,7 +88,8 @@ def phase_ours(args) -> dict:
     import pipeline.core.plots  # noqa: F401  (imports excluded from the timing)
     from pipeline.core.config import Warehouse
     from pipeline.train.loader import load_split
-    from pipeline.prepare.job import PrepareConfig, prepare
+    from pipeline.prepare.config import PrepareConfig
+    from pipeline.prepare.job import prepare
     from pipeline.prepare.vocab import read_vocab
 
     import matplotlib
@@ -117,60 +118,6 @@ def phase_ours(args) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------------------- lake setup
-def write_lake(wh_root: Path, name: str, sources: list[Path], total: int | None, rows: int | None) -> int:
-    """Stream ``sources`` (repeated with fresh ids until ``total`` rows) into a lake dataset."""
-    import datetime as dt
-
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from pipeline.core.config import Warehouse
-    from pipeline.core.schema import REVIEW_SCHEMA
-
-    wh = Warehouse(wh_root).ensure()
-    d = wh.dataset_dir(name)
-    d.mkdir(parents=True, exist_ok=True)
-    now = pa.scalar(dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), pa.timestamp("us", tz="UTC"))
-    written, rep, part = 0, 0, 0
-    target = total or rows or None
-    writer = None
-    per_part = 250_000
-    while True:
-        for src in sources:
-            for batch in pq.ParquetFile(src).iter_batches(batch_size=50_000,
-                                                          columns=["review_id", "text", "label", "rating", "split"]):
-                if target is not None and written >= target:
-                    break
-                if target is not None:
-                    batch = batch.slice(0, target - written)
-                n = batch.num_rows
-                rid = batch.column("review_id")
-                if rep:
-                    rid = pc.binary_join_element_wise(rid, pa.scalar(f"r{rep}"), "-")
-                t = pa.table({"review_id": rid, "text": batch.column("text"),
-                              "label": batch.column("label").cast(pa.int8()),
-                              "rating": batch.column("rating").cast(pa.int8()),
-                              "split": batch.column("split"),
-                              "source": pa.array([src.name] * n),
-                              "ingested_at": pa.array([now.as_py()] * n, pa.timestamp("us", tz="UTC"))},
-                             schema=REVIEW_SCHEMA)
-                if writer is None or (written and written % per_part == 0):
-                    if writer is not None:
-                        writer.close()
-                    writer = pq.ParquetWriter(d / f"part-{part:05d}.parquet", REVIEW_SCHEMA, compression="snappy")
-                    part += 1
-                writer.write_table(t, row_group_size=50_000)
-                written += n
-        rep += 1
-        if target is None or written >= target:
-            break
-    if writer is not None:
-        writer.close()
-    return written
-
-
 def run_phase(phase: str, args, extra: list[str], sample_ids=None) -> dict:
     with tempfile.NamedTemporaryFile("w+", suffix=".json", delete=False) as fh:
         out = fh.name
@@ -186,7 +133,7 @@ def run_phase(phase: str, args, extra: list[str], sample_ids=None) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/imdb/train.parquet")
+    ap.add_argument("--data", type=Path, default=IMDB / "train.parquet")
     ap.add_argument("--unsup", type=Path, default=None, help="default: unsup.parquet next to --data")
     ap.add_argument("--rows", type=int, default=0, help="use only the first N reviews (0 = all)")
     ap.add_argument("--scale", type=int, default=1_000_000)
@@ -212,7 +159,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="reviewflow-bench-"))
     try:
         wh = tmp / "wh"
-        n = write_lake(wh, "bench", [args.data], None, args.rows or None)
+        n = write_lake(Warehouse(wh), "bench", [args.data], total=args.rows or None)
         base = run_phase("baseline", args, [])
         ours = run_phase("ours", args, ["--warehouse", str(wh), "--dataset", "bench"],
                          sample_ids=list(base["sample"]))
@@ -227,7 +174,7 @@ def main() -> None:
             unsup = args.unsup or args.data.with_name("unsup.parquet")
             wh2 = tmp / "wh-scale"
             t0 = time.perf_counter()
-            total = write_lake(wh2, "bench", [args.data, unsup], args.scale, None)
+            total = write_lake(Warehouse(wh2), "bench", [args.data, unsup], total=args.scale)
             print(f"wrote the {total:,}-review lake in {time.perf_counter() - t0:.1f} s")
             big = run_phase("ours", argparse.Namespace(**{**vars(args), "sample": 0}),
                             ["--warehouse", str(wh2), "--dataset", "bench", "--include-unsup"])

@@ -33,8 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import IMDB, ROOT, write_lake
 
 
 def rss_peak_mib() -> float:
@@ -109,20 +108,10 @@ def ensure_model(args) -> None:
         if not args.train_seconds:
             raise SystemExit(f"no model {args.model!r} in {wh.models}: pass --model-dir, or --train-seconds N "
                              f"to train a quick one")
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from pipeline.core.schema import REVIEW_SCHEMA
-    from pipeline.train.loop import train_dataset
+    from pipeline.train.job import train_dataset
 
     print(f"# no model in {wh.models}: training a quick 'default' model ({args.train_seconds} s budget)", flush=True)
-    t = pq.read_table(args.source, columns=["review_id", "text", "label", "rating", "split"])
-    n = t.num_rows
-    t = t.append_column("source", pa.array([args.source] * n)).append_column(
-        "ingested_at", pa.array([0] * n, pa.int64()).cast(pa.timestamp("us", tz="UTC")))
-    d = wh.dataset_dir("imdb-bench")
-    d.mkdir(parents=True, exist_ok=True)
-    pq.write_table(t.select([f.name for f in REVIEW_SCHEMA]).cast(REVIEW_SCHEMA), d / "part-0.parquet")
+    write_lake(wh, "imdb-bench", [Path(args.source)])
     res = train_dataset(wh, "imdb-bench", "default", overrides={"max_seconds": args.train_seconds, "epochs": 1},
                         device="cpu", progress=False)
     print(f"# trained {res['version']} (val accuracy {res['val_accuracy']})", flush=True)
@@ -221,7 +210,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="champion")
     p.add_argument("--model-dir", default=None, help="a model directory (overrides --warehouse/--model)")
     p.add_argument("--train-seconds", type=float, default=0, help="train a quick model if none exists")
-    p.add_argument("--source", default=str(ROOT.parent / "shared" / "data" / "imdb" / "train.parquet"))
+    p.add_argument("--source", default=str(IMDB / "train.parquet"))
     p.add_argument("--rows", type=int, default=250_000)
     p.add_argument("--small-rows", type=int, default=25_000)
     p.add_argument("--baseline-sample", type=int, default=200)
@@ -241,7 +230,6 @@ def main(argv=None) -> int:
 
     import numpy as np
     import pyarrow.parquet as pq
-    import torch
 
     ensure_model(args)
     out = Path(args.out)
@@ -252,45 +240,57 @@ def main(argv=None) -> int:
           f"max_len {pred.max_len}, {pred.model.num_params():,} params; torch threads {args.threads}")
     src = pq.read_table(args.source, columns=["text", "label"])
     rng = np.random.default_rng(0)
-
-    # --- matmul peak and the model's achieved FLOP/s on a batched sample
-    peak = matmul_peak(args.threads)
-    flop_texts = src.column("text").take(rng.choice(src.num_rows, args.flop_sample, replace=False)).to_pylist()
-    flops_per_review, secs = model_flops(pred, flop_texts, args.batch_size)
-    model_fps = flops_per_review * len(flop_texts) / secs
-    print(f"matmul peak (torch.mm 1024^2, {args.threads} threads): {peak / 1e9:.1f} GFLOP/s")
-    print(f"model: {flops_per_review / 1e6:.1f} MFLOP/review (length-sorted batches of {args.batch_size}); "
-          f"inference only on {len(flop_texts)} reviews: "
-          f"{len(flop_texts) / secs:.0f} reviews/s = {model_fps / 1e9:.2f} GFLOP/s "
-          f"({100 * model_fps / peak:.0f}% of matmul peak)")
-
-    # --- optional dynamic int8 quantisation
-    use_q = False
-    if args.quantize:
-        idx = rng.choice(src.num_rows, min(args.quant_sample, src.num_rows), replace=False)
-        qt = src.take(idx)
-        texts, labels = qt.column("text").to_pylist(), np.asarray(qt.column("label").to_pylist())
-        t0 = time.perf_counter()
-        acc32 = float(np.mean((pred.predict_proba(texts) >= 0.5) == labels)) * 100
-        s32 = time.perf_counter() - t0
-        fp32_model = pred.model
-        pred.model = quantized(fp32_model)
-        t0 = time.perf_counter()
-        acc8 = float(np.mean((pred.predict_proba(texts) >= 0.5) == labels)) * 100
-        s8 = time.perf_counter() - t0
-        pred.model = fp32_model
-        use_q = abs(acc32 - acc8) <= 0.3 and s8 < s32
-        print(f"int8 dynamic quantisation on {len(texts)} labelled reviews: fp32 {acc32:.2f}% "
-              f"{len(texts) / s32:.0f}/s, int8 {acc8:.2f}% {len(texts) / s8:.0f}/s -> "
-              f"{'KEPT' if use_q else 'not kept'} (kept only if within 0.3 points and faster)")
-
-    # --- the lineage loop on a sample
+    flops = measure_flops(args, pred, src, rng)
+    use_q = try_quantisation(args, pred, src, rng) if args.quantize else False
     base_texts = src.column("text").take(rng.choice(src.num_rows, args.baseline_sample, replace=False)).to_pylist()
     base_rps = baseline_loop(pred, base_texts)
     print(f"baseline sentiment_inference loop (1 review/forward, 512 tokens): {base_rps:.1f} reviews/s "
           f"on {len(base_texts)} reviews")
+    results = score_sizes(args, out, use_q)
+    summary = report(args, results, base_rps, flops, use_q, pred.version)
+    (out / "score_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
 
-    # --- end-to-end scoring, each size in its own process on a fresh table
+
+def measure_flops(args, pred, src, rng) -> dict:
+    """The torch.mm peak and the model's achieved FLOP/s on a batched sample."""
+    peak = matmul_peak(args.threads)
+    flop_texts = src.column("text").take(rng.choice(src.num_rows, args.flop_sample, replace=False)).to_pylist()
+    per_review, secs = model_flops(pred, flop_texts, args.batch_size)
+    model_fps = per_review * len(flop_texts) / secs
+    print(f"matmul peak (torch.mm 1024^2, {args.threads} threads): {peak / 1e9:.1f} GFLOP/s")
+    print(f"model: {per_review / 1e6:.1f} MFLOP/review (length-sorted batches of {args.batch_size}); "
+          f"inference only on {len(flop_texts)} reviews: "
+          f"{len(flop_texts) / secs:.0f} reviews/s = {model_fps / 1e9:.2f} GFLOP/s "
+          f"({100 * model_fps / peak:.0f}% of matmul peak)")
+    return {"peak": peak, "per_review": per_review, "model_fps": model_fps}
+
+
+def try_quantisation(args, pred, src, rng) -> bool:
+    """Dynamic int8 quantisation on a labelled sample: kept only if within 0.3 points and faster."""
+    import numpy as np
+
+    idx = rng.choice(src.num_rows, min(args.quant_sample, src.num_rows), replace=False)
+    qt = src.take(idx)
+    texts, labels = qt.column("text").to_pylist(), np.asarray(qt.column("label").to_pylist())
+    t0 = time.perf_counter()
+    acc32 = float(np.mean((pred.predict_proba(texts) >= 0.5) == labels)) * 100
+    s32 = time.perf_counter() - t0
+    fp32_model = pred.model
+    pred.model = quantized(fp32_model)
+    t0 = time.perf_counter()
+    acc8 = float(np.mean((pred.predict_proba(texts) >= 0.5) == labels)) * 100
+    s8 = time.perf_counter() - t0
+    pred.model = fp32_model
+    use_q = abs(acc32 - acc8) <= 0.3 and s8 < s32
+    print(f"int8 dynamic quantisation on {len(texts)} labelled reviews: fp32 {acc32:.2f}% "
+          f"{len(texts) / s32:.0f}/s, int8 {acc8:.2f}% {len(texts) / s8:.0f}/s -> "
+          f"{'KEPT' if use_q else 'not kept'} (kept only if within 0.3 points and faster)")
+    return use_q
+
+
+def score_sizes(args, out: Path, use_q: bool) -> dict:
+    """End-to-end scoring at --small-rows and --rows, each in its own process on a fresh table."""
     results = {}
     for rows in (args.small_rows, args.rows):
         db = out / f"score-bench-{rows}.duckdb"
@@ -304,9 +304,15 @@ def main(argv=None) -> int:
               f"table built in {built:.1f} s", flush=True)
         for f in (db, Path(str(db) + ".wal")):
             f.unlink(missing_ok=True)
+    return results
+
+
+def report(args, results: dict, base_rps: float, flops: dict, use_q: bool, version: str) -> dict:
+    """Print the results table; return the same as a JSON-able summary."""
+    import torch
 
     small, big = results[args.small_rows], results[args.rows]
-    e2e = big["rows_per_s"]
+    e2e, peak, model_fps, per_review = big["rows_per_s"], flops["peak"], flops["model_fps"], flops["per_review"]
     print()
     print("| measure | value |")
     print("|---|---|")
@@ -317,18 +323,16 @@ def main(argv=None) -> int:
     print(f"| peak RSS {args.small_rows:,} rows | {small['peak_rss_mib']:,.0f} MiB |")
     print(f"| peak RSS {args.rows:,} rows (target < 1536 MiB) | {big['peak_rss_mib']:,.0f} MiB |")
     print(f"| RSS growth {args.small_rows:,} -> {args.rows:,} rows | {big['peak_rss_mib'] - small['peak_rss_mib']:+,.0f} MiB |")
-    print(f"| model GFLOP/s: inference only (sample) / end-to-end (approx.) | {model_fps / 1e9:.2f} / {flops_per_review * e2e / 1e9:.2f} |")
+    print(f"| model GFLOP/s: inference only (sample) / end-to-end (approx.) | {model_fps / 1e9:.2f} / {per_review * e2e / 1e9:.2f} |")
     print(f"| matmul peak GFLOP/s ({args.threads} threads) | {peak / 1e9:.1f} |")
     print(f"| int8 quantisation used | {'yes' if use_q else 'no'} |")
-    summary = {"rows": args.rows, "small_rows": args.small_rows, "e2e_rows_per_s": e2e,
-               "small_rows_per_s": small["rows_per_s"], "baseline_rows_per_s": base_rps,
-               "speedup": e2e / base_rps, "peak_rss_mib_small": small["peak_rss_mib"],
-               "peak_rss_mib_big": big["peak_rss_mib"], "model_gflops": model_fps / 1e9,
-               "e2e_gflops": flops_per_review * e2e / 1e9, "matmul_peak_gflops": peak / 1e9,
-               "mflop_per_review": flops_per_review / 1e6, "quantized": use_q, "model": pred.version,
-               "torch": torch.__version__}
-    (out / "score_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return 0
+    return {"rows": args.rows, "small_rows": args.small_rows, "e2e_rows_per_s": e2e,
+            "small_rows_per_s": small["rows_per_s"], "baseline_rows_per_s": base_rps,
+            "speedup": e2e / base_rps, "peak_rss_mib_small": small["peak_rss_mib"],
+            "peak_rss_mib_big": big["peak_rss_mib"], "model_gflops": model_fps / 1e9,
+            "e2e_gflops": per_review * e2e / 1e9, "matmul_peak_gflops": peak / 1e9,
+            "mflop_per_review": per_review / 1e6, "quantized": use_q, "model": version,
+            "torch": torch.__version__}
 
 
 if __name__ == "__main__":

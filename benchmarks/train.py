@@ -14,45 +14,24 @@ A CUDA row is added with ``--device cuda`` where a GPU exists.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import IMDB, ROOT, write_lake
+from pipeline.core.config import Warehouse
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-
-from pipeline.core.config import Warehouse  # noqa: E402
-from pipeline.core.schema import REVIEW_SCHEMA  # noqa: E402
-
-DEFAULT_SOURCE = ROOT.parent / "shared" / "data" / "imdb" / "train.parquet"
-
-
-def load_lake(wh: Warehouse, source: Path, rows: int | None, seed: int = 0) -> int:
-    """Write the labelled reviews of ``source`` into ``wh``'s lake as dataset ``imdb``."""
-    t = pq.read_table(source, columns=["review_id", "text", "label", "rating", "split"])
-    if rows and rows < t.num_rows:
-        import numpy as np
-
-        t = t.take(np.sort(np.random.default_rng(seed).choice(t.num_rows, rows, replace=False)))
-    now = dt.datetime.now(dt.timezone.utc)
-    t = t.append_column("source", pa.array([str(source)] * t.num_rows, pa.string()))
-    t = t.append_column("ingested_at", pa.array([now] * t.num_rows, pa.timestamp("us", tz="UTC")))
-    d = wh.dataset_dir("imdb")
-    d.mkdir(parents=True, exist_ok=True)
-    pq.write_table(t.select(REVIEW_SCHEMA.names).cast(REVIEW_SCHEMA), d / "part-0.parquet")
-    return t.num_rows
+DEFAULT_SOURCE = IMDB / "train.parquet"
 
 
 def run_preset(wh: Warehouse, preset: str, overrides: dict, device: str, progress: bool) -> dict:
-    from pipeline.prepare.job import PrepareConfig, prepare
+    from pipeline.prepare.config import PrepareConfig
+    from pipeline.prepare.job import prepare
     from pipeline.train.presets import resolve_preset
-    from pipeline.train.loop import run_dir_for, train
+    from pipeline.train.job import run_dir_for
+    from pipeline.train.loop import train
 
     spec = resolve_preset(preset, overrides)
     t = time.perf_counter()
@@ -96,7 +75,7 @@ def main() -> None:
 
     root = a.warehouse or Path(tempfile.mkdtemp(prefix="reviewflow-bench-train-"))
     wh = Warehouse(root).ensure()
-    n = load_lake(wh, a.source, a.rows) if not wh.dataset_dir("imdb").exists() else None
+    n = write_lake(wh, "imdb", [a.source], rows=a.rows) if not wh.dataset_dir("imdb").exists() else None
     print(f"warehouse {root}; {n if n is not None else 'existing'} reviews; device {a.device}; "
           f"overrides {overrides}", flush=True)
     rows = []

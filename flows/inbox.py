@@ -11,6 +11,10 @@ before is not ingested again. See pipeline/ops/inbox.py for the guarantees.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
+import typer
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
@@ -40,9 +44,77 @@ def claim_files(warehouse: str, min_age_s: float, max_files: int, stale_after_s:
 
 
 def _claim(d: dict) -> box.Claim:
-    from pathlib import Path
-
     return box.Claim(name=d["name"], path=Path(d["path"]), sha256=d["sha256"], size=d["size"])
+
+
+def _result(c: box.Claim, status: str, to: Path, rows_added=0, error: str = "") -> dict:
+    """One row of the ``inbox-files`` artifact (and of the flow's ``results``)."""
+    return {"file": c.name, "status": status, "rows_added": rows_added, "moved_to": str(to), "error": error[:300]}
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def ingest_claims(wh: Warehouse, claims: list[dict], dataset: str, logger) -> tuple[list[dict], list]:
+    """Ingest each claimed file (a duplicate by content is moved on, a bad file fails alone).
+
+    Returns (results of files that are done, [(claim, ingest report)] of files waiting to be scored)."""
+    results: list[dict] = []
+    ingested: list[tuple[box.Claim, dict]] = []
+    for c in map(_claim, claims):
+        prev = box.ledger_entry(wh, c.sha256)
+        if prev is not None:
+            to = box.complete(wh, c, {"skipped": "duplicate"}, duplicate_of=prev)
+            logger.warning(f"{c.name}: same content as {prev['name']} processed at {prev['processed_at']}; "
+                           f"not ingested again -> {to}")
+            results.append(_result(c, "duplicate", to))
+            continue
+        try:
+            rep = ingest_flow(source=str(c.path), dataset=dataset, warehouse=str(wh.root))
+        except Exception as exc:  # a bad file must not stop the others
+            to = box.fail(wh, c, exc)
+            logger.error(f"{c.name}: ingest failed ({_describe(exc)}) -> {to} (+ .error.txt)")
+            results.append(_result(c, "failed", to, error=_describe(exc)))
+            continue
+        ingested.append((c, rep or {}))
+    return results, ingested
+
+
+def score_ingested(wh: Warehouse, ingested: list, dataset: str, model: str, logger) -> tuple[list[dict], dict]:
+    """Score the dataset once for all ingested files, then move each to processed/ (or failed/ if scoring
+    failed: the rows are in the lake but not scored, so someone should look; dropping the files again
+    re-scores, as ingest skips the rows it already holds). Returns (results, the score report)."""
+    if not ingested:
+        return [], {}
+    try:
+        score = score_flow(dataset=dataset, model=model, warehouse=str(wh.root)) or {}
+    except Exception as exc:  # noqa: BLE001 - recorded beside each file
+        results = []
+        for c, rep in ingested:
+            to = box.fail(wh, c, RuntimeError(f"ingested {rep.get('rows_added')} row(s) into dataset "
+                                              f"{dataset!r}, but scoring failed: {_describe(exc)}"))
+            results.append(_result(c, "failed", to, rep.get("rows_added", 0), f"scoring: {_describe(exc)}"))
+        logger.error(f"scoring dataset {dataset!r} failed: {exc}; {len(ingested)} file(s) moved to inbox/failed/")
+        return results, {}
+    results = []
+    for c, rep in ingested:
+        to = box.complete(wh, c, {"rows_added": rep.get("rows_added"), "duplicates": rep.get("duplicates"),
+                                  "scored_table": score.get("table")})
+        results.append(_result(c, "processed", to, rep.get("rows_added", 0)))
+        logger.info(f"{c.name}: {rep.get('rows_added')} row(s) ingested and scored -> {to}")
+    return results, score
+
+
+def pass_summary(wh: Warehouse, results: list[dict], score: dict) -> dict:
+    """The flow's return value: counts per outcome, rows, where the scores went, the inbox afterwards."""
+    count = lambda status: sum(r["status"] == status for r in results)  # noqa: E731
+    return {
+        "files": len(results), "processed": count("processed"), "duplicates": count("duplicate"),
+        "failed": count("failed"), "rows_added": sum(int(r["rows_added"] or 0) for r in results),
+        "rows_scored": score.get("rows_scored", 0), "table": score.get("table"),
+        "db_path": score.get("db_path", str(wh.duckdb_path)), "results": results, "inbox": box.status(wh),
+    }
 
 
 @flow(name="inbox", flow_run_name="ingest-and-score-{dataset}")
@@ -52,64 +124,12 @@ def inbox_flow(warehouse: str | None = None, dataset: str = "inbox", model: str 
     logger = get_run_logger()
     validate_name(dataset, "dataset name")
     wh = Warehouse.from_env(warehouse).ensure()
-    whs = str(wh.root)
-    claims = claim_files(whs, min_age_s, max_files, stale_after_s)
-    results: list[dict] = []
-    ingested: list[tuple[box.Claim, dict]] = []
-    for d in claims:
-        c = _claim(d)
-        prev = box.ledger_entry(wh, c.sha256)
-        if prev is not None:
-            to = box.complete(wh, c, {"skipped": "duplicate"}, duplicate_of=prev)
-            logger.warning(f"{c.name}: same content as {prev['name']} processed at {prev['processed_at']}; "
-                           f"not ingested again -> {to}")
-            results.append({"file": c.name, "status": "duplicate", "rows_added": 0, "moved_to": str(to), "error": ""})
-            continue
-        try:
-            rep = ingest_flow(source=str(c.path), dataset=dataset, warehouse=whs)
-        except Exception as exc:  # a bad file must not stop the others
-            to = box.fail(wh, c, exc)
-            logger.error(f"{c.name}: ingest failed ({type(exc).__name__}: {exc}) -> {to} (+ .error.txt)")
-            results.append({"file": c.name, "status": "failed", "rows_added": 0, "moved_to": str(to),
-                            "error": f"{type(exc).__name__}: {exc}"[:300]})
-            continue
-        ingested.append((c, rep or {}))
-
-    score: dict = {}
-    if ingested:
-        try:
-            score = score_flow(dataset=dataset, model=model, warehouse=whs) or {}
-        except Exception as exc:
-            # the rows are in the lake but not scored: the files go to failed/ so someone looks; dropping
-            # them again re-scores (ingest skips the rows it already holds)
-            for c, rep in ingested:
-                to = box.fail(wh, c, RuntimeError(f"ingested {rep.get('rows_added')} row(s) into dataset "
-                                                  f"{dataset!r}, but scoring failed: {type(exc).__name__}: {exc}"))
-                results.append({"file": c.name, "status": "failed", "rows_added": rep.get("rows_added", 0),
-                                "moved_to": str(to), "error": f"scoring: {type(exc).__name__}: {exc}"[:300]})
-            logger.error(f"scoring dataset {dataset!r} failed: {exc}; {len(ingested)} file(s) moved to inbox/failed/")
-        else:
-            for c, rep in ingested:
-                to = box.complete(wh, c, {"rows_added": rep.get("rows_added"), "duplicates": rep.get("duplicates"),
-                                          "scored_table": score.get("table")})
-                results.append({"file": c.name, "status": "processed", "rows_added": rep.get("rows_added", 0),
-                                "moved_to": str(to), "error": ""})
-                logger.info(f"{c.name}: {rep.get('rows_added')} row(s) ingested and scored -> {to}")
-
-    summary = {
-        "files": len(results),
-        "processed": sum(r["status"] == "processed" for r in results),
-        "duplicates": sum(r["status"] == "duplicate" for r in results),
-        "failed": sum(r["status"] == "failed" for r in results),
-        "rows_added": sum(int(r["rows_added"] or 0) for r in results),
-        "rows_scored": score.get("rows_scored", 0),
-        "table": score.get("table"),
-        "db_path": score.get("db_path", str(wh.duckdb_path)),
-        "results": results,
-        "inbox": box.status(wh),
-    }
-    if results:
-        create_table_artifact(key="inbox-files", table=results,
+    claims = claim_files(str(wh.root), min_age_s, max_files, stale_after_s)
+    done, ingested = ingest_claims(wh, claims, dataset, logger)
+    scored, score = score_ingested(wh, ingested, dataset, model, logger)
+    summary = pass_summary(wh, done + scored, score)
+    if summary["results"]:
+        create_table_artifact(key="inbox-files", table=summary["results"],
                               description=f"inbox pass: {summary['processed']} processed, {summary['duplicates']} "
                                           f"duplicate, {summary['failed']} failed; {summary['rows_scored']} rows scored")
     logger.info(f"inbox pass done: {summary['processed']} processed, {summary['duplicates']} duplicate, "
@@ -118,11 +138,11 @@ def inbox_flow(warehouse: str | None = None, dataset: str = "inbox", model: str 
     return summary
 
 
-if __name__ == "__main__":
-    import argparse
+def one_pass(warehouse: Optional[str] = typer.Option(None, help="Warehouse root (default $REVIEWFLOW_WAREHOUSE)."),
+             dataset: str = typer.Option("inbox", help="Lake dataset the files go into.")) -> None:
+    """One inbox pass now (what the *ingest-and-score* deployment runs on its schedule)."""
+    typer.echo(inbox_flow(warehouse=warehouse, dataset=dataset))
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--warehouse")
-    ap.add_argument("--dataset", default="inbox")
-    a = ap.parse_args()
-    print(inbox_flow(warehouse=a.warehouse, dataset=a.dataset))
+
+if __name__ == "__main__":
+    typer.run(one_pass)

@@ -1,7 +1,7 @@
 """The main job: ingest -> prepare -> train -> score -> summary, one Prefect flow with the steps as subflows.
 
     reviewflow run --source ../shared/data/imdb/train.parquet
-    python -m flows.run --source /data/aclImdb_v1.tar.gz
+    python -m flows.run --source /data/aclImdb_v1.tar.gz      # the same command
 
 Re-running is cheap: ingest skips review_ids the lake already holds, prepare reuses shards with the same
 prep id, training is skipped when the registry already holds a model of this preset trained on the same
@@ -20,22 +20,35 @@ from flows.ingest import ingest_flow
 from flows.prepare import prepare_flow
 from flows.score import score_flow
 from flows.train import train_flow
-from pipeline.core.config import Warehouse, validate_name
-from pipeline.ingest.connectivity import is_url, probe_url
-from pipeline.ops.summary import build_summary, summary_markdown
 from flows.artifacts import artifact_key
-
-try:  # the ingest module owns the official URL
-    from pipeline.ingest.download import ACLIMDB_URL
-except ImportError:  # pragma: no cover - only while pipeline.ingest.download is missing
-    ACLIMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+from pipeline.core.config import Warehouse, validate_name
+from pipeline.ingest.connectivity import probe_url
+from pipeline.ingest.download import ACLIMDB_URL, is_url
+from pipeline.ingest.lake import split_counts
+from pipeline.ops.summary import build_summary, summary_markdown
+from pipeline.score.sync import scored_table_name
+from pipeline.train.presets import resolve_preset
 
 
 def preset_prepare_params(preset: str) -> dict:
     """The prepare parameters a training preset asks for (so prepare and train agree on the shards)."""
-    from pipeline.train.presets import resolve_preset
-
     return dict(resolve_preset(preset).prepare)
+
+
+def score_target(wh: Warehouse, dataset: str, db_path: str, score_table: str | None) -> tuple[str, str, dict]:
+    """What the run scores: (table, the same in words, ``score_flow`` keywords naming it).
+
+    ``score_table`` in ``db_path`` when given; else the dataset's test split when it has one; else all of it."""
+    if score_table:
+        return score_table, f"table {score_table!r} in {db_path}", {"table": score_table}
+    counts = split_counts(wh, dataset)
+    if counts.get("test"):
+        table = scored_table_name(dataset, "test")
+        return (table, f"the test split of {dataset!r} ({counts['test']} rows) into {table!r}",
+                {"dataset": dataset, "split": "test"})
+    table = scored_table_name(dataset)
+    return (table, f"every row of {dataset!r} ({sum(counts.values())} rows: it has no test split, so train rows "
+                   f"are scored too) into {table!r}", {"dataset": dataset})
 
 
 def _step(progress_id, pct: float, logger, msg: str) -> None:
@@ -79,27 +92,9 @@ def run_flow(source: str | None = None, dataset: str = "imdb", preset: str = "de
     tr = train_flow(dataset=dataset, preset=preset, warehouse=whs, retrain=retrain)
 
     db_path = str(Path(db).expanduser().resolve()) if db else str(wh.duckdb_path)
-    if score_table:
-        scored_what = f"table {score_table!r} in {db_path}"
-        _step(progress_id, 80.0, logger, f"4/4 score {scored_what}")
-        sc = score_flow(table=score_table, db=db_path, warehouse=whs)
-        table = score_table
-    else:
-        from pipeline.ingest.lake import split_counts
-        from pipeline.score.writeback import scored_table_name
-
-        counts = split_counts(wh, dataset)
-        if counts.get("test"):
-            table = scored_table_name(dataset, "test")
-            scored_what = f"the test split of {dataset!r} ({counts['test']} rows) into {table!r}"
-            _step(progress_id, 80.0, logger, f"4/4 score {scored_what}")
-            sc = score_flow(dataset=dataset, split="test", db=db_path, warehouse=whs)
-        else:
-            table = scored_table_name(dataset)
-            scored_what = (f"every row of {dataset!r} ({sum(counts.values())} rows: it has no test split, "
-                           f"so train rows are scored too) into {table!r}")
-            _step(progress_id, 80.0, logger, f"4/4 score {scored_what}")
-            sc = score_flow(dataset=dataset, db=db_path, warehouse=whs)
+    table, scored_what, score_kw = score_target(wh, dataset, db_path, score_table)
+    _step(progress_id, 80.0, logger, f"4/4 score {scored_what}")
+    sc = score_flow(**score_kw, db=db_path, warehouse=whs)
 
     summary = build_summary(source=source, dataset=dataset, warehouse=whs, db_path=db_path, table=table,
                             scored_what=scored_what, ingest=ing or {}, prepare=prep or {}, train=tr or {},
@@ -111,13 +106,10 @@ def run_flow(source: str | None = None, dataset: str = "imdb", preset: str = "de
     return summary
 
 
-if __name__ == "__main__":  # python -m flows.run --source PATH
-    import argparse
+if __name__ == "__main__":  # python -m flows.run ARGS == reviewflow run ARGS
+    import sys
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source")
-    ap.add_argument("--dataset", default="imdb")
-    ap.add_argument("--preset", default="default")
-    ap.add_argument("--warehouse")
-    a = ap.parse_args()
-    print(run_flow(source=a.source, dataset=a.dataset, preset=a.preset, warehouse=a.warehouse))
+    from flows.cli import main
+
+    sys.argv[1:1] = ["run"]
+    main()

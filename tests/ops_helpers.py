@@ -14,6 +14,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from pipeline.core.config import Warehouse
+from pipeline.prepare.config import PrepareConfig
+from pipeline.prepare.job import prepare
+from pipeline.train.job import register_and_promote
+from pipeline.train.loop import train
+from pipeline.train.presets import resolve_preset
 from synthetic import make_reviews, write_lake_dataset
 
 TINY_OVERRIDES = {"epochs": 1, "embed_dim": 16, "hidden": 16, "max_len": 64, "batch_size": 32,
@@ -22,17 +27,12 @@ TINY_OVERRIDES = {"epochs": 1, "embed_dim": 16, "hidden": 16, "max_len": 64, "ba
 
 def train_tiny_champion(wh: Warehouse, dataset: str = "tiny", n: int = 200) -> str:
     """Train and promote a tiny model in ``wh``; returns its version."""
-    from pipeline.train import registry
-    from pipeline.prepare.job import PrepareConfig, prepare
-    from pipeline.train.presets import resolve_preset
-    from pipeline.train.loop import train
-
     write_lake_dataset(wh, dataset, make_reviews(n, seed=3, split="train"))
     spec = resolve_preset("default", TINY_OVERRIDES)
     prep_cfg = PrepareConfig(**{**spec.prepare, "min_freq": 1, "val_fraction": 0.25})
     prep = prepare(wh, dataset, prep_cfg)
     res = train(prep.prep_dir, spec.train, wh.tmp / "tiny-run", device="cpu", progress=False, model=spec.model)
-    return registry.register(wh, res, preset="tiny", dataset=dataset, promote=True)
+    return register_and_promote(wh, res, preset="tiny", dataset=dataset, promote=True)
 
 
 def drop_csv(wh: Warehouse, name: str, n: int = 20, seed: int = 5, id_prefix: str = "drop",

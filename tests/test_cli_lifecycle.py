@@ -88,6 +88,9 @@ def test_exit_codes_without_prefect(tmp_path):
                               capture_output=True, text=True, timeout=120)
     assert bad_name.returncode == 2 and "invalid model version" in bad_name.stderr
     assert "Traceback" not in bad_name.stderr
+    debug = subprocess.run([REVIEWFLOW, "models", "show", "../../etc/passwd", "-w", wh], capture_output=True,
+                           env={**env, "REVIEWFLOW_DEBUG": "1"}, text=True, timeout=120)   # as --debug
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
 
 
 @pytest.mark.prefect

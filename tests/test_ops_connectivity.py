@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from pipeline.ingest.connectivity import OfflineError, is_url, probe_url
+from pipeline.ingest.connectivity import OfflineError, probe_url
+from pipeline.ingest.download import is_url
 from pipeline.core.errors import ReviewflowError
 
 

@@ -8,7 +8,11 @@ import duckdb
 import pytest
 
 from ops_helpers import drop_bad_csv, drop_csv, train_tiny_champion
+from pipeline.ingest.lake import read_table
 from pipeline.ops import inbox as box
+
+FRESH_FOR = 600.0   # the flows' min_age_s here; dropped files are older than that, or brand new (mtime now)
+OLD = 2 * FRESH_FOR
 
 
 @pytest.mark.prefect
@@ -16,12 +20,13 @@ def test_inbox_flow_processes_fails_and_skips_duplicates(prefect_harness, wareho
     from flows.inbox import inbox_flow
 
     version = train_tiny_champion(warehouse)
-    good = drop_csv(warehouse, "batch-1.csv", n=20)
+    good = drop_csv(warehouse, "batch-1.csv", n=20, age_s=OLD)
     dup_text = good.read_bytes()
-    bad = drop_bad_csv(warehouse)
+    bad = drop_bad_csv(warehouse, age_s=OLD)
+    # mtime now: however slowly this host starts the flow, the file is minutes younger than min_age_s
     fresh = drop_csv(warehouse, "still-copying.csv", n=3, seed=9, id_prefix="late", age_s=0)
 
-    out = inbox_flow(warehouse=str(warehouse.root), min_age_s=5)
+    out = inbox_flow(warehouse=str(warehouse.root), min_age_s=FRESH_FOR)
     assert (out["processed"], out["failed"], out["duplicates"]) == (1, 1, 0)
     assert out["rows_added"] == 20 and out["rows_scored"] == 20 and out["table"] == "inbox_scored"
     processed, failed = warehouse.inbox / "processed", warehouse.inbox / "failed"
@@ -41,9 +46,30 @@ def test_inbox_flow_processes_fails_and_skips_duplicates(prefect_harness, wareho
     again.write_bytes(dup_text)
     os.utime(again, (0, 0))
     os.utime(fresh, (0, 0))
-    out2 = inbox_flow(warehouse=str(warehouse.root), min_age_s=5)
+    out2 = inbox_flow(warehouse=str(warehouse.root), min_age_s=FRESH_FOR)
     assert (out2["processed"], out2["duplicates"], out2["failed"], out2["rows_added"]) == (1, 1, 0, 3)
     assert (processed / "batch-1-copy.csv").exists() and (processed / "still-copying.csv").exists()
     assert box.status(warehouse) == {"waiting": 0, "processing": 0, "processed": 3, "failed": 1, "ledger": 2}
     with duckdb.connect(str(warehouse.duckdb_path), read_only=True) as con:
         assert con.execute("SELECT count(*), count(sentiment_score) FROM inbox_scored").fetchone() == (23, 23)
+
+
+@pytest.mark.prefect
+def test_inbox_flow_scoring_failure_moves_ingested_files_to_failed(prefect_harness, warehouse):
+    """No model to score with: the files were ingested (their rows stay in the lake) but not scored, so they
+    go to failed/ with the scoring error beside them, and nothing enters the ledger (dropping them again
+    retries)."""
+    from flows.inbox import inbox_flow
+
+    dropped = [drop_csv(warehouse, f"batch-{i}.csv", n=10, seed=i, id_prefix=f"b{i}", age_s=OLD) for i in (1, 2)]
+    out = inbox_flow(warehouse=str(warehouse.root), min_age_s=FRESH_FOR)
+    assert (out["processed"], out["failed"], out["duplicates"], out["rows_added"]) == (0, 2, 0, 20)
+    assert out["rows_scored"] == 0 and out["table"] is None
+    failed = warehouse.inbox / "failed"
+    for path in dropped:
+        assert (failed / path.name).exists() and not path.exists()
+        error = (failed / f"{path.name}.error.txt").read_text()
+        assert "ingested 10 row(s) into dataset 'inbox', but scoring failed" in error
+    assert {r["error"].split(":")[0] for r in out["results"]} == {"scoring"}
+    assert read_table(warehouse, "inbox", columns=["review_id"]).num_rows == 20
+    assert box.ledger(warehouse) == []

@@ -24,16 +24,24 @@ def test_run_flow_end_to_end_then_cached(prefect_harness, warehouse, tmp_path):
     from flows.run import run_flow
 
     src = write_aclimdb_folder(tmp_path / "src", n_per_class=60)
-    first = run_flow(source=str(src), dataset="acl", preset="baseline", warehouse=str(warehouse.root))
+    # `default`, not the lineage's `baseline`: an Elman RNN over 512 front-padded tokens does not learn from
+    # 108 training reviews (it stays near 0.5), so only a model that can learn makes the quality check mean much
+    first = run_flow(source=str(src), dataset="acl", preset="default", warehouse=str(warehouse.root))
     assert first["rows_added"] == 240 and first["table"] == "acl_test_scored"
     assert first["rows_scored"] == 120 and first["model_version"] and first["champion"] == first["model_version"]
-    assert 0.0 <= first["val_accuracy"] <= 1.0 and not first["train_cached"]
+    assert not first["train_cached"]
     assert first["db_path"] == str(warehouse.duckdb_path)
+    # the synthetic reviews carry a learnable signal (cue words): a broken or untrained model stays near 0.5
+    # on the 12 validation and 120 test reviews, a working one is right on nearly all of them
+    assert first["val_accuracy"] >= 0.9
     with duckdb.connect(first["db_path"], read_only=True) as con:
         assert con.execute("SELECT count(*), count(sentiment_score), count(*) FILTER (WHERE split <> 'test') "
                            "FROM acl_test_scored").fetchone() == (120, 120, 0)
+        agreement = con.execute("SELECT avg(CASE WHEN (sentiment_score >= 0.5) = (label = 1) THEN 1 ELSE 0 END) "
+                                "FROM acl_test_scored").fetchone()[0]
+    assert agreement >= 0.9, agreement
 
-    again = run_flow(source=str(src), dataset="acl", preset="baseline", warehouse=str(warehouse.root))
+    again = run_flow(source=str(src), dataset="acl", preset="default", warehouse=str(warehouse.root))
     assert again["rows_added"] == 0 and again["prep_cached"] and again["train_cached"]
     assert again["model_version"] == first["model_version"] and again["rows_scored"] == 0
     assert again["rows_up_to_date"] == 120

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pytest
 
-from flows.serve import ServeConfig, build_deployments, describe
+from flows.serve import ServeConfig, build_deployments, describe, validate_cron
 from pipeline.core.errors import InputError
 
 
-def test_config_precedence_defaults_env_flags(tmp_path):
-    env = {"REVIEWFLOW_INBOX_INTERVAL": "15", "REVIEWFLOW_RETRAIN_CRON": "0 4 * * 1",
-           "REVIEWFLOW_SCORE_TABLE": "", "REVIEWFLOW_WAREHOUSE": str(tmp_path)}
-    cfg = ServeConfig.from_env(env, warehouse=str(tmp_path), score_table=None)
+def test_config_precedence_defaults_env_flags(tmp_path, monkeypatch):
+    assert ServeConfig.from_env(warehouse=str(tmp_path)).inbox_interval == 60.0
+    for var, value in {"REVIEWFLOW_INBOX_INTERVAL": "15", "REVIEWFLOW_RETRAIN_CRON": "0 4 * * 1",
+                       "REVIEWFLOW_SCORE_TABLE": "", "REVIEWFLOW_WAREHOUSE": str(tmp_path / "from-env")}.items():
+        monkeypatch.setenv(var, value)
+    cfg = ServeConfig.from_env(score_table=None)
     assert cfg.inbox_interval == 15.0 and cfg.retrain_cron == "0 4 * * 1" and cfg.score_table is None
-    cfg = ServeConfig.from_env(env, warehouse=str(tmp_path), inbox_interval=5.0, score_table="new_reviews")
-    assert cfg.inbox_interval == 5.0 and cfg.score_table == "new_reviews"
-    assert ServeConfig.from_env({}, warehouse=str(tmp_path)).inbox_interval == 60.0
+    assert cfg.warehouse == str(tmp_path / "from-env")
+    cfg = ServeConfig.from_env(warehouse=str(tmp_path), inbox_interval=5.0, score_table="new_reviews")
+    assert cfg.inbox_interval == 5.0 and cfg.score_table == "new_reviews" and cfg.warehouse == str(tmp_path)
+
+
+def test_a_bad_env_value_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("REVIEWFLOW_SCORE_INTERVAL", "soon")
+    with pytest.raises(InputError, match="REVIEWFLOW_SCORE_INTERVAL='soon'"):
+        ServeConfig.from_env(warehouse=str(tmp_path))
 
 
 def _by_name(deps):
@@ -25,7 +34,7 @@ def _by_name(deps):
 
 
 def test_deployments_schedules_and_parameters(tmp_path):
-    cfg = ServeConfig.from_env({}, warehouse=str(tmp_path), inbox_interval=30.0, score_table="new_reviews",
+    cfg = ServeConfig.from_env(warehouse=str(tmp_path), inbox_interval=30.0, score_table="new_reviews",
                                score_cron="*/15 * * * *", retrain_cron="0 3 * * 0")
     deps = _by_name(build_deployments(cfg))
     assert set(deps) == {"ingest-and-score", "score", "retrain"}
@@ -43,12 +52,22 @@ def test_deployments_schedules_and_parameters(tmp_path):
 
 
 def test_unconfigured_score_and_disabled_schedules(tmp_path):
-    cfg = ServeConfig.from_env({}, warehouse=str(tmp_path), inbox_interval=0.0, retrain_cron="")
+    cfg = ServeConfig.from_env(warehouse=str(tmp_path), inbox_interval=0.0, retrain_cron="")
     deps = _by_name(build_deployments(cfg))
     assert all(not d.schedules for d in deps.values())
     assert "table" not in deps["score"].parameters
 
 
-def test_bad_cron_is_a_user_error(tmp_path):
-    with pytest.raises(InputError, match="not a cron expression"):
-        build_deployments(ServeConfig.from_env({}, warehouse=str(tmp_path), retrain_cron="every sunday"))
+@pytest.mark.parametrize("flag, cron", [("retrain_cron", "every sunday"), ("retrain_cron", "61 * * * *"),
+                                        ("score_cron", "0 3 * * 8"), ("score_cron", "* * * *")])
+def test_bad_cron_is_a_user_error(tmp_path, flag, cron):
+    """Five fields are not enough: cron is checked by Prefect's own schedule type (regression: a missing
+    ``croniter`` import used to fall back to counting fields, so '61 * * * *' passed as a cron)."""
+    cfg = ServeConfig.from_env(warehouse=str(tmp_path), score_table="t", **{flag: cron})
+    with pytest.raises(InputError, match=f"--{flag.replace('_', '-')}: '{re.escape(cron)}' is not a cron expression"):
+        build_deployments(cfg)
+
+
+def test_cron_validation_agrees_with_prefect():
+    assert validate_cron("*/15 * * * *", "--score-cron") == "*/15 * * * *"
+    assert validate_cron("0 3 * * sun", "--retrain-cron") == "0 3 * * sun"

@@ -5,10 +5,15 @@ from __future__ import annotations
 import shlex
 
 import duckdb
+import pytest
 
+from ops_helpers import train_tiny_champion
 from pipeline.ingest.lake import split_counts
-from pipeline.score.writeback import sync_dataset_table
 from pipeline.ops.summary import build_summary, example_sql, summary_markdown, summary_text
+from pipeline.score.sql import run_query
+from pipeline.score.job import score_dataset
+from pipeline.score.sync import scored_table_name, sync_dataset_table
+from pipeline.train.predictor import load_predictor
 from synthetic import make_reviews, write_lake_dataset
 
 
@@ -44,14 +49,35 @@ def test_summary_text_markdown_and_runnable_sql(warehouse):
         assert "0.8812" in text and str(warehouse.duckdb_path) in text and "v0001-default" in text
         assert "25000" in text and "train 22500, val 2500" in text
     assert s["seconds"] == 812.3 and md.startswith("# reviewflow run summary")
-    # the printed commands survive the shell, and the SQL runs on a real table of that shape
+    # the printed commands survive the shell
     for line in txt.splitlines():
         if line.strip().startswith("reviewflow sql "):
             assert shlex.split(line.strip())[2] in s["example_sql"]
-    with duckdb.connect() as con:
-        con.execute("CREATE TABLE imdb_scored (review_id VARCHAR, text VARCHAR, label TINYINT, "
-                    "sentiment_score DOUBLE, sentiment_label VARCHAR)")
-        con.execute("INSERT INTO imdb_scored VALUES ('a', 'good', 1, 0.9, 'positive'), ('b', 'bad', 1, 0.2, 'negative')")
-        con.create_function("sentiment", lambda t: 0.5, ["VARCHAR"], "DOUBLE")
-        results = [con.execute(q).fetchall() for q in example_sql("imdb_scored")]
-    assert results[1] == [(0.5,)]
+
+
+def test_example_queries_on_a_table_scored_by_a_real_model(warehouse):
+    """The summary's SQL, run as `reviewflow sql` runs it (read-only connection, the real ``sentiment()``),
+    on a table scored by a real tiny model; each answer is checked against the model's own predictions."""
+    version = train_tiny_champion(warehouse)
+    write_lake_dataset(warehouse, "fresh", make_reviews(60, seed=21, split="test", id_prefix="f"))
+    predictor = load_predictor(warehouse)
+    score_dataset(warehouse, "fresh", predictor, split="test")
+    table = scored_table_name("fresh", "test")
+    with duckdb.connect(str(warehouse.duckdb_path), read_only=True) as con:
+        ids, texts, labels, models = map(list, zip(*con.execute(
+            f"SELECT review_id, text, label, sentiment_model FROM {table} ORDER BY review_id").fetchall()))
+    assert set(models) == {version}
+    probs = dict(zip(ids, predictor.predict_proba(texts).tolist()))
+    positive = sum(p >= 0.5 for p in probs.values())
+
+    by_label, agreement, top5, udf = [run_query(warehouse.duckdb_path, q, predictor=predictor).to_pylist()
+                                      for q in example_sql(table)]
+    counts = {r["sentiment_label"]: r["reviews"] for r in by_label}
+    assert counts == {k: v for k, v in {"negative": 60 - positive, "positive": positive}.items() if v}
+    expected = sum((probs[i] >= 0.5) == (y == 1) for i, y in zip(ids, labels)) / len(ids)
+    assert agreement == [{"agreement_with_label": pytest.approx(round(expected, 4), abs=1e-4)}]
+    best = sorted(probs, key=probs.get, reverse=True)[:5]
+    assert [r["review_id"] for r in top5] == best
+    assert [r["sentiment_score"] for r in top5] == pytest.approx([probs[i] for i in best], abs=1e-5)
+    sentence = "an absolute masterpiece, I loved it"
+    assert udf == [{"score": pytest.approx(float(predictor.predict_proba([sentence])[0]), abs=1e-5)}]

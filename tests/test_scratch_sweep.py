@@ -58,7 +58,8 @@ def test_a_killed_prepare_leaves_nothing_after_the_next_run(warehouse):
     write_lake_dataset(warehouse, "syn", make_reviews(240, seed=1, max_words=30))
     run_and_get_killed(f"""
         from pipeline.core.config import Warehouse
-        from pipeline.prepare.job import PrepareConfig, prepare
+        from pipeline.prepare.config import PrepareConfig
+        from pipeline.prepare.job import prepare
         def progress(stage, done, total):
             if stage == "encode":
                 die()
@@ -66,7 +67,8 @@ def test_a_killed_prepare_leaves_nothing_after_the_next_run(warehouse):
     """)
     debris = [p for d in (warehouse.tmp, warehouse.shards) for p in d.iterdir() if p.name.startswith(".")]
     assert debris, "the killed prepare should have left its scratch behind"
-    from pipeline.prepare.job import PrepareConfig, prepare
+    from pipeline.prepare.config import PrepareConfig
+    from pipeline.prepare.job import prepare
 
     res = prepare(warehouse, "syn", PrepareConfig(**TINY_PREP))
     assert res.counts["train"] + res.counts["val"] == 240

@@ -1,12 +1,13 @@
 """The ``reviewflow`` command line: one entry point for every step of the pipeline.
 
-Each command module registers itself; see ``flows/cli/``.
+Each command lives in its own module of ``flows/cli/`` and adds itself to :data:`app` with ``register``.
+Command modules import Prefect only inside their commands, so :func:`main` can set Prefect's environment
+before Prefect reads it (once, at import).
 """
 
 from __future__ import annotations
 
 import atexit
-import importlib
 import logging
 import os
 import sys
@@ -14,7 +15,9 @@ import traceback
 
 import typer
 
+from flows.cli import ingest, models, predict, prepare, run, score, serve, sql, train
 from pipeline.core.errors import EXIT_TEMPORARY, ReviewflowError, TemporaryFailure
+from pipeline.core.settings import env_help, load
 
 HELP = """\
 reviewflow: turn raw review text into sentiment columns you can query with SQL.
@@ -35,22 +38,18 @@ Start with:  reviewflow run --source path/to/aclImdb_v1.tar.gz
 Errors are one line on stderr. Exit codes: 0 ok; 2 a problem with the input or options (the message says
 what, where and what to do); 75 a temporary failure (lock held too long, network): the same command may
 work later; 1 an internal error. Add --debug anywhere on the line (or REVIEWFLOW_DEBUG=1) for tracebacks.
+
+\b
+Environment (a flag on the command line wins over its variable; an empty variable counts as unset):
+{env}
 """
 
-app = typer.Typer(help=HELP, no_args_is_help=True, rich_markup_mode=None, add_completion=False,
+app = typer.Typer(help=HELP.format(env=env_help()), no_args_is_help=True, rich_markup_mode=None, add_completion=False,
                   pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 
-COMMAND_MODULES = ("ingest", "prepare", "train", "models", "predict", "score", "sql", "run", "serve")
-
-for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"flows.cli.{_name}")
-    except ModuleNotFoundError as exc:  # a command group not written yet
-        if exc.name != f"flows.cli.{_name}":
-            raise
-        continue
-    _module.register(app)
+for _command in (ingest, prepare, train, models, predict, score, sql, run, serve):  # the order of --help
+    _command.register(app)
 
 
 @app.command("version")
@@ -84,7 +83,7 @@ def _pop_debug(argv: list[str]) -> bool:
     """``--debug`` anywhere on the command line (removed from it), or ``REVIEWFLOW_DEBUG=1``."""
     found = DEBUG_FLAG in argv[1:]
     argv[1:] = [a for a in argv[1:] if a != DEBUG_FLAG]
-    return found or os.environ.get("REVIEWFLOW_DEBUG", "").lower() in ("1", "true", "yes")
+    return found or load().debug
 
 
 def _exit_code(exc: BaseException) -> int:
@@ -105,9 +104,15 @@ def _message(exc: BaseException) -> str:
 
 
 def main() -> None:
-    debug = _pop_debug(sys.argv)
+    try:
+        debug = _pop_debug(sys.argv)
+    except ReviewflowError as exc:   # REVIEWFLOW_DEBUG itself is unreadable
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(exc.exit_code)
+    # Prefect reads its settings once, when it is first imported: these lines run before any command imports it,
+    # so they hold for every command. Its embedded API server can take >20 s (its default) to start on a busy
+    # 2-core machine; this is the one start-up timeout the CLI sets.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # Prefect's ephemeral API server can take >20 s to start on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     if not debug:
         for name in ("prefect.flow_runs", "prefect.task_runs"):

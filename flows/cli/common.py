@@ -7,21 +7,21 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.core.config import ENV_WAREHOUSE, Warehouse
+from pipeline.core.config import Warehouse
 
 WarehouseOption = Annotated[
     Optional[Path],
     typer.Option(
         "--warehouse",
         "-w",
-        envvar=ENV_WAREHOUSE,
-        help="Warehouse root (lake, shards, models, reviews.duckdb). Default: ./warehouse",
+        help="Warehouse root (lake, shards, models, reviews.duckdb). Default: $REVIEWFLOW_WAREHOUSE, else ./warehouse",
         show_default=False,
     ),
 ]
 
 
 def warehouse_from(option: Path | None) -> Warehouse:
+    """The flag if given, else ``$REVIEWFLOW_WAREHOUSE`` (read by ``pipeline.core.settings``), else ./warehouse."""
     return Warehouse.from_env(option).ensure()
 
 

@@ -8,65 +8,60 @@ from typing import Annotated, Optional
 import typer
 
 from flows.cli.common import WarehouseOption, warehouse_from
-
-DEFAULT_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
+from pipeline.core.errors import NotFoundError
+from pipeline.ingest.connectivity import probe_url
+from pipeline.ingest.download import ACLIMDB_URL, is_url
+from pipeline.ops.summary import summary_text
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("run")
-    def run(
-        source: Annotated[Optional[str], typer.Option(
-            "--source", "-s", help="aclImdb folder or .tar.gz, CSV/JSONL/Parquet file, or URL. "
-                                   "Default: the official aclImdb tarball URL (needs the network).")] = None,
-        dataset: Annotated[str, typer.Option("--dataset", "-d", help="Lake dataset name.")] = "imdb",
-        preset: Annotated[str, typer.Option("--preset", "-p", help="Training preset (see `reviewflow train --help`).")] = "default",
-        db: Annotated[Optional[Path], typer.Option("--db", help="DuckDB file holding --score-table. "
-                                                               "Default: <warehouse>/reviews.duckdb")] = None,
-        score_table: Annotated[Optional[str], typer.Option(
-            "--score-table", help="Score this table in --db instead of the dataset's test split.")] = None,
-        retrain: Annotated[bool, typer.Option("--retrain", help="Train even if an identical model exists.")] = False,
-        probe_timeout: Annotated[float, typer.Option(help="Seconds to wait for the network check of a URL source.")] = 3.0,
-        warehouse: WarehouseOption = None,
-    ) -> None:
-        """Run the whole pipeline: ingest -> prepare -> train -> score -> summary (one Prefect flow).
+    app.command("run")(run)
 
-        \b
-        Examples:
-          reviewflow run --source ../shared/data/imdb/train.parquet
-          reviewflow run --source ~/Downloads/aclImdb_v1.tar.gz --preset baseline
-          reviewflow run                       # downloads the aclImdb tarball (network needed)
-          reviewflow run --source reviews.csv --dataset shop --score-table new_reviews --db shop.duckdb
 
-        \b
-        What gets scored: --score-table in --db if given; else the dataset's test split
-        (table <dataset>_test_scored in <warehouse>/reviews.duckdb); a dataset without a test
-        split (e.g. train.parquet) is scored whole into <dataset>_scored.
-        Re-running is cheap: ingest skips known rows, prepared shards and trained models are
-        reused, scoring only touches rows not scored yet.
-        Runs on Prefect's embedded API unless PREFECT_API_URL points at a server (`reviewflow server`).
-        """
-        import os
+def run(
+    source: Annotated[Optional[str], typer.Option(
+        "--source", "-s", help="aclImdb folder or .tar.gz, CSV/JSONL/Parquet file, or URL. "
+                               "Default: the official aclImdb tarball URL (needs the network).")] = None,
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Lake dataset name.")] = "imdb",
+    preset: Annotated[str, typer.Option("--preset", "-p", help="Training preset (see `reviewflow train --help`).")] = "default",
+    db: Annotated[Optional[Path], typer.Option("--db", help="DuckDB file holding --score-table. "
+                                                           "Default: <warehouse>/reviews.duckdb")] = None,
+    score_table: Annotated[Optional[str], typer.Option(
+        "--score-table", help="Score this table in --db instead of the dataset's test split.")] = None,
+    retrain: Annotated[bool, typer.Option("--retrain", help="Train even if an identical model exists.")] = False,
+    probe_timeout: Annotated[float, typer.Option(help="Seconds to wait for the network check of a URL source.")] = 3.0,
+    warehouse: WarehouseOption = None,
+) -> None:
+    """Run the whole pipeline: ingest -> prepare -> train -> score -> summary (one Prefect flow).
 
-        from pipeline.ingest.connectivity import is_url, probe_url
+    \b
+    Examples:
+      reviewflow run --source ../shared/data/imdb/train.parquet
+      reviewflow run --source ~/Downloads/aclImdb_v1.tar.gz --preset baseline
+      reviewflow run                       # downloads the aclImdb tarball (network needed)
+      reviewflow run --source reviews.csv --dataset shop --score-table new_reviews --db shop.duckdb
 
-        # a busy machine can take longer than Prefect's default 20 s to boot its embedded API
-        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    \b
+    What gets scored: --score-table in --db if given; else the dataset's test split
+    (table <dataset>_test_scored in <warehouse>/reviews.duckdb); a dataset without a test
+    split (e.g. train.parquet) is scored whole into <dataset>_scored.
+    Re-running is cheap: ingest skips known rows, prepared shards and trained models are
+    reused, scoring only touches rows not scored yet.
+    Runs on Prefect's embedded API unless PREFECT_API_URL points at a server (`reviewflow server`).
+    """
+    url = source or ACLIMDB_URL
+    if is_url(url):  # before Prefect starts (that alone takes seconds)
+        probe_url(url, timeout=probe_timeout)
+    elif not Path(url).expanduser().exists():
+        raise NotFoundError(f"--source {url!r} does not exist")
+    wh = warehouse_from(warehouse)
 
-        url = source or DEFAULT_URL
-        if is_url(url):  # before Prefect starts (that alone takes seconds)
-            probe_url(url, timeout=probe_timeout)
-        elif not Path(url).expanduser().exists():
-            from pipeline.core.errors import NotFoundError
+    # deferred: Prefect reads its settings when first imported, which main() must precede (flows/cli/__init__.py)
+    from flows.run import run_flow
 
-            raise NotFoundError(f"--source {url!r} does not exist")
-        wh = warehouse_from(warehouse)
-
-        from flows.run import run_flow
-        from pipeline.ops.summary import summary_text
-
-        summary = run_flow(source=str(Path(url).expanduser().resolve()) if not is_url(url) else url,
-                           dataset=dataset, preset=preset, warehouse=str(wh.root),
-                           db=str(db) if db else None, score_table=score_table, retrain=retrain,
-                           probe_timeout=probe_timeout)
-        typer.echo("")
-        typer.echo(summary_text(summary))
+    summary = run_flow(source=str(Path(url).expanduser().resolve()) if not is_url(url) else url,
+                       dataset=dataset, preset=preset, warehouse=str(wh.root),
+                       db=str(db) if db else None, score_table=score_table, retrain=retrain,
+                       probe_timeout=probe_timeout)
+    typer.echo("")
+    typer.echo(summary_text(summary))

@@ -2,120 +2,120 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from typing import Annotated, Optional
 
 import typer
 
-from flows.cli.common import WarehouseOption
+from flows.cli.common import WarehouseOption, warehouse_from
+from flows.localserver import GPU_TAG, ensure_tag_limit, start_server
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("serve")
-    def serve(
-        inbox_interval: Annotated[Optional[float], typer.Option(
-            help="Seconds between inbox passes (0 = unscheduled). Env REVIEWFLOW_INBOX_INTERVAL. [default: 60]",
-            show_default=False)] = None,
-        inbox_dataset: Annotated[Optional[str], typer.Option(
-            help="Lake dataset inbox files go into; scored into <name>_scored. [default: inbox]",
-            show_default=False)] = None,
-        score_table: Annotated[Optional[str], typer.Option(
-            help="Table the *score* deployment scores on schedule. Env REVIEWFLOW_SCORE_TABLE.")] = None,
-        score_db: Annotated[Optional[str], typer.Option(
-            help="DuckDB file of --score-table. Default: <warehouse>/reviews.duckdb")] = None,
-        score_cron: Annotated[Optional[str], typer.Option(help="Cron for *score*, e.g. '*/15 * * * *'.")] = None,
-        score_interval: Annotated[Optional[float], typer.Option(
-            help="Seconds between *score* runs when no --score-cron. [default: 900]", show_default=False)] = None,
-        retrain_cron: Annotated[Optional[str], typer.Option(
-            help="Cron for *retrain* ('' = unscheduled). Env REVIEWFLOW_RETRAIN_CRON. [default: '0 3 * * 0']",
-            show_default=False)] = None,
-        retrain_dataset: Annotated[Optional[str], typer.Option(help="Dataset *retrain* trains on. [default: imdb]",
-                                                               show_default=False)] = None,
-        retrain_preset: Annotated[Optional[str], typer.Option(help="Preset *retrain* uses. [default: default]",
-                                                              show_default=False)] = None,
-        setup_limits: Annotated[bool, typer.Option(
-            "--setup-limits/--no-setup-limits", help="Create the `gpu` tag concurrency limit (1) on the server.")] = True,
-        warehouse: WarehouseOption = None,
-    ) -> None:
-        """Serve the scheduled deployments until Ctrl-C: ingest-and-score, score, retrain.
+    app.command("serve")(serve)
+    app.command("server")(server)
 
-        \b
-        Examples:
-          reviewflow server &                                   # a local Prefect server + UI
-          export PREFECT_API_URL=http://127.0.0.1:4200/api
-          reviewflow serve --inbox-interval 30 --score-table new_reviews
-          cp reviews.csv warehouse/inbox/                       # picked up on the next pass
-          prefect deployment run 'inbox/ingest-and-score'       # or trigger a pass now
 
-        \b
-        Inbox: CSV/JSONL/Parquet files in <warehouse>/inbox/ are ingested, scored into
-        <warehouse>/reviews.duckdb (table <dataset>_scored) and moved to inbox/processed/;
-        failures go to inbox/failed/ with <name>.error.txt beside them. Copy files in under a
-        name starting with '.' and rename them when complete (or let them sit: files younger
-        than 2 s are left for the next pass).
-        Every flag also reads a REVIEWFLOW_* env var (see docs/OPERATIONS.md).
-        """
-        from flows.cli.common import warehouse_from
-        from flows.serve import ServeConfig, describe, serve_all
+def serve(
+    inbox_interval: Annotated[Optional[float], typer.Option(
+        help="Seconds between inbox passes (0 = unscheduled). Env REVIEWFLOW_INBOX_INTERVAL. [default: 60]",
+        show_default=False)] = None,
+    inbox_dataset: Annotated[Optional[str], typer.Option(
+        help="Lake dataset inbox files go into; scored into <name>_scored. [default: inbox]",
+        show_default=False)] = None,
+    score_table: Annotated[Optional[str], typer.Option(
+        help="Table the *score* deployment scores on schedule. Env REVIEWFLOW_SCORE_TABLE.")] = None,
+    score_db: Annotated[Optional[str], typer.Option(
+        help="DuckDB file of --score-table. Default: <warehouse>/reviews.duckdb")] = None,
+    score_cron: Annotated[Optional[str], typer.Option(help="Cron for *score*, e.g. '*/15 * * * *'.")] = None,
+    score_interval: Annotated[Optional[float], typer.Option(
+        help="Seconds between *score* runs when no --score-cron. [default: 900]", show_default=False)] = None,
+    retrain_cron: Annotated[Optional[str], typer.Option(
+        help="Cron for *retrain* ('' = unscheduled). Env REVIEWFLOW_RETRAIN_CRON. [default: '0 3 * * 0']",
+        show_default=False)] = None,
+    retrain_dataset: Annotated[Optional[str], typer.Option(help="Dataset *retrain* trains on. [default: imdb]",
+                                                           show_default=False)] = None,
+    retrain_preset: Annotated[Optional[str], typer.Option(help="Preset *retrain* uses. [default: default]",
+                                                          show_default=False)] = None,
+    setup_limits: Annotated[bool, typer.Option(
+        "--setup-limits/--no-setup-limits", help="Create the `gpu` tag concurrency limit (1) on the server.")] = True,
+    warehouse: WarehouseOption = None,
+) -> None:
+    """Serve the scheduled deployments until Ctrl-C: ingest-and-score, score, retrain.
 
-        wh = warehouse_from(warehouse)
-        cfg = ServeConfig.from_env(warehouse=str(wh.root), inbox_interval=inbox_interval, inbox_dataset=inbox_dataset,
-                                   score_table=score_table, score_db=score_db, score_cron=score_cron,
-                                   score_interval=score_interval, retrain_cron=retrain_cron,
-                                   retrain_dataset=retrain_dataset, retrain_preset=retrain_preset)
-        from prefect.settings import PREFECT_API_URL
+    \b
+    Examples:
+      reviewflow server &                                   # a local Prefect server + UI
+      export PREFECT_API_URL=http://127.0.0.1:4200/api
+      reviewflow serve --inbox-interval 30 --score-table new_reviews
+      cp reviews.csv warehouse/inbox/                       # picked up on the next pass
+      prefect deployment run 'inbox/ingest-and-score'       # or trigger a pass now
 
-        api = PREFECT_API_URL.value()
-        typer.secho(f"serving reviewflow deployments for warehouse {cfg.warehouse}", bold=True)
-        for name, sched in describe(cfg):
-            typer.echo(f"  {name:<28} {sched}")
-        if not api:
-            typer.secho("PREFECT_API_URL is not set: using an ephemeral API inside this process (no UI). "
-                        "Start `reviewflow server` and export PREFECT_API_URL=http://127.0.0.1:4200/api.",
-                        fg=typer.colors.YELLOW, err=True)
-        serve_all(cfg, setup_limits=setup_limits)
+    \b
+    Inbox: CSV/JSONL/Parquet files in <warehouse>/inbox/ are ingested, scored into
+    <warehouse>/reviews.duckdb (table <dataset>_scored) and moved to inbox/processed/;
+    failures go to inbox/failed/ with <name>.error.txt beside them. Copy files in under a
+    name starting with '.' and rename them when complete (or let them sit: files younger
+    than 2 s are left for the next pass).
+    Every flag also reads a REVIEWFLOW_* env var (listed in `reviewflow --help`).
+    """
+    # deferred: Prefect reads its settings when first imported, which main() must precede (flows/cli/__init__.py)
+    from flows.serve import ServeConfig, describe, serve_all
+    from prefect.settings import PREFECT_API_URL
 
-    @app.command("server")
-    def server(
-        host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-        port: Annotated[int, typer.Option(help="Port for the API and UI.")] = 4200,
-        setup_limits: Annotated[bool, typer.Option(
-            "--setup-limits/--no-setup-limits", help="Create the `gpu` tag concurrency limit (1) once it is up.")] = True,
-    ) -> None:
-        """Run a Prefect server (API + UI) in the foreground until Ctrl-C.
+    wh = warehouse_from(warehouse)
+    cfg = ServeConfig.from_env(warehouse=str(wh.root), inbox_interval=inbox_interval, inbox_dataset=inbox_dataset,
+                               score_table=score_table, score_db=score_db, score_cron=score_cron,
+                               score_interval=score_interval, retrain_cron=retrain_cron,
+                               retrain_dataset=retrain_dataset, retrain_preset=retrain_preset)
+    typer.secho(f"serving reviewflow deployments for warehouse {cfg.warehouse}", bold=True)
+    for name, sched in describe(cfg):
+        typer.echo(f"  {name:<28} {sched}")
+    if not PREFECT_API_URL.value():
+        typer.secho("PREFECT_API_URL is not set: using an ephemeral API inside this process (no UI). "
+                    "Start `reviewflow server` and export PREFECT_API_URL=http://127.0.0.1:4200/api.",
+                    fg=typer.colors.YELLOW, err=True)
+    serve_all(cfg, setup_limits=setup_limits)
 
-        \b
-        Database: SQLite in $PREFECT_HOME (default ~/.prefect) unless
-        PREFECT_SERVER_DATABASE_CONNECTION_URL is set, e.g.
-          PREFECT_SERVER_DATABASE_CONNECTION_URL=postgresql+asyncpg://prefect:pw@127.0.0.1:5432/prefect reviewflow server
-        Then, in another shell:
-          export PREFECT_API_URL=http://127.0.0.1:4200/api
-          reviewflow serve              # scheduled deployments
-          reviewflow run --source ../shared/data/imdb/train.parquet
-        and open http://127.0.0.1:4200 for runs, logs and artifacts.
-        The `gpu` tag limit (1 slot) makes task runs tagged `gpu` (training) wait for each other.
-        """
-        import asyncio
-        import os
-        import signal
 
-        from flows.localserver import GPU_TAG, ensure_tag_limit, start_server
+def server(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port for the API and UI.")] = 4200,
+    setup_limits: Annotated[bool, typer.Option(
+        "--setup-limits/--no-setup-limits", help="Create the `gpu` tag concurrency limit (1) once it is up.")] = True,
+) -> None:
+    """Run a Prefect server (API + UI) in the foreground until Ctrl-C.
 
-        def _stop(*_):
-            raise KeyboardInterrupt
+    \b
+    Database: SQLite in $PREFECT_HOME (default ~/.prefect) unless
+    PREFECT_SERVER_DATABASE_CONNECTION_URL is set, e.g.
+      PREFECT_SERVER_DATABASE_CONNECTION_URL=postgresql+asyncpg://prefect:pw@127.0.0.1:5432/prefect reviewflow server
+    Then, in another shell:
+      export PREFECT_API_URL=http://127.0.0.1:4200/api
+      reviewflow serve              # scheduled deployments
+      reviewflow run --source ../shared/data/imdb/train.parquet
+    and open http://127.0.0.1:4200 for runs, logs and artifacts.
+    The `gpu` tag limit (1 slot) makes task runs tagged `gpu` (training) wait for each other.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server too, not just this wrapper
+    srv = start_server(host, port, log_path="-")
+    typer.echo(f"starting prefect server on {srv.ui_url} (API {srv.api_url}) ...")
+    try:
+        srv.wait_healthy(180)
+        if setup_limits:
+            os.environ["PREFECT_API_URL"] = srv.api_url
+            n = asyncio.run(ensure_tag_limit(GPU_TAG, 1))
+            typer.echo(f"tag concurrency limit: {GPU_TAG!r} = {n}")
+        typer.secho(f"UI: {srv.ui_url}    export PREFECT_API_URL={srv.api_url}", bold=True)
+        if srv.proc.wait():
+            raise typer.Exit(srv.proc.returncode)
+    except KeyboardInterrupt:
+        typer.echo("stopping the server ...")
+    finally:
+        srv.stop()
 
-        signal.signal(signal.SIGTERM, _stop)  # `kill` stops the server too, not just this wrapper
-        srv = start_server(host, port, log_path="-")
-        typer.echo(f"starting prefect server on {srv.ui_url} (API {srv.api_url}) ...")
-        try:
-            srv.wait_healthy(180)
-            if setup_limits:
-                os.environ["PREFECT_API_URL"] = srv.api_url
-                n = asyncio.run(ensure_tag_limit(GPU_TAG, 1))
-                typer.echo(f"tag concurrency limit: {GPU_TAG!r} = {n}")
-            typer.secho(f"UI: {srv.ui_url}    export PREFECT_API_URL={srv.api_url}", bold=True)
-            if srv.proc.wait():
-                raise typer.Exit(srv.proc.returncode)
-        except KeyboardInterrupt:
-            typer.echo("stopping the server ...")
-        finally:
-            srv.stop()
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt

@@ -1,4 +1,4 @@
-"""Where things live. One explicit object, built from a flag or ``REVIEWFLOW_WAREHOUSE``.
+"""Where things live. One explicit object, built from a flag or ``REVIEWFLOW_WAREHOUSE`` (core/settings.py).
 
 Layout (see warehouse/README.md)::
 
@@ -18,8 +18,6 @@ from pathlib import Path
 
 from pipeline.core.errors import InputError
 
-ENV_WAREHOUSE = "REVIEWFLOW_WAREHOUSE"
-DEFAULT_WAREHOUSE = "warehouse"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -38,9 +36,13 @@ class Warehouse:
 
     @classmethod
     def from_env(cls, root: str | os.PathLike | None = None) -> "Warehouse":
-        """``root`` if given, else ``$REVIEWFLOW_WAREHOUSE``, else ``./warehouse``."""
-        chosen = root if root is not None else os.environ.get(ENV_WAREHOUSE, DEFAULT_WAREHOUSE)
-        return cls(Path(chosen).expanduser().resolve())
+        """``root`` if given, else ``$REVIEWFLOW_WAREHOUSE``, else ``./warehouse`` (see core/settings.py)."""
+        if root is None:
+            # deferred: pydantic-settings costs ~0.25 s of imports, paid only when the environment is read
+            from pipeline.core.settings import load
+
+            root = load().warehouse
+        return cls(Path(root).expanduser().resolve())
 
     @property
     def lake(self) -> Path:

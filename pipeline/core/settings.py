@@ -1,0 +1,93 @@
+"""Every ``REVIEWFLOW_*`` environment variable, parsed and typed in one place (pydantic-settings).
+
+======================================  ===============  ===============================================
+variable                                default          what it sets
+======================================  ===============  ===============================================
+``REVIEWFLOW_WAREHOUSE``                ``./warehouse``  data root (lake, shards, models, reviews.duckdb)
+``REVIEWFLOW_DEBUG``                    off              tracebacks for every error (as ``--debug``)
+``REVIEWFLOW_INBOX_INTERVAL``           60               ``serve``: seconds between inbox passes (0 = none)
+``REVIEWFLOW_INBOX_DATASET``            ``inbox``        ``serve``: lake dataset inbox files go into
+``REVIEWFLOW_SCORE_TABLE``              none             ``serve``: table the *score* deployment scores
+``REVIEWFLOW_SCORE_DB``                 warehouse DB     ``serve``: DuckDB file of that table
+``REVIEWFLOW_SCORE_CRON``               none             ``serve``: cron for *score*
+``REVIEWFLOW_SCORE_INTERVAL``           900              ``serve``: seconds between *score* runs (no cron)
+``REVIEWFLOW_RETRAIN_CRON``             ``0 3 * * 0``    ``serve``: cron for *retrain*
+``REVIEWFLOW_RETRAIN_DATASET``          ``imdb``         ``serve``: dataset *retrain* trains on
+``REVIEWFLOW_RETRAIN_PRESET``           ``default``      ``serve``: preset *retrain* uses
+======================================  ===============  ===============================================
+
+A flag on the command line wins over its variable; the variable wins over the default. An empty variable
+counts as unset (docker-compose passes unset ones as empty), so ``REVIEWFLOW_RETRAIN_CRON=""`` keeps the
+default schedule; switch it off with the flag: ``reviewflow serve --retrain-cron ''``.
+``reviewflow --help`` prints :func:`env_help`, built from the fields below; ``tests/test_settings.py``
+checks that this table names every one of them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.core.errors import InputError
+
+ENV_PREFIX = "REVIEWFLOW_"
+
+
+class _Env(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="ignore")
+
+
+class Settings(_Env):
+    """What every command reads: where the warehouse is and whether errors show tracebacks."""
+
+    warehouse: Path = Field(Path("warehouse"), description="data root (lake, shards, models, reviews.duckdb)")
+    debug: bool = Field(False, description="1/true: tracebacks for every error, as --debug")
+
+
+class ServeSettings(_Env):
+    """What ``reviewflow serve`` reads (each also a flag of that command): the scheduled deployments.
+
+    Kept apart from :class:`Settings` so a bad value here fails ``serve`` only, not every command."""
+
+    inbox_interval: float = Field(60.0, description="serve: seconds between inbox passes (0 = no schedule)")
+    inbox_dataset: str = Field("inbox", description="serve: lake dataset inbox files go into")
+    score_table: Optional[str] = Field(None, description="serve: table the *score* deployment scores")
+    score_db: Optional[str] = Field(None, description="serve: DuckDB file of that table (none: the warehouse's)")
+    score_cron: Optional[str] = Field(None, description="serve: cron for *score*")
+    score_interval: float = Field(900.0, description="serve: seconds between *score* runs when no cron")
+    retrain_cron: Optional[str] = Field("0 3 * * 0", description="serve: cron for *retrain*")
+    retrain_dataset: str = Field("imdb", description="serve: dataset *retrain* trains on")
+    retrain_preset: str = Field("default", description="serve: preset *retrain* uses")
+
+
+SETTINGS_CLASSES = (Settings, ServeSettings)
+
+
+def load(cls: type[_Env] = Settings, **given) -> _Env:
+    """``cls`` read from the environment now, ``given`` values winning over it. A value of the wrong type is a
+    user error naming the variable."""
+    try:
+        return cls(**given)
+    except ValidationError as exc:
+        bad = "; ".join(f"{env_var(str(e['loc'][0]))}={e.get('input')!r}: {e['msg']}" for e in exc.errors())
+        raise InputError(f"bad environment variable: {bad}") from None
+
+
+def env_var(field: str) -> str:
+    """The variable that sets ``field``: ``warehouse`` -> ``REVIEWFLOW_WAREHOUSE``."""
+    if not any(field in cls.model_fields for cls in SETTINGS_CLASSES):
+        raise KeyError(field)
+    return ENV_PREFIX + field.upper()
+
+
+def env_help() -> str:
+    """One line per variable (name, meaning, default), for ``--help``."""
+    rows = []
+    for cls in SETTINGS_CLASSES:
+        for name, f in cls.model_fields.items():
+            default = "none" if f.default is None else str(f.default)
+            rows.append(f"  {env_var(name):<28} {f.description} [default: {default}]")
+    return "\n".join(rows)
