@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import IMDB, write_lake
+from common import IMDB, SOURCE_COLUMNS, sample as seeded_sample, write_lake
 from pipeline.core.config import Warehouse
 
 
@@ -47,9 +47,8 @@ def phase_baseline(args) -> dict:
     import numpy as np
     import pyarrow.parquet as pq
 
-    table = pq.read_table(args.data, columns=["review_id", "text"])
-    if args.rows:
-        table = table.slice(0, args.rows)
+    # the same seeded sample as the lake (IMDb files are sorted by label: the first N rows hold one class)
+    table = seeded_sample(pq.read_table(args.data, columns=SOURCE_COLUMNS), args.rows or None).select(["review_id", "text"])
     texts = table.column("text").to_pylist()
     rids = table.column("review_id").to_pylist()
     del table
@@ -135,7 +134,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=IMDB / "train.parquet")
     ap.add_argument("--unsup", type=Path, default=None, help="default: unsup.parquet next to --data")
-    ap.add_argument("--rows", type=int, default=0, help="use only the first N reviews (0 = all)")
+    ap.add_argument("--rows", type=int, default=0, help="use a seeded sample of N reviews (0 = all)")
     ap.add_argument("--scale", type=int, default=1_000_000)
     ap.add_argument("--skip-scale", action="store_true")
     ap.add_argument("--sample", type=int, default=500, help="reviews whose token ids are compared")
@@ -159,7 +158,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="reviewflow-bench-"))
     try:
         wh = tmp / "wh"
-        n = write_lake(Warehouse(wh), "bench", [args.data], total=args.rows or None)
+        n = write_lake(Warehouse(wh), "bench", [args.data], rows=args.rows or None)
         base = run_phase("baseline", args, [])
         ours = run_phase("ours", args, ["--warehouse", str(wh), "--dataset", "bench"],
                          sample_ids=list(base["sample"]))
