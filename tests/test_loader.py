@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pipeline.train.loader import SplitData, batch_order, iter_batches, load_split
-from pipeline.prepare.job import PrepareConfig, prepare
+from pipeline.prepare.config import PrepareConfig
+from pipeline.prepare.job import prepare
 from pipeline.prepare.text import pad_rows
 from synthetic import make_reviews, write_lake_dataset
 

@@ -9,10 +9,12 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipeline.train import registry
+from pipeline.train import promotion, registry
 from pipeline.core.config import Warehouse
 from pipeline.train.predictor import load_predictor
-from pipeline.train.loop import TrainConfig, train
+from pipeline.train.config import TrainConfig
+from pipeline.train.job import register_and_promote
+from pipeline.train.loop import train
 from train_helpers import tiny_model, tiny_prep
 
 
@@ -23,13 +25,13 @@ def wh(tmp_path_factory):
     prep = tiny_prep(wh, n=300)
     cfg = TrainConfig(epochs=5, batch_size=16, lr=0.02, threads=1)
     att = train(prep, cfg, root / "att", progress=False, model=tiny_model(pooling="attention"))
-    registry.register(wh, att, preset="attn", promote=True)
+    register_and_promote(wh, att, preset="attn", promote=True)
     plain = train(prep, cfg, root / "plain", progress=False, model=tiny_model(pooling="maxmean"))
-    registry.register(wh, plain, preset="plain", promote=False)
+    register_and_promote(wh, plain, preset="plain", promote=False)
     wide = train(prep, TrainConfig(epochs=5, batch_size=16, lr=0.02, threads=1, ngram_lr=0.2, joint_loss=0,
                                    part_loss=1.0), root / "wide", progress=False,
                  model=tiny_model(pooling="maxmean", ngram_buckets=997, ngram_nb_alpha=1.0))
-    registry.register(wh, wide, preset="wide", promote=False)
+    register_and_promote(wh, wide, preset="wide", promote=False)
     return wh
 
 
@@ -88,7 +90,7 @@ def test_models_cli_list_show_promote(wh):
     r = runner.invoke(app, ["models", "promote", second, "--warehouse", str(wh.root)])
     assert r.exit_code == 0 and f"{first} -> {second}" in r.output
     assert registry.champion(wh) == second
-    registry.promote(wh, first)
+    promotion.promote(wh, first)
 
 
 def test_explain_phrases_of_a_wide_and_deep_model(wh):

@@ -7,10 +7,12 @@ import json
 
 import pytest
 
-from pipeline.train import registry
+from pipeline.train import promotion, registry
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import NotFoundError, ReviewflowError
-from pipeline.train.loop import TrainConfig, train
+from pipeline.train.config import TrainConfig
+from pipeline.train.job import register_and_promote
+from pipeline.train.loop import train
 from train_helpers import tiny_model, tiny_prep
 
 
@@ -28,8 +30,9 @@ def with_accuracy(res, acc: float):
     return dataclasses.replace(res, metrics=res.metrics | {"val_accuracy": acc})
 
 
-def test_register_publishes_a_self_contained_version(trained, warehouse):
+def test_register_publishes_a_self_contained_version_and_leaves_the_champion_alone(trained, warehouse):
     v = registry.register(warehouse, trained, preset="default", dataset="syn")
+    assert registry.champion(warehouse) is None and not promotion.history(warehouse)   # publishing only
     assert v.startswith("v0001-default-")
     d = warehouse.models / v
     for name in ("model.safetensors", "config.json", "metrics.json", "training_curve.png", "MODEL_CARD.md",
@@ -61,18 +64,18 @@ def test_versions_are_monotonic_and_immutable(trained, warehouse):
 
 def test_champion_moves_only_on_better_accuracy_or_promote(trained, warehouse):
     assert registry.champion(warehouse) is None
-    v1 = registry.register(warehouse, with_accuracy(trained, 0.80))
+    v1 = register_and_promote(warehouse, with_accuracy(trained, 0.80))
     assert registry.champion(warehouse) == v1                      # first model becomes champion
-    v2 = registry.register(warehouse, with_accuracy(trained, 0.75))
+    v2 = register_and_promote(warehouse, with_accuracy(trained, 0.75))
     assert registry.champion(warehouse) == v1                      # worse: stays
-    v3 = registry.register(warehouse, with_accuracy(trained, 0.80))
+    v3 = register_and_promote(warehouse, with_accuracy(trained, 0.80))
     assert registry.champion(warehouse) == v1                      # equal: stays
-    v4 = registry.register(warehouse, with_accuracy(trained, 0.85))
+    v4 = register_and_promote(warehouse, with_accuracy(trained, 0.85))
     assert registry.champion(warehouse) == v4                      # better: moves
-    registry.promote(warehouse, v2)                                # explicit: moves whatever the accuracy
+    promotion.promote(warehouse, v2)                                # explicit: moves whatever the accuracy
     assert registry.champion(warehouse) == v2
     assert registry.get(warehouse, "champion").version == v2
-    v5 = registry.register(warehouse, with_accuracy(trained, 0.99), promote=False)
+    v5 = register_and_promote(warehouse, with_accuracy(trained, 0.99), promote=False)
     assert registry.champion(warehouse) == v2 and v3 and v5
     pointer = json.loads((warehouse.models / "champion").read_text())
     assert pointer["version"] == v2 and pointer["val_accuracy"] == 0.75
@@ -85,6 +88,6 @@ def test_missing_versions_are_clear_errors(warehouse, trained):
     with pytest.raises(NotFoundError, match="not found.*known: v0001"):
         registry.get(warehouse, "v0099-nope-20260101000000")
     with pytest.raises(NotFoundError):
-        registry.promote(warehouse, "v0099-nope-20260101000000")
+        promotion.promote(warehouse, "v0099-nope-20260101000000")
     with pytest.raises(ValueError):
         registry.get(warehouse, "../etc")

@@ -20,7 +20,9 @@ from pipeline.train import registry
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import IntegrityError
 from pipeline.train.predictor import Predictor, load_predictor
-from pipeline.train.loop import TrainConfig, train
+from pipeline.train.config import TrainConfig
+from pipeline.train.job import register_and_promote
+from pipeline.train.loop import train
 from train_helpers import tiny_model, tiny_prep
 
 GOOD = TrainConfig(epochs=3, batch_size=32, lr=0.02, threads=1)
@@ -67,9 +69,9 @@ def with_accuracy(res, acc: float):
 def test_a_model_of_another_dataset_never_displaces_the_serving_champion(runs, claimed):
     root, good, _, toys = runs
     wh = fresh(root, f"wh-other-{claimed}")
-    v_good = registry.register(wh, good, preset="default")
+    v_good = register_and_promote(wh, good, preset="default")
     before = snapshot_pointers(wh)
-    v_toy = registry.register(wh, with_accuracy(toys, claimed), preset="toy")
+    v_toy = register_and_promote(wh, with_accuracy(toys, claimed), preset="toy")
     assert registry.champion(wh) == v_good                       # serving champion stays
     assert snapshot_pointers(wh)["champion"] == before["champion"]
     assert registry.champion(wh, "toys") == v_toy                # ... the toy set gets its own champion
@@ -85,8 +87,8 @@ def test_same_dataset_on_other_validation_rows_is_rescored_on_the_same_data(runs
     champion it loses, so the champion stays."""
     root, good, weak, _ = runs
     wh = fresh(root, "wh-rescore")
-    v_good = registry.register(wh, good, preset="default")
-    v_weak = registry.register(wh, with_accuracy(weak, 0.99), preset="weak")
+    v_good = register_and_promote(wh, good, preset="default")
+    v_weak = register_and_promote(wh, with_accuracy(weak, 0.99), preset="weak")
     assert registry.champion(wh) == v_good and registry.champion(wh, "movies") == v_good
     d = promotion.history(wh)[-1]
     assert d["version"] == v_weak and not d["promoted"] and "re-scored by both models" in d["compared_on"]
@@ -97,9 +99,9 @@ def test_same_dataset_on_other_validation_rows_is_rescored_on_the_same_data(runs
 def test_same_eval_set_compares_recorded_accuracy(runs):
     root, good, _, _ = runs
     wh = fresh(root, "wh-same")
-    v1 = registry.register(wh, with_accuracy(good, 0.80))
-    v2 = registry.register(wh, with_accuracy(good, 0.80))
-    v3 = registry.register(wh, with_accuracy(good, 0.85))
+    v1 = register_and_promote(wh, with_accuracy(good, 0.80))
+    v2 = register_and_promote(wh, with_accuracy(good, 0.80))
+    v3 = register_and_promote(wh, with_accuracy(good, 0.85))
     assert registry.champion(wh) == v3 and v1 != v2
     same = [d for d in promotion.history(wh) if d["compared_on"]]
     assert same and all("same eval set" in d["compared_on"] for d in same)
@@ -154,7 +156,7 @@ TAMPERING = {
 def test_loading_refuses_a_tampered_version(runs, case):
     root, good, _, _ = runs
     wh = fresh(root, f"wh-tamper-{case.replace(' ', '-')}")
-    v = registry.register(wh, good)
+    v = register_and_promote(wh, good)
     name, tamper, words = TAMPERING[case]
     tamper(wh.models / v / name)
     with pytest.raises(IntegrityError, match=words):
@@ -167,7 +169,7 @@ def test_legacy_versions_without_checksums_still_get_their_weights_checked(runs,
     is still a one-line IntegrityError, never a pickle load or a size-mismatch traceback."""
     root, good, _, _ = runs
     wh = fresh(root, f"wh-legacy-{case.replace(' ', '-')}")
-    v = registry.register(wh, good)
+    v = register_and_promote(wh, good)
     cfg_path = wh.models / v / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg.pop("checksums")
@@ -186,7 +188,7 @@ def test_legacy_versions_without_checksums_still_get_their_weights_checked(runs,
 def test_a_model_that_outputs_nan_raises_instead_of_skipping(runs):
     root, good, _, _ = runs
     wh = fresh(root, "wh-nan-out")
-    v = registry.register(wh, good)
+    v = register_and_promote(wh, good)
     p = load_predictor(wh, v)
     assert np.isfinite(p.predict_proba(["a wonderful film", "awful"])).all()
     with torch.no_grad():
@@ -199,7 +201,7 @@ def test_a_model_that_outputs_nan_raises_instead_of_skipping(runs):
 def test_damaged_champion_pointer_and_config_are_clear_errors(runs):
     root, good, _, _ = runs
     wh = fresh(root, "wh-pointer")
-    v = registry.register(wh, good)
+    v = register_and_promote(wh, good)
     (wh.models / "champion").write_text("{not json")
     with pytest.raises(IntegrityError, match="champion pointer"):
         registry.get(wh, "champion")

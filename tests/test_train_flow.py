@@ -40,6 +40,22 @@ def test_train_flow_prepares_trains_registers_and_publishes_artifacts(prefect_ha
     keys = {a.key for a in asyncio.run(artifacts())}
     assert {"metrics-syn-default", "model-card-syn-default", "train-syn-default-progress"} <= keys
 
+    async def training_task_runs():
+        async with get_client() as client:
+            return [t for t in await client.read_task_runs() if t.name.startswith("train-syn-default")]
+
+    runs = asyncio.run(training_task_runs())
+    assert len(runs) == 2 and all("gpu" in t.tags for t in runs)     # the server's `gpu` limit applies to them
+
+
+def test_train_task_is_tagged_gpu_and_times_out_after_the_loops_budget():
+    from flows.train import DEFAULT_TIMEOUT, GRACE_SECONDS, task_timeout, train_model
+
+    assert "gpu" in train_model.tags
+    assert task_timeout(120.0) == 120.0 + GRACE_SECONDS and task_timeout(None) == DEFAULT_TIMEOUT
+    assert train_model.with_options(timeout_seconds=task_timeout(60.0)).timeout_seconds == 60.0 + GRACE_SECONDS
+    assert train_model.timeout_seconds is None          # the flow sets it per run, from the preset's budget
+
 
 def test_train_cli_without_prefect_then_skip_and_retrain(warehouse):
     write_lake_dataset(warehouse, "syn", make_reviews(240, seed=0, max_words=30))

@@ -26,11 +26,16 @@ from ingest_helpers import snapshot
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import EXIT_TEMPORARY, InputError, IntegrityError, NotFoundError, TemporaryFailure
 from pipeline.train.model import ModelConfig
-from pipeline.prepare.job import PrepareConfig, manifest_digest, prepare
+from pipeline.prepare.config import PrepareConfig
+from pipeline.prepare.job import prepare
+from pipeline.prepare.manifest import manifest_digest
 from pipeline.train.presets import resolve_preset
 from pipeline.core.storage import read_json, sha256_file, write_json_atomic
-from pipeline.train.loop import (BEST, CHECKPOINT, RESULT, TrainConfig, discard_run_dir, mark_registered, pick_device,
-                            run_dir_for, run_lock, train, train_dataset)
+from pipeline.train.config import BEST, CHECKPOINT, RESULT, TrainConfig
+from pipeline.train.device import pick_device
+from pipeline.train.job import run_dir_for, train_dataset
+from pipeline.train.loop import train
+from pipeline.train.rundir import discard_run_dir, mark_registered, run_lock
 from pipeline.train.weights import load_model
 from synthetic import make_reviews, write_lake_dataset
 from train_helpers import TINY_OVERRIDES, tiny_model, tiny_prep
@@ -305,7 +310,7 @@ from pathlib import Path
 sys.path.insert(0, {tests!r})
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import ReviewflowError
-from pipeline.train.loop import train_dataset
+from pipeline.train.job import train_dataset
 go = Path({go!r})
 while not go.exists():
     time.sleep(0.05)
@@ -439,7 +444,7 @@ def test_a_crash_between_register_and_cleanup_never_registers_the_run_twice(ware
 def test_a_second_holder_of_a_run_dir_gets_a_temporary_failure(tmp_path):
     out = tmp_path / "runs" / "r"
     with run_lock(out):
-        code = ("import sys; from pipeline.train.loop import run_lock\n"
+        code = ("import sys; from pipeline.train.rundir import run_lock\n"
                 "from pipeline.core.errors import TemporaryFailure\n"
                 f"try:\n    run_lock({str(out)!r}).__enter__()\nexcept TemporaryFailure as e:\n"
                 "    print(e); sys.exit(75)\n")

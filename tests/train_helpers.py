@@ -6,7 +6,8 @@ from pathlib import Path
 
 from pipeline.core.config import Warehouse
 from pipeline.train.model import ModelConfig
-from pipeline.prepare.job import PrepareConfig, prepare
+from pipeline.prepare.config import PrepareConfig
+from pipeline.prepare.job import prepare
 from synthetic import make_reviews, write_lake_dataset
 
 TINY_PREP = dict(max_len=32, min_freq=1, max_vocab=0, val_fraction=0.25, truncate="head+tail", pad_side="right")

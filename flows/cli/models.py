@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
     @models.command("list")
     def list_cmd(warehouse: WarehouseOption = None) -> None:
         """Every version, oldest first; `*` marks the serving champion, `+` the champion of its dataset."""
-        from pipeline.train import registry
+        from pipeline.train import registry       # deferred (as in every command): torch loads only when it runs
 
         wh = warehouse_from(warehouse)
         versions, champ = registry.list_versions(wh), registry.champion(wh)

@@ -61,24 +61,20 @@ def register(app: typer.Typer) -> None:
             bidirectional=bidirectional, pooling=pooling, dropout=dropout, max_len=max_len, truncate=truncate,
             lr=lr, batch_size=batch_size, max_minutes=max_minutes, ngram_buckets=ngram_buckets).items()
             if v is not None}
+        # deferred: torch and the training code load only when this command runs (`--help` stays fast)
         from pipeline.core.errors import ReviewflowError
+        from pipeline.train import job
         from pipeline.train.presets import parse_overrides
 
         try:
             overrides.update(parse_overrides(set_))
         except ReviewflowError as exc:
             raise typer.BadParameter(str(exc), param_hint="--set") from None
-        from pipeline.train.presets import resolve_preset
-        from pipeline.train.loop import pick_device
-
-        resolve_preset(preset, overrides)           # bad options and devices fail here, before Prefect starts
-        pick_device(device)
-        if no_prefect:
-            from pipeline.train.loop import train_dataset
-
-            result = train_dataset(wh, dataset, preset, overrides, device=device, retrain=retrain)
+        job.plan(preset, overrides, device)           # bad options and devices fail here, before Prefect starts
+        if no_prefect:                                # the same job, and Prefect is never imported
+            result = job.train_dataset(wh, dataset, preset, overrides, device=device, retrain=retrain)
         else:
-            from flows.train import train_flow
+            from flows.train import train_flow        # deferred: importing Prefect takes seconds
 
             result = train_flow(dataset=dataset, preset=preset, warehouse=str(wh.root), overrides=overrides,
                                 retrain=retrain, device=device)

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.core.errors import NotFoundError
+from pipeline.prepare.manifest import read_manifest
 from pipeline.prepare.shards import ChecksumError, shard_paths, verify_shards
 
 
@@ -36,8 +37,6 @@ class SplitData:
 
 def load_split(prep_dir: str | Path, split: str, *, verify: bool = False, mmap: bool = True) -> SplitData:
     """Load one split (train/val/test/unsup). ``verify=True`` checks every file's sha256 first."""
-    from pipeline.prepare.job import read_manifest
-
     prep_dir = Path(prep_dir)
     manifest = read_manifest(prep_dir)
     if split not in manifest["splits"]:
@@ -130,19 +129,24 @@ def batch_order(lengths: np.ndarray, batch_size: int, *, shuffle: bool = False, 
     return batches
 
 
+def trim_padding(ids: np.ndarray, width: int, pad_side: str) -> np.ndarray:
+    """The ``width`` columns of padded rows ``ids`` [N, T] where their tokens are: the first ``width`` of
+    right-padded rows, the last ``width`` of left-padded ones (the one place pad-side trimming is written)."""
+    return ids[:, :width] if pad_side == "right" else ids[:, ids.shape[1] - width:]
+
+
 def iter_batches(data: SplitData, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  bucket: bool = True, trim: bool = True) -> Iterator[Batch]:
     """Yield ``Batch``es of torch tensors (ids int64). ``trim`` cuts padding to the batch's longest row:
     right padding keeps the first T columns, left padding the last T."""
-    import torch
+    import torch   # deferred: reading shards (load_split) needs no torch, e.g. in benchmarks/prepare.py
 
     for idx in batch_order(data.lengths, batch_size, shuffle=shuffle, seed=seed, bucket=bucket):
         sidx = np.sort(idx) if isinstance(data.ids, np.memmap) and not bucket else idx
         ids = np.asarray(data.ids[sidx])
         lengths = data.lengths[sidx]
         if trim:
-            t = max(int(lengths.max()) if len(lengths) else 1, 1)
-            ids = ids[:, :t] if data.pad_side == "right" else ids[:, ids.shape[1] - t:]
+            ids = trim_padding(ids, max(int(lengths.max()) if len(lengths) else 1, 1), data.pad_side)
         yield Batch(ids=torch.from_numpy(ids.astype(np.int64)),
                     lengths=torch.from_numpy(lengths.astype(np.int64)),
                     labels=torch.from_numpy(data.labels[sidx].astype(np.float32)),

@@ -25,6 +25,9 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline.core.options import at_least, between, check_options, option_error
 
 ENCODERS = ("rnn", "lstm", "gru", "transformer")
 POOLINGS = ("last", "mean", "max", "maxmean", "attention")
@@ -54,8 +57,6 @@ class ModelConfig:
 
     def __post_init__(self):
         """Check every field (type, range, choice): a bad one is an ``InputError`` naming it."""
-        from pipeline.core.options import at_least, between, check_options, option_error
-
         positive = {name: at_least(1) for name in ("embed_dim", "hidden", "layers", "heads", "ff", "max_len")}
         fractions = {name: between(0, 1, high_open=True) for name in ("dropout", "embed_dropout", "ngram_dropout")}
         check_options(self, {**positive, **fractions, "vocab_size": at_least(3), "ngram_buckets": at_least(0),
@@ -258,9 +259,16 @@ class NgramLogit(nn.Module):
 
 
 class SentimentModel(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """Token ids -> one logit per review; with ``labels``, also the training loss (nanoGPT's ``forward``).
+
+    ``joint_loss`` and ``part_loss`` weigh the loss of a wide & deep model (``TrainConfig`` carries them:
+    they shape training, not the model, so they are not in ``ModelConfig``, the saved identity that rebuilds
+    a model and that resumes and registered versions are matched on)."""
+
+    def __init__(self, cfg: ModelConfig, joint_loss: float = 1.0, part_loss: float = 0.0):
         super().__init__()
         self.cfg = cfg
+        self.joint_loss, self.part_loss = joint_loss, part_loss
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
         self.embed_dropout = nn.Dropout(cfg.embed_dropout)
         self.encoder = TransformerEncoder(cfg) if cfg.encoder == "transformer" else RNNEncoder(cfg)
@@ -273,16 +281,23 @@ class SentimentModel(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_attention(ids, lengths)[0]
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor,
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """ids [B, T] long (padded as ``cfg.pad_side``), lengths [B], labels [B] float or None ->
+        (logits [B] float32, loss or None)."""
+        deep, wide, _ = self.forward_parts(ids, lengths)
+        deep = deep.float()
+        logits = self.combine(deep, wide)
+        return logits, (None if labels is None else self.loss(logits, deep, wide, labels))
 
-    def forward_with_attention(self, ids: torch.Tensor, lengths: torch.Tensor):
-        """ids [B, T] long (padded as ``cfg.pad_side``), lengths [B] -> (logits [B], attn [B, T] or None).
-
-        Attention weights are returned in the input's own layout (left-padded input -> left-padded weights).
-        """
-        deep, wide, attn = self.forward_parts(ids, lengths)
-        return self.combine(deep, wide), attn
+    def loss(self, logits: torch.Tensor, deep: torch.Tensor, wide: torch.Tensor | None,
+             labels: torch.Tensor) -> torch.Tensor:
+        """BCE of the model's logit; a wide & deep model adds each half's own BCE (so each half also stands
+        alone, as in an ensemble): ``joint_loss x BCE(mix) + part_loss x (BCE(encoder) + BCE(n-grams))``."""
+        if wide is None:
+            return F.binary_cross_entropy_with_logits(logits, labels)
+        return self.joint_loss * F.binary_cross_entropy_with_logits(logits, labels) + self.part_loss * (
+            F.binary_cross_entropy_with_logits(deep, labels) + F.binary_cross_entropy_with_logits(wide, labels))
 
     def combine(self, deep: torch.Tensor, wide: torch.Tensor | None) -> torch.Tensor:
         """The model's logit from its halves: a weighted mean (the encoder's alone without an n-gram half)."""
@@ -292,7 +307,9 @@ class SentimentModel(nn.Module):
         return (1 - w) * deep.float() + w * wide
 
     def forward_parts(self, ids: torch.Tensor, lengths: torch.Tensor):
-        """(encoder logit [B], n-gram logit [B] or None, attention [B, T] or None); ``combine`` mixes them."""
+        """(encoder logit [B], n-gram logit [B] or None, attention [B, T] or None); ``combine`` mixes them.
+
+        Attention weights are returned in the input's own layout (left-padded input -> left-padded weights)."""
         cfg = self.cfg
         lengths = lengths.to(ids.device).long().clamp(1, ids.size(1))
         left = cfg.pad_side == "left" and cfg.exact_lengths

@@ -15,6 +15,10 @@ import torch
 
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import IntegrityError
+from pipeline.prepare.preprocess import load_preprocessor
+from pipeline.train import registry
+from pipeline.train.loader import trim_padding
+from pipeline.train.weights import load_model
 
 
 class Predictor:
@@ -26,14 +30,10 @@ class Predictor:
 
     def __init__(self, model_dir: str | Path, version: str | None = None, device: str = "cpu",
                  batch_size: int = 256):
-        from pipeline.prepare.job import load_preprocessor
-        from pipeline.train.registry import _read_version, verify_files
-        from pipeline.train.weights import load_model
-
         self.model_dir = Path(model_dir)
-        mv = _read_version(self.model_dir)
+        mv = registry.read_version(self.model_dir)
         self.version = version or mv.version
-        verify_files(mv)                 # vocabulary + manifest: the exact prepare-time transform
+        registry.verify_files(mv)                # vocabulary + manifest: the exact prepare-time transform
         self.model_config = mv.model_config
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -47,15 +47,17 @@ class Predictor:
         return self.model_config.pooling == "attention"
 
     def _batch(self, ids: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        T = max(int(lengths.max()), 1)
-        if not self.model_config.exact_lengths:   # lineage baseline: always its full padded width
-            T = ids.shape[1]
-        ids = ids[:, :T] if self.preprocessor.pad_side == "right" else ids[:, ids.shape[1] - T:]
+        """Encoded rows as model input: trimmed to their longest row, except for the lineage baseline
+        (``exact_lengths=False``), whose output depends on its full padded width."""
+        T = max(int(lengths.max()), 1) if self.model_config.exact_lengths else ids.shape[1]
+        ids = trim_padding(ids, T, self.preprocessor.pad_side)
         return (torch.from_numpy(np.ascontiguousarray(ids)).long().to(self.device),
                 torch.from_numpy(lengths).long().to(self.device))
 
     @torch.inference_mode()
     def predict_proba(self, texts: Sequence[str | None]) -> np.ndarray:
+        """P(positive) per text, in input order. Rows are sorted by token count and batched, so that a batch
+        carries little padding: callers pass texts in any order (this is the one place rows are sorted)."""
         texts = list(texts)
         out = np.full(len(texts), np.nan, dtype=np.float64)
         keep = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
@@ -69,7 +71,7 @@ class Predictor:
         for s in range(0, len(order), self.batch_size):
             sel = order[s:s + self.batch_size]
             x, n = self._batch(ids[sel], lengths[sel])
-            probs = torch.sigmoid(self.model(x, n).float()).cpu().numpy()
+            probs = torch.sigmoid(self.model(x, n)[0]).cpu().numpy()
             if not np.isfinite(probs).all():
                 raise IntegrityError(f"model {self.version} produced {int((~np.isfinite(probs)).sum())} non-finite "
                                      f"score(s) for {len(sel)} texts: its weights are damaged; retrain or promote "
@@ -92,19 +94,16 @@ class Predictor:
         if encoded is None:
             return []
         ids, lengths = encoded
-        n = int(lengths[0])
+        n, side = int(lengths[0]), self.preprocessor.pad_side
         x, ln = self._batch(ids, lengths)
-        _, attn = self.model.forward_with_attention(x, ln)
-        w = attn[0].float().cpu().numpy()
-        row = x[0].cpu().numpy()
-        real = np.nonzero(row != 0)[0] if self.preprocessor.pad_side == "left" else np.arange(n)
-        real = real[-n:] if self.preprocessor.pad_side == "left" else real
+        _, _, attn = self.model.forward_parts(x, ln)
+        weights = trim_padding(attn.float().cpu().numpy(), n, side)[0]        # the real tokens' weights
         tokens = self.preprocessor.tokenize([text])[0]
         if len(tokens) == n:            # not truncated: show the words as written
             words = list(tokens)
         else:                           # truncated: show what the model saw
-            words = [self.preprocessor.vocab[int(i)] for i in row[real]]
-        pairs = sorted(zip(words, w[real].tolist()), key=lambda p: -p[1])
+            words = [self.preprocessor.vocab[int(i)] for i in trim_padding(ids, n, side)[0]]
+        pairs = sorted(zip(words, weights.tolist()), key=lambda p: -p[1])
         return [(wd, float(v)) for wd, v in pairs[:top_k]]
 
     @property
@@ -120,8 +119,7 @@ class Predictor:
             return []
         ids, lengths = encoded
         n = int(lengths[0])
-        row = ids[0]
-        row = row[:n] if self.preprocessor.pad_side == "right" else row[len(row) - n:]
+        row = trim_padding(ids, n, self.preprocessor.pad_side)[0]
         x = torch.from_numpy(row.astype(np.int64)).unsqueeze(0).to(self.device)
         bag = self.model.ngrams
         feats, real = bag.features(x, torch.tensor([n], device=self.device))
@@ -137,7 +135,5 @@ class Predictor:
 
 def load_predictor(wh: Warehouse, model: str = "champion", device: str = "cpu", batch_size: int = 256) -> Predictor:
     """A Predictor for a registered version (or the champion)."""
-    from pipeline.train import registry
-
     mv = registry.get(wh, model)
     return Predictor(mv.path, version=mv.version, device=device, batch_size=batch_size)

@@ -13,6 +13,8 @@ The rules:
    compared. If that cannot be done (the lake no longer holds the rows, a version predates eval sets), the
    champion stays and the decision says why.
 3. **Strictly better wins**; a tie keeps the champion.
+4. **Deciding twice changes nothing.** A version that already is its dataset's champion (a retried
+   registration step) is left as it is, and no second decision is logged.
 
 Every decision is appended to ``models/promotions.jsonl`` (what was compared, on what, and the outcome), and
 decisions are taken under a file lock, so two registrations finishing together cannot interleave.
@@ -26,13 +28,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
 
-from pipeline.train import registry
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import ReviewflowError, TemporaryFailure
+from pipeline.ingest.lake import read_table
+from pipeline.train import registry
+from pipeline.train.predictor import Predictor
 
 LOG = "promotions.jsonl"
 LOCK_TIMEOUT = 300.0    # seconds to wait for another registration's promotion decision
+ALREADY = "already the champion of its dataset"
 
 
 @dataclass
@@ -49,8 +58,6 @@ class Decision:
 
 
 def _lock(wh: Warehouse):
-    from filelock import FileLock, Timeout
-
     lock = FileLock(str(wh.models / ".promotion.lock"))
     try:
         lock.acquire(timeout=LOCK_TIMEOUT)
@@ -68,12 +75,6 @@ def _log(wh: Warehouse, decision: Decision) -> None:
 
 def _eval_rows(wh: Warehouse, mv: registry.ModelVersion) -> tuple[list[str], np.ndarray]:
     """The texts and labels of ``mv``'s validation rows, read back from its dataset in the lake."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
-    import pyarrow.parquet as pq
-
-    from pipeline.ingest.lake import read_table
-
     path = mv.path / registry.EVAL_SET
     if not path.is_file():
         raise ReviewflowError(f"{mv.version} has no {registry.EVAL_SET} (registered before eval sets)")
@@ -92,8 +93,6 @@ def _eval_rows(wh: Warehouse, mv: registry.ModelVersion) -> tuple[list[str], np.
 
 
 def _accuracy(mv: registry.ModelVersion, texts: list[str], labels: np.ndarray) -> float:
-    from pipeline.train.predictor import Predictor
-
     probs = Predictor(mv.path, version=mv.version, device="cpu").predict_proba(texts)
     return float(np.mean((probs >= 0.5) == (labels == 1)))   # NaN (nothing to score) counts as wrong
 
@@ -114,6 +113,8 @@ def _decide(wh: Warehouse, version: str) -> Decision:
     dataset = cand.config.get("dataset")
     serving = registry.champion(wh)
     current = registry.champion(wh, dataset) if dataset else None
+    if current == version:
+        return Decision(version, dataset, True, serving == version, ALREADY, current)
     if current is None:
         moves_serving = serving is None
         why = f"first model of dataset {dataset!r}" if dataset else "no dataset recorded"
@@ -142,6 +143,8 @@ def maybe_promote(wh: Warehouse, version: str) -> Decision:
     lock = _lock(wh)
     try:
         decision = _decide(wh, version)
+        if decision.reason == ALREADY:
+            return decision
         if decision.promoted:
             registry.set_champion(wh, version, serving=decision.serving, reason=decision.reason)
         _log(wh, decision)

@@ -14,14 +14,15 @@ loading a version verifies them and refuses a mismatch.
 
 Versions are named ``v0001-<preset>-<yyyymmddHHMMSS>`` (number monotonic), published with
 ``atomic_dir`` and never rewritten. ``<warehouse>/models/champion`` is a small JSON pointer, written
-atomically. Champions are per dataset (``<warehouse>/models/champions/<dataset>.json``); the serving
-champion moves implicitly only to a model of its own dataset that beats it on the same evaluation data
-(:mod:`pipeline.train.promotion`), and otherwise only on an explicit ``promote``.
+atomically. Champions are per dataset (``<warehouse>/models/champions/<dataset>.json``). This module
+publishes and reads versions and pointers; *whether* a new version becomes champion is decided by
+:mod:`pipeline.train.promotion`, and :func:`pipeline.train.job.register_and_promote` does both.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -30,11 +31,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline.core.config import Warehouse, validate_name
 from pipeline.core.errors import IntegrityError, NotFoundError, ReviewflowError
-from pipeline.train.model import ModelConfig
 from pipeline.core.storage import atomic_dir, read_json, sha256_file, sweep_dead, write_json_atomic
+from pipeline.train.config import TrainResult
+from pipeline.train.loader import load_split
+from pipeline.train.model import ModelConfig
 
 CHAMPION = "champion"          # the serving champion: what `champion` means for score / predict / sql
 CHAMPIONS = "champions"        # champions/<dataset>.json: the champion of each dataset
@@ -138,12 +143,8 @@ def model_card(version: str, cfg: dict, metrics: dict, env: dict) -> str:
     return "\n".join(lines)
 
 
-def _eval_set_table(prep_dir: Path) -> "pa.Table | None":
+def _eval_set_table(prep_dir: Path) -> pa.Table | None:
     """(review_id, label) of the validation rows the version was selected on, or None without a val split."""
-    import pyarrow as pa
-
-    from pipeline.train.loader import load_split
-
     try:
         val = load_split(prep_dir, "val", mmap=True)
     except (NotFoundError, OSError):
@@ -154,26 +155,19 @@ def _eval_set_table(prep_dir: Path) -> "pa.Table | None":
 
 def eval_set_fingerprint(table) -> str:
     """SHA-256 of the sorted (review_id, label) pairs: equal fingerprints = the same evaluation data."""
-    import hashlib
-
     rows = sorted(zip(table.column("review_id").to_pylist(), table.column("label").to_pylist()))
     return hashlib.sha256("".join(f"{i}\t{y}\n" for i, y in rows).encode()).hexdigest()
 
 
-def register(wh: Warehouse, run, *, preset: str = "custom", dataset: str | None = None,
-             prepare: dict | None = None, version: str | None = None, promote: bool | None = None) -> str:
-    """Publish a finished training run (``TrainResult`` or its ``out_dir``) as a new immutable version.
+def register(wh: Warehouse, run: TrainResult | str | Path, *, preset: str = "custom", dataset: str | None = None,
+             prepare: dict | None = None, version: str | None = None) -> str:
+    """Publish a finished training run (``TrainResult`` or its ``out_dir``) as a new immutable version; the
+    champion pointers are not touched (see :func:`pipeline.train.job.register_and_promote`).
 
     The version records the SHA-256 of its files (``config.json`` -> ``checksums``; loading verifies them) and
     the review ids + labels of the validation rows it was selected on (``eval_set.parquet``), so that promotion
-    can compare models on the same data.
-
-    ``promote``: None = promote only if it beats its dataset's champion on the same evaluation data
-    (:func:`pipeline.train.promotion.maybe_promote`); True = always; False = never. Registering onto an existing
-    version fails.
+    can compare models on the same data. Registering onto an existing version fails.
     """
-    from pipeline.train.loop import TrainResult   # deferred: train imports torch and the whole loop
-
     res = run if isinstance(run, TrainResult) else TrainResult.load(run)
     sweep_dead(wh.models)     # half-built version folders of killed registrations
     if not Path(res.weights).is_file():
@@ -205,14 +199,12 @@ def register(wh: Warehouse, run, *, preset: str = "custom", dataset: str | None 
                 if (Path(res.prep_dir) / name).exists():
                     shutil.copyfile(Path(res.prep_dir) / name, tmp / name)
             if eval_set is not None:
-                import pyarrow.parquet as pq
-
                 pq.write_table(eval_set, tmp / EVAL_SET)
             cfg["checksums"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.name in CHECKED_FILES}
             write_json_atomic(tmp / "config.json", cfg)
             write_json_atomic(tmp / "metrics.json", metrics)
             write_json_atomic(tmp / "environment.json", res.environment | {"device": res.device})
-            try:
+            try:   # deferred: matplotlib, imported only when a curve is drawn
                 from pipeline.core.plots import plot_training_curve
 
                 plot_training_curve(res.history, tmp / "training_curve.png", title=version)
@@ -223,16 +215,10 @@ def register(wh: Warehouse, run, *, preset: str = "custom", dataset: str | None 
         if target.exists():
             raise ReviewflowError(f"model version {version} already exists; versions are immutable") from exc
         raise
-    from pipeline.train import promotion   # deferred: promotion scores with pipeline.train.predictor, which reads the registry
-
-    if promote is True:
-        promotion.promote(wh, version, reason="registered with promote=True")
-    elif promote is None:
-        promotion.maybe_promote(wh, version)
     return version
 
 
-def _read_version(path: Path) -> ModelVersion:
+def read_version(path: Path) -> ModelVersion:
     try:
         cfg = read_json(path / "config.json")
         metrics = read_json(path / "metrics.json")
@@ -269,7 +255,7 @@ def list_versions(wh: Warehouse) -> list[ModelVersion]:
     out = []
     for p in sorted(dirs, key=lambda p: _version_number(p.name)):
         try:
-            out.append(_read_version(p))
+            out.append(read_version(p))
         except IntegrityError:
             continue
     return out
@@ -329,7 +315,7 @@ def get(wh: Warehouse, version: str = CHAMPION) -> ModelVersion:
     if not (path / "config.json").exists():
         known = ", ".join(v.version for v in list_versions(wh)) or "none"
         raise NotFoundError(f"model version {name!r} not found in {wh.models} (known: {known})")
-    return _read_version(path)
+    return read_version(path)
 
 
 def set_champion(wh: Warehouse, version: str, *, serving: bool = True, reason: str = "") -> None:
@@ -343,16 +329,3 @@ def set_champion(wh: Warehouse, version: str, *, serving: bool = True, reason: s
     if serving:
         write_json_atomic(wh.models / CHAMPION, pointer)
 
-
-def promote(wh: Warehouse, version: str) -> None:
-    """Explicit promotion: make ``version`` the champion (serving and of its dataset) whatever its accuracy."""
-    from pipeline.train import promotion
-
-    promotion.promote(wh, version, reason="explicit: reviewflow models promote")
-
-
-def maybe_promote(wh: Warehouse, version: str) -> bool:
-    """Promote ``version`` if it beats its dataset's champion on the same evaluation data."""
-    from pipeline.train import promotion
-
-    return promotion.maybe_promote(wh, version).promoted

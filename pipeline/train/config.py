@@ -1,0 +1,96 @@
+"""What a training run is told (``TrainConfig``) and what it leaves behind (``TrainResult``), and the names
+of the files in its run directory. Both classes are plain data: the loop, the registry and the job read them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pipeline.core.options import above, at_least, between, check_options, option_error
+from pipeline.core.storage import read_json
+from pipeline.train.model import ModelConfig
+
+CHECKPOINT = "checkpoint.pt"      # resumable state, rewritten atomically every epoch
+BEST = "best.safetensors"         # weights of the best epoch (``TrainConfig.select``)
+RESULT = "result.json"            # written once training has finished
+REGISTERED = "registered.json"    # written once the result is a registered version: the dir is then discarded
+LR_SCHEDULES = ("constant", "onecycle", "cosine")
+SELECTS = ("val_loss", "val_accuracy")
+TRAIN_BOUNDS = {"epochs": at_least(1), "batch_size": at_least(1), "lr": above(0), "weight_decay": at_least(0),
+                "grad_clip": above(0), "patience": at_least(1), "seed": between(0, 2**32 - 1),
+                "max_seconds": above(0), "threads": at_least(1), "ngram_lr": above(0), "part_loss": at_least(0),
+                "joint_loss": at_least(0)}
+NOT_IN_RESUME_KEY = ("max_seconds", "threads")   # may change between a crash and its resume: no effect on the model
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"       # constant | onecycle | cosine
+    grad_clip: float | None = 1.0       # None: no clipping
+    patience: int | None = 3            # epochs without val-loss improvement; None: never stop early
+    select: str = "val_loss"            # metric that picks the best checkpoint: val_loss | val_accuracy
+    seed: int = 0
+    bucket: bool = True                 # sort by length within windows (fast, little padding)
+    trim: bool = True                   # cut each batch to its longest review
+    max_seconds: float | None = None    # time budget: stop cleanly between steps
+    threads: int | None = None          # torch CPU threads (None: torch default)
+    ngram_lr: float = 0.1               # peak lr of the n-gram bag's weights (ModelConfig.ngram_buckets > 0)
+    part_loss: float = 0.0              # weight of the losses on the encoder's and the n-gram bag's own logits
+    joint_loss: float = 1.0             # weight of the loss on their mix (0 + part_loss 1: an ensemble trained at once)
+
+    def __post_init__(self):
+        """Check every field (type, range, choice): a bad one is an ``InputError`` naming it."""
+        check_options(self, TRAIN_BOUNDS, {"lr_schedule": LR_SCHEDULES, "select": SELECTS})
+        if self.joint_loss == 0 and self.part_loss == 0:
+            raise option_error("joint_loss", "> 0 when part_loss is 0 (else no loss is trained)", self.joint_loss)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def model_key(self) -> dict:
+        """The fields that change what is trained: they must match to resume a run or reuse a registered model
+        (the time budget and the thread count may differ)."""
+        return {k: v for k, v in asdict(self).items() if k not in NOT_IN_RESUME_KEY}
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    weights: Path
+    model_config: ModelConfig
+    train_config: TrainConfig
+    prep_dir: Path
+    prep_id: str
+    history: list[dict]
+    metrics: dict                       # final validation metrics of the best checkpoint
+    stopped: str                        # completed | early_stopping | time_budget
+    device: str
+    seconds: float
+    environment: dict = field(default_factory=dict)
+    weights_sha256: str | None = None   # of ``weights`` when training finished; a resume checks it
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("history", "metrics", "stopped", "device", "seconds", "environment",
+                                           "prep_id")}
+        d.update(out_dir=str(self.out_dir), weights=str(self.weights), prep_dir=str(self.prep_dir),
+                 model_config=self.model_config.to_dict(), train_config=asdict(self.train_config),
+                 weights_sha256=self.weights_sha256)
+        return d
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> "TrainResult":
+        d = read_json(Path(out_dir) / RESULT)
+        return cls(out_dir=Path(d["out_dir"]), weights=Path(d["weights"]),
+                   model_config=ModelConfig.from_dict(d["model_config"]),
+                   train_config=TrainConfig.from_dict(d["train_config"]), prep_dir=Path(d["prep_dir"]),
+                   prep_id=d["prep_id"], history=d["history"], metrics=d["metrics"], stopped=d["stopped"],
+                   device=d["device"], seconds=d["seconds"], environment=d.get("environment", {}),
+                   weights_sha256=d.get("weights_sha256"))

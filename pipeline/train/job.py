@@ -1,0 +1,136 @@
+"""The train stage's job: prepare -> train -> register -> promote, for one dataset and preset.
+
+    spec = plan("default", {"epochs": 3}, device="auto")     # every option and the device checked first
+    prep = prepare(wh, dataset, PrepareConfig(**spec.prepare))
+    reusable_version(wh, "default", overrides, spec, prep.prep_id, prep.prep_dir)   # trained already?
+    out = run_dir_for(wh, dataset, "default", prep.prep_id, overrides)
+    with run_lock(out): start_run(out); train(...); register_and_promote(wh, out, ...); discard_run_dir(out)
+
+:func:`train_dataset` runs those steps in order (``reviewflow train --no-prefect``); ``flows/train.py`` wraps
+the same steps in Prefect tasks. Each rule here exists once:
+
+* **reuse**: a registered version is reused instead of training again only if it was trained on the same
+  shards with the same preset *and* the same model and training settings (the time budget and the thread
+  count aside), and the user gave no overrides and no ``retrain``;
+* **one run per configuration**: the run directory is named by dataset, preset, prep and overrides, so a
+  crashed run resumes there, and it is held (``run_lock``) from training to registration;
+* **registered once**: a run directory is published as a version at most once, whatever fails after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pipeline.core.config import Warehouse
+from pipeline.prepare.config import PrepareConfig
+from pipeline.prepare.job import prepare
+from pipeline.train import promotion, registry
+from pipeline.train.config import NOT_IN_RESUME_KEY, TrainResult
+from pipeline.train.device import pick_device
+from pipeline.train.loop import model_config_for, train
+from pipeline.train.presets import PRESETS, PresetSpec, resolve_preset
+from pipeline.train.rundir import discard_run_dir, mark_registered, registered_version, run_lock
+
+
+def plan(preset: str, overrides: dict | None, device: str = "auto") -> tuple[dict, PresetSpec]:
+    """(the overrides that were set, the resolved preset): unset (None) overrides dropped, every option and
+    the device checked, before any data is read (``InputError`` naming the option)."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    spec = resolve_preset(preset, overrides)
+    pick_device(device)
+    return overrides, spec
+
+
+def reusable_version(wh: Warehouse, preset: str, overrides: dict, spec: PresetSpec, prep_id: str,
+                     prep_dir: str | Path, retrain: bool = False) -> registry.ModelVersion | None:
+    """The newest registered version this training would reproduce, or None to train.
+
+    Only without ``retrain`` and without overrides; then a version matches when it was trained on the same
+    shards (``prep_id``), with the same preset, the same model configuration and the same training settings
+    (the time budget and the thread count do not change the model)."""
+    if retrain or overrides:
+        return None
+    model = model_config_for(Path(prep_dir), spec.model).to_dict()
+    settings = spec.train.model_key()
+    for mv in reversed(registry.list_versions(wh)):
+        trained = {k: v for k, v in mv.config.get("train", {}).items() if k not in NOT_IN_RESUME_KEY}
+        if (mv.prep_id == prep_id and mv.config.get("preset") == preset and mv.config.get("model") == model
+                and trained == settings):
+            return mv
+    return None
+
+
+def run_dir_for(wh: Warehouse, dataset: str, preset: str, prep_id: str, overrides: dict) -> Path:
+    """A deterministic run directory: re-running the same training after a crash resumes there.
+
+    Named by the overrides and by the preset's definition, so a preset whose definition changed never
+    meets the checkpoint of its old definition."""
+    key = {"overrides": overrides, "preset": PRESETS.get(preset)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return wh.tmp / "runs" / f"{dataset}-{preset}-{prep_id}-{digest}"
+
+
+def start_run(out_dir: Path) -> None:
+    """Discard a run directory that a crashed run had registered but not removed: its configuration trains
+    afresh (and is registered anew) rather than publishing that run a second time."""
+    if registered_version(out_dir) is not None:
+        discard_run_dir(out_dir)
+
+
+def register_and_promote(wh: Warehouse, run: TrainResult | str | Path, *, preset: str = "custom",
+                         dataset: str | None = None, prepare: dict | None = None,
+                         promote: bool | None = None) -> str:
+    """The one way a finished training run becomes a version, and maybe the champion; returns the version.
+
+    ``run`` a run directory: published at most once. The version is recorded in the directory
+    (``registered.json``) before anything else happens, so a retry after a later failure (the promotion
+    decision, an artifact, the clean-up) finds it instead of publishing the same run a second time.
+    ``run`` a ``TrainResult`` in memory: published as a new version on every call.
+
+    ``promote``: None = promote only if it beats its dataset's champion on the same evaluation data
+    (:func:`pipeline.train.promotion.maybe_promote`, which leaves an existing champion alone); True = always;
+    False = never.
+    """
+    if isinstance(run, TrainResult):
+        version = registry.register(wh, run, preset=preset, dataset=dataset, prepare=prepare)
+    else:
+        version = registered_version(run)
+        if version is None:
+            version = registry.register(wh, run, preset=preset, dataset=dataset, prepare=prepare)
+            mark_registered(run, version)
+    if promote is True:
+        promotion.promote(wh, version, reason="registered with promote=True")
+    elif promote is None:
+        promotion.maybe_promote(wh, version)
+    return version
+
+
+def summary(wh: Warehouse, version: str, prep_id: str, skipped: bool = False) -> dict:
+    """What a train run tells its caller: the version, its accuracy, and where the champion stands."""
+    mv, champ = registry.get(wh, version), registry.champion(wh)
+    return {"version": version, "val_accuracy": mv.val_accuracy, "promoted": champ == version and not skipped,
+            "champion": champ, "path": str(mv.path), "skipped": skipped, "prep_id": prep_id}
+
+
+def train_dataset(wh: Warehouse, dataset: str, preset: str = "default", overrides: dict | None = None,
+                  device: str = "auto", retrain: bool = False, progress: bool = True) -> dict:
+    """prepare -> train -> register -> promote without Prefect (``reviewflow train --no-prefect``).
+
+    Every option and the device are checked before any data is read. The run directory is held with
+    ``run_lock`` from training to registration: a concurrent run of the same configuration fails at once
+    with ``TemporaryFailure``; run again later and it reuses the registered model (no overrides) or trains
+    anew. A dir left registered-but-not-removed by a crash is discarded, never registered twice."""
+    overrides, spec = plan(preset, overrides, device)
+    prep = prepare(wh, dataset, PrepareConfig(**spec.prepare))
+    reused = reusable_version(wh, preset, overrides, spec, prep.prep_id, prep.prep_dir, retrain)
+    if reused is not None:
+        return summary(wh, reused.version, prep.prep_id, skipped=True)
+    out = run_dir_for(wh, dataset, preset, prep.prep_id, overrides)
+    with run_lock(out):
+        start_run(out)
+        train(prep.prep_dir, spec.train, out, device=device, progress=progress, model=spec.model, lock=False)
+        version = register_and_promote(wh, out, preset=preset, dataset=dataset, prepare=spec.prepare)
+        discard_run_dir(out)
+    return summary(wh, version, prep.prep_id)
