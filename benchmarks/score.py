@@ -153,6 +153,7 @@ def baseline_loop(pred, texts: list[str], width: int = 512) -> float:
     import numpy as np
     import torch
 
+    from pipeline.train.loader import trim_padding
     from pipeline.train.model import SentimentModel
 
     cfg = dataclasses.replace(pred.model_config, exact_lengths=False, pad_side="left",
@@ -165,11 +166,11 @@ def baseline_loop(pred, texts: list[str], width: int = 512) -> float:
         for text in texts:
             ids, lengths = pred.preprocessor.encode([text])
             n = int(lengths[0])
-            row = np.asarray(ids[0])
-            toks = row[:n] if pred.preprocessor.pad_side == "right" else row[len(row) - n:]
+            toks = trim_padding(np.asarray(ids), n, pred.preprocessor.pad_side)[0]
             x = np.zeros((1, width), dtype=np.int64)
             x[0, width - min(n, width):] = toks[:width]
-            torch.sigmoid(model(torch.from_numpy(x), torch.tensor([width])))
+            logits, _ = model(torch.from_numpy(x), torch.tensor([width]))
+            torch.sigmoid(logits)
     return len(texts) / (time.perf_counter() - t0)
 
 
