@@ -180,13 +180,13 @@ def model_flops(pred, texts: list[str], batch_size: int) -> tuple[float, float]:
     import pyarrow as pa
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipeline.score.writeback import predict_sorted
+    from pipeline.score.writeback import predict_chunk
 
     arr = pa.array(texts, pa.string())
     with FlopCounterMode(display=False) as fc:
-        predict_sorted(pred, arr, batch_size)
+        predict_chunk(pred, arr)
     t0 = time.perf_counter()
-    predict_sorted(pred, arr, batch_size)
+    predict_chunk(pred, arr)
     return fc.get_total_flops() / len(texts), time.perf_counter() - t0
 
 

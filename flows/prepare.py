@@ -25,7 +25,9 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from pipeline.core.config import Warehouse, validate_name
-from pipeline.prepare.job import DEFAULT_MIN_CLASS_ROWS, PrepareConfig, compute_prep_id, dataset_fingerprint, prepare
+from pipeline.prepare.config import PrepareConfig
+from pipeline.prepare.job import compute_prep_id, dataset_fingerprint, prepare
+from pipeline.prepare.manifest import read_manifest
 from flows.artifacts import artifact_key
 from flows.retries import retry_unless_user_error
 
@@ -95,11 +97,14 @@ def report_markdown(summary: dict, manifest: dict) -> str:
 
 
 @flow(name="prepare", flow_run_name="prepare-{dataset}", log_prints=False)
-def prepare_flow(dataset: str, warehouse: Optional[str] = None, max_len: int = 256, min_freq: int = 2,
-                 max_vocab: int = 50_000, val_fraction: float = 0.25, seed: int = 0, truncate: str = "head",
-                 pad_side: str = "right", strip_html: bool = True, include_unsup: bool = False,
-                 min_class_rows: int = DEFAULT_MIN_CLASS_ROWS) -> dict:
+def prepare_flow(dataset: str, warehouse: Optional[str] = None, max_len: int = PrepareConfig.max_len,
+                 min_freq: int = PrepareConfig.min_freq, max_vocab: int = PrepareConfig.max_vocab,
+                 val_fraction: float = PrepareConfig.val_fraction, seed: int = PrepareConfig.seed,
+                 truncate: str = PrepareConfig.truncate, pad_side: str = PrepareConfig.pad_side,
+                 strip_html: bool = PrepareConfig.strip_html, include_unsup: bool = PrepareConfig.include_unsup,
+                 min_class_rows: int = PrepareConfig.min_class_rows) -> dict:
     """Prepare lake dataset ``dataset`` into tensor shards under ``<warehouse>/shards/<prep-id>/``.
+    Every option's default (and meaning) is :class:`pipeline.prepare.config.PrepareConfig`'s.
 
     Refuses (``InputError``, before any shard is written) a train split with fewer than ``min_class_rows``
     rows of either class, or a validation split without both classes.
@@ -118,8 +123,6 @@ def prepare_flow(dataset: str, warehouse: Optional[str] = None, max_len: int = 2
     if not (prep_dir / "manifest.json").exists():
         run = prepare_task.with_options(refresh_cache=True)     # never trust a cached result for a missing dir
     summary = run(dataset, str(wh.root), asdict(cfg), prep_id, str(prep_dir))
-    from pipeline.prepare.job import read_manifest
-
     manifest = read_manifest(summary["prep_dir"])
     create_markdown_artifact(key=artifact_key("prepare", dataset), markdown=report_markdown(summary, manifest),
                              description=f"prepare {dataset}: lengths, vocabulary, coverage")

@@ -1,6 +1,6 @@
 """Prefect flow: score a DuckDB table (or a lake dataset) and write sentiment columns back.
 
-Thin orchestration over :mod:`pipeline.score.writeback`: loads the model, runs the chunked write-back
+Thin orchestration over :mod:`pipeline.score` (``writeback.score_table``, ``job.score_dataset``): loads the model, runs the chunked write-back
 with a progress artifact updated after every committed chunk, and publishes a summary table
 artifact (rows scored/skipped, label counts, score deciles, seconds, rows/s).
 
@@ -19,10 +19,14 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
 from pipeline.core.config import Warehouse
-from pipeline.core.duck import LockTimeout
+from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT, LockTimeout
 from pipeline.core.errors import InputError, ReviewflowError, TemporaryFailure
+from pipeline.score.job import score_dataset
+from pipeline.score.sync import scored_table_name
+from pipeline.score.writeback import score_table
 from flows.artifacts import artifact_key
 
 
@@ -55,7 +59,7 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
 @task(name="load-model", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_user_error,
       cache_policy=NO_CACHE)
 def load_model(warehouse: str, model: str, batch_size: int):
-    from pipeline.train.predictor import load_predictor
+    from pipeline.train.predictor import load_predictor      # deferred: torch, only when a model is loaded
 
     predictor = load_predictor(Warehouse.from_env(warehouse), model, batch_size=batch_size)
     get_run_logger().info("loaded model %s", predictor.version)
@@ -66,8 +70,6 @@ def load_model(warehouse: str, model: str, batch_size: int):
       task_run_name="score-{label}")
 def score_task(label: str, db: str, table: str | None, dataset: str | None, warehouse: str, predictor,
                options: dict) -> dict:
-    from pipeline.score.writeback import score_dataset, score_table
-
     logger = get_run_logger()
     art = create_progress_artifact(progress=0.0, key=artifact_key("score-progress", label),
                                    description=f"Rows of {label} scored with {predictor.version}")
@@ -77,11 +79,12 @@ def score_task(label: str, db: str, table: str | None, dataset: str | None, ware
         update_progress_artifact(artifact_id=art, progress=pct)
         logger.info("%s: %d/%d rows scored (%.1f%%)", label, done, total, pct)
 
+    # the audit row is keyed on this flow run's id: a retry of this task continues the same row
+    options = options | {"run_id": flow_run.get_id(), "progress": progress, "on_wait": logger.info}
     if dataset is not None:
-        rep = score_dataset(Warehouse.from_env(warehouse), dataset, predictor, db_path=db, progress=progress,
-                            on_wait=logger.info, **options)
+        rep = score_dataset(Warehouse.from_env(warehouse), dataset, predictor, db_path=db, **options)
     else:
-        rep = score_table(db, table, predictor, progress=progress, on_wait=logger.info, **options)
+        rep = score_table(db, table, predictor, **options)
     update_progress_artifact(artifact_id=art, progress=100.0)
     return rep.to_dict()
 
@@ -105,8 +108,6 @@ def _summary_rows(rep: dict) -> list[dict[str, Any]]:
 
 
 def _run_name() -> str:
-    from prefect.runtime import flow_run
-
     p = flow_run.parameters
     split = f"_{p['split']}" if p.get("split") else ""
     return f"score-{p.get('table') or str(p.get('dataset')) + split + '_scored'}"
@@ -116,7 +117,7 @@ def _run_name() -> str:
 def score_flow(table: str | None = None, db: str | None = None, dataset: str | None = None,
                split: str | None = None, model: str = "champion", warehouse: str | None = None, id_col: str = "review_id",
                text_col: str = "text", rescore: bool = False, threshold: float = 0.5, batch_size: int = 256,
-               chunk_rows: int = 4096, lock_timeout: float = 120.0, blob_as_utf8: bool = False,
+               chunk_rows: int = 4096, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, blob_as_utf8: bool = False,
                predictor: Any = None) -> dict:
     """Score ``table`` in DuckDB file ``db`` (default: the warehouse's reviews.duckdb), or the lake
     ``dataset`` (or only its ``split``) into ``<dataset>[_<split>]_scored``, with model ``model`` (a version or "champion").
@@ -134,14 +135,12 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
     if dataset is None:
         options.update(id_col=id_col, text_col=text_col, blob_as_utf8=blob_as_utf8)
     else:
-        from pipeline.score.writeback import scored_table_name
-
         options.update(split=split)
     rep = score_task(table or scored_table_name(dataset, split), db_path, table, dataset, str(wh.root), predictor, options)
     label = rep["table"]
     plot = None
     if rep["rows_scored"]:
-        from pipeline.core.plots import score_histogram
+        from pipeline.core.plots import score_histogram      # deferred: matplotlib, only when there is a plot
 
         plot = score_histogram(rep["histogram"], wh.root / "plots" / f"{artifact_key('score', label)}.png",
                                threshold=threshold, title=f"{label} ({rep['model']})")

@@ -11,8 +11,10 @@ materialising the whole text's token list (a 10 MB review costs max_len tokens).
 from __future__ import annotations
 
 import itertools
+import queue
 import re
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -109,22 +111,50 @@ def make_review_db(path, n: int = 200, *, table: str = "reviews", seed: int = 0,
     return path
 
 
+class Lines:
+    """The lines of a process's stdout or stderr, read by a thread: wait for a marker with a deadline
+    (no sleeps)."""
+
+    def __init__(self, stream):
+        self.seen, self._q = [], queue.Queue()
+        self._stream = stream
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self._stream:
+            self._q.put(line.rstrip("\n"))
+        self._q.put(None)
+
+    def wait_for(self, marker: str, timeout: float = 120.0) -> str:
+        while True:
+            line = self._q.get(timeout=timeout)
+            if line is None:
+                raise AssertionError(f"process ended before {marker!r}; it said: {self.seen}")
+            self.seen.append(line)
+            if marker in line:
+                return line
+
+
 def _main(argv: list[str]) -> None:
-    """``python tests/score_helpers.py DB TABLE CHUNK_ROWS DELAY [GATE]`` — a real scoring process for
+    """``python tests/score_helpers.py DB TABLE CHUNK_ROWS DELAY [GATE [AT]]`` — a real scoring process for
     kill -9 / concurrency tests; prints ``chunk N`` after each committed chunk, and the claim/lock
-    waiting messages. With GATE (a path), it pauses after its first chunk, still holding the table's
-    claim, until that file exists (prints ``gated`` first): a test decides when it may go on."""
+    waiting messages. With GATE (a path), it pauses after chunk AT (default 1), still holding the table's
+    claim, until that file exists (prints ``gated`` first): a test decides when it may go on. With AT
+    ``each`` it pauses after every chunk N until ``GATE.N`` exists."""
     from pipeline.score.writeback import score_table
 
     db, table, chunk_rows, delay = argv[0], argv[1], int(argv[2]), float(argv[3])
     gate = Path(argv[4]) if len(argv) > 4 else None
+    at = argv[5] if len(argv) > 5 else "1"
 
     def after_chunk(r) -> None:
         print(f"chunk {r.chunks} rows {r.rows_scored}", flush=True)
-        if gate is not None and r.chunks == 1:
-            print("gated", flush=True)
-            while not gate.exists():
-                time.sleep(0.01)
+        if gate is None or (at != "each" and r.chunks != int(at)):
+            return
+        wait_for = Path(f"{gate}.{r.chunks}") if at == "each" else gate
+        print("gated", flush=True)
+        while not wait_for.exists():        # a file the test creates: no guess at how long anything takes
+            time.sleep(0.01)
 
     rep = score_table(db, table, BowPredictor(delay=delay), chunk_rows=chunk_rows, batch_size=64,
                       after_chunk=after_chunk, on_wait=lambda m: print(m, flush=True))

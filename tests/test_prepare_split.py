@@ -43,8 +43,10 @@ def test_hash_is_stable_and_spread():
     assert h[3] == h[4] and len(set(h.tolist())) == 4
     assert hash_strings(["abc"], 0)[0] != hash_strings(["abc"], 1)[0]
     assert hash_strings(["ab", "ba"], 0)[0] != hash_strings(["ab", "ba"], 0)[1]
-    # pinned value: the split must not change across numpy/pyarrow versions
-    assert int(hash_strings(["train_pos_0"], 0)[0]) == int(hash_strings(["train_pos_0"], 0)[0])
+    # pinned values: the split must not change across numpy/pyarrow versions
+    assert int(hash_strings(["train_pos_0"], 0)[0]) == 13514907727418044805
+    mask = stratified_val_mask([f"r{i}" for i in range(12)], np.array([0, 1] * 6), 0.25, seed=0)
+    assert np.flatnonzero(mask).tolist() == [0, 3, 5, 8]
     u = hash_strings([f"id{i}" for i in range(20000)], 0) / 2.0**64
     assert 0.45 < u.mean() < 0.55
 

@@ -10,7 +10,8 @@ from synthetic import make_reviews, write_lake_dataset
 
 from pipeline.core.duck import quote_ident
 from pipeline.core.errors import InputError, NotFoundError
-from pipeline.score.writeback import score_dataset, score_table
+from pipeline.score.job import score_dataset
+from pipeline.score.writeback import score_table
 
 
 def _rows(db, sql, params=None):
@@ -200,22 +201,3 @@ def test_pages_of_rows_without_text_are_stepped_over(tmp_path):
     rep = score_table(db, "reviews", BowPredictor(), chunk_rows=7)
     assert (rep.rows_scored, rep.rows_skipped) == (10, 50)
     assert score_table(db, "reviews", BowPredictor(), chunk_rows=7).rows_scored == 0
-
-
-@pytest.mark.parametrize("id_expr", [
-    "CAST(i AS DOUBLE) / 4",
-    "CAST(i AS DECIMAL(12, 3)) / 8",
-    "DATE '2020-01-01' + CAST(i AS INTEGER)",
-    "TIMESTAMPTZ '2020-01-01 00:00:00+00' + to_seconds(i * 37)",
-    "uuid_extract_version(gen_random_uuid()) * 0 + i",   # integer expression built from a function
-    "md5(CAST(i AS VARCHAR))::UUID",
-])
-def test_ids_of_other_comparable_types(tmp_path, id_expr):
-    db = tmp_path / "t.duckdb"
-    con = duckdb.connect(str(db))
-    con.execute(f"CREATE TABLE t AS SELECT {id_expr} AS id, CASE WHEN i % 2 = 0 THEN 'a great film' "
-                f"ELSE 'an awful waste' END AS body FROM range(57) r(i)")
-    con.close()
-    rep = score_table(db, "t", BowPredictor(), id_col="id", text_col="body", chunk_rows=10)
-    assert (rep.rows_scored, rep.chunks) == (57, 6)
-    assert _rows(db, "SELECT count(*) FROM t WHERE (sentiment_label = 'positive') = (body = 'a great film')") == [(57,)]

@@ -41,6 +41,11 @@ def test_score_flow_writes_back_and_publishes_artifacts(prefect_harness, tmp_pat
 
     run, arts = asyncio.run(fetch())
     assert run.name == "score-reviews"
+    # the audit row is keyed on the flow run's id
+    assert out["run_id"] == str(run.id)
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT run_id, status FROM sentiment_runs").fetchall() == [(str(run.id), "completed")]
+    con.close()
     by_key = {a.key: a for a in arts}
     assert set(by_key) == {"score-summary-reviews", "score-progress-reviews", "score-report-reviews"}
     assert float(by_key["score-progress-reviews"].data) == 100.0

@@ -12,21 +12,20 @@
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pytest
-from score_helpers import BowPredictor, make_review_db
+from score_helpers import BowPredictor, Lines, make_review_db
 
 from pipeline.core.duck import LockTimeout
 from pipeline.core.errors import InputError, TemporaryFailure
-from pipeline.score.writeback import ModelOutputError, claim_path, score_table
+from pipeline.score.claim import claim_path
+from pipeline.score.writeback import ModelOutputError, score_table
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = str(ROOT / "tests" / "score_helpers.py")
@@ -264,6 +263,12 @@ def test_id_column_that_cannot_page_is_refused_and_nothing_written(tmp_path, nam
 
 
 @pytest.mark.parametrize("expr", [
+    "CAST(i AS DOUBLE) / 4",
+    "CAST(i AS DECIMAL(12, 3)) / 8",
+    "DATE '2020-01-01' + CAST(i AS INTEGER)",
+    "TIMESTAMPTZ '2020-01-01 00:00:00+00' + to_seconds(i * 37)",
+    "uuid_extract_version(gen_random_uuid()) * 0 + i",   # integer expression built from a function
+    "md5(CAST(i AS VARCHAR))::UUID",
     "CAST(lpad(CAST(i AS VARCHAR), 3, '0') AS BLOB) || '\\x00\\xFF'::BLOB",
     "CAST(i AS HUGEINT) * 170141183460469231731687303715884105",
     "CAST(i AS UBIGINT) + 18446744073709551000",
@@ -287,32 +292,10 @@ def test_ids_that_page_exactly_are_accepted(tmp_path, expr):
 # --------------------------------------------------------------------------- 8c: one scorer per table
 
 
-class Lines:
-    """The stdout lines of a process, read by a thread: wait for a marker with a deadline (no sleeps)."""
-
-    def __init__(self, proc: subprocess.Popen):
-        self.proc, self.seen, self._q = proc, [], queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        for line in self.proc.stdout:
-            self._q.put(line.rstrip("\n"))
-        self._q.put(None)
-
-    def wait_for(self, marker: str, timeout: float = 120.0) -> str:
-        while True:
-            line = self._q.get(timeout=timeout)
-            if line is None:
-                raise AssertionError(f"process ended before {marker!r}; it said: {self.seen}")
-            self.seen.append(line)
-            if marker in line:
-                return line
-
-
 def _scorer(db, chunk_rows: int, gate: Path | None = None) -> tuple[subprocess.Popen, Lines]:
     argv = [sys.executable, HELPER, str(db), "reviews", str(chunk_rows), "0"] + ([str(gate)] if gate else [])
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    return proc, Lines(proc)
+    return proc, Lines(proc.stdout)
 
 
 def _audit(db) -> list[tuple]:

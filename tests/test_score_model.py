@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 @pytest.fixture(scope="module")
 def trained_wh(tmp_path_factory):
     from pipeline.core.config import Warehouse
-    from pipeline.train.loop import train_dataset
+    from pipeline.train.job import train_dataset
 
     wh = Warehouse(tmp_path_factory.mktemp("scoremodel") / "wh").ensure()
     write_lake_dataset(wh, "syn", make_reviews(240, seed=3))
@@ -26,7 +26,7 @@ def trained_wh(tmp_path_factory):
 
 def test_score_dataset_with_registered_champion(trained_wh):
     from pipeline.train.predictor import load_predictor
-    from pipeline.score.writeback import score_dataset
+    from pipeline.score.job import score_dataset
 
     pred = load_predictor(trained_wh, "champion")
     rep = score_dataset(trained_wh, "syn", pred, chunk_rows=100)

@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import duckdb
 import numpy as np
-from score_helpers import BowPredictor, make_review_db
+from score_helpers import BowPredictor, Lines, make_review_db
 
 from pipeline.core.errors import EXIT_TEMPORARY
 from pipeline.score.writeback import score_table
@@ -21,9 +20,26 @@ HELPER = str(ROOT / "tests" / "score_helpers.py")
 REVIEWFLOW = [sys.executable, "-c", "from flows.cli import main; main()"]
 
 
-def _writer(db, table, chunk_rows, delay):
-    return subprocess.Popen([sys.executable, HELPER, str(db), table, str(chunk_rows), str(delay)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+def _writer(db, table, chunk_rows, gate: Path, at: str) -> tuple[subprocess.Popen, Lines]:
+    """A scoring process that pauses after chunk ``at`` (or after each chunk) until the test opens its gate."""
+    proc = subprocess.Popen([sys.executable, HELPER, str(db), table, str(chunk_rows), "0", str(gate), at],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    return proc, Lines(proc.stdout)
+
+
+def _sql(db, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(REVIEWFLOW + ["sql", "--db", str(db), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def _lock_holder(db, release: Path) -> tuple[subprocess.Popen, Lines]:
+    """A process that holds the database's write lock (an open transaction) until ``release`` exists."""
+    code = (f"import duckdb, os, time; c = duckdb.connect({str(db)!r}); c.execute('BEGIN'); "
+            f"c.execute('UPDATE reviews SET label = 1 - label'); print('locked', flush=True)\n"
+            f"while not os.path.exists({str(release)!r}): time.sleep(0.01)\n"
+            f"c.execute('ROLLBACK'); c.close()")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    return proc, Lines(proc.stdout)
 
 
 def _rows(db, sql):
@@ -36,15 +52,10 @@ def _rows(db, sql):
 
 def test_kill_9_mid_run_then_resume_loses_nothing(tmp_path):
     db = make_review_db(tmp_path / "k.duckdb", 1500, pk=True)
-    proc = _writer(db, "reviews", 100, 0.03)
-    seen = 0
+    proc, out = _writer(db, "reviews", 100, tmp_path / "never", "4")
     try:
-        for line in proc.stdout:
-            if line.startswith("chunk"):
-                seen += 1
-                if seen == 4:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    break
+        out.wait_for("gated")                           # chunk 4 committed, the process is alive
+        os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
@@ -52,7 +63,7 @@ def test_kill_9_mid_run_then_resume_loses_nothing(tmp_path):
     n, complete = _rows(db, "SELECT count(*) FILTER (WHERE sentiment_score IS NOT NULL), "
                             "count(*) FILTER (WHERE sentiment_score IS NOT NULL AND sentiment_label IS NOT NULL "
                             "AND sentiment_model = 'bow-v1' AND scored_at IS NOT NULL) FROM reviews")[0]
-    assert n == complete and n >= 400 and n % 100 == 0 and n < 1500
+    assert n == complete == 400
     assert _rows(db, "SELECT status FROM sentiment_runs") == [("running",)]
     # resume: only what is left is scored; the killed run is marked failed
     pred = BowPredictor()
@@ -65,53 +76,54 @@ def test_kill_9_mid_run_then_resume_loses_nothing(tmp_path):
     assert runs[0][0] == "failed" and "interrupted" in runs[0][1] and runs[1] == ("completed", None)
 
 
-def test_reader_during_writer_waits_and_sees_whole_chunks(tmp_path):
+def test_readers_between_and_during_chunks_see_whole_chunks(tmp_path):
     db = make_review_db(tmp_path / "c.duckdb", 1400)
-    proc = _writer(db, "reviews", 200, 0.05)
-    counts = []
+    gate = tmp_path / "go"
+    proc, out = _writer(db, "reviews", 200, gate, "each")
+    query = ("SELECT count(*) FILTER (WHERE sentiment_score IS NOT NULL) AS n, "
+             "count(*) FILTER (WHERE sentiment_label IS NOT NULL) AS l FROM reviews")
     try:
-        assert proc.stdout.readline().startswith("chunk 1")
-        while proc.poll() is None and len(counts) < 3:
-            r = subprocess.run(REVIEWFLOW + ["sql", "--db", str(db), "--format", "csv", "--lock-timeout", "60",
-                                             "SELECT count(*) FILTER (WHERE sentiment_score IS NOT NULL) AS n, "
-                                             "count(*) FILTER (WHERE sentiment_label IS NOT NULL) AS l FROM reviews"],
-                               capture_output=True, text=True, cwd=ROOT, timeout=90)
-            assert r.returncode == 0, r.stderr
-            assert "Could not set lock" not in r.stderr
-            n, labels = map(int, r.stdout.strip().splitlines()[-1].split(","))
-            counts.append(n)
-            assert n == labels and n % 200 == 0
-        out, err = proc.communicate(timeout=120)
+        for k in (1, 2, 3):                             # the writer is paused after chunk k
+            out.wait_for("gated")
+            r = _sql(db, "--format", "csv", query)
+            stdout, stderr = r.communicate(timeout=90)
+            assert r.returncode == 0, stderr
+            assert stdout.strip().splitlines()[-1] == f"{200 * k},{200 * k}"
+            Path(f"{gate}.{k}").touch()
+        for k in range(4, 8):                           # from here on the writer runs freely ...
+            Path(f"{gate}.{k}").touch()
+        r = _sql(db, "--format", "csv", "--lock-timeout", "60", query)   # ... and a reader runs alongside
+        stdout, stderr = r.communicate(timeout=90)
+        assert r.returncode == 0 and "Could not set lock" not in stderr, stderr
+        n, labels = map(int, stdout.strip().splitlines()[-1].split(","))
+        assert n == labels and n % 200 == 0 and 600 <= n <= 1400
+        out.wait_for("done 1400")
+        assert proc.wait(timeout=120) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0, err
-    assert "done 1400" in out
-    assert len(counts) >= 2 and counts == sorted(counts) and counts[0] >= 200
 
 
 def test_sql_cli_waits_for_a_writer_holding_the_lock(tmp_path):
     db = make_review_db(tmp_path / "w.duckdb", 20)
-    code = (f"import duckdb, time; c = duckdb.connect({str(db)!r}); c.execute('BEGIN'); "
-            f"c.execute('UPDATE reviews SET label = 1 - label'); print('locked', flush=True); time.sleep(2); "
-            f"c.execute('ROLLBACK'); c.close()")
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert holder.stdout.readline().strip() == "locked"
-    t0 = time.monotonic()
-    r = subprocess.run(REVIEWFLOW + ["sql", "--db", str(db), "SELECT sum(label) AS positives FROM reviews"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=60)
-    holder.wait(timeout=30)
-    assert r.returncode == 0, r.stderr
-    assert "waiting for the writer" in r.stderr
-    assert r.stdout.splitlines()[-2].strip() == "10"     # the rolled-back update is not visible
-    assert time.monotonic() - t0 > 1.0
-    # and a bounded wait ends with a clear error, not a raw lock error
-    holder = subprocess.Popen([sys.executable, "-c", code.replace("time.sleep(2)", "time.sleep(6)")],
-                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    assert holder.stdout.readline().strip() == "locked"
-    r = subprocess.run(REVIEWFLOW + ["sql", "--db", str(db), "--lock-timeout", "0.5", "SELECT 1"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=60)
-    holder.kill()
-    holder.wait()
-    assert r.returncode == EXIT_TEMPORARY and "gave up after" in r.stderr and "Traceback" not in r.stderr
+    holder, held = _lock_holder(db, tmp_path / "release")
+    try:
+        held.wait_for("locked")
+        r = _sql(db, "SELECT sum(label) AS positives FROM reviews")
+        Lines(r.stderr).wait_for("waiting for the writer")       # it waits, and says so ...
+        (tmp_path / "release").touch()                           # ... until the writer rolls back
+        stdout = r.stdout.read()                                 # (its stderr is the reader thread's)
+        assert r.wait(timeout=60) == 0
+        assert stdout.splitlines()[-2].strip() == "10"           # the rolled-back update is not visible
+        assert holder.wait(timeout=30) == 0
+        # and a bounded wait ends with a clear error, not a raw lock error
+        holder, held = _lock_holder(db, tmp_path / "never")
+        held.wait_for("locked")
+        r = subprocess.run(REVIEWFLOW + ["sql", "--db", str(db), "--lock-timeout", "0.5", "SELECT 1"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert r.returncode == EXIT_TEMPORARY and "gave up after" in r.stderr and "Traceback" not in r.stderr
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
 
 from flows.cli.common import WarehouseOption, echo_kv, warehouse_from
+from pipeline.prepare.config import PrepareConfig
 
 
 def print_summary(summary: dict, manifest: dict) -> None:
@@ -30,25 +32,47 @@ def print_summary(summary: dict, manifest: dict) -> None:
     })
 
 
+def _prepare_here(wh, dataset: str, cfg: PrepareConfig) -> dict:
+    """``--no-prefect``: run the same job in this process, with a progress bar per pass."""
+    # deferred: tqdm and the job's numpy/pyarrow load only when the command runs
+    from tqdm import tqdm
+
+    from pipeline.prepare.job import prepare
+
+    bars: dict = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit="rows", leave=False)
+        bar.update(done - bar.n)
+
+    try:
+        return prepare(wh, dataset, cfg, progress=progress).summary()
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
 def register(app: typer.Typer) -> None:
     @app.command("prepare")
     def prepare(
         dataset: Annotated[str, typer.Option("--dataset", "-d", help="Lake dataset to prepare.", show_default=False)],
-        max_len: Annotated[int, typer.Option("--max-len", help="Tokens kept per review (truncate/pad to this).")] = 256,
-        min_freq: Annotated[int, typer.Option("--min-freq", help="Keep tokens seen at least this often in train.")] = 2,
-        max_vocab: Annotated[int, typer.Option("--max-vocab", help="Vocabulary size cap incl. <pad>/<unk>; 0 = none.")] = 50_000,
+        max_len: Annotated[int, typer.Option("--max-len", help="Tokens kept per review (truncate/pad to this).")] = PrepareConfig.max_len,
+        min_freq: Annotated[int, typer.Option("--min-freq", help="Keep tokens seen at least this often in train.")] = PrepareConfig.min_freq,
+        max_vocab: Annotated[int, typer.Option("--max-vocab", help="Vocabulary size cap incl. <pad>/<unk>; 0 = none.")] = PrepareConfig.max_vocab,
         val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of labelled train rows held out "
-                                                                          "for validation, per label.")] = 0.25,
-        seed: Annotated[int, typer.Option("--seed", help="Seed of the train/validation assignment.")] = 0,
+                                                                          "for validation, per label.")] = PrepareConfig.val_fraction,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of the train/validation assignment.")] = PrepareConfig.seed,
         truncate: Annotated[str, typer.Option("--truncate", help="Which tokens a long review keeps: head (first), "
-                                              "tail (last), head+tail (first third + last two thirds).")] = "head",
-        pad_side: Annotated[str, typer.Option("--pad-side", help="Pad with 0 on the left or right.")] = "right",
+                                              "tail (last), head+tail (first third + last two thirds).")] = PrepareConfig.truncate,
+        pad_side: Annotated[str, typer.Option("--pad-side", help="Pad with 0 on the left or right.")] = PrepareConfig.pad_side,
         keep_html: Annotated[bool, typer.Option("--keep-html", help="Do not turn HTML tags into spaces (the "
-                                                "baseline's rule: '<br />' becomes the token 'br').")] = False,
+                                                "baseline's rule: '<br />' becomes the token 'br').")] = not PrepareConfig.strip_html,
         include_unsup: Annotated[bool, typer.Option("--include-unsup", help="Also write unlabelled rows "
-                                                    "(split unsup) as an 'unsup' split.")] = False,
+                                                    "(split unsup) as an 'unsup' split.")] = PrepareConfig.include_unsup,
         min_class_rows: Annotated[int, typer.Option("--min-class-rows", help="Refuse a dataset whose train split "
-                                                    "has fewer rows of either class (0 and 1).")] = 50,
+                                                    "has fewer rows of either class (0 and 1).")] = PrepareConfig.min_class_rows,
         no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run directly, without a Prefect flow run.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
         warehouse: WarehouseOption = None,
@@ -76,33 +100,18 @@ def register(app: typer.Typer) -> None:
           reviewflow prepare --dataset imdb --no-prefect --json
         """
         wh = warehouse_from(warehouse)
-        params = dict(max_len=max_len, min_freq=min_freq, max_vocab=max_vocab, val_fraction=val_fraction, seed=seed,
-                      truncate=truncate, pad_side=pad_side, strip_html=not keep_html, include_unsup=include_unsup,
-                      min_class_rows=min_class_rows)
-        from pipeline.prepare.job import PrepareConfig, read_manifest
+        cfg = PrepareConfig(max_len=max_len, min_freq=min_freq, max_vocab=max_vocab, val_fraction=val_fraction,
+                            seed=seed, truncate=truncate, pad_side=pad_side, strip_html=not keep_html,
+                            include_unsup=include_unsup, min_class_rows=min_class_rows)  # bad flags fail here
+        # deferred: numpy/pyarrow (and Prefect) load when the command runs, not for every `reviewflow --help`
+        from pipeline.prepare.manifest import read_manifest
 
-        PrepareConfig(**params)                     # checks every flag: bad ones fail before Prefect starts
         if no_prefect:
-            from tqdm import tqdm
-
-            from pipeline.prepare.job import prepare as run_prepare
-
-            bars: dict = {}
-
-            def progress(stage: str, done: int, total: int) -> None:
-                bar = bars.get(stage)
-                if bar is None:
-                    bar = bars[stage] = tqdm(total=total, desc=stage, unit="rows", leave=False)
-                bar.update(done - bar.n)
-
-            res = run_prepare(wh, dataset, PrepareConfig(**params), progress=progress)
-            for bar in bars.values():
-                bar.close()
-            summary = res.summary()
+            summary = _prepare_here(wh, dataset, cfg)
         else:
             from flows.prepare import prepare_flow
 
-            summary = prepare_flow(dataset=dataset, warehouse=str(wh.root), **params)
+            summary = prepare_flow(dataset=dataset, warehouse=str(wh.root), **asdict(cfg))
         manifest = read_manifest(summary["prep_dir"])
         if as_json:
             typer.echo(json.dumps(summary | {"lengths": manifest["lengths"], "unk_rate": manifest["unk_rate"]},

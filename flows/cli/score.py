@@ -8,6 +8,33 @@ from typing import Annotated, Optional
 import typer
 
 from flows.cli.common import WarehouseOption, echo_kv, warehouse_from
+from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT
+
+
+def _score_here(wh, db_path: Path, table: str | None, dataset: str | None, model: str, opts: dict) -> dict:
+    """``--no-prefect``: load the model and run the same scoring in this process, with a progress bar."""
+    # deferred: tqdm, torch, pyarrow and duckdb load when the command runs, not for every `reviewflow --help`
+    from tqdm import tqdm
+
+    from pipeline.score.job import score_dataset
+    from pipeline.score.writeback import score_table
+    from pipeline.train.predictor import load_predictor
+
+    predictor = load_predictor(wh, model, batch_size=opts["batch_size"])
+    bar = tqdm(unit="rows", desc=f"score {table or dataset}")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    opts = opts | {"progress": progress, "on_wait": tqdm.write}
+    try:
+        if dataset is not None:
+            return score_dataset(wh, dataset, predictor, db_path=db_path, **opts).to_dict()
+        return score_table(db_path, table, predictor, **opts).to_dict()
+    finally:
+        bar.close()
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +50,7 @@ def register(app: typer.Typer) -> None:
         chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows per committed chunk (one transaction each).")] = 4096,
         rescore: Annotated[bool, typer.Option("--rescore", help="Score every row again, not just new/stale ones.")] = False,
         threshold: Annotated[float, typer.Option("--threshold", help="score >= threshold -> 'positive'.")] = 0.5,
-        lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another process's lock, or for another scoring run of the same table to finish.")] = 120.0,
+        lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another process's lock, or for another scoring run of the same table to finish.")] = DEFAULT_LOCK_TIMEOUT,
         blob_as_utf8: Annotated[bool, typer.Option("--blob-as-utf8", help="The text column is BLOB holding UTF-8 text: decode it (a row that is not valid UTF-8 is an error naming its id).")] = False,
         no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run directly (progress bar), without a Prefect flow run.")] = False,
         warehouse: WarehouseOption = None,
@@ -57,33 +84,11 @@ def register(app: typer.Typer) -> None:
         wh = warehouse_from(warehouse)
         db_path = db if db is not None else wh.duckdb_path
         if no_prefect:
-            from tqdm import tqdm
-
-            from pipeline.train.predictor import load_predictor
-            from pipeline.score.writeback import score_dataset, score_table
-
-            predictor = load_predictor(wh, model, batch_size=batch_size)
-            bar = tqdm(unit="rows", desc=f"score {table or dataset}")
-
-            def progress(done: int, total: int) -> None:
-                bar.total = total
-                bar.n = done
-                bar.refresh()
-
-            def on_wait(msg: str) -> None:
-                tqdm.write(msg)
-
             opts = dict(rescore=rescore, threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
-                        progress=progress, lock_timeout=lock_timeout, on_wait=on_wait)
-            try:
-                if dataset is not None:
-                    rep = score_dataset(wh, dataset, predictor, db_path=db_path, **opts)
-                else:
-                    rep = score_table(db_path, table, predictor, id_col=id_col, text_col=text_col,
-                                      blob_as_utf8=blob_as_utf8, **opts)
-            finally:
-                bar.close()
-            result = rep.to_dict()
+                        lock_timeout=lock_timeout)
+            if dataset is None:
+                opts.update(id_col=id_col, text_col=text_col, blob_as_utf8=blob_as_utf8)
+            result = _score_here(wh, db_path, table, dataset, model, opts)
         else:
             from flows.score import score_flow
 

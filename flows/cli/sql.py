@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from flows.cli.common import WarehouseOption, warehouse_from
+from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT
 
 FORMATS = ("table", "csv", "json")
 
@@ -20,7 +21,7 @@ def register(app: typer.Typer) -> None:
         fmt: Annotated[str, typer.Option("--format", "-f", help="table (aligned), csv, or json (one object per line).")] = "table",
         model: Annotated[str, typer.Option("--model", "-m", help="Model behind sentiment(text): a version or 'champion'.")] = "champion",
         max_rows: Annotated[int, typer.Option("--max-rows", help="Rows printed in table format.")] = 1000,
-        lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait while a scoring run holds the file.")] = 120.0,
+        lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait while a scoring run holds the file.")] = DEFAULT_LOCK_TIMEOUT,
         memory_limit: Annotated[str, typer.Option("--memory-limit", help="Memory the query may use (DuckDB size, e.g. 4GB); larger joins/sorts spill to a private temp folder.")] = "4GB",
         threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Threads the query may use. Default: min(4, CPU count).")] = None,
         warehouse: WarehouseOption = None,

@@ -27,14 +27,16 @@ Data a model cannot learn from is refused before any shard is written (``InputEr
 with fewer than ``min_class_rows`` rows of either class (one class only, or a toy dataset), or a
 validation split without both classes. The check also runs on a cache hit, from the manifest.
 
-The manifest records every shard file's SHA-256 and its own (``manifest_sha256``, over the rest of
-the manifest); :func:`verify_prep` checks all of it, plus ``vocab.txt``, before training.
+The manifest records every shard file's SHA-256 and its own (``manifest_sha256``);
+``pipeline.prepare.manifest`` reads and verifies it, ``pipeline.prepare.preprocess`` is the same transform
+online (for scoring).
 """
 
 from __future__ import annotations
 
 import collections
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -42,28 +44,30 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 
-from pipeline.ingest import lake
 from pipeline.core.config import Warehouse, validate_name
-from pipeline.core.errors import InputError, IntegrityError, NotFoundError
-from pipeline.core.options import at_least, between, check_options, option_error
-from pipeline.prepare.shards import ChecksumError, ShardWriter, verify_shards
+from pipeline.core.errors import InputError, IntegrityError
+from pipeline.core.schema import REVIEW_SCHEMA
+from pipeline.core.storage import atomic_dir, sweep_dead, temp_prefix, write_json_atomic
+from pipeline.ingest import lake
+from pipeline.prepare.config import PrepareConfig
+from pipeline.prepare.manifest import manifest_digest, read_manifest
+from pipeline.prepare.shards import ShardWriter
 from pipeline.prepare.split import stratified_val_mask
-from pipeline.core.storage import atomic_dir, read_json, sweep_dead, temp_prefix, write_json_atomic
-from pipeline.prepare.text import PAD_SIDES, TRUNCATE_MODES, kept_mask, pad_rows, tokenize
-from pipeline.prepare.vocab import Lookup, TokenCounter, build_vocab, read_vocab, vocab_bytes, vocab_sha256
+from pipeline.prepare.text import kept_mask, pad_rows, tokenize
+from pipeline.prepare.vocab import Lookup, TokenCounter, build_vocab, vocab_bytes, vocab_sha256
 
 CODE_VERSION = "prepare-1"          # bump when the output of prepare changes for the same inputs
 SPLIT_NAMES = ("train", "val", "test", "unsup")
 CLASSES = (0, 1)                    # the labels a training set needs (pipeline.ingest.labels: 0 negative, 1 positive)
-DEFAULT_MIN_CLASS_ROWS = 50
 TRAIN, VAL, TEST, UNSUP, SKIP = 0, 1, 2, 3, -1
 TRUNCATE_RULE = {
     "head": "first max_len tokens",
@@ -72,42 +76,6 @@ TRUNCATE_RULE = {
 }
 
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass(frozen=True)
-class PrepareConfig:
-    max_len: int = 256
-    min_freq: int = 2
-    max_vocab: int = 50_000       # total ids incl. <pad>/<unk>; 0 = no cap
-    val_fraction: float = 0.25
-    seed: int = 0
-    truncate: str = "head"        # head|tail|head+tail
-    pad_side: str = "right"       # left|right
-    strip_html: bool = True
-    include_unsup: bool = False
-    # train rows each class (0 and 1) needs, else prepare refuses the dataset. 50 is a floor, not a target:
-    # below it a model mostly memorises (and a one-class set scores val accuracy 1.0 while learning
-    # nothing). Not part of the prep id: it decides whether to prepare, not what is written.
-    min_class_rows: int = DEFAULT_MIN_CLASS_ROWS
-
-    def __post_init__(self):
-        self.validate()
-
-    def validate(self) -> "PrepareConfig":
-        """Check every field (type, range, choice): a bad one is an ``InputError`` naming it."""
-        check_options(self, {"max_len": at_least(1), "min_freq": at_least(1), "max_vocab": at_least(0),
-                             "val_fraction": between(0, 1, high_open=True), "seed": between(0, 2**63 - 1),
-                             "min_class_rows": at_least(1)},
-                      {"truncate": TRUNCATE_MODES, "pad_side": PAD_SIDES})
-        if 0 < self.max_vocab < 3:
-            raise option_error("max_vocab", ">= 3 (2 special tokens + 1), or 0 for no cap", self.max_vocab)
-        return self
-
-    def identity(self) -> dict:
-        """The parameters that decide the shards (prep id and manifest ``params``)."""
-        params = asdict(self)
-        params.pop("min_class_rows")
-        return params
 
 
 @dataclass
@@ -178,7 +146,7 @@ class _Spill:
 
 
 def _plot(prep_dir: Path, lengths: np.ndarray, max_len: int) -> None:
-    from pipeline.core.plots import length_histogram
+    from pipeline.core.plots import length_histogram     # deferred: matplotlib, only when a prep is built
 
     length_histogram(lengths, prep_dir / "length_hist.png", max_len)
 
@@ -226,207 +194,26 @@ def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), p
     if (prep_dir / "manifest.json").exists():
         return _cached(prep_id, prep_dir, t_start, dataset, cfg)
     wh.ensure()
-    workers = workers or min(2, os.cpu_count() or 1)
-    report = progress or (lambda stage, done, total: None)
-    timings: dict[str, float] = {}
-
-    # pass 0: assignment from ids/labels/splits (no text) ------------------------------------------
-    t = time.perf_counter()
+    run = _Run(dataset, cfg, workers or min(2, os.cpu_count() or 1), progress or (lambda stage, done, total: None))
     # both passes read exactly the fingerprinted part files (a concurrent ingest adds a file we ignore)
-    import pyarrow.dataset as pads
-
-    from pipeline.core.schema import REVIEW_SCHEMA
-
     source = pads.dataset([str(wh.dataset_dir(dataset) / f["name"]) for f in fingerprint["files"]],
                           schema=REVIEW_SCHEMA, format="parquet")
-    meta = source.to_table(columns=["review_id", "label", "split"])
-    n = meta.num_rows
-    review_ids = meta.column("review_id").combine_chunks()
-    labels = pc.fill_null(meta.column("label"), -1).to_numpy().astype(np.int8)
-    split = pc.fill_null(meta.column("split"), "")
-    is_test = pc.equal(split, "test").to_numpy(zero_copy_only=False)
-    is_unsup = pc.equal(split, "unsup").to_numpy(zero_copy_only=False)
-    del meta, split
-    other = ~is_test & ~is_unsup
-    pool = other & (labels >= 0)
-    assign = np.full(n, SKIP, np.int8)
-    assign[is_test] = TEST
-    if cfg.include_unsup:
-        assign[is_unsup | (other & (labels < 0))] = UNSUP
-    pool_idx = np.flatnonzero(pool)
-    val = stratified_val_mask(review_ids.take(pa.array(pool_idx)), labels[pool_idx], cfg.val_fraction, cfg.seed)
-    assign[pool_idx] = np.where(val, VAL, TRAIN).astype(np.int8)
-    split_labels = {name: _label_counts(labels[assign == code]) for code, name in ((TRAIN, "train"), (VAL, "val"))}
-    check_class_counts(dataset, split_labels, cfg)     # before reading any text (empty reviews only lower it)
-    dropped = {"unsup_excluded": int(0 if cfg.include_unsup else is_unsup.sum()),
-               "unlabelled_excluded": int(0 if cfg.include_unsup else (other & (labels < 0)).sum())}
-    timings["assign"] = time.perf_counter() - t
-
+    try:
+        rows = run.timed("assign", _assign_rows, source, run)
+    except pa.ArrowInvalid as exc:     # a part file that is not Parquet (any more): arrow's message names it
+        raise IntegrityError(f"lake dataset {dataset!r} cannot be read: {exc} Re-ingest the dataset "
+                             "(`reviewflow ingest`)") from None
     sweep_dead(wh.tmp, wh.shards)     # what killed prepares left behind
     scratch = Path(tempfile.mkdtemp(prefix=temp_prefix(f"prepare-{prep_id}"), dir=wh.tmp))
     try:
-        # pass 1: tokenize, count train tokens, keep truncated batch-local indices ----------------
-        t = time.perf_counter()
-        counter = TokenCounter(compact_rows=1_000_000)
         spill = _Spill(scratch, spill_budget)
-        ntok = np.zeros(n, np.int64)
-        starts: list[int] = []
-
-        def texts():
-            off = 0
-            # small readahead: the default (16 batches x 4 files) buffers hundreds of MB of text
-            for batch in source.to_batches(columns=["text"], batch_size=batch_rows, batch_readahead=2,
-                                           fragment_readahead=1):
-                m = batch.num_rows
-                if off + m > n:
-                    raise InputError(f"dataset {dataset!r} changed while being prepared")
-                yield batch.column(0), assign[off:off + m], off
-                off += m
-
-        def pass1(text, asg, off):
-            skip = asg == SKIP
-            if skip.any():                                  # rows that go nowhere are not tokenized
-                text = pc.if_else(pa.array(skip), pa.scalar("", text.type), text)
-            tok = tokenize(text, cfg.strip_html)
-            enc = pc.dictionary_encode(tok.values)
-            d = enc.dictionary
-            idx = enc.indices.to_numpy(zero_copy_only=False)
-            train = asg == TRAIN
-            if train.all():
-                tcounts = np.bincount(idx, minlength=len(d))
-            elif train.any():
-                tcounts = np.bincount(idx[np.repeat(train, tok.counts)], minlength=len(d))
-            else:
-                tcounts = None
-            keep = kept_mask(tok.counts, cfg.max_len, cfg.truncate)
-            local = idx if keep is None else idx[keep]
-            return off, d, tcounts, local.astype(np.int32, copy=False), tok.counts
-
-        done = 0
-        for off, d, tcounts, local, counts in _ordered_map(pass1, texts(), workers):
-            if tcounts is not None:
-                counter.add(d, tcounts)
-            spill.put(d, local)
-            ntok[off:off + len(counts)] = counts
-            starts.append(off)
-            done += len(counts)
-            report("tokenize", done, n)
-        if done != n:
-            raise InputError(f"dataset {dataset!r} changed while being prepared ({done} text rows, {n} ids)")
-        timings["tokenize_count"] = time.perf_counter() - t
-
-        # vocabulary ------------------------------------------------------------------------------
-        t = time.perf_counter()
-        counts_table = counter.table()
-        vocab = build_vocab(counts_table, cfg.min_freq, cfg.max_vocab or None)
-        lookup = Lookup(vocab)
-        train_tokens = counter.total
-        in_vocab = pc.is_in(counts_table["token"], value_set=pa.array(vocab[2:], pa.large_string()))
-        covered = int(pc.sum(pc.if_else(in_vocab, counts_table["count"], 0)).as_py() or 0)
-        distinct = counts_table.num_rows
-        del counts_table, counter
-        timings["vocab"] = time.perf_counter() - t
-
-        kept_all = np.minimum(ntok, cfg.max_len)
-        empty = ntok == 0
-        dropped["empty_after_normalisation"] = int((empty & (assign != SKIP)).sum())
-        route = np.where(empty, SKIP, assign).astype(np.int8)
-        check_class_counts(dataset, {name: _label_counts(labels[route == code])
-                                     for code, name in ((TRAIN, "train"), (VAL, "val"))}, cfg)
-
-        # pass 2: map, pad, write shards into a temp dir that is published atomically ---------------
-        t = time.perf_counter()
+        tokens = run.timed("tokenize_count", _tokenize_pass, source, rows, spill, batch_rows, run)
+        vocab = run.timed("vocab", _Vocabulary.build, tokens.counter, cfg)
+        tokens.counter = None
+        route = _route(rows, tokens, run)
         with atomic_dir(prep_dir) as tmp:
-            writers = {code: ShardWriter(tmp, name, cfg.max_len, int((route == code).sum()), shard_rows)
-                       for code, name in enumerate(SPLIT_NAMES)}
-            plotter = ThreadPoolExecutor(1, thread_name_prefix="prepare-plot")
-            plot = plotter.submit(_plot, tmp, ntok[route != SKIP], cfg.max_len)   # overlaps pass 2
-            plotter.shutdown(wait=False)
-            unk = np.zeros(len(SPLIT_NAMES), np.int64)
-            toks = np.zeros(len(SPLIT_NAMES), np.int64)
-            bounds = starts + [n]
-
-            def items(group: int = 16):
-                # one vocabulary lookup per group of batch dictionaries (the vocab hash is built once
-                # per group, not per batch; memory holds one group)
-                for g in range(0, len(starts), group):
-                    got = [spill.get(i) for i in range(g, min(g + group, len(starts)))]
-                    dicts = [d for d, _ in got]
-                    ids = lookup.ids(pa.concat_arrays(dicts)) if dicts else np.zeros(0, np.int32)
-                    for k, part in enumerate(np.split(ids, np.cumsum([len(d) for d in dicts])[:-1])):
-                        i = g + k
-                        yield bounds[i], bounds[i + 1], part, got[k][1]
-
-            def pass2(lo, hi, remap, local):
-                kept = kept_all[lo:hi]
-                flat = remap[local]
-                ids = pad_rows(flat, kept, cfg.max_len, cfg.pad_side)
-                unk_at = np.flatnonzero(flat == 1)
-                row_unk = np.zeros(hi - lo, np.int64)
-                if len(unk_at):
-                    ends = np.cumsum(kept)
-                    row_unk = np.bincount(np.searchsorted(ends, unk_at, "right"), minlength=hi - lo)
-                return lo, hi, ids, row_unk
-
-            done = 0
-            for lo, hi, ids, row_unk in _ordered_map(pass2, items(), workers):
-                r = route[lo:hi]
-                for code, w in writers.items():
-                    m = r == code
-                    if m.all():                              # the common case: no copies
-                        k = kept_all[lo:hi]
-                        w.add(ids, k.astype(np.int32), labels[lo:hi], review_ids.slice(lo, hi - lo))
-                    elif m.any():
-                        k = kept_all[lo:hi][m]
-                        w.add(ids[m], k.astype(np.int32), labels[lo:hi][m],
-                              review_ids.slice(lo, hi - lo).filter(pa.array(m)))
-                    else:
-                        continue
-                    unk[code] += int(row_unk[m].sum())
-                    toks[code] += int(k.sum())
-                done += hi - lo
-                report("encode", done, n)
-            splits = {}
-            for code, name in enumerate(SPLIT_NAMES):
-                shards = writers[code].close()
-                rows = route == code
-                splits[name] = {"rows": int(rows.sum()), "labels": _label_counts(labels[rows]),
-                                "tokens": int(toks[code]), "unk_tokens": int(unk[code]),
-                                "unk_rate": round(float(unk[code] / toks[code]), 6) if toks[code] else None,
-                                "shards": shards}
-            timings["encode_write"] = time.perf_counter() - t
-
-            t = time.perf_counter()
-            written = route != SKIP
-            (tmp / "vocab.txt").write_bytes(vocab_bytes(vocab))
-            plot.result()
-            timings["plot_wait"] = time.perf_counter() - t
-            manifest = {
-                "prep_id": prep_id,
-                "dataset": dataset,
-                "code_version": CODE_VERSION,
-                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "params": cfg.identity(),
-                "truncate_rule": TRUNCATE_RULE[cfg.truncate],
-                "dataset_fingerprint": fingerprint,
-                "vocab_size": len(vocab),
-                "vocab_sha256": vocab_sha256(vocab),
-                "vocab_file": "vocab.txt",
-                "train_tokens": int(train_tokens),
-                "train_distinct_tokens": int(distinct),
-                "train_vocab_coverage": round(covered / train_tokens, 6) if train_tokens else None,
-                "counts": {k: v["rows"] for k, v in splits.items()},
-                "label_counts": {k: v["labels"] for k, v in splits.items()},
-                "splits": splits,
-                "dropped": dropped,
-                "input_rows": int(n),
-                "lengths": {"tokens": _percentiles(ntok[written]), "kept": _percentiles(kept_all[written]),
-                            "truncated_fraction": round(float((ntok[written] > cfg.max_len).mean()), 6)
-                            if written.any() else 0.0},
-                "unk_rate": {k: v["unk_rate"] for k, v in splits.items()},
-                "timings_s": {k: round(v, 4) for k, v in timings.items()},
-            }
-            manifest["manifest_sha256"] = manifest_digest(manifest)
+            written = _write_prep(tmp, rows, tokens, route, vocab, spill, shard_rows, run)
+            manifest = _manifest(prep_id, fingerprint, rows, tokens, route, vocab, written, run)
             write_json_atomic(tmp / "manifest.json", manifest)
     except OSError:
         if not (prep_dir / "manifest.json").exists():
@@ -435,6 +222,268 @@ def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), p
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return PrepareResult(prep_id, prep_dir, False, manifest["counts"], manifest, time.perf_counter() - t_start)
+
+
+@dataclass
+class _Run:
+    """What every step of one ``prepare`` call needs: the dataset, its config, the thread count, the progress
+    callback, and the seconds each step took (for the manifest's ``timings_s``)."""
+    dataset: str
+    cfg: PrepareConfig
+    workers: int
+    report: Progress
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, name: str, step: Callable, *args):
+        t = time.perf_counter()
+        out = step(*args)
+        self.timings[name] = time.perf_counter() - t
+        return out
+
+
+@dataclass
+class _Rows:
+    """Pass 0: every input row's id, label (-1 unknown) and destination split code (``SKIP``: nowhere)."""
+    review_ids: pa.Array
+    labels: np.ndarray
+    assign: np.ndarray
+    dropped: dict
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    def split_labels(self, codes: np.ndarray) -> dict[str, dict]:
+        """Label counts of the train and val rows under the split codes ``codes``."""
+        return {name: _label_counts(self.labels[codes == code]) for code, name in ((TRAIN, "train"), (VAL, "val"))}
+
+
+def _assign_rows(source: pads.Dataset, run: _Run) -> _Rows:
+    """Pass 0, from ids/labels/splits only (no text): the stratified seeded train/val assignment, test rows
+    -> test, unsup and unlabelled train rows -> unsup (with ``include_unsup``) or nowhere. Refuses a dataset
+    a model cannot learn from before any text is read (empty reviews only lower the counts)."""
+    cfg = run.cfg
+    meta = source.to_table(columns=["review_id", "label", "split"])
+    review_ids = meta.column("review_id").combine_chunks()
+    labels = pc.fill_null(meta.column("label"), -1).to_numpy().astype(np.int8)
+    split = pc.fill_null(meta.column("split"), "")
+    is_test = pc.equal(split, "test").to_numpy(zero_copy_only=False)
+    is_unsup = pc.equal(split, "unsup").to_numpy(zero_copy_only=False)
+    other = ~is_test & ~is_unsup
+    pool = other & (labels >= 0)
+    assign = np.full(meta.num_rows, SKIP, np.int8)
+    assign[is_test] = TEST
+    if cfg.include_unsup:
+        assign[is_unsup | (other & (labels < 0))] = UNSUP
+    pool_idx = np.flatnonzero(pool)
+    val = stratified_val_mask(review_ids.take(pa.array(pool_idx)), labels[pool_idx], cfg.val_fraction, cfg.seed)
+    assign[pool_idx] = np.where(val, VAL, TRAIN).astype(np.int8)
+    dropped = {"unsup_excluded": int(0 if cfg.include_unsup else is_unsup.sum()),
+               "unlabelled_excluded": int(0 if cfg.include_unsup else (other & (labels < 0)).sum())}
+    rows = _Rows(review_ids, labels, assign, dropped)
+    check_class_counts(run.dataset, rows.split_labels(assign), cfg)
+    return rows
+
+
+@dataclass
+class _Tokens:
+    """Pass 1: train token counts, tokens per row before truncation, and the first row of every batch."""
+    counter: TokenCounter | None
+    ntok: np.ndarray
+    starts: list[int]
+
+
+def _text_batches(source: pads.Dataset, rows: _Rows, batch_rows: int, dataset: str):
+    """(text, split codes, first row) per record batch, in file order."""
+    off = 0
+    # small readahead: the default (16 batches x 4 files) buffers hundreds of MB of text
+    for batch in source.to_batches(columns=["text"], batch_size=batch_rows, batch_readahead=2,
+                                   fragment_readahead=1):
+        m = batch.num_rows
+        if off + m > rows.n:
+            raise InputError(f"dataset {dataset!r} changed while being prepared")
+        yield batch.column(0), rows.assign[off:off + m], off
+        off += m
+
+
+def _tokenize_batch(cfg: PrepareConfig, text: pa.Array, asg: np.ndarray, off: int):
+    """Tokenize one batch, dictionary-encode its tokens, count the train rows' tokens and keep the
+    batch-local indices of the tokens that survive truncation."""
+    skip = asg == SKIP
+    if skip.any():                                  # rows that go nowhere are not tokenized
+        text = pc.if_else(pa.array(skip), pa.scalar("", text.type), text)
+    tok = tokenize(text, cfg.strip_html)
+    enc = pc.dictionary_encode(tok.values)
+    d = enc.dictionary
+    idx = enc.indices.to_numpy(zero_copy_only=False)
+    train = asg == TRAIN
+    if train.all():
+        tcounts = np.bincount(idx, minlength=len(d))
+    elif train.any():
+        tcounts = np.bincount(idx[np.repeat(train, tok.counts)], minlength=len(d))
+    else:
+        tcounts = None
+    keep = kept_mask(tok.counts, cfg.max_len, cfg.truncate)
+    local = idx if keep is None else idx[keep]
+    return off, d, tcounts, local.astype(np.int32, copy=False), tok.counts
+
+
+def _tokenize_pass(source: pads.Dataset, rows: _Rows, spill: "_Spill", batch_rows: int, run: _Run) -> _Tokens:
+    """Pass 1 over the text, batch by batch on the thread pool (see the module docstring)."""
+    tokens = _Tokens(TokenCounter(compact_rows=1_000_000), np.zeros(rows.n, np.int64), [])
+    batches = _text_batches(source, rows, batch_rows, run.dataset)
+    done = 0
+    for off, d, tcounts, local, counts in _ordered_map(functools.partial(_tokenize_batch, run.cfg), batches,
+                                                       run.workers):
+        if tcounts is not None:
+            tokens.counter.add(d, tcounts)
+        spill.put(d, local)
+        tokens.ntok[off:off + len(counts)] = counts
+        tokens.starts.append(off)
+        done += len(counts)
+        run.report("tokenize", done, rows.n)
+    if done != rows.n:
+        raise InputError(f"dataset {run.dataset!r} changed while being prepared ({done} text rows, {rows.n} ids)")
+    return tokens
+
+
+@dataclass
+class _Vocabulary:
+    """The vocabulary built from the train counts, its lookup, and how much of the train text it covers."""
+    vocab: list[str]
+    lookup: Lookup
+    train_tokens: int
+    covered: int
+    distinct: int
+
+    @classmethod
+    def build(cls, counter: TokenCounter, cfg: PrepareConfig) -> "_Vocabulary":
+        counts_table = counter.table()
+        vocab = build_vocab(counts_table, cfg.min_freq, cfg.max_vocab or None)
+        in_vocab = pc.is_in(counts_table["token"], value_set=pa.array(vocab[2:], pa.large_string()))
+        covered = int(pc.sum(pc.if_else(in_vocab, counts_table["count"], 0)).as_py() or 0)
+        return cls(vocab, Lookup(vocab), counter.total, covered, counts_table.num_rows)
+
+
+def _route(rows: _Rows, tokens: _Tokens, run: _Run) -> np.ndarray:
+    """Final split code per row: reviews with zero tokens after normalisation go nowhere (and are counted);
+    the class check runs again on what is left."""
+    empty = tokens.ntok == 0
+    rows.dropped["empty_after_normalisation"] = int((empty & (rows.assign != SKIP)).sum())
+    route = np.where(empty, SKIP, rows.assign).astype(np.int8)
+    check_class_counts(run.dataset, rows.split_labels(route), run.cfg)
+    return route
+
+
+def _remapped_batches(spill: "_Spill", starts: list[int], n: int, lookup: Lookup, group: int = 16):
+    """(first row, end row, batch dictionary -> vocabulary ids, kept batch-local indices) per batch.
+    One vocabulary lookup per group of batch dictionaries (the vocab hash is built once per group, not per
+    batch; memory holds one group)."""
+    bounds = starts + [n]
+    for g in range(0, len(starts), group):
+        got = [spill.get(i) for i in range(g, min(g + group, len(starts)))]
+        dicts = [d for d, _ in got]
+        ids = lookup.ids(pa.concat_arrays(dicts)) if dicts else np.zeros(0, np.int32)
+        for k, part in enumerate(np.split(ids, np.cumsum([len(d) for d in dicts])[:-1])):
+            yield bounds[g + k], bounds[g + k + 1], part, got[k][1]
+
+
+def _encode_batch(cfg: PrepareConfig, kept_all: np.ndarray, lo: int, hi: int, remap: np.ndarray,
+                  local: np.ndarray):
+    """Pass 2 for one batch: vocabulary ids, padded rows, and ``<unk>`` tokens per row."""
+    kept = kept_all[lo:hi]
+    flat = remap[local]
+    ids = pad_rows(flat, kept, cfg.max_len, cfg.pad_side)
+    unk_at = np.flatnonzero(flat == 1)
+    row_unk = np.zeros(hi - lo, np.int64)
+    if len(unk_at):
+        ends = np.cumsum(kept)
+        row_unk = np.bincount(np.searchsorted(ends, unk_at, "right"), minlength=hi - lo)
+    return lo, hi, ids, row_unk
+
+
+def _write_prep(tmp: Path, rows: _Rows, tokens: _Tokens, route: np.ndarray, vocab: _Vocabulary,
+                spill: "_Spill", shard_rows: int, run: _Run) -> dict:
+    """Pass 2 into the temp prep dir: shards per split, ``vocab.txt`` and the length histogram (drawn on
+    a thread while pass 2 runs). -> the manifest's ``splits``."""
+    cfg, t = run.cfg, time.perf_counter()
+    kept_all = np.minimum(tokens.ntok, cfg.max_len)
+    writers = {code: ShardWriter(tmp, name, cfg.max_len, int((route == code).sum()), shard_rows)
+               for code, name in enumerate(SPLIT_NAMES)}
+    plotter = ThreadPoolExecutor(1, thread_name_prefix="prepare-plot")
+    plot = plotter.submit(_plot, tmp, tokens.ntok[route != SKIP], cfg.max_len)   # overlaps pass 2
+    plotter.shutdown(wait=False)
+    unk = np.zeros(len(SPLIT_NAMES), np.int64)
+    toks = np.zeros(len(SPLIT_NAMES), np.int64)
+    batches = _remapped_batches(spill, tokens.starts, rows.n, vocab.lookup)
+    done = 0
+    for lo, hi, ids, row_unk in _ordered_map(functools.partial(_encode_batch, cfg, kept_all), batches, run.workers):
+        r = route[lo:hi]
+        for code, w in writers.items():
+            m = r == code
+            if m.all():                              # the common case: no copies
+                k = kept_all[lo:hi]
+                w.add(ids, k.astype(np.int32), rows.labels[lo:hi], rows.review_ids.slice(lo, hi - lo))
+            elif m.any():
+                k = kept_all[lo:hi][m]
+                w.add(ids[m], k.astype(np.int32), rows.labels[lo:hi][m],
+                      rows.review_ids.slice(lo, hi - lo).filter(pa.array(m)))
+            else:
+                continue
+            unk[code] += int(row_unk[m].sum())
+            toks[code] += int(k.sum())
+        done += hi - lo
+        run.report("encode", done, rows.n)
+    splits = {}
+    for code, name in enumerate(SPLIT_NAMES):
+        in_split = route == code
+        splits[name] = {"rows": int(in_split.sum()), "labels": _label_counts(rows.labels[in_split]),
+                        "tokens": int(toks[code]), "unk_tokens": int(unk[code]),
+                        "unk_rate": round(float(unk[code] / toks[code]), 6) if toks[code] else None,
+                        "shards": writers[code].close()}
+    run.timings["encode_write"] = time.perf_counter() - t
+    run.timed("plot_wait", _finish, tmp, vocab.vocab, plot)
+    return splits
+
+
+def _finish(tmp: Path, vocab: list[str], plot) -> None:
+    """Write ``vocab.txt`` and wait for the length histogram."""
+    (tmp / "vocab.txt").write_bytes(vocab_bytes(vocab))
+    plot.result()
+
+
+def _manifest(prep_id: str, fingerprint: dict, rows: _Rows, tokens: _Tokens, route: np.ndarray,
+              vocab: _Vocabulary, splits: dict, run: _Run) -> dict:
+    """``manifest.json``: parameters, counts, lengths, vocabulary, shard checksums, and its own digest."""
+    cfg = run.cfg
+    written = route != SKIP
+    ntok, kept_all = tokens.ntok[written], np.minimum(tokens.ntok, cfg.max_len)[written]
+    manifest = {
+        "prep_id": prep_id,
+        "dataset": run.dataset,
+        "code_version": CODE_VERSION,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "params": cfg.identity(),
+        "truncate_rule": TRUNCATE_RULE[cfg.truncate],
+        "dataset_fingerprint": fingerprint,
+        "vocab_size": len(vocab.vocab),
+        "vocab_sha256": vocab_sha256(vocab.vocab),
+        "vocab_file": "vocab.txt",
+        "train_tokens": int(vocab.train_tokens),
+        "train_distinct_tokens": int(vocab.distinct),
+        "train_vocab_coverage": round(vocab.covered / vocab.train_tokens, 6) if vocab.train_tokens else None,
+        "counts": {k: v["rows"] for k, v in splits.items()},
+        "label_counts": {k: v["labels"] for k, v in splits.items()},
+        "splits": splits,
+        "dropped": rows.dropped,
+        "input_rows": int(rows.n),
+        "lengths": {"tokens": _percentiles(ntok), "kept": _percentiles(kept_all),
+                    "truncated_fraction": round(float((ntok > cfg.max_len).mean()), 6) if written.any() else 0.0},
+        "unk_rate": {k: v["unk_rate"] for k, v in splits.items()},
+        "timings_s": {k: round(v, 4) for k, v in run.timings.items()},
+    }
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    return manifest
 
 
 def _cached(prep_id: str, prep_dir: Path, t_start: float, dataset: str, cfg: PrepareConfig) -> PrepareResult:
@@ -462,99 +511,3 @@ def check_class_counts(dataset: str, label_counts: dict[str, dict], cfg: Prepare
 
 def _counts_text(counts: dict[int, int]) -> str:
     return ", ".join(f"class {c}: {n}" for c, n in counts.items())
-
-
-def manifest_digest(manifest: dict) -> str:
-    """SHA-256 of the manifest without its own ``manifest_sha256`` field (canonical JSON)."""
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def read_manifest(prep_dir: str | Path) -> dict:
-    path = Path(prep_dir) / "manifest.json"
-    if not path.exists():
-        raise NotFoundError(f"no prepared shards at {prep_dir} (missing manifest.json); run `reviewflow prepare`")
-    try:
-        manifest = read_json(path)
-    except (OSError, ValueError) as exc:
-        raise IntegrityError(f"{path} is unreadable ({type(exc).__name__}); delete the prep dir and run "
-                             "`reviewflow prepare` again") from None
-    if not isinstance(manifest, dict):
-        raise IntegrityError(f"{path} is not a prep manifest; delete the prep dir and run `reviewflow prepare` again")
-    return manifest
-
-
-def verify(prep_dir: str | Path, split: str | None = None) -> int:
-    """Check every shard file against the manifest checksums (raises ChecksumError)."""
-    return verify_shards(prep_dir, read_manifest(prep_dir), split)
-
-
-def verify_prep(prep_dir: str | Path, splits: Sequence[str] | None = None) -> dict:
-    """Check a prep against its manifest before it is trained on, and return the manifest.
-
-    The manifest's own digest (catches edited counts, params or vocab_sha256; manifests written before the
-    digest existed skip this), every split's row count against its shards, ``vocab.txt`` against
-    ``vocab_sha256`` and ``vocab_size``, and the SHA-256 of every shard file of ``splits`` (all if None).
-    Measured on the 25k IMDb train reviews (default preset, 8 files, 40 MB): 0.04 s, under 0.1% of an
-    epoch, so everything is hashed. Raises ``IntegrityError`` (``ChecksumError``) naming the file."""
-    prep_dir = Path(prep_dir)
-    manifest = read_manifest(prep_dir)
-    where = prep_dir / "manifest.json"
-    try:
-        if "manifest_sha256" in manifest and manifest["manifest_sha256"] != manifest_digest(manifest):
-            raise ChecksumError(f"{where} was edited after prepare wrote it (its manifest_sha256 does not match); "
-                                "delete the prep dir and run `reviewflow prepare` again")
-        for name, info in manifest["splits"].items():
-            rows = sum(int(s["rows"]) for s in info["shards"])
-            if rows != int(info["rows"]) or rows != int(manifest["counts"][name]):
-                raise ChecksumError(f"{where}: split {name!r} claims {manifest['counts'][name]} rows but its shards "
-                                    f"hold {rows}; delete the prep dir and run `reviewflow prepare` again")
-        _verify_vocab(prep_dir, manifest)
-        for name in (splits if splits is not None else manifest["splits"]):
-            verify_shards(prep_dir, manifest, name)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ChecksumError(f"{where} is not a complete prep manifest ({type(exc).__name__}: {exc}); delete the "
-                            "prep dir and run `reviewflow prepare` again") from None
-    return manifest
-
-
-def _verify_vocab(prep_dir: Path, manifest: dict) -> list[str]:
-    path = prep_dir / manifest.get("vocab_file", "vocab.txt")
-    try:
-        vocab = read_vocab(path)
-    except (OSError, ValueError) as exc:
-        raise ChecksumError(f"{path} is missing or not a vocabulary ({type(exc).__name__}); delete the prep dir "
-                            "and run `reviewflow prepare` again") from None
-    if vocab_sha256(vocab) != manifest["vocab_sha256"] or len(vocab) != int(manifest["vocab_size"]):
-        raise ChecksumError(f"{path} does not match the manifest's vocab_sha256 / vocab_size (the vocabulary or "
-                            "the manifest was modified); delete the prep dir and run `reviewflow prepare` again")
-    return vocab
-
-
-# ------------------------------------------------------------------------------------ preprocessor
-class Preprocessor:
-    """The exact text -> ids transform of a prep (same code path as the shards)."""
-
-    def __init__(self, vocab: Sequence[str], max_len: int, pad_side: str = "right", truncate: str = "head",
-                 strip_html: bool = True):
-        self.vocab = list(vocab)
-        self.max_len, self.pad_side, self.truncate, self.strip_html = max_len, pad_side, truncate, strip_html
-        self._lookup = Lookup(self.vocab)
-
-    def tokenize(self, texts: Sequence[str] | pa.Array) -> list[list[str]]:
-        return tokenize(texts, self.strip_html).to_lists()
-
-    def encode(self, texts: Sequence[str] | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        """-> (ids int32 [n, max_len], lengths int32 [n]); an empty/None text gives length 0."""
-        tok = tokenize(texts, self.strip_html)
-        keep = kept_mask(tok.counts, self.max_len, self.truncate)
-        flat = self._lookup.ids(tok.values if keep is None else tok.values.filter(pa.array(keep)))
-        kept = np.minimum(tok.counts, self.max_len)
-        return pad_rows(flat, kept, self.max_len, self.pad_side), kept.astype(np.int32)
-
-
-def load_preprocessor(prep_dir: str | Path) -> Preprocessor:
-    manifest = read_manifest(prep_dir)
-    p = manifest["params"]
-    vocab = _verify_vocab(Path(prep_dir), manifest)
-    return Preprocessor(vocab, p["max_len"], p["pad_side"], p["truncate"], p["strip_html"])

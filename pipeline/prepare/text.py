@@ -25,10 +25,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.prepare.config import PAD_SIDES, TRUNCATE_MODES
+
 HTML_TAG_RE = r"<[a-z/!][^<>]*>"                   # applied after lowercasing
 PUNCT_RE = "[" + "".join("\\" + c for c in string.punctuation) + "]+"
-TRUNCATE_MODES = ("head", "tail", "head+tail")
-PAD_SIDES = ("left", "right")
 
 
 def as_string_array(texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.Array:

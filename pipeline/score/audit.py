@@ -1,0 +1,106 @@
+"""The audit table ``sentiment_runs``: one row per scoring run, and finding the runs that died.
+
+A row is ``running`` from the start of a run, then ``completed``, or ``failed`` with the error. Its
+``run_id`` is the Prefect flow-run id when the run has one (the flow passes it in; a task retry inside
+the same flow run continues the same row), else a fresh random id. ``host`` and ``pid`` say which process
+ran it.
+
+A run killed by a signal cannot write ``failed`` itself; the next run marks it, without ever guessing
+from a bare PID (a PID is reused once its process is gone):
+
+* rows of the table being scored: the new run holds the table's claim (:mod:`pipeline.score.claim`),
+  which a live run of it would hold until its row is final, so every other ``running`` row of the
+  table is certainly dead;
+* rows of other tables (their claims are not ours to take), run on this host: dead when no process has
+  that PID, or when the process that has it started after the row did (so it is another process).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import uuid
+
+RUNS_TABLE = "sentiment_runs"
+RUNS_DDL = f"""
+CREATE TABLE IF NOT EXISTS {RUNS_TABLE} (
+    run_id VARCHAR PRIMARY KEY,
+    table_name VARCHAR NOT NULL,
+    model VARCHAR NOT NULL,
+    rows_scored BIGINT NOT NULL DEFAULT 0,
+    rows_skipped BIGINT NOT NULL DEFAULT 0,
+    started_at TIMESTAMPTZ NOT NULL,
+    finished_at TIMESTAMPTZ,
+    status VARCHAR NOT NULL,      -- running | completed | failed
+    error VARCHAR,
+    host VARCHAR,
+    pid INTEGER
+)"""
+
+
+def new_run_id(flow_run_id: str | None = None) -> str:
+    """The audit row's key: the Prefect flow-run id when there is one, else a fresh random id."""
+    return str(flow_run_id) if flow_run_id else uuid.uuid4().hex[:16]
+
+
+def start_run(con, run_id: str, table: str, model: str, rows_skipped: int) -> None:
+    """Record the run as ``running`` (inside the caller's transaction). The same ``run_id`` again (a retry
+    of the flow run's task) continues its row: rows scored so far are kept, the skipped rows recounted."""
+    con.execute(
+        f"INSERT INTO {RUNS_TABLE} (run_id, table_name, model, rows_scored, rows_skipped, started_at, status, host, pid) "
+        f"VALUES (?, ?, ?, 0, ?, now(), 'running', ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
+        f"table_name = excluded.table_name, model = excluded.model, rows_skipped = excluded.rows_skipped, "
+        f"status = 'running', finished_at = NULL, error = NULL, host = excluded.host, pid = excluded.pid",
+        [run_id, table, model, rows_skipped, socket.gethostname(), os.getpid()])
+
+
+def add_progress(con, run_id: str, scored: int, skipped: int) -> None:
+    """Add a committed chunk's counts to the run's row (inside the chunk's transaction)."""
+    con.execute(f"UPDATE {RUNS_TABLE} SET rows_scored = rows_scored + ?, rows_skipped = rows_skipped + ? "
+                f"WHERE run_id = ?", [scored, skipped, run_id])
+
+
+def finish_run(con, run_id: str, error: str | None = None) -> None:
+    """``completed``, or ``failed`` with ``error`` (one line)."""
+    con.execute(f"UPDATE {RUNS_TABLE} SET status = ?, finished_at = now(), error = ? WHERE run_id = ?",
+                ["failed" if error is not None else "completed", error, run_id])
+
+
+def mark_dead_runs(con, claimed_table: str, own_run_id: str) -> None:
+    """Mark ``failed`` the ``running`` rows whose process is gone (see the module docstring). Call it while
+    holding ``claimed_table``'s claim."""
+    host = socket.gethostname()
+    rows = con.execute(f"SELECT run_id, table_name, host, pid, started_at FROM {RUNS_TABLE} "
+                       f"WHERE status = 'running' AND run_id <> ?", [own_run_id]).fetchall()
+    for run_id, table, run_host, pid, started_at in rows:
+        if table == claimed_table:
+            why = f"its claim on table {table!r} was free"
+        elif run_host == host and pid is not None and not _same_process(pid, started_at):
+            why = f"process {pid} on {host} is gone"
+        else:
+            continue
+        con.execute(f"UPDATE {RUNS_TABLE} SET status = 'failed', finished_at = now(), error = ? WHERE run_id = ?",
+                    [f"interrupted: the run ended without finishing (killed?): {why}", run_id])
+
+
+def _same_process(pid: int, started_at: dt.datetime) -> bool:
+    """Is ``pid`` still the process that started a run at ``started_at``? It must exist and have started
+    before the run did (a reused PID belongs to a process started later)."""
+    if pid == os.getpid():
+        return True
+    began = process_start(pid)
+    return began is not None and began <= started_at.timestamp()
+
+
+def process_start(pid: int) -> float | None:
+    """When process ``pid`` started (Unix seconds, Linux ``/proc``), or None if there is no such process.
+    Never later than the true start: boot time is whole seconds, rounded down."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            ticks = int(f.read().decode(errors="replace").rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
