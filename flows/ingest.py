@@ -91,8 +91,10 @@ def _publish_artifacts(report: dict) -> None:
 @flow(name="ingest", flow_run_name="ingest-{dataset}", log_prints=False)
 def ingest_flow(source: str, dataset: str, warehouse: str | None = None, text_col: str | None = None,
                 label_col: str | None = None, id_col: str | None = None, split: str | None = None,
-                rating_col: str | None = None, split_col: str | None = None, progress: bool = False) -> dict:
+                rating_col: str | None = None, split_col: str | None = None, progress: bool = False,
+                group_col: str | None = None) -> dict:
     """Ingest SOURCE (aclImdb folder/tarball/URL, CSV, JSON lines, Parquet) into lake dataset DATASET.
+    ``group_col`` (what each review is about, e.g. a movie id) is stored as the lake's ``group_id``.
 
     Returns the ingest report as a dict (rows_read, rows_added, duplicates, dropped{reason: n},
     replaced_utf8, by_split_label, part_file, ...).
@@ -101,7 +103,7 @@ def ingest_flow(source: str, dataset: str, warehouse: str | None = None, text_co
     wh = Warehouse.from_env(warehouse).ensure()
     whs = str(wh.root)
     mapping = dict(text_col=text_col, label_col=label_col, id_col=id_col, rating_col=rating_col,
-                   split_col=split_col, split=split)
+                   split_col=split_col, split=split, group_col=group_col)
     mapping = {k: v for k, v in mapping.items() if v is not None}
     staged = read_task(source, dataset, whs, mapping, progress)
     try:

@@ -72,6 +72,16 @@ def _ascii_hist(manifest: dict) -> str:
     return "\n".join(["| percentile | tokens per review |", "|---|---:|", *rows])
 
 
+def _group_lines(manifest: dict) -> list[str]:
+    """The grouped split's outcome (``split_by="group"`` preps only)."""
+    g = manifest.get("groups")
+    if not g:
+        return []
+    return [f"- validation by group: {g['train_groups']:,} groups in train, {g['val_groups']:,} in val (none in "
+            f"both); rows without a group, split per review: train {g['train_rows_without_group']:,}, val "
+            f"{g['val_rows_without_group']:,}"]
+
+
 def report_markdown(summary: dict, manifest: dict) -> str:
     p = manifest["params"]
     lines = [f"# prepare `{manifest['dataset']}` -> `{manifest['prep_id']}`", "",
@@ -79,7 +89,8 @@ def report_markdown(summary: dict, manifest: dict) -> str:
              f"- parameters: max_len {p['max_len']}, truncate {p['truncate']} ({manifest['truncate_rule']}), "
              f"pad {p['pad_side']}, min_freq {p['min_freq']}, max_vocab {p['max_vocab'] or 'no cap'}, "
              f"val_fraction {p['val_fraction']}, seed {p['seed']}, strip_html {p['strip_html']}, "
-             f"include_unsup {p['include_unsup']}",
+             f"include_unsup {p['include_unsup']}, split_by {p.get('split_by', 'review')}",
+             *_group_lines(manifest),
              f"- vocabulary: {manifest['vocab_size']:,} ids (sha256 `{manifest['vocab_sha256'][:12]}`) from "
              f"{manifest['train_distinct_tokens']:,} distinct train tokens; covers "
              f"{(manifest['train_vocab_coverage'] or 0):.2%} of train token occurrences",
@@ -102,7 +113,7 @@ def prepare_flow(dataset: str, warehouse: Optional[str] = None, max_len: int = P
                  val_fraction: float = PrepareConfig.val_fraction, seed: int = PrepareConfig.seed,
                  truncate: str = PrepareConfig.truncate, pad_side: str = PrepareConfig.pad_side,
                  strip_html: bool = PrepareConfig.strip_html, include_unsup: bool = PrepareConfig.include_unsup,
-                 min_class_rows: int = PrepareConfig.min_class_rows) -> dict:
+                 min_class_rows: int = PrepareConfig.min_class_rows, split_by: str = PrepareConfig.split_by) -> dict:
     """Prepare lake dataset ``dataset`` into tensor shards under ``<warehouse>/shards/<prep-id>/``.
     Every option's default (and meaning) is :class:`pipeline.prepare.config.PrepareConfig`'s.
 
@@ -114,7 +125,8 @@ def prepare_flow(dataset: str, warehouse: Optional[str] = None, max_len: int = P
     validate_name(dataset, "dataset name")
     cfg = PrepareConfig(max_len=max_len, min_freq=min_freq, max_vocab=max_vocab, val_fraction=val_fraction,
                         seed=seed, truncate=truncate, pad_side=pad_side, strip_html=strip_html,
-                        include_unsup=include_unsup, min_class_rows=min_class_rows)   # checks every option
+                        include_unsup=include_unsup, min_class_rows=min_class_rows,
+                        split_by=split_by)   # checks every option
     wh = Warehouse.from_env(warehouse).ensure()
     prep_id = compute_prep_id(dataset, dataset_fingerprint(wh, dataset), cfg)
     prep_dir = wh.prep_dir(prep_id)

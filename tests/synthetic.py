@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.config import Warehouse
-from pipeline.core.schema import REVIEW_SCHEMA
+from pipeline.core.schema import LAKE_SCHEMA, REVIEW_SCHEMA
 
 POSITIVE = ["great", "excellent", "wonderful", "loved", "superb", "brilliant", "moving", "beautiful", "fun", "masterpiece"]
 NEGATIVE = ["awful", "terrible", "boring", "worst", "waste", "dull", "poor", "horrible", "stupid", "mess"]
@@ -57,12 +57,18 @@ def make_reviews(n: int, seed: int = 0, split: str | None = "train", min_words: 
     )
 
 
+def with_groups(table: pa.Table, groups: list[str | None]) -> pa.Table:
+    """``table`` with a ``group_id`` column (one entry per row; None = no group): ``LAKE_SCHEMA`` rows."""
+    return table.append_column("group_id", pa.array(groups, pa.string())).cast(LAKE_SCHEMA)
+
+
 def write_lake_dataset(wh: Warehouse, name: str, table: pa.Table, part: str = "part-0") -> Path:
-    """Put ``table`` straight into the lake (bypassing ingest) for tests of later stages."""
+    """Put ``table`` straight into the lake (bypassing ingest) for tests of later stages. A table without
+    ``group_id`` is written with ``REVIEW_SCHEMA`` only: a part as versions before that column wrote it."""
     d = wh.dataset_dir(name)
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"{part}.parquet"
-    pq.write_table(table.cast(REVIEW_SCHEMA), path)
+    pq.write_table(table.cast(LAKE_SCHEMA if "group_id" in table.column_names else REVIEW_SCHEMA), path)
     return path
 
 

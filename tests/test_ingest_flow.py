@@ -25,11 +25,11 @@ def test_ingest_flow_lands_rows_and_publishes_artifacts(prefect_harness, tmp_pat
     from pipeline.core.config import Warehouse
 
     csv = tmp_path / "shop reviews.csv"
-    csv.write_text("id,body,verdict\n1,loved it,positive\n2,hated it,negative\n3,   ,positive\n1,loved it,pos\n"
-                   "4,no verdict,\n")
+    csv.write_text("id,body,verdict,product\n1,loved it,positive,p1\n2,hated it,negative,p1\n3,   ,positive,p2\n"
+                   "1,loved it,pos,p1\n4,no verdict,,\n")
     wh = Warehouse(tmp_path / "wh")
     state = ingest_flow(source=str(csv), dataset="Shop_2026", warehouse=str(wh.root), text_col="body",
-                        label_col="verdict", split="test", return_state=True)
+                        label_col="verdict", split="test", group_col="product", return_state=True)
     assert state.is_completed()
     rep = state.result()
     json.dumps(rep)  # small and JSON-able
@@ -37,6 +37,8 @@ def test_ingest_flow_lands_rows_and_publishes_artifacts(prefect_harness, tmp_pat
     assert rep["dropped"] == {"missing_text": 0, "empty_text": 1}
     rows = {r["review_id"]: (r["text"], r["label"], r["split"]) for r in read_table(wh, "Shop_2026").to_pylist()}
     assert rows == {"1": ("loved it", 1, "test"), "2": ("hated it", 0, "test"), "4": ("no verdict", None, "test")}
+    assert {r["review_id"]: r["group_id"] for r in read_table(wh, "Shop_2026").to_pylist()} == {
+        "1": "p1", "2": "p1", "4": None}
 
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(state.state_details.flow_run_id)

@@ -425,7 +425,7 @@ def _acl(path: Path, ids: range) -> Path:
 
 
 def _part_like(wh: Warehouse, tmp: Path, ids: range) -> Path:
-    """A REVIEW_SCHEMA file that repeats the dataset's rows and adds ``ids``: write_part must rewrite it."""
+    """A LAKE_SCHEMA file that repeats the dataset's rows and adds ``ids``: write_part must rewrite it."""
     import pyarrow as pa
     table = lake.read_table(wh, "ds")
     fresh = table.slice(0, 1).take([0] * len(ids)).set_column(0, table.schema.field("review_id"),

@@ -16,7 +16,7 @@ from synthetic import make_reviews, write_lake_dataset
 from pipeline.ingest import lake
 from pipeline.core.errors import ReviewflowError
 from pipeline.ingest.job import ingest, publish, stage
-from pipeline.core.schema import REVIEW_SCHEMA
+from pipeline.core.schema import LAKE_SCHEMA
 
 
 def write_csv(path, ids, prefix="text"):
@@ -56,7 +56,7 @@ def test_part_file_name_schema_and_compression(warehouse, tmp_path):
     assert re.fullmatch(r"part-\d{8}T\d{12}Z-[0-9a-f]{12}\.parquet", name), name
     assert os.path.dirname(rep.part_file) == str(warehouse.dataset_dir("ds"))
     pf = pq.ParquetFile(rep.part_file)
-    assert pf.schema_arrow.equals(REVIEW_SCHEMA)
+    assert pf.schema_arrow.equals(LAKE_SCHEMA)
     assert pf.metadata.row_group(0).column(0).compression == "ZSTD"
     assert lake.list_datasets(warehouse) == ["ds"]
     # hidden files in the dataset folder are never read
@@ -176,7 +176,7 @@ def test_read_side_still_works(warehouse, tmp_path):
     batches = list(lake.iter_batches(warehouse, "ds", columns=["review_id", "label"], batch_size=8))
     assert sum(b.num_rows for b in batches) == 20 and batches[0].schema.names == ["review_id", "label"]
     assert lake.read_table(warehouse, "ds", columns=["text"]).num_rows == 20
-    assert lake.open_dataset(warehouse, "ds").schema.equals(REVIEW_SCHEMA)
+    assert lake.open_dataset(warehouse, "ds").schema.equals(LAKE_SCHEMA)
 
 
 def test_write_part_refuses_an_id_reused_for_another_review_like_ingest(warehouse):

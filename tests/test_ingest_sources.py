@@ -21,7 +21,7 @@ from pipeline.core.errors import InputError
 from pipeline.ingest.job import ingest
 from pipeline.ingest.labels import normalize_labels
 from pipeline.ingest.lake import dataset_files, read_table
-from pipeline.core.schema import REVIEW_SCHEMA
+from pipeline.core.schema import LAKE_SCHEMA
 from pipeline.ingest.detect import detect
 
 
@@ -58,7 +58,8 @@ def test_aclimdb_folder(warehouse, tmp_path):
     assert rows["unsup_0"]["label"] is None and rows["unsup_0"]["rating"] is None
     assert {r["source"] for r in rows.values()} == {str((tmp_path / "src").resolve())}
     assert len({r["ingested_at"] for r in rows.values()}) == 1
-    assert pq.read_schema(rep.part_file).equals(REVIEW_SCHEMA)
+    assert pq.read_schema(rep.part_file).equals(LAKE_SCHEMA)
+    assert rows["train_pos_0"]["group_id"] is None          # aclImdb names no group
     by = {(r["split"], r["label"]): (r["rows"], r["added"]) for r in rep.by_split_label}
     assert by == {("train", "pos"): (4, 4), ("train", "neg"): (4, 4), ("test", "pos"): (4, 4),
                   ("test", "neg"): (4, 4), ("unsup", "unlabelled"): (3, 3)}

@@ -18,7 +18,7 @@ from pipeline.core.errors import EXIT_USER_ERROR
 from pipeline.prepare.config import PrepareConfig
 from pipeline.prepare.job import compute_prep_id, dataset_fingerprint
 from pipeline.prepare.manifest import verify_prep
-from synthetic import make_reviews, write_lake_dataset
+from synthetic import make_reviews, with_groups, write_lake_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 REVIEWFLOW = [sys.executable, "-c", "from flows.cli import main; main()"]
@@ -81,3 +81,19 @@ def test_prepare_cli_refuses_bad_options_and_data_with_one_line(warehouse, tmp_p
     assert "Traceback" not in refused.stderr and not list(warehouse.shards.iterdir())
     missing = _cli(tmp_path, "--dataset", "nope", "--no-prefect", "-w", wh)
     assert missing.returncode == EXIT_USER_ERROR and "nope" in missing.stderr
+
+
+def test_prepare_cli_split_by_group(warehouse, tmp_path):
+    t = make_reviews(300, 0, "train")
+    write_lake_dataset(warehouse, "films", with_groups(t, [f"m{i % 40}" for i in range(t.num_rows)]))
+    wh = str(warehouse.root)
+    run = _cli(tmp_path, "-d", "films", "--split-by", "group", "--val-fraction", "0.2", "--min-freq", "1",
+               "--no-prefect", "-w", wh)
+    assert run.returncode == 0, run.stderr
+    assert "validation" in run.stdout and "by group:" in run.stdout and "(none in both)" in run.stdout
+    as_json = json.loads(_cli(tmp_path, "-d", "films", "--split-by", "group", "--val-fraction", "0.2",
+                              "--min-freq", "1", "--no-prefect", "--json", "-w", wh).stdout)
+    assert as_json["cached"] and as_json["groups"]["train_groups"] + as_json["groups"]["val_groups"] == 40
+    bad = _cli(tmp_path, "-d", "films", "--split-by", "movie", "--no-prefect", "-w", wh)
+    assert bad.returncode == EXIT_USER_ERROR and "split_by" in bad.stderr and "review, group" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from synthetic import make_reviews, write_lake_dataset
+from synthetic import make_reviews, with_groups, write_lake_dataset
 
 
 @pytest.mark.prefect
@@ -53,3 +53,12 @@ def test_prepare_flow_runs_caches_and_rebuilds(warehouse, prefect_harness):
     assert "prepare-syn" in arts and "prepare-syn-counts" in arts
     md = arts["prepare-syn"].data
     assert "length_hist.png" in md and "p95" in md and "vocabulary" in md
+
+    # --split-by group through the flow: the parameter reaches the job, the report says how it came out
+    films = make_reviews(120, 2, "train")
+    write_lake_dataset(warehouse, "films", with_groups(films, [f"m{i % 12}" for i in range(films.num_rows)]))
+    grouped = prepare_flow(dataset="films", warehouse=str(warehouse.root), max_len=16, min_freq=1,
+                           min_class_rows=20, split_by="group")
+    assert grouped["groups"]["train_groups"] + grouped["groups"]["val_groups"] == 12
+    arts = {a.key: a for a in asyncio.run(artifacts()) if a.key}
+    assert "split_by group" in arts["prepare-films"].data and "validation by group" in arts["prepare-films"].data

@@ -54,6 +54,9 @@ def register(app: typer.Typer) -> None:
         rating_col: Annotated[Optional[str], _col("--rating-col", "Star rating column. Default: rating, if present")] = None,
         split_col: Annotated[Optional[str], _col("--split-col", "Split column (train/test/unsup). Default: split, if present")] = None,
         split: Annotated[Optional[str], _col("--split", "Split for rows without one: train, test or unsup")] = None,
+        group_col: Annotated[Optional[str], _col(
+            "--group-col", "What each review is about (movie, product id), stored as group_id for "
+                           "`prepare --split-by group`. Default: group_id, if present")] = None,
         no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run directly, without a Prefect flow run.")] = False,
         no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -62,11 +65,12 @@ def register(app: typer.Typer) -> None:
         """Ingest reviews into the Parquet lake (<warehouse>/lake/reviews/dataset=NAME/).
 
         \b
-        Rows get review_id, text, label (1/0/null), rating, split, source, ingested_at. Re-running
-        is safe: review_ids the dataset already holds are skipped (a re-ingest adds 0 rows and no
-        file). Each ingest adds at most one part file, atomically: bad input (missing column,
-        unknown label, unsafe or truncated tarball...) is reported with file, row and column, and
-        leaves the lake untouched. Rows with empty text are dropped and counted; invalid UTF-8 is
+        Rows get review_id, text, label (1/0/null), rating, split, source, ingested_at, group_id
+        (--group-col; null without one). A group is metadata, not part of the id or the duplicate
+        check; a review already in the lake keeps the group it had. Re-running is safe: review_ids
+        the dataset already holds are skipped (a re-ingest adds 0 rows and no file). Each ingest
+        adds at most one part file, atomically: bad input (missing column, unknown label, unsafe or
+        truncated tarball...) is reported with file, row and column, and leaves the lake untouched. Rows with empty text are dropped and counted; invalid UTF-8 is
         replaced with U+FFFD and counted.
 
         \b
@@ -78,13 +82,13 @@ def register(app: typer.Typer) -> None:
           reviewflow ingest https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz --dataset imdb
           reviewflow ingest ~/Downloads/aclImdb_v1.tar.gz --dataset imdb
           reviewflow ingest data/aclImdb --dataset imdb
-          reviewflow ingest ../shared/data/imdb/train.parquet --dataset imdb
+          reviewflow ingest ../shared/data/imdb/train.parquet --dataset imdb --group-col movie_id
           reviewflow ingest shop.csv --dataset shop --text-col body --label-col sentiment --id-col order_id
           reviewflow ingest tweets.jsonl --dataset tweets --split unsup --no-prefect
         """
         wh = warehouse_from(warehouse)
         mapping = dict(text_col=text_col, label_col=label_col, id_col=id_col, rating_col=rating_col,
-                       split_col=split_col, split=split)
+                       split_col=split_col, split=split, group_col=group_col)
         if no_prefect:
             from pipeline.ingest.job import ingest as run_ingest  # deferred: pyarrow, as in print_report
 

@@ -12,6 +12,16 @@ from flows.cli.common import WarehouseOption, echo_kv, warehouse_from
 from pipeline.prepare.config import PrepareConfig
 
 
+def _validation_text(manifest: dict) -> str:
+    """How validation was drawn: per review, or by group with the groups on each side."""
+    g = manifest.get("groups")
+    if not g:
+        return "per review, stratified by label"
+    loose = g["train_rows_without_group"] + g["val_rows_without_group"]
+    return (f"by group: {g['train_groups']:,} groups in train, {g['val_groups']:,} in val (none in both)"
+            + (f"; {loose:,} rows without a group split per review" if loose else ""))
+
+
 def print_summary(summary: dict, manifest: dict) -> None:
     p = manifest["params"]
     lengths = manifest["lengths"].get("tokens", {})
@@ -26,6 +36,7 @@ def print_summary(summary: dict, manifest: dict) -> None:
         "lengths": f"p50 {lengths.get('p50', 0):.0f}, p95 {lengths.get('p95', 0):.0f}, max {lengths.get('max', 0)} "
                    f"tokens; {manifest['lengths'].get('truncated_fraction', 0):.1%} truncated to {p['max_len']} "
                    f"({p['truncate']}), padded {p['pad_side']}",
+        "validation": _validation_text(manifest),
         "dropped": ", ".join(f"{k} {v:,}" for k, v in manifest["dropped"].items() if v) or "none",
         "histogram": f"{summary['prep_dir']}/length_hist.png",
         "seconds": summary.get("seconds"),
@@ -73,6 +84,9 @@ def register(app: typer.Typer) -> None:
                                                     "(split unsup) as an 'unsup' split.")] = PrepareConfig.include_unsup,
         min_class_rows: Annotated[int, typer.Option("--min-class-rows", help="Refuse a dataset whose train split "
                                                     "has fewer rows of either class (0 and 1).")] = PrepareConfig.min_class_rows,
+        split_by: Annotated[str, typer.Option("--split-by", help="Validation holds out single reviews (review) or "
+                                              "whole groups (group: the group_id from `ingest --group-col`, e.g. "
+                                              "movies; rows without one are split per review).")] = PrepareConfig.split_by,
         no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run directly, without a Prefect flow run.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
         warehouse: WarehouseOption = None,
@@ -82,7 +96,8 @@ def register(app: typer.Typer) -> None:
         \b
         Steps: lowercase; HTML tags -> spaces; delete punctuation (don't -> dont); split on
         whitespace; a stratified, seeded train/validation split of the labelled train rows (every
-        label in the same proportion); the vocabulary from train only (id 0 <pad>, 1 <unk>, then by
+        label in the same proportion; with --split-by group whole groups, so no movie or product
+        is on both sides); the vocabulary from train only (id 0 <pad>, 1 <unk>, then by
         frequency, ties by token); ids truncated/padded to --max-len; .npy shards of ids, lengths,
         labels and review ids with a manifest (parameters, counts, checksums), vocab.txt and
         length_hist.png. Reviews with no tokens left are dropped and counted. A dataset with fewer
@@ -97,12 +112,14 @@ def register(app: typer.Typer) -> None:
           reviewflow prepare --dataset imdb
           reviewflow prepare --dataset imdb --max-len 400 --truncate head+tail --min-freq 2
           reviewflow prepare --dataset imdb --max-len 512 --pad-side left --keep-html --min-freq 1 --max-vocab 0
+          reviewflow prepare --dataset imdb --split-by group --val-fraction 0.2
           reviewflow prepare --dataset imdb --no-prefect --json
         """
         wh = warehouse_from(warehouse)
         cfg = PrepareConfig(max_len=max_len, min_freq=min_freq, max_vocab=max_vocab, val_fraction=val_fraction,
                             seed=seed, truncate=truncate, pad_side=pad_side, strip_html=not keep_html,
-                            include_unsup=include_unsup, min_class_rows=min_class_rows)  # bad flags fail here
+                            include_unsup=include_unsup, min_class_rows=min_class_rows,
+                            split_by=split_by)  # bad flags fail here
         # deferred: numpy/pyarrow (and Prefect) load when the command runs, not for every `reviewflow --help`
         from pipeline.prepare.manifest import read_manifest
 

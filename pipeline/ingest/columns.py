@@ -1,14 +1,15 @@
 """A file's columns -> the lake's: which column plays which role, and every value coerced and checked.
 
-Every reader yields batches with ``SOURCE_SCHEMA`` (the lake's ``REVIEW_SCHEMA`` minus ``source`` and
+Every reader yields batches with ``SOURCE_SCHEMA`` (the lake's ``LAKE_SCHEMA`` minus ``source`` and
 ``ingested_at``, which ingest adds): ``review_id`` (never null), ``text`` (valid UTF-8; may be empty or
 null: ingest drops and counts those), ``label`` int8 1/0/null, ``rating`` int8, ``split``
-train/test/unsup/null.
+train/test/unsup/null, ``group_id`` (what the review is about; null when unknown).
 
 Files map columns with ``ColumnMap``; defaults: text ``text``; label ``label`` if present; id
 ``review_id`` if present, else ``id``, else ``sha1_<sha1 of the text>``; rating ``rating`` if present;
 split from the ``split`` column if present (empty cells get ``--split``), else the ``--split`` value,
-else null.
+else null; group from ``--group-col``, else ``group_id`` if present, else null (strings or whole
+numbers, kept as text: ``tt0111161``, ``42``; blank cells are null).
 
 Invalid UTF-8 is replaced with U+FFFD (``ensure_utf8``) and the affected rows counted. Errors name the
 row as a record number from 1 (``row_offset`` + position in the batch); readers re-point them at lines.
@@ -23,10 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.errors import InputError
-from pipeline.core.schema import REVIEW_SCHEMA, SPLITS
+from pipeline.core.schema import LAKE_SCHEMA, SPLITS
 from pipeline.ingest.labels import normalize_labels, plain_array
 
-SOURCE_SCHEMA = pa.schema([REVIEW_SCHEMA.field(n) for n in ("review_id", "text", "label", "rating", "split")])
+SOURCE_SCHEMA = pa.schema([LAKE_SCHEMA.field(n) for n in ("review_id", "text", "label", "rating", "split",
+                                                          "group_id")])
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class ColumnMap:
     rating_col: str | None = None
     split_col: str | None = None
     split: str | None = None  # constant split for rows without one
+    group_col: str | None = None  # what each review is about (a movie, a product): the lake's group_id
 
     def __post_init__(self):
         if self.split is not None and self.split not in SPLITS:
@@ -179,6 +182,34 @@ def _as_split(arr: pa.Array | None, default: str | None, n: int, *, path, column
     return s
 
 
+def _whole_numbers_as_text(arr: pa.Array, *, path, column, row_offset) -> pa.Array:
+    """A float group column (what pandas writes for integer ids with gaps) as text: NaN -> null,
+    ``42.0`` -> ``"42"``; a fractional value is an error naming its row."""
+    arr = pc.if_else(pc.is_nan(arr), pa.scalar(None, arr.type), arr)
+    exact = pc.and_(pc.less_equal(pc.abs(arr), 2.0**53), pc.equal(pc.floor(arr), arr))   # inf fails both
+    bad = pc.fill_null(pc.invert(exact), False)
+    if pc.any(bad).as_py():
+        i = _first(bad)
+        raise InputError(f"group {arr[i].as_py()!r} is not a whole number (group ids are text or integers)",
+                         path=path, row=row_offset + i + 1, column=column)
+    return pc.cast(pc.cast(arr, pa.int64()), pa.string())
+
+
+def _as_group(arr: pa.Array, *, path, column, row_offset) -> pa.Array:
+    """The group column as trimmed text, blank -> null. Strings, integers and whole floats are accepted."""
+    arr = plain_array(arr)
+    t = arr.type
+    if pa.types.is_null(t):
+        return pa.nulls(len(arr), pa.string())
+    if pa.types.is_integer(t):
+        return pc.cast(arr, pa.string())
+    if pa.types.is_floating(t):
+        return _whole_numbers_as_text(arr, path=path, column=column, row_offset=row_offset)
+    if not _is_text_like(t):
+        raise InputError(f"group column must hold strings or integers, found {t}", path=path, column=column)
+    return _blank_as_null(ensure_utf8(arr)[0])
+
+
 def resolve_columns(names: list[str], cols: ColumnMap, path: str) -> dict[str, str | None]:
     """role -> column name in the file (None = not present / use the default)."""
     listing = ", ".join(repr(n) for n in names) or "(none)"
@@ -196,7 +227,8 @@ def resolve_columns(names: list[str], cols: ColumnMap, path: str) -> dict[str, s
             "label": chosen_or_default(cols.label_col, "--label-col", "label"),
             "id": chosen_or_default(cols.id_col, "--id-col", "review_id", "id"),
             "rating": chosen_or_default(cols.rating_col, "--rating-col", "rating"),
-            "split": chosen_or_default(cols.split_col, "--split-col", "split")}
+            "split": chosen_or_default(cols.split_col, "--split-col", "split"),
+            "group": chosen_or_default(cols.group_col, "--group-col", "group_id")}
 
 
 def normalize_columns(raw: dict[str, pa.Array | None], n: int, roles: dict[str, str | None], cols: ColumnMap,
@@ -224,4 +256,6 @@ def normalize_columns(raw: dict[str, pa.Array | None], n: int, roles: dict[str, 
     rating = (_as_rating(raw["rating"], path=path, column=roles["rating"], row_offset=row_offset)
               if raw.get("rating") is not None else pa.nulls(n, pa.int8()))
     split = _as_split(raw.get("split"), cols.split, n, path=path, column=roles["split"], row_offset=row_offset)
-    return pa.RecordBatch.from_arrays([ids, text, label, rating, split], schema=SOURCE_SCHEMA), repaired
+    group = (_as_group(raw["group"], path=path, column=roles["group"], row_offset=row_offset)
+             if raw.get("group") is not None else pa.nulls(n, pa.string()))
+    return pa.RecordBatch.from_arrays([ids, text, label, rating, split, group], schema=SOURCE_SCHEMA), repaired

@@ -1,9 +1,10 @@
 """First wins: drop repeated review_ids inside one source, and refuse an id reused for another review.
 
 A repeat of the *same* review (same text, label, rating and split as the id's first row) is a harmless
-duplicate: it is dropped and counted. A repeat with *different* content is an error naming the ids,
-since one of the two reviews would be lost. Rows are compared by a hash, so memory stays at the ids
-plus 8 bytes per distinct id, across every batch of the source.
+duplicate: it is dropped and counted. The ``group_id`` is metadata, not content: a repeat that names
+another group is still the same review, and the first row's group is kept. A repeat with *different*
+content is an error naming the ids, since one of the two reviews would be lost. Rows are compared by a
+hash, so memory stays at the ids plus 8 bytes per distinct id, across every batch of the source.
 """
 
 from __future__ import annotations

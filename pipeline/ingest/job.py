@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from pipeline.core.config import Warehouse, validate_name
 from pipeline.core.errors import InputError
-from pipeline.core.schema import REVIEW_SCHEMA
+from pipeline.core.schema import LAKE_SCHEMA
 from pipeline.ingest import lake
 from pipeline.ingest.columns import ColumnMap
 from pipeline.ingest.dedupe import Deduper
@@ -148,11 +148,11 @@ def _count_by_split_label(counts: dict[tuple, list[int]], batch: pa.RecordBatch,
 
 class _Stager:
     """The per-batch rules of ``stage()``: drop textless rows, repeats and ids already in the lake; count
-    what was dropped; hand back the new rows as REVIEW_SCHEMA rows (``source``, ``ingested_at`` added)."""
+    what was dropped; hand back the new rows as LAKE_SCHEMA rows (``source``, ``ingested_at`` added)."""
 
     def __init__(self, src: Source, lake_ids: set[str]):
         self.src, self.lake_ids = src, lake_ids
-        self.now = pa.scalar(dt.datetime.now(dt.timezone.utc), REVIEW_SCHEMA.field("ingested_at").type)
+        self.now = pa.scalar(dt.datetime.now(dt.timezone.utc), LAKE_SCHEMA.field("ingested_at").type)
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self.deduper = Deduper(src.location, src.kind)
         self.dup_lake = 0
@@ -172,20 +172,20 @@ class _Stager:
         if n_new < batch.num_rows:
             batch = batch.filter(new)
         m = batch.num_rows
-        return pa.RecordBatch.from_arrays(
-            [*batch.columns, pa.array([self.src.location] * m, pa.string()), pa.repeat(self.now, m)],
-            schema=REVIEW_SCHEMA)
+        added = {"source": pa.array([self.src.location] * m, pa.string()), "ingested_at": pa.repeat(self.now, m)}
+        return pa.RecordBatch.from_arrays([added[n] if n in added else batch.column(n) for n in LAKE_SCHEMA.names],
+                                          schema=LAKE_SCHEMA)
 
 
 def stage(wh: Warehouse, source: str, dataset: str, *, text_col: str | None = None, label_col: str | None = None,
           id_col: str | None = None, rating_col: str | None = None, split_col: str | None = None,
-          split: str | None = None, progress: bool = True) -> StagedIngest:
+          split: str | None = None, group_col: str | None = None, progress: bool = True) -> StagedIngest:
     """Read and validate ``source`` completely into a staging file (see module doc)."""
     started = time.monotonic()
     _check_dataset(dataset)
     src = detect(source)
     cols = _column_map(src, dict(text_col=text_col, label_col=label_col, id_col=id_col, rating_col=rating_col,
-                                 split_col=split_col, split=split))
+                                 split_col=split_col, split=split, group_col=group_col))
     wh.ensure()
     lake.sweep_dead_staging(wh)
     lake.sweep_dead_rewrites(wh, dataset)
@@ -240,18 +240,25 @@ def publish(wh: Warehouse, staged: StagedIngest) -> IngestReport:
 
 def ingest(wh: Warehouse, source: str, dataset: str, *, text_col: str | None = None, label_col: str | None = None,
            id_col: str | None = None, rating_col: str | None = None, split_col: str | None = None,
-           split: str | None = None, progress: bool = True) -> IngestReport:
+           split: str | None = None, group_col: str | None = None, progress: bool = True) -> IngestReport:
     """Ingest ``source`` (aclImdb folder / tarball / URL, CSV, JSONL, Parquet) into ``dataset``.
 
     Example::
 
-        report = ingest(Warehouse.from_env(), "reviews.csv", "shop", text_col="body", label_col="stars_ok")
+        report = ingest(Warehouse.from_env(), "reviews.csv", "shop", text_col="body", label_col="stars_ok",
+                        group_col="product_id")
         print(report.rows_added, report.dropped)
+
+    ``group_col`` names what each review is about (a movie, a product); it is stored as ``group_id`` for
+    ``prepare --split-by group``. A group is metadata, not content: ids and the duplicate check use text,
+    label, rating and split only, so a repeated review keeps its first row's group, and a review already
+    in the lake keeps the group (or null) it was ingested with.
 
     Raises ``InputError`` (file / row / column named) and leaves the lake unchanged on bad input.
     """
     staged = stage(wh, source, dataset, text_col=text_col, label_col=label_col, id_col=id_col,
-                   rating_col=rating_col, split_col=split_col, split=split, progress=progress)
+                   rating_col=rating_col, split_col=split_col, split=split, group_col=group_col,
+                   progress=progress)
     try:
         return publish(wh, staged)
     finally:

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.config import Warehouse, validate_name
 from pipeline.core.errors import InputError, NotFoundError, TemporaryFailure
-from pipeline.core.schema import REVIEW_SCHEMA
+from pipeline.core.schema import LAKE_SCHEMA, to_lake_table
 from pipeline.core.storage import sha256_file
 from pipeline.ingest.dedupe import Deduper
 
@@ -87,7 +87,9 @@ def dataset_files(wh: Warehouse, name: str) -> list[str]:
 
 
 def open_dataset(wh: Warehouse, name: str) -> ds.Dataset:
-    return ds.dataset(dataset_files(wh, name), schema=REVIEW_SCHEMA, format="parquet")
+    """The dataset's part files as one Arrow dataset with the lake's schema: parts written before a column
+    of ``LAKE_SCHEMA`` existed (``group_id``) read it as null."""
+    return ds.dataset(dataset_files(wh, name), schema=LAKE_SCHEMA, format="parquet")
 
 
 def iter_batches(wh: Warehouse, name: str, columns: Sequence[str] | None = None,
@@ -133,12 +135,13 @@ def review_ids(files: Sequence[str]) -> pa.Array:
     """All review_ids in ``files`` (only that column is read)."""
     if not files:
         return pa.array([], pa.string())
-    return ds.dataset(list(files), schema=REVIEW_SCHEMA, format="parquet").to_table(
+    return ds.dataset(list(files), schema=LAKE_SCHEMA, format="parquet").to_table(
         columns=["review_id"]).column("review_id").combine_chunks()
 
 
 class PartWriter:
-    """Streams REVIEW_SCHEMA batches into one zstd Parquet file, buffering ~32 MiB per row group.
+    """Streams ``LAKE_SCHEMA`` batches into one zstd Parquet file, buffering ~32 MiB per row group (a batch or
+    table without the optional columns gets them as nulls).
 
     Use it as a context manager: the file is closed and fsynced when the block ends, or deleted
     (``abort``) when the block, or the close itself, raises::
@@ -149,7 +152,7 @@ class PartWriter:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._writer = pq.ParquetWriter(self.path, REVIEW_SCHEMA, compression=PART_COMPRESSION)
+        self._writer = pq.ParquetWriter(self.path, LAKE_SCHEMA, compression=PART_COMPRESSION)
         self._buf: list[pa.RecordBatch] = []
         self._nbytes = 0
         self.rows = 0
@@ -158,10 +161,10 @@ class PartWriter:
         if batch.num_rows == 0:
             return
         if isinstance(batch, pa.Table):
-            self._buf.extend(batch.cast(REVIEW_SCHEMA).to_batches())
+            self._buf.extend(to_lake_table(batch).to_batches())
         else:
-            self._buf.append(batch if batch.schema.equals(REVIEW_SCHEMA) else
-                             pa.Table.from_batches([batch]).cast(REVIEW_SCHEMA).combine_chunks().to_batches()[0])
+            self._buf.append(batch if batch.schema.equals(LAKE_SCHEMA) else
+                             to_lake_table(pa.Table.from_batches([batch])).combine_chunks().to_batches()[0])
         self._nbytes += batch.nbytes
         self.rows += batch.num_rows
         if self._nbytes >= ROW_GROUP_BYTES:
@@ -169,7 +172,7 @@ class PartWriter:
 
     def flush(self) -> None:
         if self._buf:
-            self._writer.write_table(pa.Table.from_batches(self._buf, schema=REVIEW_SCHEMA),
+            self._writer.write_table(pa.Table.from_batches(self._buf, schema=LAKE_SCHEMA),
                                      row_group_size=1 << 30)
             self._buf, self._nbytes = [], 0
 
@@ -335,7 +338,7 @@ def _rewrite_without(pf: pq.ParquetFile, existing: pa.Array, d: Path) -> tuple[P
 
 def publish_part(wh: Warehouse, name: str, staged: str | os.PathLike, *,
                  known_files: Sequence[str] | None = None, lock_timeout: float | None = LOCK_TIMEOUT_S) -> PublishResult:
-    """Publish a staged REVIEW_SCHEMA Parquet file (already free of internal duplicates) into the dataset.
+    """Publish a staged LAKE_SCHEMA Parquet file (already free of internal duplicates) into the dataset.
 
     Under the dataset lock: the name is checked against datasets spelled in another case (one may have
     appeared since the stager looked); rows whose review_id is in a part file the stager did not already
@@ -373,10 +376,10 @@ def publish_part(wh: Warehouse, name: str, staged: str | os.PathLike, *,
 
 
 def write_part(wh: Warehouse, name: str, table: pa.Table) -> PublishResult:
-    """Append ``table`` (REVIEW_SCHEMA columns) to the dataset: dedupe by review_id (first wins, as in
-    ingest; an id reused for another review is refused), and against the lake, atomically. Convenience
-    for small tables and tests; ingest streams."""
-    table = Deduper(f"table for dataset {name!r}", "table").first_rows(table.cast(REVIEW_SCHEMA))
+    """Append ``table`` (``REVIEW_SCHEMA`` or ``LAKE_SCHEMA`` columns; a missing ``group_id`` is null) to the
+    dataset: dedupe by review_id (first wins, as in ingest; an id reused for another review is refused),
+    and against the lake, atomically. Convenience for small tables and tests; ingest streams."""
+    table = Deduper(f"table for dataset {name!r}", "table").first_rows(to_lake_table(table))
     scratch = new_staging_file(wh, name)
     try:
         with PartWriter(scratch.path) as writer:

@@ -12,6 +12,7 @@ from pipeline.core.options import at_least, between, check_options, option_error
 
 TRUNCATE_MODES = ("head", "tail", "head+tail")
 PAD_SIDES = ("left", "right")
+SPLIT_BY = ("review", "group")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,10 @@ class PrepareConfig:
     # below it a model mostly memorises (and a one-class set scores val accuracy 1.0 while learning
     # nothing). Not part of the prep id: it decides whether to prepare, not what is written.
     min_class_rows: int = 50
+    # how validation is drawn from the labelled train rows: "review" = each review on its own (stratified by
+    # label); "group" = whole groups (the lake's group_id: a movie, a product), so validation judges reviews
+    # of things the model never saw; rows without a group are split per review (pipeline.prepare.split).
+    split_by: str = "review"
 
     def __post_init__(self):
         self.validate()
@@ -38,13 +43,16 @@ class PrepareConfig:
         check_options(self, {"max_len": at_least(1), "min_freq": at_least(1), "max_vocab": at_least(0),
                              "val_fraction": between(0, 1, high_open=True), "seed": between(0, 2**63 - 1),
                              "min_class_rows": at_least(1)},
-                      {"truncate": TRUNCATE_MODES, "pad_side": PAD_SIDES})
+                      {"truncate": TRUNCATE_MODES, "pad_side": PAD_SIDES, "split_by": SPLIT_BY})
         if 0 < self.max_vocab < 3:
             raise option_error("max_vocab", ">= 3 (2 special tokens + 1), or 0 for no cap", self.max_vocab)
         return self
 
     def identity(self) -> dict:
-        """The parameters that decide the shards (prep id and manifest ``params``)."""
+        """The parameters that decide the shards (prep id and manifest ``params``). ``split_by`` is left out
+        while it is the default ``"review"``, so preps made before the option existed keep their ids."""
         params = asdict(self)
         params.pop("min_class_rows")
+        if params["split_by"] == "review":
+            params.pop("split_by")
         return params

@@ -2,9 +2,9 @@
 
 Three streaming passes, none of which holds the text of the whole dataset:
 
-0. ids, labels and splits only (no text): the stratified seeded train/val assignment
-   (``pipeline.prepare.split``); test rows -> ``test``; ``unsup`` rows (and unlabelled train rows) -> ``unsup``
-   only with ``include_unsup``.
+0. ids, labels, splits (and groups with ``split_by="group"``) only, no text: the stratified seeded
+   train/val assignment (``pipeline.prepare.split``: per review, or whole groups); test rows -> ``test``;
+   ``unsup`` rows (and unlabelled train rows) -> ``unsup`` only with ``include_unsup``.
 1. text, record batch by record batch on a small thread pool (the arrow/numpy kernels release the GIL,
    so both cores work): tokenize (``pipeline.prepare.text``), dictionary-encode each batch's tokens once, count
    the *train* rows' tokens (merged across batches by ``TokenCounter``), and keep only the batch-local
@@ -55,13 +55,13 @@ import pyarrow.dataset as pads
 
 from pipeline.core.config import Warehouse, validate_name
 from pipeline.core.errors import InputError, IntegrityError
-from pipeline.core.schema import REVIEW_SCHEMA
+from pipeline.core.schema import LAKE_SCHEMA
 from pipeline.core.storage import atomic_dir, sweep_dead, temp_prefix, write_json_atomic
 from pipeline.ingest import lake
 from pipeline.prepare.config import PrepareConfig
 from pipeline.prepare.manifest import manifest_digest, read_manifest
 from pipeline.prepare.shards import ShardWriter
-from pipeline.prepare.split import stratified_val_mask
+from pipeline.prepare.split import grouped_val_mask, stratified_val_mask
 from pipeline.prepare.text import kept_mask, pad_rows, tokenize
 from pipeline.prepare.vocab import Lookup, TokenCounter, build_vocab, vocab_bytes, vocab_sha256
 
@@ -93,6 +93,7 @@ class PrepareResult:
         return {"prep_id": self.prep_id, "prep_dir": str(self.prep_dir), "cached": self.cached,
                 "counts": self.counts, "label_counts": m.get("label_counts", {}),
                 "vocab_size": m.get("vocab_size"), "dropped": m.get("dropped", {}),
+                **({"groups": m["groups"]} if "groups" in m else {}),   # split_by="group" only
                 "seconds": round(self.seconds, 3)}
 
 
@@ -197,7 +198,7 @@ def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), p
     run = _Run(dataset, cfg, workers or min(2, os.cpu_count() or 1), progress or (lambda stage, done, total: None))
     # both passes read exactly the fingerprinted part files (a concurrent ingest adds a file we ignore)
     source = pads.dataset([str(wh.dataset_dir(dataset) / f["name"]) for f in fingerprint["files"]],
-                          schema=REVIEW_SCHEMA, format="parquet")
+                          schema=LAKE_SCHEMA, format="parquet")
     try:
         rows = run.timed("assign", _assign_rows, source, run)
     except pa.ArrowInvalid as exc:     # a part file that is not Parquet (any more): arrow's message names it
@@ -248,6 +249,7 @@ class _Rows:
     labels: np.ndarray
     assign: np.ndarray
     dropped: dict
+    groups: dict | None = None    # split_by="group" only: the manifest's ``groups`` (see ``_group_stats``)
 
     @property
     def n(self) -> int:
@@ -258,12 +260,35 @@ class _Rows:
         return {name: _label_counts(self.labels[codes == code]) for code, name in ((TRAIN, "train"), (VAL, "val"))}
 
 
+def _val_mask(review_ids: pa.Array, meta: pa.Table, pool_idx: np.ndarray, labels: np.ndarray,
+              cfg: PrepareConfig) -> np.ndarray:
+    """Validation flags of the labelled train rows ``pool_idx``: per review, or whole groups."""
+    ids = review_ids.take(pa.array(pool_idx))
+    if cfg.split_by == "group":
+        groups = meta.column("group_id").combine_chunks().take(pa.array(pool_idx))
+        return grouped_val_mask(ids, labels, groups, cfg.val_fraction, cfg.seed)
+    return stratified_val_mask(ids, labels, cfg.val_fraction, cfg.seed)
+
+
+def _group_stats(groups: pa.ChunkedArray, assign: np.ndarray) -> dict:
+    """How the grouped split came out: distinct groups in train and val (never one in both) and the train/val
+    rows without a group (split per review)."""
+    groups = groups.combine_chunks()
+    out = {}
+    for code, name in ((TRAIN, "train"), (VAL, "val")):
+        side = groups.filter(pa.array(assign == code))
+        out[f"{name}_groups"] = int(pc.count_distinct(side).as_py())
+        out[f"{name}_rows_without_group"] = int(side.null_count)
+    return out
+
+
 def _assign_rows(source: pads.Dataset, run: _Run) -> _Rows:
-    """Pass 0, from ids/labels/splits only (no text): the stratified seeded train/val assignment, test rows
-    -> test, unsup and unlabelled train rows -> unsup (with ``include_unsup``) or nowhere. Refuses a dataset
-    a model cannot learn from before any text is read (empty reviews only lower the counts)."""
+    """Pass 0, from ids/labels/splits (and groups) only, no text: the stratified seeded train/val assignment,
+    test rows -> test, unsup and unlabelled train rows -> unsup (with ``include_unsup``) or nowhere. Refuses
+    a dataset a model cannot learn from before any text is read (empty reviews only lower the counts)."""
     cfg = run.cfg
-    meta = source.to_table(columns=["review_id", "label", "split"])
+    by_group = cfg.split_by == "group"
+    meta = source.to_table(columns=["review_id", "label", "split"] + (["group_id"] if by_group else []))
     review_ids = meta.column("review_id").combine_chunks()
     labels = pc.fill_null(meta.column("label"), -1).to_numpy().astype(np.int8)
     split = pc.fill_null(meta.column("split"), "")
@@ -276,11 +301,12 @@ def _assign_rows(source: pads.Dataset, run: _Run) -> _Rows:
     if cfg.include_unsup:
         assign[is_unsup | (other & (labels < 0))] = UNSUP
     pool_idx = np.flatnonzero(pool)
-    val = stratified_val_mask(review_ids.take(pa.array(pool_idx)), labels[pool_idx], cfg.val_fraction, cfg.seed)
+    val = _val_mask(review_ids, meta, pool_idx, labels[pool_idx], cfg)
     assign[pool_idx] = np.where(val, VAL, TRAIN).astype(np.int8)
     dropped = {"unsup_excluded": int(0 if cfg.include_unsup else is_unsup.sum()),
                "unlabelled_excluded": int(0 if cfg.include_unsup else (other & (labels < 0)).sum())}
-    rows = _Rows(review_ids, labels, assign, dropped)
+    rows = _Rows(review_ids, labels, assign, dropped,
+                 _group_stats(meta.column("group_id"), assign) if by_group else None)
     check_class_counts(run.dataset, rows.split_labels(assign), cfg)
     return rows
 
@@ -476,6 +502,7 @@ def _manifest(prep_id: str, fingerprint: dict, rows: _Rows, tokens: _Tokens, rou
         "label_counts": {k: v["labels"] for k, v in splits.items()},
         "splits": splits,
         "dropped": rows.dropped,
+        **({"groups": rows.groups} if rows.groups is not None else {}),
         "input_rows": int(rows.n),
         "lengths": {"tokens": _percentiles(ntok), "kept": _percentiles(kept_all),
                     "truncated_fraction": round(float((ntok > cfg.max_len).mean()), 6) if written.any() else 0.0},

@@ -1,9 +1,12 @@
 """Lake dataset -> warehouse table ``<dataset>[_<split>]_scored``: the rows that scoring writes back into.
 
-The table holds the lake columns (``pipeline.core.schema.REVIEW_SCHEMA``, in its order, with DuckDB's own
+The table holds the lake columns (``pipeline.core.schema.LAKE_SCHEMA``, in its order, with DuckDB's own
 types for them: DuckDB derives them from the Arrow schema, so there is no type map to keep in step), then
 the sentiment columns, and ``review_id`` as its PRIMARY KEY. New lake rows are appended by review_id;
 rows already there, and the scores written into them, stay.
+
+A table made before a lake column existed (``group_id``) gets it added, at the end, the first time it is
+synced (``_add_new_lake_columns``), filled from the lake for the rows it already holds.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import pyarrow.dataset as pads
 from pipeline.core.config import validate_name
 from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT, connection, list_columns, quote_ident, table_exists
 from pipeline.core.errors import InputError
-from pipeline.core.schema import REVIEW_SCHEMA
+from pipeline.core.schema import LAKE_SCHEMA, OPTIONAL_FIELDS, REVIEW_SCHEMA
 from pipeline.ingest.lake import open_dataset
 from pipeline.score.inputs import SENTIMENT_COLUMNS
 
@@ -40,7 +43,7 @@ def sync_dataset_table(wh, dataset: str, db_path: str | os.PathLike | None = Non
     db_path = Path(db_path) if db_path is not None else wh.duckdb_path
     table = scored_table_name(dataset, split)
     T = quote_ident(table)
-    cols_sql = ", ".join(quote_ident(f.name) for f in REVIEW_SCHEMA)
+    cols_sql = ", ".join(quote_ident(f.name) for f in LAKE_SCHEMA)
     with connection(db_path, timeout=lock_timeout, on_wait=on_wait) as con:
         con.execute("BEGIN")
         con.register(_LAKE_VIEW, lake)
@@ -49,6 +52,7 @@ def sync_dataset_table(wh, dataset: str, db_path: str | os.PathLike | None = Non
         missing = [f.name for f in REVIEW_SCHEMA if f.name not in list_columns(con, table)]
         if missing:
             raise InputError(f"table {table!r} exists but lacks lake column(s) {missing}")
+        _add_new_lake_columns(con, table)
         before = con.execute(f"SELECT count(*) FROM {T}").fetchone()[0]
         con.execute(
             f"INSERT OR IGNORE INTO {T} ({cols_sql}) SELECT {cols_sql} FROM {_LAKE_VIEW} AS s "
@@ -60,9 +64,24 @@ def sync_dataset_table(wh, dataset: str, db_path: str | os.PathLike | None = Non
     return table, int(after - before)
 
 
+def _add_new_lake_columns(con, table: str) -> None:
+    """Add the optional lake columns (``OPTIONAL_FIELDS``) an older table lacks, typed the way DuckDB types
+    them from Arrow, and copy their lake values into the rows the table already holds."""
+    T = quote_ident(table)
+    have = list_columns(con, table)
+    for f in OPTIONAL_FIELDS:
+        if f.name in have:
+            continue
+        c = quote_ident(f.name)
+        sql_type = con.execute(f"DESCRIBE SELECT {c} FROM {_LAKE_VIEW}").fetchone()[1]
+        con.execute(f"ALTER TABLE {T} ADD COLUMN {c} {sql_type}")
+        con.execute(f"UPDATE {T} AS d SET {c} = s.{c} FROM {_LAKE_VIEW} AS s "
+                    f"WHERE d.{_KEY} = s.{_KEY} AND s.{c} IS NOT NULL")
+
+
 def _create_table(con, T: str) -> None:
     """The lake columns typed by DuckDB from the Arrow schema (no rows read), the sentiment columns, the key."""
-    lake_cols = ", ".join(quote_ident(f.name) for f in REVIEW_SCHEMA)
+    lake_cols = ", ".join(quote_ident(f.name) for f in LAKE_SCHEMA)
     sentiment = ", ".join(f"CAST(NULL AS {t}) AS {quote_ident(n)}" for n, t in SENTIMENT_COLUMNS.items())
     con.execute(f"CREATE TABLE {T} AS SELECT {lake_cols}, {sentiment} FROM {_LAKE_VIEW} LIMIT 0")
     con.execute(f"ALTER TABLE {T} ADD PRIMARY KEY ({quote_ident(_KEY)})")

@@ -83,7 +83,8 @@ class _Batcher:
             self.stats.replaced_utf8 += int(pc.sum(mask).as_py() or 0)
         batch = pa.RecordBatch.from_arrays(
             [pa.array(self.ids, pa.string()), text, pa.array(self.labels, pa.int8()),
-             pa.array(self.ratings, pa.int8()), pa.array(self.splits, pa.string())], schema=SOURCE_SCHEMA)
+             pa.array(self.ratings, pa.int8()), pa.array(self.splits, pa.string()),
+             pa.nulls(len(self.ids), pa.string())], schema=SOURCE_SCHEMA)   # aclImdb names no movie: group null
         self.stats.rows_read += batch.num_rows
         self._reset()
         return batch
