@@ -2,7 +2,7 @@
 
 Thin orchestration over :mod:`pipeline.score` (``writeback.score_table``, ``job.score_dataset``): loads the model, runs the chunked write-back
 with a progress artifact updated after every committed chunk, and publishes a summary table
-artifact (rows scored/skipped, label counts, score deciles, seconds, rows/s).
+artifact (rows scored/skipped/unknown, label counts, the model's coverage rule, score deciles, seconds, rows/s).
 
 Errors are not hidden in a Prefect state: a refused input (:class:`pipeline.core.errors.InputError`), a
 broken model (:class:`pipeline.score.writeback.ModelOutputError`) or any other failure of the scoring task is
@@ -95,9 +95,12 @@ def _summary_rows(rep: dict) -> list[dict[str, Any]]:
         {"metric": "model", "value": rep["model"]},
         {"metric": "rows scored", "value": rep["rows_scored"]},
         {"metric": "rows skipped (no text to score)", "value": rep["rows_skipped"]},
+        {"metric": "rows unknown (model cannot read them)", "value": rep["rows_unknown"]},
         {"metric": "rows already up to date", "value": rep["rows_up_to_date"]},
         {"metric": "positive", "value": rep["label_counts"]["positive"]},
         {"metric": "negative", "value": rep["label_counts"]["negative"]},
+        {"metric": "unknown", "value": rep["label_counts"]["unknown"]},
+        {"metric": "coverage rule", "value": _rule_text(rep.get("coverage_rule"))},
         {"metric": "seconds", "value": round(rep["seconds"], 2)},
         {"metric": "rows/s", "value": round(rep["rows_per_s"], 1)},
         {"metric": "chunks", "value": rep["chunks"]},
@@ -105,6 +108,13 @@ def _summary_rows(rep: dict) -> list[dict[str, Any]]:
     for i, d in enumerate(rep["deciles"], start=1):
         rows.append({"metric": f"score p{i * 10}", "value": d})
     return rows
+
+
+def _rule_text(rule: dict | None) -> str:
+    """The model's coverage rule in words ("-" for a predictor that reports no coverage)."""
+    if not rule:
+        return "-"
+    return f">= {rule['min_known']} known word(s) and >= {rule['min_share']:.0%} known"
 
 
 def _run_name() -> str:
@@ -150,12 +160,15 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
         key=artifact_key("score-report", label),
         markdown=(f"### Scored `{label}` with `{rep['model']}`\n\n"
                   f"{rep['rows_scored']} rows scored, {rep['rows_skipped']} skipped (no text to score), "
+                  f"{rep['rows_unknown']} unknown (too few words the model knows: label 'unknown', no score; "
+                  f"rule {_rule_text(rep.get('coverage_rule'))}), "
                   f"{rep['rows_up_to_date']} already up to date, {rep['rows_per_s']:.0f} rows/s.\n\n"
                   + (f"Score histogram: `{plot}`\n\n" if plot else "")
                   + f"Query it: `reviewflow sql \"SELECT sentiment_label, count(*) FROM {label} GROUP BY 1\"`"),
     )
-    logger.info("scored %d rows of %s (%d skipped) in %.1f s", rep["rows_scored"], label, rep["rows_skipped"],
-                rep["seconds"])
-    return {k: rep[k] for k in ("run_id", "table", "db_path", "model", "rows_scored", "rows_skipped",
-                                "rows_up_to_date", "label_counts", "deciles", "seconds", "rows_per_s", "status")} | {
+    logger.info("scored %d rows of %s (%d skipped, %d unknown) in %.1f s", rep["rows_scored"], label,
+                rep["rows_skipped"], rep["rows_unknown"], rep["seconds"])
+    return {k: rep[k] for k in ("run_id", "table", "db_path", "model", "rows_scored", "rows_skipped", "rows_unknown",
+                                "rows_up_to_date", "label_counts", "deciles", "seconds", "rows_per_s", "status",
+                                "coverage_rule")} | {
         "histogram_png": str(plot) if plot else None}

@@ -36,7 +36,7 @@ def test_register_publishes_a_self_contained_version_and_leaves_the_champion_alo
     assert v.startswith("v0001-default-")
     d = warehouse.models / v
     for name in ("model.safetensors", "config.json", "metrics.json", "training_curve.png", "MODEL_CARD.md",
-                 "vocab.txt", "manifest.json", "environment.json"):
+                 "vocab.txt", "manifest.json", "environment.json", "reliability.png"):
         assert (d / name).stat().st_size > 0, name
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["prep_id"] == trained.prep_id and cfg["preset"] == "default" and cfg["model"]["pooling"] == "attention"
@@ -46,6 +46,8 @@ def test_register_publishes_a_self_contained_version_and_leaves_the_champion_alo
     assert env["device"] == "cpu" and env["torch"]
     card = (d / "MODEL_CARD.md").read_text()
     assert v in card and "Validation metrics" in card and "GRU" in card
+    assert "ECE (15 equal-width confidence bins)" in card and "short texts" in card
+    assert cfg["calibration"]["temperature"] == trained.metrics["temperature"]
     mv = registry.get(warehouse, v)
     assert mv.model_config.pooling == "attention" and mv.val_accuracy == trained.metrics["val_accuracy"]
 

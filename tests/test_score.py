@@ -41,8 +41,10 @@ def test_write_back_matches_direct_predictor_calls(tmp_path):
     labels = [r[0] for r in _rows(db, "SELECT label FROM reviews ORDER BY review_id")]
     assert np.mean((direct >= 0.5) == np.array(labels)) > 0.9
     cols = _rows(db, "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name='reviews' ORDER BY column_index")
-    assert cols[-4:] == [("sentiment_score", "DOUBLE"), ("sentiment_label", "VARCHAR"),
-                         ("sentiment_model", "VARCHAR"), ("scored_at", "TIMESTAMP WITH TIME ZONE")]
+    assert cols[-5:] == [("sentiment_score", "DOUBLE"), ("sentiment_label", "VARCHAR"),
+                         ("sentiment_model", "VARCHAR"), ("scored_at", "TIMESTAMP WITH TIME ZONE"),
+                         ("sentiment_coverage", "DOUBLE")]      # issue 11: coverage (NULL: BowPredictor reports none)
+    assert _rows(db, "SELECT count(*) FROM reviews WHERE sentiment_coverage IS NOT NULL") == [(0,)]
     runs = _rows(db, "SELECT table_name, model, rows_scored, rows_skipped, status, finished_at IS NOT NULL FROM sentiment_runs")
     assert runs == [("reviews", "bow-v1", 300, 0, "completed", True)]
 
@@ -75,7 +77,7 @@ def test_primary_key_table_and_other_column_types_untouched(tmp_path):
     before = _rows(db, "SELECT * FROM reviews ORDER BY review_id")
     rep = score_table(db, "reviews", BowPredictor(), chunk_rows=60)
     assert rep.rows_scored == 250
-    after = _rows(db, "SELECT * EXCLUDE (sentiment_score, sentiment_label, sentiment_model, scored_at) "
+    after = _rows(db, "SELECT * EXCLUDE (sentiment_score, sentiment_label, sentiment_model, scored_at, sentiment_coverage) "
                       "FROM reviews ORDER BY review_id")
     assert after == before
     assert _rows(db, "SELECT constraint_type FROM duckdb_constraints() WHERE table_name='reviews' "
@@ -187,8 +189,8 @@ def test_score_dataset_appends_new_lake_rows(warehouse):
     again = dict(_rows(db, "SELECT review_id, scored_at FROM imdb_scored"))
     assert {k: again[k] for k in first} == first
     cols = [r[0] for r in _rows(db, "SELECT column_name FROM duckdb_columns() WHERE table_name='imdb_scored' ORDER BY column_index")]
-    assert cols == ["review_id", "text", "label", "rating", "split", "source", "ingested_at",
-                    "sentiment_score", "sentiment_label", "sentiment_model", "scored_at"]
+    assert cols == ["review_id", "text", "label", "rating", "split", "source", "ingested_at", "group_id",
+                    "sentiment_score", "sentiment_label", "sentiment_model", "scored_at", "sentiment_coverage"]
     with pytest.raises(NotFoundError, match="known datasets: imdb"):
         score_dataset(warehouse, "nope", BowPredictor())
 

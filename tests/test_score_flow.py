@@ -25,6 +25,7 @@ def test_score_flow_writes_back_and_publishes_artifacts(prefect_harness, tmp_pat
     assert state.is_completed()
     out = state.result()
     assert (out["rows_scored"], out["rows_skipped"], out["status"]) == (120, 1, "completed")
+    assert out["rows_unknown"] == 0 and out["coverage_rule"] is None       # BowPredictor reports no coverage
     assert sum(out["label_counts"].values()) == 120 and len(out["deciles"]) == 9
     assert out["histogram_png"].endswith("plots/score-reviews.png")
     assert (tmp_path / "wh" / "plots" / "score-reviews.png").stat().st_size > 1000
@@ -51,3 +52,4 @@ def test_score_flow_writes_back_and_publishes_artifacts(prefect_harness, tmp_pat
     assert float(by_key["score-progress-reviews"].data) == 100.0
     summary = by_key["score-summary-reviews"].data
     assert "rows scored" in summary and "score p50" in summary and "rows/s" in summary
+    assert "rows unknown" in summary

@@ -49,6 +49,11 @@ def test_learns_a_separable_dataset(prep_dir, tmp_path):
     assert res.metrics["val_confusion"][0][0] + res.metrics["val_confusion"][1][1] == round(
         res.metrics["val_accuracy"] * res.metrics["val_n"])
     assert (tmp_path / "run" / RESULT).exists() and TrainResult.load(tmp_path / "run").metrics == res.metrics
+    # calibrated on validation after training (issue 11): a temperature, ECE before/after, the short-text figure
+    m = res.metrics
+    assert 0.1 <= m["temperature"] <= 10 and 0 <= m["val_ece_after"] <= 1 and 0 <= m["val_ece_before"] <= 1
+    assert res.calibration["temperature"] == m["temperature"]
+    assert m["val_accuracy_short"] == m["val_accuracy"]     # these reviews are all <= 32 tokens: the 20+20 cut keeps them
 
 
 def test_weights_round_trip_bit_exact(prep_dir, tmp_path):

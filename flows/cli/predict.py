@@ -1,4 +1,4 @@
-"""``reviewflow predict "text" ...``: P(positive) and label for ad-hoc sentences."""
+"""``reviewflow predict "text" ...``: P(positive), label and coverage for ad-hoc sentences."""
 
 from __future__ import annotations
 
@@ -18,9 +18,12 @@ def register(app: typer.Typer) -> None:
         top_k: int = typer.Option(5, "--top-k", help="tokens (attention) or phrases (n-gram half) to show"),
         warehouse: WarehouseOption = None,
     ) -> None:
-        """Score sentences with the champion (or --model VERSION): P(positive), label, and why.
+        """Score sentences with the champion (or --model VERSION): P(positive), label, coverage, and why.
 
         \b
+        Coverage: how many of the text's words the model knows. Below the rule recorded with the model
+        (by default at least 1 known word and 50% of the words known) the label is 'unknown' and there
+        is no score, as in the scored tables: the model does not guess at text it cannot read.
         Why: attention models list the tokens they attended to most; models with an n-gram half (the
         default preset) list the words and word pairs that pushed the logit most, signed (+ = positive).
         Examples:
@@ -30,14 +33,20 @@ def register(app: typer.Typer) -> None:
         from pipeline.train.predictor import load_predictor    # deferred: torch loads only when the command runs
 
         p = load_predictor(warehouse_from(warehouse), model)
-        probs = p.predict_proba(texts)
+        pred = p.predict_with_coverage(texts)
         typer.echo(f"model {p.version}")
-        for text, prob in zip(texts, probs):
-            if prob != prob:  # NaN: nothing to score
+        for i, text in enumerate(texts):
+            if pred.tokens[i] == 0:  # nothing to score
                 typer.echo(f"    nan  -         {text!r} (no tokens)")
                 continue
+            known = f"coverage {pred.coverage[i]:.0%} ({pred.known[i]}/{pred.tokens[i]} words known)"
+            if not pred.readable[i]:
+                typer.echo(f"      -  unknown   {text!r}  {known}")
+                typer.echo(f"         not scored: the model needs {p.coverage_rule.describe()}")
+                continue
+            prob = float(pred.score[i])
             label = "positive" if prob >= threshold else "negative"
-            typer.echo(f"  {prob:.3f}  {label:<8}  {text!r}")
+            typer.echo(f"  {prob:.3f}  {label:<8}  {text!r}  {known}")
             if p.has_attention:
                 top = p.explain(text, top_k=top_k)
                 typer.echo("         attention: " + ", ".join(f"{w} {a:.2f}" for w, a in top))

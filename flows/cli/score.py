@@ -59,9 +59,13 @@ def register(app: typer.Typer) -> None:
 
         \b
         Adds (if missing) sentiment_score DOUBLE, sentiment_label VARCHAR, sentiment_model VARCHAR,
-        scored_at TIMESTAMPTZ. Only rows never scored, or scored by another model version, are scored
-        (--rescore: all). Rows with NULL/empty text, or text with nothing to score (no letter or
-        digit, e.g. "!!!"), stay NULL and are reported as skipped. Each chunk is one transaction: an
+        scored_at TIMESTAMPTZ, sentiment_coverage DOUBLE (share of the text's words the model knows).
+        Only rows never scored, or scored by another model version, are scored (--rescore: all).
+        Rows with NULL/empty text, or text with nothing to score (no letter or digit, e.g. "!!!"),
+        stay NULL and are reported as skipped. Text the model cannot read (below the coverage rule
+        recorded with it, by default fewer than 1 known word or under 50% known, e.g. Chinese for an
+        English model) gets label 'unknown' and a NULL score, reported as unknown; a new model
+        version tries it again. Each chunk is one transaction: an
         interrupted run loses nothing; run it again to finish. Every run is recorded in the table
         sentiment_runs. A model that returns anything but a score in 0..1 fails the run (nothing of
         that chunk is written).
@@ -100,6 +104,7 @@ def register(app: typer.Typer) -> None:
             "model": result["model"],
             "rows scored": result["rows_scored"],
             "rows skipped (no text to score)": result["rows_skipped"],
+            "rows unknown (model cannot read)": result.get("rows_unknown", 0),
             "already up to date": result["rows_up_to_date"],
             "labels": ", ".join(f"{k} {v}" for k, v in result["label_counts"].items()),
             "score deciles": " ".join(f"{d:.2f}" for d in result["deciles"]) or "-",

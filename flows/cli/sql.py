@@ -37,7 +37,9 @@ def register(app: typer.Typer) -> None:
         \b
         The database is opened read-only; while a scoring run is writing a chunk the query waits
         (and says so) instead of failing. sentiment(text) scores any text with the model
-        (--model, default the champion); it is loaded only when the query uses it.
+        (--model, default the champion); it is loaded only when the query uses it. It returns NULL
+        for empty text and for text the model cannot read (too few known words, the same rule as
+        the 'unknown' label of scored tables).
 
         \b
         Examples:

@@ -106,3 +106,42 @@ def score_histogram(counts, path: str | Path, threshold: float = 0.5,
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
+
+
+def plot_reliability(before: dict, after: dict, path: str | Path, temperature: float = 1.0,
+                     title: str = "Calibration") -> Path:
+    """Reliability diagram of a binary classifier, before and after temperature scaling. Returns ``path``.
+
+    ``before`` / ``after`` are per-bin tables as :func:`pipeline.train.calibration.reliability_bins` makes them
+    (``lower``, ``upper``, ``count``, ``confidence``, ``accuracy``; None in an empty bin). Left: each bin's
+    accuracy against its mean confidence (a calibrated model lies on the diagonal; below it is
+    overconfident), with the ECE of each in the legend. Right: how many predictions fall in each bin.
+    """
+    fig = _figure(figsize=(9, 3.8))
+    ax_rel, ax_cnt = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    ax_rel.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    for table, label, color in ((before, "before (T = 1)", "#C44E52"),
+                                (after, f"after (T = {temperature:.3g})", "#4C72B0")):
+        used = [i for i, c in enumerate(table["count"]) if c]
+        n = max(sum(table["count"]), 1)
+        ece = sum(table["count"][i] / n * abs(table["accuracy"][i] - table["confidence"][i]) for i in used)
+        ax_rel.plot([table["confidence"][i] for i in used], [table["accuracy"][i] for i in used], "o-",
+                    color=color, label=f"{label}: ECE {ece:.4f}")
+        edges = np.asarray(table["lower"] + table["upper"][-1:])
+        ax_cnt.stairs(np.asarray(table["count"]), edges, color=color, label=label, linewidth=1.5)
+    lo = min([before["lower"][i] for i, c in enumerate(before["count"]) if c] or [0.0])
+    ax_rel.set_xlim(min(lo, 0.5), 1.0)
+    ax_rel.set_ylim(min(lo, 0.5) - 0.05, 1.02)
+    ax_rel.set_xlabel("confidence (probability of the predicted label)")
+    ax_rel.set_ylabel("accuracy")
+    ax_rel.legend(fontsize=8, loc="upper left")
+    ax_cnt.set_xlim(min(lo, 0.5), 1.0)
+    ax_cnt.set_xlabel("confidence")
+    ax_cnt.set_ylabel("predictions per bin")
+    ax_cnt.legend(fontsize=8, loc="upper left")
+    fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.14, wspace=0.3)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path

@@ -3,7 +3,10 @@
 A row is ``running`` from the start of a run, then ``completed``, or ``failed`` with the error. Its
 ``run_id`` is the Prefect flow-run id when the run has one (the flow passes it in; a task retry inside
 the same flow run continues the same row), else a fresh random id. ``host`` and ``pid`` say which process
-ran it.
+ran it. ``rows_unknown`` counts the rows the model could not read (labelled ``'unknown'``, no score).
+
+The table migrates itself: :func:`ensure_table` creates it and adds columns introduced since
+(``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``), so a database written by an older version keeps its rows.
 
 A run killed by a signal cannot write ``failed`` itself; the next run marks it, without ever guessing
 from a bare PID (a PID is reused once its process is gone):
@@ -37,6 +40,17 @@ CREATE TABLE IF NOT EXISTS {RUNS_TABLE} (
     host VARCHAR,
     pid INTEGER
 )"""
+#: columns added after the first release, in order; an older table gains them on its next scoring run
+RUNS_MIGRATIONS = (
+    f"ALTER TABLE {RUNS_TABLE} ADD COLUMN IF NOT EXISTS rows_unknown BIGINT DEFAULT 0",
+)
+
+
+def ensure_table(con) -> None:
+    """Create ``sentiment_runs`` if missing and add any column it lacks (inside the caller's transaction)."""
+    con.execute(RUNS_DDL)
+    for statement in RUNS_MIGRATIONS:
+        con.execute(statement)
 
 
 def new_run_id(flow_run_id: str | None = None) -> str:
@@ -55,10 +69,10 @@ def start_run(con, run_id: str, table: str, model: str, rows_skipped: int) -> No
         [run_id, table, model, rows_skipped, socket.gethostname(), os.getpid()])
 
 
-def add_progress(con, run_id: str, scored: int, skipped: int) -> None:
+def add_progress(con, run_id: str, scored: int, skipped: int, unknown: int = 0) -> None:
     """Add a committed chunk's counts to the run's row (inside the chunk's transaction)."""
-    con.execute(f"UPDATE {RUNS_TABLE} SET rows_scored = rows_scored + ?, rows_skipped = rows_skipped + ? "
-                f"WHERE run_id = ?", [scored, skipped, run_id])
+    con.execute(f"UPDATE {RUNS_TABLE} SET rows_scored = rows_scored + ?, rows_skipped = rows_skipped + ?, "
+                f"rows_unknown = coalesce(rows_unknown, 0) + ? WHERE run_id = ?", [scored, skipped, unknown, run_id])
 
 
 def finish_run(con, run_id: str, error: str | None = None) -> None:

@@ -25,6 +25,8 @@ SENTIMENT_COLUMNS: dict[str, str] = {
     "sentiment_label": "VARCHAR",
     "sentiment_model": "VARCHAR",
     "scored_at": "TIMESTAMP WITH TIME ZONE",
+    # added later (issue 11): last, so a table scored before gets it appended by its next run
+    "sentiment_coverage": "DOUBLE",
 }
 
 

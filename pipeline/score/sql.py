@@ -79,13 +79,23 @@ def uses_sentiment(query: str) -> bool:
     return bool(_SENTIMENT_CALL.search(query))
 
 
+def readable_scores(predictor, texts: list) -> np.ndarray:
+    """P(positive) per text, NaN where there is nothing to score or (for a predictor with
+    ``predict_with_coverage``) the model cannot read the text: never a confident guess on unknown words."""
+    with_coverage = getattr(predictor, "predict_with_coverage", None)
+    if with_coverage is not None:
+        return np.asarray(with_coverage(texts).score, dtype=np.float64)
+    return np.asarray(predictor.predict_proba(texts), dtype=np.float64)
+
+
 def register_sentiment_udf(con, predictor, name: str = "sentiment") -> None:
-    """Register ``name(text VARCHAR) -> DOUBLE`` (P(positive); NULL for NULL/empty text) on ``con``."""
+    """Register ``name(text VARCHAR) -> DOUBLE`` (P(positive); NULL for NULL/empty text, and for text the
+    model cannot read: below its coverage rule, e.g. only unknown words) on ``con``."""
 
     def _sentiment(texts: pa.Array | pa.ChunkedArray) -> pa.Array:
         if isinstance(texts, pa.ChunkedArray):
             texts = texts.combine_chunks()
-        probs = np.asarray(predictor.predict_proba(texts.to_pylist()), dtype=np.float64)
+        probs = readable_scores(predictor, texts.to_pylist())
         return pa.array(probs, type=pa.float64(), mask=np.isnan(probs))
 
     con.create_function(name, _sentiment, ["VARCHAR"], "DOUBLE", type="arrow",

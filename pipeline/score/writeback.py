@@ -2,15 +2,28 @@
 
 Columns written (added if missing, never any other column or row touched)::
 
-    sentiment_score DOUBLE       P(positive), 0..1
-    sentiment_label VARCHAR      'positive' if score >= threshold else 'negative'
-    sentiment_model VARCHAR      the model version that produced the score
-    scored_at       TIMESTAMPTZ  when the chunk holding the row was committed
+    sentiment_score    DOUBLE       P(positive), 0..1; NULL when the label is 'unknown'
+    sentiment_label    VARCHAR      'positive' if score >= threshold else 'negative'; 'unknown' when the
+                                    model cannot read the text (below its coverage rule)
+    sentiment_model    VARCHAR      the model version that produced the score (or the 'unknown' label)
+    scored_at          TIMESTAMPTZ  when the chunk holding the row was committed
+    sentiment_coverage DOUBLE       share of the text's tokens the model knows, 0..1 (NULL when the
+                                    predictor does not report coverage)
+
+A table scored before ``sentiment_coverage`` existed gains the column on its next run; its scores stay
+(rows already scored by the same model are up to date, with a NULL coverage; ``--rescore`` fills it).
 
 How a run works (and why):
 
-* **Incremental.** Candidates are rows with text whose score is NULL or was produced by another
-  model version (``--rescore``: every row with text). A second run with the same model finds 0.
+* **Incremental.** Candidates are rows with text whose score is NULL (unless this model labelled them
+  ``'unknown'``) or was produced by another model version (``--rescore``: every row with text). A second
+  run with the same model finds 0.
+* **Never a confident guess on text the model cannot read.** A predictor with ``predict_with_coverage``
+  (:class:`pipeline.train.predictor.Predictor`) says which texts fall below its model's coverage rule
+  (too few known tokens, :mod:`pipeline.train.coverage`): those rows get the label ``'unknown'``, a NULL
+  score, their coverage and the model version, and are counted as ``rows_unknown`` (report and audit
+  row). Being labelled by this model they are up to date: the same model does not retry them, a new
+  model version does.
 * **NULL/empty text** (NULL, '' or only spaces, tabs and newlines) is never sent to the model: the row keeps a
   NULL score, is counted as ``rows_skipped`` in the report, and is not a candidate next time
   either (so it is not retried forever). Fill in the text and the next run scores it.
@@ -48,8 +61,11 @@ How a run works (and why):
 The predictor is anything with ``.version: str`` and
 ``.predict_proba(list[str | None]) -> np.ndarray`` (float64 within 0..1; NaN only for a text with
 nothing to score), e.g.
-:class:`pipeline.train.predictor.Predictor`. Texts are passed through whole: truncating to the
-model's max length (head/tail as it was trained) is the predictor's job.
+:class:`pipeline.train.predictor.Predictor`. When it also has ``.predict_with_coverage(texts)`` (returning
+``.score``, ``.coverage`` and ``.unknown`` arrays, see :class:`pipeline.train.predictor.Prediction`), that is
+called instead and coverage is written; without it every text with tokens is scored and coverage stays
+NULL. Texts are passed through whole: truncating to the model's max length (head/tail as it was trained)
+is the predictor's job.
 """
 
 from __future__ import annotations
@@ -96,8 +112,9 @@ class ScoreReport:
     rows_to_score: int = 0       # candidates when the run started
     rows_scored: int = 0
     rows_skipped: int = 0        # NULL/empty text, plus text with nothing to score (left NULL)
+    rows_unknown: int = 0        # text the model cannot read (below its coverage rule): label 'unknown'
     rows_up_to_date: int = 0     # already scored by this model (not touched)
-    label_counts: dict = field(default_factory=lambda: {"positive": 0, "negative": 0})
+    label_counts: dict = field(default_factory=lambda: {"positive": 0, "negative": 0, "unknown": 0})
     deciles: list = field(default_factory=list)   # score at 10%, 20%, ... 90% of rows scored this run
     histogram: list = field(default_factory=list)  # 20 bins over [0, 1] of the scores written this run
     chunks: int = 0
@@ -105,6 +122,7 @@ class ScoreReport:
     rows_per_s: float = 0.0
     status: str = "running"
     threshold: float = 0.5
+    coverage_rule: dict | None = None   # the model's {min_known, min_share}; None: predictor without coverage
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,10 +146,12 @@ def _has_text(expr: str) -> str:
 
 def _stale_sql(rescore: bool) -> tuple[str, bool]:
     """SQL predicate on the sentiment columns only (cheap: never reads the text); second value:
-    whether it takes the model version parameter."""
+    whether it takes the model version parameter. A NULL score is stale unless this model labelled the
+    row ``'unknown'`` (it cannot read it: retrying would give the same answer)."""
     if rescore:
         return "TRUE", False
-    return "(sentiment_score IS NULL OR sentiment_model IS DISTINCT FROM ?)", True
+    return ("(sentiment_model IS DISTINCT FROM ? OR "
+            "(sentiment_score IS NULL AND sentiment_label IS DISTINCT FROM 'unknown'))"), True
 
 
 def _deciles(hist: np.ndarray) -> list[float]:
@@ -180,9 +200,51 @@ def predict_chunk(predictor: PredictorLike, texts: pa.Array | pa.ChunkedArray) -
     return probs
 
 
-def check_scores(scores: np.ndarray, chunk: pa.Table, version: str, table: str) -> np.ndarray:
-    """-> mask of the rows to write. Raises :class:`ModelOutputError` for a score outside 0..1
-    (+-inf included) or a NaN for a text that has something to score, naming the first such id."""
+@dataclass
+class ChunkPrediction:
+    """One chunk's answer, per text: ``scores`` (NaN: nothing to score, or unknown), ``coverage`` (NaN:
+    not reported) and ``unknown`` (the model cannot read the text: label 'unknown', no score)."""
+    scores: np.ndarray
+    coverage: np.ndarray
+    unknown: np.ndarray
+
+
+def _as_array(values, n: int, version: str, what: str, dtype) -> np.ndarray:
+    """``values`` as one ``dtype`` number per text, else a :class:`ModelOutputError`."""
+    try:
+        out = np.asarray(values, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise ModelOutputError(f"model {version} returned {what} that are not numbers: {exc}") from None
+    if out.shape != (n,):
+        raise ModelOutputError(f"model {version} returned {out.shape} {what} for {n} texts; expected one per text")
+    return out
+
+
+def predict_chunk_with_coverage(predictor: PredictorLike, texts: pa.Array | pa.ChunkedArray) -> ChunkPrediction:
+    """Scores, coverage and the 'unknown' mask for ``texts`` from ONE predictor call. A predictor without
+    ``predict_with_coverage`` reads every text (coverage NaN, nothing unknown): :func:`predict_chunk`."""
+    with_coverage = getattr(predictor, "predict_with_coverage", None)
+    if with_coverage is None:
+        scores = predict_chunk(predictor, texts)
+        return ChunkPrediction(scores, np.full(len(scores), np.nan), np.zeros(len(scores), bool))
+    batch = texts.to_pylist()
+    with _inference_context():
+        answer = with_coverage(batch)
+    version, n = predictor.version, len(batch)
+    coverage = _as_array(answer.coverage, n, version, "coverages", np.float64)
+    bad = ~np.isnan(coverage) & ~((coverage >= 0.0) & (coverage <= 1.0))
+    if bad.any():
+        raise ModelOutputError(f"model {version} returned the coverage {float(coverage[bad][0])!r}; a coverage "
+                               f"is a share within 0..1")
+    return ChunkPrediction(_as_array(answer.score, n, version, "scores", np.float64), coverage,
+                           _as_array(answer.unknown, n, version, "unknown flags", bool))
+
+
+def check_scores(scores: np.ndarray, chunk: pa.Table, version: str, table: str,
+                 unknown: np.ndarray | None = None) -> np.ndarray:
+    """-> mask of the rows to write a score for. Raises :class:`ModelOutputError` for a score outside 0..1
+    (+-inf included) or a NaN for a text that has something to score and is not ``unknown`` (a text the
+    model declared it cannot read), naming the first such id."""
     def fail(i: int, what: str) -> None:
         rid = chunk.column("id")[int(i)].as_py()
         raise ModelOutputError(f"model {version} returned {what} for id {rid!r} of table {table!r}; a score "
@@ -195,7 +257,7 @@ def check_scores(scores: np.ndarray, chunk: pa.Table, version: str, table: str) 
     if out_of_range.any():
         i = int(np.flatnonzero(out_of_range)[0])
         fail(i, f"the score {float(scores[i])!r}")
-    nan_rows = np.flatnonzero(nan)
+    nan_rows = np.flatnonzero(nan if unknown is None else nan & ~unknown)
     if len(nan_rows):
         texts = chunk.column("text").take(pa.array(nan_rows)).to_pylist()
         for i, text in zip(nan_rows, texts):
@@ -239,8 +301,9 @@ def score_table(db_path: str | os.PathLike, table: str, predictor: PredictorLike
         raise NotFoundError(f"DuckDB database {db_path} does not exist")
     quote_ident(table)                 # an invalid name is refused before its claim file is made
     run = _Run(db_path, table, id_col, text_col, str(predictor.version), rescore, lock_timeout, on_wait)
+    rule = getattr(predictor, "coverage_rule", None)
     report = ScoreReport(run_id=audit.new_run_id(run_id), table=table, db_path=str(db_path), model=run.version,
-                         threshold=threshold)
+                         threshold=threshold, coverage_rule=rule.to_dict() if hasattr(rule, "to_dict") else None)
     with table_claim(db_path, table, lock_timeout, on_wait):
         t0 = time.perf_counter()
         _start(run, report, blob_as_utf8)
@@ -304,7 +367,7 @@ def _start(run: _Run, report: ScoreReport, blob_as_utf8: bool) -> None:
         for name, typ in SENTIMENT_COLUMNS.items():
             if name not in cols:
                 con.execute(f"ALTER TABLE {T} ADD COLUMN {quote_ident(name)} {typ}")
-        con.execute(audit.RUNS_DDL)
+        audit.ensure_table(con)
         audit.mark_dead_runs(con, run.table, report.run_id)
         total, todo, no_text = con.execute(
             f"SELECT count(*), count(*) FILTER (WHERE {run.candidate}), "
@@ -326,16 +389,15 @@ def _score_chunks(run: _Run, report: ScoreReport, predictor: PredictorLike, batc
             return hist
         chunk, last_in_page = page
         if chunk.num_rows:                 # else a page of rows without text only: step over it
-            scores = predict_chunk(predictor, chunk.column("text"))     # no lock held
-            ok = check_scores(scores, chunk, run.version, run.table)
-            s = scores[ok]
-            _write_chunk(run, report.run_id, chunk.column("id").filter(pa.array(ok)), s, report.threshold,
-                         skipped=int((~ok).sum()))
-            n_pos = int((s >= report.threshold).sum())
-            report.rows_scored += len(s)
-            report.rows_skipped += int((~ok).sum())
-            report.label_counts["positive"] += n_pos
-            report.label_counts["negative"] += len(s) - n_pos
+            answer = predict_chunk_with_coverage(predictor, chunk.column("text"))     # no lock held
+            unknown = answer.unknown            # never a score for these, even if the predictor gave one
+            ok = check_scores(answer.scores, chunk, run.version, run.table, unknown) & ~unknown
+            written = ok | unknown
+            s = answer.scores[ok]
+            _write_chunk(run, report.run_id, chunk.column("id").filter(pa.array(written)),
+                         _ChunkColumns(answer.scores[written], answer.coverage[written], unknown[written]),
+                         report.threshold, skipped=int((~written).sum()))
+            _count_chunk(report, s, int(unknown.sum()), int((~written).sum()))
             hist += np.histogram(s, bins=_HIST_BINS, range=(0.0, 1.0))[0]
             report.chunks += 1
             processed += chunk.num_rows
@@ -344,6 +406,17 @@ def _score_chunks(run: _Run, report: ScoreReport, predictor: PredictorLike, batc
             if after_chunk is not None:
                 after_chunk(report)
         last = last_in_page
+
+
+def _count_chunk(report: ScoreReport, scores: np.ndarray, unknown: int, skipped: int) -> None:
+    """Add one written chunk to the report's counts (``scores``: the scores written)."""
+    n_pos = int((scores >= report.threshold).sum())
+    report.rows_scored += len(scores)
+    report.rows_unknown += unknown
+    report.rows_skipped += skipped
+    report.label_counts["positive"] += n_pos
+    report.label_counts["negative"] += len(scores) - n_pos
+    report.label_counts["unknown"] += unknown
 
 
 def _read_chunk(run: _Run, last, chunk_rows: int, batch_size: int) -> tuple[pa.Table, Any] | None:
@@ -368,21 +441,34 @@ def _read_chunk(run: _Run, last, chunk_rows: int, batch_size: int) -> tuple[pa.T
         return pa.Table.from_batches(list(reader), schema=reader.schema), hi
 
 
-def _write_chunk(run: _Run, run_id: str, ids: pa.ChunkedArray, scores: np.ndarray, threshold: float,
+@dataclass
+class _ChunkColumns:
+    """The rows of a chunk to write, aligned with their ids: score (NaN where unknown), coverage (NaN: not
+    reported) and whether the model could not read the row."""
+    scores: np.ndarray
+    coverage: np.ndarray
+    unknown: np.ndarray
+
+
+def _write_chunk(run: _Run, run_id: str, ids: pa.ChunkedArray, rows: _ChunkColumns, threshold: float,
                  skipped: int) -> None:
     """Write one chunk's scores back: ONE transaction, together with the audit row's progress, so
-    ``kill -9`` at any moment leaves whole chunks only."""
+    ``kill -9`` at any moment leaves whole chunks only. Unknown rows get label 'unknown' and a NULL score."""
     T, ID = quote_ident(run.table), quote_ident(run.id_col)
-    labels = np.where(scores >= threshold, "positive", "negative")
-    out = pa.table({"id": ids, "score": pa.array(scores, pa.float64()), "label": pa.array(labels.tolist(), pa.string())})
+    labels = np.where(rows.unknown, "unknown", np.where(rows.scores >= threshold, "positive", "negative"))
+    out = pa.table({"id": ids,
+                    "score": pa.array(rows.scores, pa.float64(), mask=rows.unknown | np.isnan(rows.scores)),
+                    "label": pa.array(labels.tolist(), pa.string()),
+                    "coverage": pa.array(rows.coverage, pa.float64(), mask=np.isnan(rows.coverage))})
     with run.connect() as con:
         con.register(_CHUNK_VIEW, out)
         con.execute("BEGIN")
         con.execute(
-            f"UPDATE {T} SET sentiment_score = c.score, sentiment_label = c.label, "
-            f"sentiment_model = ?, scored_at = now() FROM {_CHUNK_VIEW} AS c WHERE {T}.{ID} = c.id",
+            f"UPDATE {T} SET sentiment_score = c.score, sentiment_label = c.label, sentiment_model = ?, "
+            f"scored_at = now(), sentiment_coverage = c.coverage FROM {_CHUNK_VIEW} AS c WHERE {T}.{ID} = c.id",
             [run.version],
         )
-        audit.add_progress(con, run_id, len(scores), skipped)
+        n_unknown = int(rows.unknown.sum())
+        audit.add_progress(con, run_id, len(rows.scores) - n_unknown, skipped, n_unknown)
         con.execute("COMMIT")
         con.unregister(_CHUNK_VIEW)

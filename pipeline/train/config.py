@@ -70,12 +70,24 @@ class TrainResult:
     prep_dir: Path
     prep_id: str
     history: list[dict]
-    metrics: dict                       # final validation metrics of the best checkpoint
+    metrics: dict                       # final validation metrics of the best checkpoint, with its calibration
+                                        # (temperature, val_ece_before/after, reliability) and val_accuracy_short
     stopped: str                        # completed | early_stopping | time_budget
     device: str
     seconds: float
     environment: dict = field(default_factory=dict)
     weights_sha256: str | None = None   # of ``weights`` when training finished; a resume checks it
+
+    @property
+    def calibration(self) -> dict | None:
+        """``{"temperature": T, ...}`` fitted on validation after training, or None for a run finished before
+        calibration existed (its version then scores with T = 1, as it always did)."""
+        t = self.metrics.get("temperature")
+        if t is None:
+            return None
+        return {"temperature": float(t), "method": "temperature scaling (validation NLL)",
+                "fit_rows": self.metrics.get("val_n"), "val_ece_before": self.metrics.get("val_ece_before"),
+                "val_ece_after": self.metrics.get("val_ece_after")}
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("history", "metrics", "stopped", "device", "seconds", "environment",

@@ -13,7 +13,10 @@
   the 25k IMDb reviews, under 0.1% of an epoch) and range-checked as they load;
 * one run per run directory (:func:`pipeline.train.rundir.run_lock`);
 * seeded determinism on CPU, a tqdm progress bar, per-epoch metrics (loss, accuracy, seconds,
-  tokens/s), and a ``max_seconds`` budget that stops cleanly between steps.
+  tokens/s), and a ``max_seconds`` budget that stops cleanly between steps;
+* after the last epoch, the best checkpoint is calibrated: a temperature fitted on the validation logits
+  (:mod:`pipeline.train.calibration`; ECE before/after), and measured on short texts too (the validation
+  reviews cut to their first and last 20 tokens, :mod:`pipeline.train.short_texts`).
 
 No Prefect here: a GPU box with only torch can run it (``reviewflow train --no-prefect``). ``on_epoch``
 lets a caller (the Prefect flow) watch progress.
@@ -36,6 +39,7 @@ from tqdm.auto import tqdm
 from pipeline.core.errors import InputError
 from pipeline.core.storage import sha256_file, write_json_atomic
 from pipeline.prepare.manifest import read_manifest, verify_prep
+from pipeline.train.calibration import calibrated_probs, calibration_report, expected_calibration_error
 from pipeline.train.checkpoint import (LoopState, reusable_result, restore, save_checkpoint, save_weights, say,
                                        usable_checkpoint)
 from pipeline.train.config import BEST, CHECKPOINT, RESULT, TrainConfig, TrainResult
@@ -43,6 +47,7 @@ from pipeline.train.device import autocast, environment, pick_device, to_device
 from pipeline.train.loader import SplitData, iter_batches, load_split
 from pipeline.train.model import ModelConfig, SentimentModel
 from pipeline.train.rundir import run_lock
+from pipeline.train.short_texts import SHORT_HEAD, SHORT_TAIL, shorten
 from pipeline.train.weights import load_model
 
 EVAL_BATCH = 256          # evaluation batch size at least (no gradients: larger batches are cheaper)
@@ -141,6 +146,41 @@ def evaluate(model: SentimentModel, data: SplitData, batch_size: int, device: to
     if model.ngrams is not None:
         out.update({f"accuracy_{k}": v / n for k, v in halves.items()})
     return out
+
+
+@torch.inference_mode()
+def predict_logits(model: SentimentModel, data: SplitData, batch_size: int,
+                   device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(logits float64, labels int8) of every row of ``data``, in the split's row order, batched as
+    :func:`evaluate` batches (the same logits it scores)."""
+    model.eval()
+    exact = model.cfg.exact_lengths
+    logits = np.zeros(len(data), np.float64)
+    for batch in iter_batches(data, batch_size, shuffle=False, bucket=exact, trim=exact):
+        ids, lengths, _ = to_device(batch, device)
+        with autocast(device):
+            deep, wide, _ = model.forward_parts(ids, lengths)
+        logits[batch.index] = model.combine(deep.float(), wide).float().cpu().numpy()
+    return logits, np.asarray(data.labels, np.int8)
+
+
+def calibration_metrics(model: SentimentModel, val_data: SplitData, batch_size: int, device: torch.device) -> dict:
+    """What the version records about trusting its scores, all on the validation split: the fitted
+    ``temperature``; ``val_ece_before`` / ``val_ece_after`` (15 bins; ``val_ece_after_crossfit`` with the
+    temperature fitted on the other half of the rows), the NLL after scaling, ``reliability`` bins for the
+    diagram; and for the reviews cut to their first and last 20 tokens, ``val_accuracy_short`` (the label at
+    0.5 does not depend on the temperature) and ``val_ece_short`` (after scaling: does T carry over?)."""
+    logits, labels = predict_logits(model, val_data, batch_size, device)
+    known = labels >= 0                      # a row without a label (-1) says nothing about calibration
+    y = labels[known]
+    report = calibration_report(logits[known], y)
+    short = predict_logits(model, shorten(val_data), batch_size, device)[0][known]
+    return {"temperature": report["temperature"], "val_ece_before": report["ece_before"],
+            "val_ece_after": report["ece_after"], "val_ece_after_crossfit": report["ece_after_crossfit"],
+            "val_loss_calibrated": report["nll_after"], "reliability": report["bins"],
+            "val_accuracy_short": float(np.mean((short > 0) == (y == 1))),
+            "val_ece_short": expected_calibration_error(calibrated_probs(short, report["temperature"]), y),
+            "short_tokens": [SHORT_HEAD, SHORT_TAIL]}
 
 
 # ------------------------------------------------------------------- best checkpoint and early stopping
@@ -316,10 +356,13 @@ def _start(train_data: SplitData, mcfg: ModelConfig, cfg: TrainConfig, out_dir: 
 
 def _finish(run: Run, cfg: TrainConfig, mcfg: ModelConfig, prep_dir: Path, out_dir: Path, man: dict,
             val_data: SplitData, test_data: SplitData | None, stopped: str, seconds: float) -> TrainResult:
-    """The result: the best checkpoint re-loaded and evaluated (validation, and test when labelled)."""
+    """The result: the best checkpoint re-loaded, evaluated (validation, and test when labelled), calibrated
+    on validation and measured on short validation texts (:func:`calibration_metrics`)."""
     dev = run.device
     best = load_model(out_dir / BEST, mcfg, dev, sha256=run.state.best_sha256)
-    metrics = {f"val_{k}": v for k, v in evaluate(best, val_data, max(cfg.batch_size, EVAL_BATCH), dev).items()}
+    eval_batch = max(cfg.batch_size, EVAL_BATCH)
+    metrics = {f"val_{k}": v for k, v in evaluate(best, val_data, eval_batch, dev).items()}
+    metrics.update(calibration_metrics(best, val_data, eval_batch, dev))
     metrics["best_epoch"] = min(run.state.history, key=lambda r: selection_score(
         cfg, {"accuracy": r["val_accuracy"], "loss": r["val_loss"]}))["epoch"]
     metrics["params"] = best.num_params()

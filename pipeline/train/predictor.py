@@ -3,10 +3,16 @@
     >>> p = load_predictor(Warehouse.from_env(), "champion")
     >>> p.predict_proba(["A wonderful film.", None])      # -> array([0.97, nan])
     >>> p.explain("A wonderful film.")                   # attention models: [("wonderful", 0.61), ...]
+    >>> p.predict_with_coverage(["A wonderful film.", "这部电影很好看"]).score   # -> array([0.97, nan])
+
+Coverage (:mod:`pipeline.train.coverage`): the share of a text's tokens the model knows. A text below the
+version's coverage rule (``config.json`` ``"coverage"``, else the default rule) is not scored by
+:meth:`Predictor.predict_with_coverage`: never a confident guess on text the model cannot read.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -17,15 +23,53 @@ from pipeline.core.config import Warehouse
 from pipeline.core.errors import IntegrityError
 from pipeline.prepare.preprocess import load_preprocessor
 from pipeline.train import registry
+from pipeline.train.coverage import CoverageRule, coverage_of, rule_from_config
 from pipeline.train.loader import trim_padding
 from pipeline.train.weights import load_model
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the model makes of each text, in input order (all arrays of the texts' length):
+
+    ``score``    P(positive) for a readable text; NaN for a text below the coverage rule or with no tokens
+    ``known``    tokens the model knows (after truncation to its ``max_len``)
+    ``tokens``   tokens the model reads (after truncation); 0 for None, blank or punctuation-only text
+    ``coverage`` ``known / tokens``; NaN when there are no tokens
+    ``readable`` the coverage rule holds (so ``score`` is a number)
+    """
+
+    score: np.ndarray
+    known: np.ndarray
+    tokens: np.ndarray
+    coverage: np.ndarray
+    readable: np.ndarray
+
+    @property
+    def unknown(self) -> np.ndarray:
+        """Texts with tokens that the model cannot read: labelled ``'unknown'``, never scored."""
+        return (self.tokens > 0) & ~self.readable
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """The texts with tokens among ``n``: their positions ``rows``, padded ``ids`` and token ``lengths``."""
+
+    n: int
+    rows: np.ndarray
+    ids: np.ndarray
+    lengths: np.ndarray
+
+    def subset(self, mask: np.ndarray) -> "_Encoded":
+        return _Encoded(self.n, self.rows[mask], self.ids[mask], self.lengths[mask])
 
 
 class Predictor:
     """P(positive) for texts, in input order; sorts by length and trims batches for speed.
 
     Loading verifies the version's files against the SHA-256 recorded at registration. ``predict_proba``
-    returns NaN only for a text with nothing to score (None, blank, no tokens); a non-finite model output
+    returns NaN only for a text with nothing to score (None, blank, no tokens); ``predict_with_coverage``
+    also leaves NaN for a text the model cannot read (its coverage rule); a non-finite model output
     raises :class:`IntegrityError`, so a damaged model fails a scoring run instead of leaving rows unscored."""
 
     def __init__(self, model_dir: str | Path, version: str | None = None, device: str = "cpu",
@@ -35,6 +79,9 @@ class Predictor:
         self.version = version or mv.version
         registry.verify_files(mv)                # vocabulary + manifest: the exact prepare-time transform
         self.model_config = mv.model_config
+        self.temperature = mv.temperature       # calibration: P = sigmoid(logit / T); 1.0 if none was recorded
+        #: texts below it are 'unknown' (versions without a "coverage" entry: the default rule)
+        self.coverage_rule: CoverageRule = rule_from_config(mv.config, self.model_dir / "config.json")
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.preprocessor = load_preprocessor(self.model_dir)
@@ -54,24 +101,48 @@ class Predictor:
         return (torch.from_numpy(np.ascontiguousarray(ids)).long().to(self.device),
                 torch.from_numpy(lengths).long().to(self.device))
 
-    @torch.inference_mode()
-    def predict_proba(self, texts: Sequence[str | None]) -> np.ndarray:
-        """P(positive) per text, in input order. Rows are sorted by token count and batched, so that a batch
-        carries little padding: callers pass texts in any order (this is the one place rows are sorted)."""
+    def _encode_rows(self, texts: Sequence[str | None]) -> _Encoded:
+        """Encode the texts that have tokens, once (coverage and the model read the same ids)."""
         texts = list(texts)
-        out = np.full(len(texts), np.nan, dtype=np.float64)
         keep = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
         if not keep:
-            return out
+            return _Encoded(len(texts), np.zeros(0, np.int64), np.zeros((0, self.max_len), np.int32),
+                            np.zeros(0, np.int32))
         ids, lengths = self.preprocessor.encode([texts[i] for i in keep])
         keep, lengths = np.asarray(keep), np.asarray(lengths)
         has_tokens = lengths > 0
-        keep, ids, lengths = keep[has_tokens], np.asarray(ids)[has_tokens], lengths[has_tokens]
+        return _Encoded(len(texts), keep[has_tokens], np.asarray(ids)[has_tokens], lengths[has_tokens])
+
+    def predict_proba(self, texts: Sequence[str | None]) -> np.ndarray:
+        """P(positive) per text, in input order: the model's output for every text with tokens, whatever its
+        coverage (:meth:`predict_with_coverage` adds which texts the model can read, and scores only those)."""
+        return self._proba(self._encode_rows(texts))
+
+    def predict_with_coverage(self, texts: Sequence[str | None]) -> Prediction:
+        """Coverage of every text, and a score for the readable ones only (see :class:`Prediction`): a text
+        below :attr:`coverage_rule` never reaches the model, so it never gets a confident-looking number."""
+        encoded = self._encode_rows(texts)
+        known = np.zeros(encoded.n, np.int64)
+        tokens = np.zeros(encoded.n, np.int64)
+        share = np.full(encoded.n, np.nan, dtype=np.float64)
+        known[encoded.rows], share[encoded.rows] = coverage_of(encoded.ids, encoded.lengths)
+        tokens[encoded.rows] = encoded.lengths
+        readable = self.coverage_rule.readable(known, share)
+        score = self._proba(encoded.subset(readable[encoded.rows]))
+        return Prediction(score=score, known=known, tokens=tokens, coverage=share, readable=readable)
+
+    @torch.inference_mode()
+    def _proba(self, encoded: _Encoded) -> np.ndarray:
+        """P(positive) of the encoded rows, placed at their positions (NaN elsewhere). Rows are sorted by token
+        count and batched, so that a batch carries little padding: callers pass texts in any order (this is
+        the one place rows are sorted)."""
+        out = np.full(encoded.n, np.nan, dtype=np.float64)
+        keep, ids, lengths = encoded.rows, encoded.ids, encoded.lengths
         order = np.argsort(lengths, kind="stable")
         for s in range(0, len(order), self.batch_size):
             sel = order[s:s + self.batch_size]
             x, n = self._batch(ids[sel], lengths[sel])
-            probs = torch.sigmoid(self.model(x, n)[0]).cpu().numpy()
+            probs = torch.sigmoid(self.model(x, n)[0] / self.temperature).cpu().numpy()   # T = 1: as before
             if not np.isfinite(probs).all():
                 raise IntegrityError(f"model {self.version} produced {int((~np.isfinite(probs)).sum())} non-finite "
                                      f"score(s) for {len(sel)} texts: its weights are damaged; retrain or promote "

@@ -6,11 +6,13 @@ Each version is self-contained for inference::
     vocab.txt           the vocabulary (copy)        manifest.json   the prep manifest (copy: tokenizer params)
     metrics.json        per-epoch history + final validation accuracy/loss/F1/confusion matrix
     training_curve.png  loss/accuracy per epoch      MODEL_CARD.md   what it is, how it did, how to use it
+    reliability.png     calibration before/after (versions trained with calibration)
     environment.json    device and library versions it was trained with
     eval_set.parquet    review ids + labels of the validation rows (promotion compares models on them)
 
-``config.json`` records the SHA-256 of the weights, vocabulary, manifest and eval set (``checksums``);
-loading a version verifies them and refuses a mismatch.
+``config.json`` records the calibration (``"calibration": {"temperature": T, ...}``: scores are
+``sigmoid(logit / T)``; a version without the block scores with T = 1) and the SHA-256 of the weights,
+vocabulary, manifest and eval set (``checksums``); loading a version verifies them and refuses a mismatch.
 
 Versions are named ``v0001-<preset>-<yyyymmddHHMMSS>`` (number monotonic), published with
 ``atomic_dir`` and never rewritten. ``<warehouse>/models/champion`` is a small JSON pointer, written
@@ -24,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -37,6 +40,7 @@ import pyarrow.parquet as pq
 from pipeline.core.config import Warehouse, validate_name
 from pipeline.core.errors import IntegrityError, NotFoundError, ReviewflowError
 from pipeline.core.storage import atomic_dir, read_json, sha256_file, sweep_dead, write_json_atomic
+from pipeline.train.coverage import DEFAULT_RULE
 from pipeline.train.config import TrainResult
 from pipeline.train.loader import load_split
 from pipeline.train.model import ModelConfig
@@ -67,6 +71,19 @@ class ModelVersion:
     @property
     def weights(self) -> Path:
         return self.path / "model.safetensors"
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature T (scores are ``sigmoid(logit / T)``); 1.0 for a version registered
+        without one. A recorded T that is not a finite number > 0 is an ``IntegrityError``."""
+        block = self.config.get("calibration")
+        if block is None:
+            return 1.0
+        t = block.get("temperature") if isinstance(block, dict) else None
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise IntegrityError(f"model version {self.version}: config.json records calibration temperature "
+                                 f"{t!r}, which is not a number > 0; the file was modified: restore it or train again")
+        return float(t)
 
 
 def _version_number(name: str) -> int:
@@ -135,12 +152,47 @@ def model_card(version: str, cfg: dict, metrics: dict, env: dict) -> str:
     ]
     if "test_accuracy" in f:
         lines += ["", f"Test accuracy: {f['test_accuracy']:.4f} (n={f.get('test_n')})"]
+    lines += _trust_lines(f)
     lines += ["", "## Use",
               f"    reviewflow predict \"a wonderful, moving film\" --model {version}",
               "", "## Limitations",
               "English movie reviews (IMDb-like); sarcasm, negation far from the cue word and other domains "
-              "degrade accuracy. Words outside the vocabulary map to `<unk>`.", ""]
+              "degrade accuracy. Words outside the vocabulary map to `<unk>`."
+              + _coverage_line(cfg.get("coverage")), ""]
     return "\n".join(lines)
+
+
+def _coverage_line(rule: dict | None) -> str:
+    if not rule:
+        return ""
+    return (f" A text with fewer than {rule.get('min_known')} known token(s), or under "
+            f"{100 * float(rule.get('min_share', 0)):.0f}% known tokens, is labelled `unknown` with no score.")
+
+
+def _trust_lines(f: dict) -> list[str]:
+    """The model card's calibration and short-text section, from the final metrics (``f``)."""
+    lines = ["", "## Calibration and short texts"]
+    if f.get("temperature") is None:
+        lines.append("- not calibrated (trained before calibration existed): scores are sigmoid(logit), T = 1")
+    else:
+        n = f.get("val_n")
+        lines += [
+            f"- temperature T = {f['temperature']:.4f}, fitted on the {n:,} validation reviews by minimising their "
+            "NLL; scores are sigmoid(logit / T), so labels, accuracy and ranking do not change"
+            if isinstance(n, int) else f"- temperature T = {f['temperature']:.4f}",
+            f"- ECE (15 equal-width confidence bins): {f['val_ece_before']:.4f} before, {f['val_ece_after']:.4f} "
+            f"after scaling on the same rows"
+            + (f" ({f['val_ece_after_crossfit']:.4f} with T fitted on the other half of them)"
+               if f.get("val_ece_after_crossfit") is not None else ""),
+            "- reliability diagram: `reliability.png`"]
+    if f.get("val_accuracy_short") is not None:
+        head, tail = f.get("short_tokens", [20, 20])
+        lines.append(f"- short texts (validation reviews cut to their first {head} and last {tail} tokens): "
+                     f"accuracy {f['val_accuracy_short']:.4f}, against {f.get('val_accuracy', float('nan')):.4f} "
+                     "on the full reviews"
+                     + (f"; their ECE after scaling {f['val_ece_short']:.4f}" if f.get("val_ece_short") is not None
+                        else ""))
+    return lines
 
 
 def _eval_set_table(prep_dir: Path) -> pa.Table | None:
@@ -185,7 +237,10 @@ def register(wh: Warehouse, run: TrainResult | str | Path, *, preset: str = "cus
     manifest = read_json(manifest_path) if manifest_path.exists() else {}
     cfg = {"model": res.model_config.to_dict(), "train": asdict(res.train_config), "preset": preset,
            "prep_id": res.prep_id, "dataset": dataset or manifest.get("dataset"),
-           "prepare": prepare or manifest.get("params", {})}
+           "prepare": prepare or manifest.get("params", {}),
+           "coverage": DEFAULT_RULE.to_dict()}     # below it, scoring says 'unknown' instead of guessing
+    if res.calibration is not None:
+        cfg["calibration"] = res.calibration
     metrics = {"final": res.metrics, "history": res.history, "stopped": res.stopped, "seconds": res.seconds,
                "device": res.device}
     eval_set = _eval_set_table(Path(res.prep_dir))
@@ -204,18 +259,27 @@ def register(wh: Warehouse, run: TrainResult | str | Path, *, preset: str = "cus
             write_json_atomic(tmp / "config.json", cfg)
             write_json_atomic(tmp / "metrics.json", metrics)
             write_json_atomic(tmp / "environment.json", res.environment | {"device": res.device})
-            try:   # deferred: matplotlib, imported only when a curve is drawn
-                from pipeline.core.plots import plot_training_curve
-
-                plot_training_curve(res.history, tmp / "training_curve.png", title=version)
-            except ImportError:  # plotting is a nicety, never a reason to lose a trained model
-                pass
+            _draw_plots(res, tmp, version)
             (tmp / "MODEL_CARD.md").write_text(model_card(version, cfg, metrics, res.environment))
     except OSError as exc:
         if target.exists():
             raise ReviewflowError(f"model version {version} already exists; versions are immutable") from exc
         raise
     return version
+
+
+def _draw_plots(res: TrainResult, folder: Path, version: str) -> None:
+    """``training_curve.png`` and, for a calibrated run, ``reliability.png`` into the version ``folder``."""
+    from pipeline.core.plots import plot_reliability, plot_training_curve
+
+    bins = res.metrics.get("reliability")
+    try:   # matplotlib is imported only when a plot is drawn
+        plot_training_curve(res.history, folder / "training_curve.png", title=version)
+        if bins:
+            plot_reliability(bins["before"], bins["after"], folder / "reliability.png",
+                             temperature=res.metrics.get("temperature", 1.0), title=version)
+    except ImportError:  # plotting is a nicety, never a reason to lose a trained model
+        pass
 
 
 def read_version(path: Path) -> ModelVersion:
