@@ -181,8 +181,11 @@ def test_training_records_calibration_and_short_text_accuracy(calibrated):
     assert short.lengths.max() <= 40 < val.lengths.max()             # the cut bites on these reviews
     assert m["val_accuracy_short"] == pytest.approx(evaluate(net, short, 256, torch.device("cpu"))["accuracy"])
     short_logits, _ = predict_logits(net, short, 256, torch.device("cpu"))
-    assert m["val_ece_short"] == pytest.approx(
+    assert m["val_ece_short_full_t"] == pytest.approx(
         expected_calibration_error(calibrated_probs(short_logits, m["temperature"]), labels), abs=1e-6)
+    assert m["temperature_short"] == fit_temperature(short_logits, labels)   # short texts get their own T
+    assert m["val_ece_short"] == pytest.approx(
+        expected_calibration_error(calibrated_probs(short_logits, m["temperature_short"]), labels), abs=1e-6)
 
 
 def test_registered_version_records_the_temperature_and_the_predictor_applies_it(calibrated):
@@ -200,12 +203,15 @@ def test_registered_version_records_the_temperature_and_the_predictor_applies_it
     assert f"temperature T = {final['temperature']:.4f}" in card and "reliability.png" in card
     assert f"first 20 and last 20 tokens): accuracy {final['val_accuracy_short']:.4f}" in card
     assert f"their ECE after scaling {final['val_ece_short']:.4f}" in card
+    assert cfg["calibration"]["temperature_short"] == res.metrics["temperature_short"]
+    assert cfg["calibration"]["short_max_tokens"] == 40 and "own temperature" in card
     p = Predictor(d)
-    t = res.metrics["temperature"]
-    assert p.temperature == t
-    texts = ["a wonderful superb film, loved it", "awful boring waste of time", "the plot of the movie"]
+    t, t_short = res.metrics["temperature"], res.metrics["temperature_short"]
+    assert p.temperature == t and (p.short_temperature, p.short_max_tokens) == (t_short, 40)
+    long_text = " ".join(["a wonderful film with a superb plot, the actor was great"] * 6)   # > 40 tokens
+    texts = ["a wonderful superb film, loved it", "awful boring waste of time", "the plot of the movie", long_text]
     got = p.predict_proba(texts)
-    want = [torch.sigmoid(torch.tensor(_raw_logit(p, s) / t)).item() for s in texts]
+    want = [torch.sigmoid(torch.tensor(_raw_logit(p, s) / (t if s is long_text else t_short))).item() for s in texts]
     np.testing.assert_allclose(got, want, atol=1e-6)
     raw = [torch.sigmoid(torch.tensor(_raw_logit(p, s))).item() for s in texts]
     assert not np.allclose(got, raw, atol=1e-4)                      # the temperature did change the scores
@@ -228,13 +234,14 @@ def test_a_version_without_calibration_loads_with_temperature_one(calibrated):
                                                        abs=1e-7)
 
 
-@pytest.mark.parametrize("bad", [0, -1.5, "2", None, float("inf")])
-def test_a_damaged_temperature_is_refused_when_the_version_loads(calibrated, bad):
+@pytest.mark.parametrize("field", ["temperature", "temperature_short"])
+@pytest.mark.parametrize("bad", [0, -1.5, "2", float("inf")])
+def test_a_damaged_temperature_is_refused_when_the_version_loads(calibrated, bad, field):
     wh, _, res = calibrated
     version = registry.register(wh, res, preset="bad", dataset="syn")
     path = wh.models / version / "config.json"
     cfg = json.loads(path.read_text())
-    cfg["calibration"]["temperature"] = bad
+    cfg["calibration"][field] = bad
     path.write_text(json.dumps(cfg))
-    with pytest.raises(IntegrityError, match="calibration temperature"):
+    with pytest.raises(IntegrityError, match="calibration"):
         Predictor(wh.models / version)

@@ -80,12 +80,17 @@ class TrainResult:
 
     @property
     def calibration(self) -> dict | None:
-        """``{"temperature": T, ...}`` fitted on validation after training, or None for a run finished before
-        calibration existed (its version then scores with T = 1, as it always did)."""
+        """``{"temperature": T, "temperature_short": T_short, "short_max_tokens": 40, ...}`` fitted on validation
+        after training (T_short on the validation reviews cut to their first and last 20 tokens, used for texts
+        of at most ``short_max_tokens`` tokens), or None for a run finished before calibration existed (its
+        version then scores with T = 1, as it always did)."""
         t = self.metrics.get("temperature")
         if t is None:
             return None
-        return {"temperature": float(t), "method": "temperature scaling (validation NLL)",
+        short = self.metrics.get("temperature_short")
+        extra = {} if short is None else {"temperature_short": float(short),
+                                          "short_max_tokens": int(sum(self.metrics.get("short_tokens", [20, 20])))}
+        return extra | {"temperature": float(t), "method": "temperature scaling (validation NLL)",
                 "fit_rows": self.metrics.get("val_n"), "val_ece_before": self.metrics.get("val_ece_before"),
                 "val_ece_after": self.metrics.get("val_ece_after")}
 

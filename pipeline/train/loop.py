@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 from pipeline.core.errors import InputError
 from pipeline.core.storage import sha256_file, write_json_atomic
 from pipeline.prepare.manifest import read_manifest, verify_prep
-from pipeline.train.calibration import calibrated_probs, calibration_report, expected_calibration_error
+from pipeline.train.calibration import (calibrated_probs, calibration_report, expected_calibration_error,
+                                        fit_temperature)
 from pipeline.train.checkpoint import (LoopState, reusable_result, restore, save_checkpoint, save_weights, say,
                                        usable_checkpoint)
 from pipeline.train.config import BEST, CHECKPOINT, RESULT, TrainConfig, TrainResult
@@ -175,11 +176,18 @@ def calibration_metrics(model: SentimentModel, val_data: SplitData, batch_size: 
     y = labels[known]
     report = calibration_report(logits[known], y)
     short = predict_logits(model, shorten(val_data), batch_size, device)[0][known]
+    # A temperature fitted on whole reviews does not carry over to short texts (measured on IMDb: T 0.59 took
+    # the short-text ECE from 3.0 % to 9.5 %), so short texts get their own: the predictor uses it for texts of
+    # at most SHORT_HEAD + SHORT_TAIL tokens.
+    t_short = fit_temperature(short, y)
     return {"temperature": report["temperature"], "val_ece_before": report["ece_before"],
             "val_ece_after": report["ece_after"], "val_ece_after_crossfit": report["ece_after_crossfit"],
             "val_loss_calibrated": report["nll_after"], "reliability": report["bins"],
             "val_accuracy_short": float(np.mean((short > 0) == (y == 1))),
-            "val_ece_short": expected_calibration_error(calibrated_probs(short, report["temperature"]), y),
+            "temperature_short": t_short,
+            "val_ece_short_before": expected_calibration_error(calibrated_probs(short), y),
+            "val_ece_short_full_t": expected_calibration_error(calibrated_probs(short, report["temperature"]), y),
+            "val_ece_short": expected_calibration_error(calibrated_probs(short, t_short), y),
             "short_tokens": [SHORT_HEAD, SHORT_TAIL]}
 
 

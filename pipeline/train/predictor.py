@@ -80,6 +80,7 @@ class Predictor:
         registry.verify_files(mv)                # vocabulary + manifest: the exact prepare-time transform
         self.model_config = mv.model_config
         self.temperature = mv.temperature       # calibration: P = sigmoid(logit / T); 1.0 if none was recorded
+        self.short_temperature, self.short_max_tokens = mv.short_temperature   # texts of <= that many tokens
         #: texts below it are 'unknown' (versions without a "coverage" entry: the default rule)
         self.coverage_rule: CoverageRule = rule_from_config(mv.config, self.model_dir / "config.json")
         self.device = torch.device(device)
@@ -91,7 +92,7 @@ class Predictor:
 
     @property
     def has_attention(self) -> bool:
-        return self.model_config.pooling == "attention"
+        return self.model.attention is not None          # encoder "none" has no attention, whatever its pooling
 
     def _batch(self, ids: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoded rows as model input: trimmed to their longest row, except for the lineage baseline
@@ -142,7 +143,8 @@ class Predictor:
         for s in range(0, len(order), self.batch_size):
             sel = order[s:s + self.batch_size]
             x, n = self._batch(ids[sel], lengths[sel])
-            probs = torch.sigmoid(self.model(x, n)[0] / self.temperature).cpu().numpy()   # T = 1: as before
+            t = np.where(lengths[sel] <= self.short_max_tokens, self.short_temperature, self.temperature)
+            probs = torch.sigmoid(self.model(x, n)[0].float().cpu() / torch.from_numpy(t).float()).numpy()
             if not np.isfinite(probs).all():
                 raise IntegrityError(f"model {self.version} produced {int((~np.isfinite(probs)).sum())} non-finite "
                                      f"score(s) for {len(sel)} texts: its weights are damaged; retrain or promote "
@@ -183,8 +185,9 @@ class Predictor:
 
     @torch.inference_mode()
     def explain_phrases(self, text: str, top_k: int = 5) -> list[tuple[str, float]]:
-        """Wide & deep models: the ``top_k`` words and word pairs that moved the logit most, with their signed
-        share of it (positive pushes towards a positive review). Empty for models without an n-gram half."""
+        """Wide & deep and n-gram-only models: the ``top_k`` words and word pairs (and triples) that moved the
+        logit most, with their signed share of it (positive pushes towards a positive review). Empty for models
+        without an n-gram half."""
         encoded = self._encode_one(text) if self.has_ngrams else None
         if encoded is None:
             return []
@@ -197,7 +200,9 @@ class Predictor:
         share = bag.terms(feats, real)[0] / real.sum()
         share = (share * self.model_config.ngram_weight).cpu().numpy()
         words = [self.preprocessor.vocab[int(i)] for i in row]
-        phrases = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+        phrases = words + [f"{a} {b}" for a, b in zip(words, words[1:])] if bag.n >= 2 else list(words)
+        if bag.n >= 3:
+            phrases += [f"{a} {b} {c}" for a, b, c in zip(words, words[1:], words[2:])]
         total: dict[str, float] = {}
         for phrase, v in zip(phrases, share[: len(phrases)].tolist()):
             total[phrase] = total.get(phrase, 0.0) + v

@@ -85,6 +85,19 @@ class ModelVersion:
                                  f"{t!r}, which is not a number > 0; the file was modified: restore it or train again")
         return float(t)
 
+    @property
+    def short_temperature(self) -> tuple[float, int]:
+        """(T for short texts, the longest text in tokens it applies to); (T, 0) when none was recorded."""
+        block = self.config.get("calibration") or {}
+        t, longest = block.get("temperature_short"), block.get("short_max_tokens", 0)
+        if t is None:
+            return self.temperature, 0
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0 \
+                or not isinstance(longest, int) or longest < 0:
+            raise IntegrityError(f"model version {self.version}: config.json records short-text calibration "
+                                 f"{t!r} / {longest!r}; the file was modified: restore it or train again")
+        return float(t), longest
+
 
 def _version_number(name: str) -> int:
     m = _VERSION_RE.match(name)
@@ -110,23 +123,33 @@ def model_card(version: str, cfg: dict, metrics: dict, env: dict) -> str:
     enc = m["encoder"].upper() if m["encoder"] != "transformer" else "Transformer"
     direction = "bidirectional " if m["bidirectional"] and m["encoder"] != "transformer" else ""
     cm = f.get("val_confusion", [[0, 0], [0, 0]])
+    grams = {1: "unigrams", 3: "unigrams + hashed bigrams and trigrams"}.get(m.get("ngram_n", 2),
+                                                                            "unigrams + hashed bigrams")
+    nb = f", NB log-count-ratio scaled (alpha {m['ngram_nb_alpha']})" if m.get("ngram_nb_alpha") else ""
+    if m["encoder"] == "none":
+        arch = [f"- n-grams only (NBSVM style): a linear bag of {m['vocab_size']:,} {grams} "
+                f"({m.get('ngram_buckets', 0):,} hash buckets){nb}, mean -> logit; no embedding or encoder",
+                f"- n-gram dropout {m.get('ngram_dropout', 0.0)}"]
+    else:
+        arch = [f"- embedding {m['vocab_size']} x {m['embed_dim']} (padding id 0) -> {m['layers']}-layer "
+                f"{direction}{enc} (hidden {m['hidden']}) -> {m['pooling']} pooling -> linear logit",
+                f"- dropout {m['dropout']}, embedding dropout {m['embed_dropout']}, "
+                f"orthogonal init {m['orthogonal_init']}"]
     lines = [
         f"# Model card: {version}",
         "",
         f"Binary sentiment classifier (P(positive) for review text), preset **{cfg['preset']}**.",
         "",
         "## Architecture",
-        f"- embedding {m['vocab_size']} x {m['embed_dim']} (padding id 0) -> {m['layers']}-layer {direction}{enc} "
-        f"(hidden {m['hidden']}) -> {m['pooling']} pooling -> linear logit",
+        arch[0],
         f"- parameters: {f.get('params', '?'):,}" if isinstance(f.get("params"), int) else "- parameters: ?",
-        f"- dropout {m['dropout']}, embedding dropout {m['embed_dropout']}, orthogonal init {m['orthogonal_init']}",
+        arch[1],
         f"- input: up to {m['max_len']} tokens, {m['pad_side']}-padded"
         + ("" if m.get("exact_lengths", True) else " (lineage: runs over its pads)"),
     ]
-    if m.get("ngram_buckets"):
+    if m.get("ngram_buckets") and m["encoder"] != "none":
         lines += [
-            f"- n-gram half: a linear bag of {m['vocab_size']:,} unigrams + {m['ngram_buckets']:,} hashed bigram "
-            f"buckets" + (f", NB log-count-ratio scaled (alpha {m['ngram_nb_alpha']})" if m.get("ngram_nb_alpha") else "")
+            f"- n-gram half: a linear bag of {m['vocab_size']:,} {grams} ({m['ngram_buckets']:,} hash buckets){nb}"
             + f"; logit = {1 - m['ngram_weight']:.2f} x encoder + {m['ngram_weight']:.2f} x n-grams",
             f"- validation accuracy of each half alone: encoder {f.get('val_accuracy_encoder', float('nan')):.4f}, "
             f"n-grams {f.get('val_accuracy_ngram', float('nan')):.4f}",
@@ -192,6 +215,12 @@ def _trust_lines(f: dict) -> list[str]:
                      "on the full reviews"
                      + (f"; their ECE after scaling {f['val_ece_short']:.4f}" if f.get("val_ece_short") is not None
                         else ""))
+        if f.get("temperature_short") is not None:
+            lines.append(f"- texts of at most {head + tail} tokens use their own temperature T = "
+                         f"{f['temperature_short']:.4f}, fitted on those cut reviews: their ECE "
+                         f"{f.get('val_ece_short_before', float('nan')):.4f} unscaled, "
+                         f"{f.get('val_ece_short_full_t', float('nan')):.4f} with the full-review T, "
+                         f"{f['val_ece_short']:.4f} with their own")
     return lines
 
 
