@@ -57,6 +57,12 @@ def register(app: typer.Typer) -> None:
             "model": json.dumps(mv.config["model"], sort_keys=True),
             "val accuracy": f.get("val_accuracy"), "val loss": f.get("val_loss"), "val F1": f.get("val_f1"),
             "confusion [[tn,fp],[fn,tp]]": f.get("val_confusion"), "params": f.get("params"),
+            "temperature (<= 40 tokens)": f"{f['temperature']:.4f} ({f.get('temperature_short', f['temperature']):.4f})"
+            if f.get("temperature") is not None else "1 (not calibrated)",
+            "val ECE before -> after": f"{f['val_ece_before']:.4f} -> {f['val_ece_after']:.4f}"
+            if f.get("val_ece_after") is not None else None,
+            "val accuracy, short texts": f.get("val_accuracy_short"),
+            "coverage rule": json.dumps(mv.config.get("coverage")) if mv.config.get("coverage") else "default",
             "stopped": mv.metrics.get("stopped"), "seconds": mv.metrics.get("seconds"),
             "device": mv.metrics.get("device")})
         typer.echo("  epoch  train_loss  val_loss  val_acc  seconds  tokens/s")
