@@ -245,3 +245,17 @@ def test_a_damaged_temperature_is_refused_when_the_version_loads(calibrated, bad
     path.write_text(json.dumps(cfg))
     with pytest.raises(IntegrityError, match="calibration"):
         Predictor(wh.models / version)
+
+
+def test_models_show_prints_the_calibration(calibrated):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    wh, _, res = calibrated
+    version = registry.register(wh, res, preset="show", dataset="syn")
+    out = CliRunner().invoke(app, ["models", "show", version, "--warehouse", str(wh.root)])
+    assert out.exit_code == 0, out.output
+    m = res.metrics
+    assert f"{m['temperature']:.4f} ({m['temperature_short']:.4f})" in out.output
+    assert f"{m['val_ece_before']:.4f} -> {m['val_ece_after']:.4f}" in out.output
