@@ -236,8 +236,10 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pred = load_predictor_from(args)
-    print(f"model {pred.version}: {pred.model_config.encoder} h{pred.model_config.hidden} "
-          f"{'bi' if pred.model_config.bidirectional else 'uni'} x{pred.model_config.layers}, "
+    mc = pred.model_config
+    shape = (f"n-grams only (n <= {mc.ngram_n})" if mc.encoder == "none" else
+             f"{mc.encoder} h{mc.hidden} {'bi' if mc.bidirectional else 'uni'} x{mc.layers}")
+    print(f"model {pred.version}: {shape}, "
           f"max_len {pred.max_len}, {pred.model.num_params():,} params; torch threads {args.threads}")
     src = pq.read_table(args.source, columns=["text", "label"])
     rng = np.random.default_rng(0)

@@ -5,8 +5,10 @@ One readable module in the spirit of nanoGPT / pytorch ``word_language_model``:
 * ``ModelConfig`` fully describes a model; it is saved next to the weights and rebuilds it.
 * ``SentimentModel`` switches the encoder on a string: ``rnn`` (Elman), ``lstm``, ``gru`` or
   ``transformer``; and the pooling on another: ``last``, ``mean``, ``max``, ``maxmean``, ``attention``.
-* Optionally (``ngram_buckets > 0``) a linear bag of unigrams and hashed bigrams, NB-scaled as in NBSVM,
-  gives a second logit ("wide & deep"); the model's logit mixes the two (``ngram_weight``).
+* Optionally (``ngram_buckets > 0``) a linear bag of unigrams and hashed bigrams (and trigrams:
+  ``ngram_n=3``), NB-scaled as in NBSVM, gives a second logit ("wide & deep"); the model's logit mixes the
+  two (``ngram_weight``). ``encoder="none"`` is that bag alone (NBSVM / fastText style): no embedding, no
+  encoder, no head; the ``fast`` preset.
 
 Variable length is handled *exactly*: a review's logit does not depend on how much padding its batch
 carries. Batches are converted to right padding; a forward-direction RNN never sees the pads before
@@ -29,7 +31,8 @@ import torch.nn.functional as F
 
 from pipeline.core.options import at_least, between, check_options, option_error
 
-ENCODERS = ("rnn", "lstm", "gru", "transformer")
+ENCODERS = ("rnn", "lstm", "gru", "transformer")     # the neural encoders (the zoo)
+NGRAM_ONLY = "none"                                  # no encoder: the model is the n-gram bag alone
 POOLINGS = ("last", "mean", "max", "maxmean", "attention")
 
 
@@ -39,7 +42,7 @@ class ModelConfig:
     embed_dim: int = 128
     hidden: int = 128             # RNN hidden size per direction / transformer d_model is embed_dim
     layers: int = 1
-    encoder: str = "gru"          # rnn | lstm | gru | transformer
+    encoder: str = "gru"          # rnn | lstm | gru | transformer | none (the n-gram bag alone)
     bidirectional: bool = True    # RNNs only
     dropout: float = 0.0          # between stacked layers and before the output layer
     embed_dropout: float = 0.0    # on the embedded tokens
@@ -53,15 +56,22 @@ class ModelConfig:
     ngram_buckets: int = 0        # >0: add a linear bag-of-n-grams logit (unigrams + this many bigram hashes)
     ngram_dropout: float = 0.0    # share of n-grams dropped per review while training
     ngram_nb_alpha: float = 0.0   # >0: scale each n-gram by its naive-Bayes log-count ratio (NBSVM), this smoothing
-    ngram_weight: float = 0.5     # logit = (1 - w) * encoder logit + w * n-gram logit
+    ngram_weight: float = 0.5     # logit = (1 - w) * encoder logit + w * n-gram logit (encoder none: 1.0)
+    ngram_n: int = 2              # longest n-gram in the bag: 1 unigrams, 2 + hashed bigrams, 3 + hashed trigrams
 
     def __post_init__(self):
         """Check every field (type, range, choice): a bad one is an ``InputError`` naming it."""
         positive = {name: at_least(1) for name in ("embed_dim", "hidden", "layers", "heads", "ff", "max_len")}
         fractions = {name: between(0, 1, high_open=True) for name in ("dropout", "embed_dropout", "ngram_dropout")}
         check_options(self, {**positive, **fractions, "vocab_size": at_least(3), "ngram_buckets": at_least(0),
-                             "ngram_nb_alpha": at_least(0), "ngram_weight": between(0, 1)},
-                      {"encoder": ENCODERS, "pooling": POOLINGS, "pad_side": ("left", "right")})
+                             "ngram_nb_alpha": at_least(0), "ngram_weight": between(0, 1),
+                             "ngram_n": between(1, 3)},
+                      {"encoder": (*ENCODERS, NGRAM_ONLY), "pooling": POOLINGS, "pad_side": ("left", "right")})
+        if self.encoder == NGRAM_ONLY:
+            if not self.ngram_buckets:
+                raise option_error("ngram_buckets", "> 0 with encoder 'none' (the model is the n-gram bag alone)",
+                                   self.ngram_buckets)
+            self.ngram_weight = 1.0     # no encoder logit to mix: the n-gram logit is the model's
         if self.encoder == "transformer" and self.embed_dim % self.heads:
             raise option_error("heads", f"a divisor of embed_dim {self.embed_dim} (transformer)", self.heads)
 
@@ -195,8 +205,8 @@ class AttentionPooling(nn.Module):
 class NgramLogit(nn.Module):
     """A linear bag of n-grams (the "wide" half of wide & deep; NBSVM / fastText in spirit).
 
-    One weight per vocabulary token and per hashed bigram bucket; the review's logit is the mean of
-    ``weight * scale`` over its unigrams and bigrams. It sees every phrase ("not good", "well worth")
+    One weight per vocabulary token and per hashed bigram bucket (``n=3``: trigrams hash into the same
+    buckets); the review's logit is the mean of ``weight * scale`` over its unigrams and bigrams (and trigrams). It sees every phrase ("not good", "well worth")
     with one parameter each and learns in seconds, while the recurrent encoder reads order and long-range
     context; the model mixes the two logits (``ngram_weight``). ``scale`` is 1, or (``fit_nb_scale``)
     each n-gram's naive-Bayes log-count ratio log(P(ngram | positive) / P(ngram | negative)) from the
@@ -208,21 +218,26 @@ class NgramLogit(nn.Module):
 
     PRIME = 1_000_003
 
-    def __init__(self, vocab_size: int, buckets: int, dropout: float = 0.0):
+    def __init__(self, vocab_size: int, buckets: int, dropout: float = 0.0, n: int = 2):
         super().__init__()
-        self.vocab_size, self.buckets, self.dropout = vocab_size, buckets, dropout
+        self.vocab_size, self.buckets, self.dropout, self.n = vocab_size, buckets, dropout, n
         self.weight = nn.Embedding(vocab_size + buckets, 1, padding_idx=0)
         nn.init.zeros_(self.weight.weight)
         self.register_buffer("scale", torch.ones(vocab_size + buckets))
 
     def features(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ids [B, T] right-padded -> (n-gram ids [B, 2T-1] with pads as 0, real-n-gram mask [B, 2T-1])."""
+        """ids [B, T] right-padded -> (n-gram ids [B, F] with pads as 0, real-n-gram mask [B, F]): the
+        unigrams, then (``n >= 2``) the T-1 bigram slots, then (``n = 3``) the T-2 trigram slots."""
         T = ids.size(1)
         t = torch.arange(T, device=ids.device).unsqueeze(0)
         feats, real = [ids], [t < lengths.unsqueeze(1)]
-        if T > 1:
+        if self.n >= 2 and T > 1:
             feats.append(self.vocab_size + (ids[:, :-1] * self.PRIME + ids[:, 1:]) % self.buckets)
             real.append(t[:, :-1] < (lengths - 1).unsqueeze(1))
+        if self.n >= 3 and T > 2:
+            h = (ids[:, :-2] * self.PRIME + ids[:, 1:-1]) * self.PRIME + ids[:, 2:]   # no overflow: vocab < 5e6
+            feats.append(self.vocab_size + h % self.buckets)
+            real.append(t[:, :-2] < (lengths - 2).unsqueeze(1))
         real = torch.cat(real, 1)
         return torch.cat(feats, 1).masked_fill(~real, 0), real
 
@@ -269,14 +284,18 @@ class SentimentModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.joint_loss, self.part_loss = joint_loss, part_loss
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
-        self.embed_dropout = nn.Dropout(cfg.embed_dropout)
-        self.encoder = TransformerEncoder(cfg) if cfg.encoder == "transformer" else RNNEncoder(cfg)
-        d = self.encoder.out_dim
-        self.attention = AttentionPooling(d) if cfg.pooling == "attention" else None
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(2 * d if cfg.pooling == "maxmean" else d, 1)
-        self.ngrams = NgramLogit(cfg.vocab_size, cfg.ngram_buckets, cfg.ngram_dropout) if cfg.ngram_buckets else None
+        self.attention = None
+        if cfg.encoder != NGRAM_ONLY:       # NGRAM_ONLY: the n-gram bag alone, no embedding/encoder/head parameters
+            self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
+            self.embed_dropout = nn.Dropout(cfg.embed_dropout)
+            self.encoder = TransformerEncoder(cfg) if cfg.encoder == "transformer" else RNNEncoder(cfg)
+            d = self.encoder.out_dim
+            self.attention = AttentionPooling(d) if cfg.pooling == "attention" else None
+            self.dropout = nn.Dropout(cfg.dropout)
+            self.head = nn.Linear(2 * d if cfg.pooling == "maxmean" else d, 1)
+        # built last, as it always was: its constructor draws random numbers, so the encoder's init is unchanged
+        self.ngrams = (NgramLogit(cfg.vocab_size, cfg.ngram_buckets, cfg.ngram_dropout, cfg.ngram_n)
+                       if cfg.ngram_buckets else None)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -293,28 +312,38 @@ class SentimentModel(nn.Module):
     def loss(self, logits: torch.Tensor, deep: torch.Tensor, wide: torch.Tensor | None,
              labels: torch.Tensor) -> torch.Tensor:
         """BCE of the model's logit; a wide & deep model adds each half's own BCE (so each half also stands
-        alone, as in an ensemble): ``joint_loss x BCE(mix) + part_loss x (BCE(encoder) + BCE(n-grams))``."""
-        if wide is None:
+        alone, as in an ensemble): ``joint_loss x BCE(mix) + part_loss x (BCE(encoder) + BCE(n-grams))``.
+        Encoder ``none``: the BCE of the n-gram logit alone."""
+        if wide is None or self.cfg.encoder == NGRAM_ONLY:
             return F.binary_cross_entropy_with_logits(logits, labels)
         return self.joint_loss * F.binary_cross_entropy_with_logits(logits, labels) + self.part_loss * (
             F.binary_cross_entropy_with_logits(deep, labels) + F.binary_cross_entropy_with_logits(wide, labels))
 
     def combine(self, deep: torch.Tensor, wide: torch.Tensor | None) -> torch.Tensor:
-        """The model's logit from its halves: a weighted mean (the encoder's alone without an n-gram half)."""
+        """The model's logit from its halves: a weighted mean (the encoder's alone without an n-gram half,
+        the n-grams' alone with encoder ``none``)."""
         if wide is None:
             return deep
+        if self.cfg.encoder == NGRAM_ONLY:
+            return wide.float()
         w = self.cfg.ngram_weight
         return (1 - w) * deep.float() + w * wide
 
     def forward_parts(self, ids: torch.Tensor, lengths: torch.Tensor):
         """(encoder logit [B], n-gram logit [B] or None, attention [B, T] or None); ``combine`` mixes them.
 
-        Attention weights are returned in the input's own layout (left-padded input -> left-padded weights)."""
+        Attention weights are returned in the input's own layout (left-padded input -> left-padded weights).
+        Encoder ``none`` has no encoder logit: its first element is the n-gram logit too (the same tensor),
+        so callers that score "each half alone" see the one model it is."""
         cfg = self.cfg
         lengths = lengths.to(ids.device).long().clamp(1, ids.size(1))
         left = cfg.pad_side == "left" and cfg.exact_lengths
         if left:
             ids = to_right_padded(ids, lengths)
+        if cfg.encoder == NGRAM_ONLY:
+            rows = ids if cfg.pad_side == "right" or left else to_right_padded(ids, lengths)
+            wide = self.ngrams(rows, lengths)
+            return wide, wide, None
         x = self.embed_dropout(self.embed(ids))
         h, last = self.encoder(x, lengths)
         T = h.size(1)

@@ -7,6 +7,9 @@
 * ``default``: the most accurate model we could train on a 2-core CPU in <= 15 minutes on the 25k IMDb
   training reviews: a bidirectional GRU plus a linear NB-scaled n-gram bag ("wide & deep"; see the
   README's benchmark table for the measured run).
+* ``fast``: NBSVM-style n-grams only (``encoder="none"``): a linear bag of NB-scaled unigrams and hashed
+  bigrams, no embedding and no encoder. Trains in about a minute on a 2-core CPU and scores the fastest: what
+  to pick for a very large table, and the comparison every other preset is measured against (docs/tuning.md).
 * ``best``: most accurate regardless of time; sized for a GPU (a stacked bidirectional LSTM with
   attention over 800 tokens, plus the n-gram half). On a CPU it takes hours.
 
@@ -55,6 +58,17 @@ PRESETS: dict[str, dict] = {
                       patience=None, select="val_accuracy", max_seconds=14 * 60, ngram_lr=1.0, joint_loss=1.0,
                       part_loss=0.5),
         "prepare": dict(max_len=400, truncate="head+tail", pad_side="right", min_freq=2, max_vocab=30_000,
+                        val_fraction=0.1),
+    },
+    "fast": {
+        "description": "NBSVM-style n-grams only: NB-scaled unigrams + hashed bigrams, no encoder, 800 head+tail "
+                       "tokens; trains in about a minute on a CPU, scores fastest",
+        # how these values were chosen: docs/tuning.md
+        "model": dict(encoder="none", ngram_buckets=2_000_003, ngram_n=2, ngram_nb_alpha=1.0, ngram_dropout=0.3,
+                      ngram_weight=1.0),
+        "train": dict(epochs=4, batch_size=64, lr=1e-3, weight_decay=0.0, lr_schedule="onecycle", grad_clip=None,
+                      patience=None, select="val_accuracy", max_seconds=110, ngram_lr=1.0),
+        "prepare": dict(max_len=800, truncate="head+tail", pad_side="right", min_freq=2, max_vocab=0,
                         val_fraction=0.1),
     },
     "best": {
