@@ -78,6 +78,17 @@ class BowPredictor:
         return out
 
 
+def query_rows(db, sql: str, params=None) -> list[tuple]:
+    """The rows of one read-only query on DuckDB file ``db`` (the connection is closed again at once)."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
 def make_review_db(path, n: int = 200, *, table: str = "reviews", seed: int = 0, pk: bool = False,
                    id_type: str = "VARCHAR", extra_types: bool = False):
     """A DuckDB file with ``table`` (review_id, text, label, ...) built from tests/synthetic.py."""

@@ -17,7 +17,7 @@ import shutil
 import duckdb
 import numpy as np
 import pytest
-from score_helpers import make_review_db
+from score_helpers import make_review_db, query_rows
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -55,12 +55,6 @@ def predictor(wh):
     return load_predictor(wh)
 
 
-def _rows(db, sql, params=None):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def _execute(db, *statements):
@@ -168,7 +162,7 @@ def test_unknown_rows_end_to_end_through_duckdb(tmp_path, predictor):
     assert (rep.rows_scored, rep.rows_unknown, rep.rows_skipped, rep.status) == (61, 3, 2, "completed")
     assert rep.label_counts["unknown"] == 3 and sum(rep.label_counts.values()) == 64
     assert rep.coverage_rule == {"min_known": 1, "min_share": 0.5}
-    got = {r[0]: r[1:] for r in _rows(db, "SELECT review_id, sentiment_score, sentiment_label, sentiment_coverage, "
+    got = {r[0]: r[1:] for r in query_rows(db, "SELECT review_id, sentiment_score, sentiment_label, sentiment_coverage, "
                                           "sentiment_model, scored_at IS NOT NULL FROM reviews")}
     v = predictor.version
     assert got["u1"] == (None, "unknown", 0.0, v, True) and got["u2"] == (None, "unknown", 0.0, v, True)
@@ -177,10 +171,10 @@ def test_unknown_rows_end_to_end_through_duckdb(tmp_path, predictor):
     assert got["n1"] == got["n2"] == (None, None, None, None, False)       # nothing to score: skipped
     readable = [r for k, r in got.items() if k.startswith("syn")]
     assert all(r[1] in ("positive", "negative") and r[2] == 1.0 and r[0] is not None for r in readable)
-    cols = _rows(db, "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name='reviews' "
+    cols = query_rows(db, "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name='reviews' "
                      "ORDER BY column_index")
     assert cols[-1] == ("sentiment_coverage", "DOUBLE")
-    assert _rows(db, "SELECT rows_scored, rows_unknown, rows_skipped, status FROM sentiment_runs") == [
+    assert query_rows(db, "SELECT rows_scored, rows_unknown, rows_skipped, status FROM sentiment_runs") == [
         (61, 3, 2, "completed")]
     # the same model does not retry what it cannot read (only '!!!', with nothing to score, is tried again,
     # as before); a new model version does
@@ -188,7 +182,7 @@ def test_unknown_rows_end_to_end_through_duckdb(tmp_path, predictor):
     assert (again.rows_to_score, again.rows_scored, again.rows_unknown, again.rows_up_to_date) == (1, 0, 0, 64)
     newer = score_table(db, "reviews", Predictor(predictor.model_dir, version="tiny-v2"))
     assert (newer.rows_scored, newer.rows_unknown, newer.rows_skipped) == (61, 3, 2)
-    assert _rows(db, "SELECT DISTINCT sentiment_model FROM reviews WHERE sentiment_label = 'unknown'") == [("tiny-v2",)]
+    assert query_rows(db, "SELECT DISTINCT sentiment_model FROM reviews WHERE sentiment_label = 'unknown'") == [("tiny-v2",)]
 
 
 def test_a_table_scored_before_coverage_gains_the_column_and_keeps_its_scores(tmp_path, predictor):
@@ -209,16 +203,16 @@ def test_a_table_scored_before_coverage_gains_the_column_and_keeps_its_scores(tm
              f"INSERT INTO sentiment_runs VALUES ('old-run', 'reviews', '{v}', 40, 0, now(), now(), 'completed', "
              "NULL, 'h', 1)",
              f"INSERT INTO reviews (review_id, text) VALUES ('new1', 'a wonderful superb film'), ('new2', '{CHINESE}')")
-    before = _rows(db, "SELECT review_id, sentiment_score, sentiment_label, scored_at FROM reviews "
+    before = query_rows(db, "SELECT review_id, sentiment_score, sentiment_label, scored_at FROM reviews "
                        "WHERE review_id LIKE 'syn%' ORDER BY 1")
     rep = score_table(db, "reviews", predictor)
     assert (rep.rows_to_score, rep.rows_scored, rep.rows_unknown, rep.rows_up_to_date) == (2, 1, 1, 40)
-    assert _rows(db, "SELECT review_id, sentiment_score, sentiment_label, scored_at FROM reviews "
+    assert query_rows(db, "SELECT review_id, sentiment_score, sentiment_label, scored_at FROM reviews "
                      "WHERE review_id LIKE 'syn%' ORDER BY 1") == before
-    assert _rows(db, "SELECT count(*) FROM reviews WHERE review_id LIKE 'syn%' AND sentiment_coverage IS NULL") == [(40,)]
-    assert _rows(db, "SELECT sentiment_label, sentiment_coverage FROM reviews WHERE review_id = 'new2'") == [
+    assert query_rows(db, "SELECT count(*) FROM reviews WHERE review_id LIKE 'syn%' AND sentiment_coverage IS NULL") == [(40,)]
+    assert query_rows(db, "SELECT sentiment_label, sentiment_coverage FROM reviews WHERE review_id = 'new2'") == [
         ("unknown", 0.0)]
-    runs = _rows(db, "SELECT run_id, rows_scored, rows_unknown, status FROM sentiment_runs ORDER BY started_at")
+    runs = query_rows(db, "SELECT run_id, rows_scored, rows_unknown, status FROM sentiment_runs ORDER BY started_at")
     assert runs == [("old-run", 40, 0, "completed"), (rep.run_id, 1, 1, "completed")]
 
 

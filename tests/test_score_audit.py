@@ -9,18 +9,12 @@ import sys
 
 import duckdb
 import pytest
-from score_helpers import BowPredictor, make_review_db
+from score_helpers import BowPredictor, make_review_db, query_rows
 
 from pipeline.score.audit import process_start
 from pipeline.score.writeback import score_table
 
 
-def _rows(db, sql, params=None):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def _add_running_row(db, run_id: str, table: str, pid: int, started: str = "now()") -> None:
@@ -49,7 +43,7 @@ def test_dead_run_of_the_table_is_failed_even_when_its_pid_lives_again(tmp_path,
     # PID check alone cannot tell). The new run holds the table's claim, so the old one is certainly gone.
     _add_running_row(db, "dead-run", "reviews", live_process.pid)
     score_table(db, "reviews", BowPredictor(version="bow-v2"), chunk_rows=20)
-    (status, error), = _rows(db, "SELECT status, error FROM sentiment_runs WHERE run_id = 'dead-run'")
+    (status, error), = query_rows(db, "SELECT status, error FROM sentiment_runs WHERE run_id = 'dead-run'")
     assert status == "failed" and "interrupted" in error and "claim on table 'reviews' was free" in error
 
 
@@ -65,9 +59,9 @@ def test_dead_run_of_another_table_is_found_by_pid_and_start_time(tmp_path, live
     # the same process (started before its row): maybe alive, left alone
     _add_running_row(db, "alive", "other", live_process.pid, "now() + INTERVAL 1 HOUR")
     score_table(db, "reviews", BowPredictor(version="bow-v2"), chunk_rows=20)
-    got = dict(_rows(db, "SELECT run_id, status FROM sentiment_runs WHERE table_name = 'other'"))
+    got = dict(query_rows(db, "SELECT run_id, status FROM sentiment_runs WHERE table_name = 'other'"))
     assert got == {"reused-pid": "failed", "gone": "failed", "alive": "running"}
-    (error,), = _rows(db, "SELECT error FROM sentiment_runs WHERE run_id = 'reused-pid'")
+    (error,), = query_rows(db, "SELECT error FROM sentiment_runs WHERE run_id = 'reused-pid'")
     assert f"process {live_process.pid} on {socket.gethostname()} is gone" in error
 
 
@@ -83,10 +77,10 @@ def test_flow_run_id_keys_the_audit_row_and_a_retry_continues_it(tmp_path):
     flow_run_id = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
     with pytest.raises(RuntimeError, match="model exploded"):
         score_table(db, "reviews", Boom(), chunk_rows=20, batch_size=20, run_id=flow_run_id)
-    assert _rows(db, "SELECT run_id, status, rows_scored FROM sentiment_runs") == [(flow_run_id, "failed", 60)]
+    assert query_rows(db, "SELECT run_id, status, rows_scored FROM sentiment_runs") == [(flow_run_id, "failed", 60)]
     rep = score_table(db, "reviews", BowPredictor(), chunk_rows=20, run_id=flow_run_id)     # the task's retry
     assert rep.run_id == flow_run_id and rep.rows_scored == 40
-    assert _rows(db, "SELECT run_id, status, rows_scored, error FROM sentiment_runs") == [
+    assert query_rows(db, "SELECT run_id, status, rows_scored, error FROM sentiment_runs") == [
         (flow_run_id, "completed", 100, None)]
     other = score_table(db, "reviews", BowPredictor(version="bow-v2"), chunk_rows=50)   # no flow run: own id
     assert other.run_id != flow_run_id and len(other.run_id) == 16

@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
-from score_helpers import BowPredictor, Lines, make_review_db
+from score_helpers import BowPredictor, Lines, make_review_db, query_rows
 
 from pipeline.core.duck import LockTimeout
 from pipeline.core.errors import InputError, TemporaryFailure
@@ -32,12 +32,6 @@ HELPER = str(ROOT / "tests" / "score_helpers.py")
 SENTIMENT = ("sentiment_score", "sentiment_label", "sentiment_model", "scored_at")
 
 
-def _rows(db, sql, params=None):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def _db_snapshot(db) -> dict:
@@ -101,27 +95,27 @@ def test_bad_model_output_fails_the_run_and_writes_nothing_of_the_bad_chunk(tmp_
     breakage, exc_type, words = BREAKAGES[name]
     db = make_review_db(tmp_path / "b.duckdb", 100, pk=True)
     data_sql = "SELECT review_id, text, label FROM reviews ORDER BY review_id"
-    before = _rows(db, data_sql)
+    before = query_rows(db, data_sql)
     with pytest.raises(exc_type, match=words) as err:
         score_table(db, "reviews", BrokenPredictor(breakage, good_calls), chunk_rows=20, batch_size=20)
     if exc_type is ModelOutputError:
         assert "model bow-v1" in str(err.value) and "\n" not in str(err.value)
     committed = 20 * good_calls
-    assert _rows(db, data_sql) == before                               # data columns untouched
-    scored = _rows(db, "SELECT review_id FROM reviews WHERE sentiment_score IS NOT NULL ORDER BY review_id")
+    assert query_rows(db, data_sql) == before                               # data columns untouched
+    scored = query_rows(db, "SELECT review_id FROM reviews WHERE sentiment_score IS NOT NULL ORDER BY review_id")
     assert [r[0] for r in scored] == [r[0] for r in before[:committed]]  # only the good chunks, whole
-    assert _rows(db, "SELECT count(*) FROM reviews WHERE sentiment_score IS NULL AND sentiment_label IS NULL "
+    assert query_rows(db, "SELECT count(*) FROM reviews WHERE sentiment_score IS NULL AND sentiment_label IS NULL "
                      "AND sentiment_model IS NULL AND scored_at IS NULL") == [(100 - committed,)]
-    (status, rows_scored, error), = _rows(db, "SELECT status, rows_scored, error FROM sentiment_runs")
+    (status, rows_scored, error), = query_rows(db, "SELECT status, rows_scored, error FROM sentiment_runs")
     assert (status, rows_scored) == ("failed", committed)
     assert error.startswith(exc_type.__name__) and "\n" not in error
     assert words.split()[0] in error
     # a good model finishes the job: only what is left, with the right scores
     pred = BowPredictor()
     assert score_table(db, "reviews", pred, chunk_rows=20).rows_scored == 100 - committed
-    rows = _rows(db, "SELECT text, sentiment_score FROM reviews ORDER BY review_id")
+    rows = query_rows(db, "SELECT text, sentiment_score FROM reviews ORDER BY review_id")
     np.testing.assert_allclose([r[1] for r in rows], pred.predict_proba([r[0] for r in rows]), atol=1e-6)
-    assert [r[0] for r in _rows(db, "SELECT status FROM sentiment_runs ORDER BY started_at")] == ["failed", "completed"]
+    assert [r[0] for r in query_rows(db, "SELECT status FROM sentiment_runs ORDER BY started_at")] == ["failed", "completed"]
 
 
 class NoTokensNaN(BowPredictor):
@@ -142,9 +136,9 @@ def test_texts_with_nothing_to_score_are_skipped_and_counted_not_errors(tmp_path
     con.close()
     rep = score_table(db, "reviews", NoTokensNaN(), chunk_rows=8)
     assert (rep.status, rep.rows_scored, rep.rows_skipped, rep.rows_to_score) == ("completed", 30, 7, 34)
-    assert _rows(db, "SELECT review_id FROM reviews WHERE sentiment_score IS NULL ORDER BY 1") == [
+    assert query_rows(db, "SELECT review_id FROM reviews WHERE sentiment_score IS NULL ORDER BY 1") == [
         ("e1",), ("e2",), ("e3",), ("p1",), ("p2",), ("p3",), ("p4",)]
-    assert _rows(db, "SELECT status, rows_scored, rows_skipped FROM sentiment_runs") == [("completed", 30, 7)]
+    assert query_rows(db, "SELECT status, rows_scored, rows_skipped FROM sentiment_runs") == [("completed", 30, 7)]
     # NULL/empty text is not a candidate again; text with nothing to score is tried again (it may be edited)
     again = score_table(db, "reviews", NoTokensNaN())
     assert (again.rows_to_score, again.rows_scored, again.rows_skipped) == (4, 0, 7)
@@ -214,7 +208,7 @@ def test_blob_text_is_scored_as_utf8_only_when_asked(tmp_path):
     pred = BowPredictor()
     rep = score_table(db, "t", pred, id_col="id", text_col="body", blob_as_utf8=True)
     assert (rep.rows_scored, rep.rows_skipped) == (3, 2)
-    got = [r[0] for r in _rows(db, "SELECT sentiment_score FROM t ORDER BY id")]
+    got = [r[0] for r in query_rows(db, "SELECT sentiment_score FROM t ORDER BY id")]
     np.testing.assert_allclose(got[:3], pred.predict_proba(texts[:3]), atol=1e-6)
     assert got[3:] == [None, None]
 
@@ -285,7 +279,7 @@ def test_ids_that_page_exactly_are_accepted(tmp_path, expr):
     con.close()
     rep = score_table(db, "t", BowPredictor(), id_col="id", text_col="body", chunk_rows=5)
     assert (rep.rows_scored, rep.chunks) == (23, 5)
-    assert _rows(db, "SELECT count(*) FROM t WHERE (sentiment_label = 'positive') = (body = 'a great film')") == [(23,)]
+    assert query_rows(db, "SELECT count(*) FROM t WHERE (sentiment_label = 'positive') = (body = 'a great film')") == [(23,)]
     assert score_table(db, "t", BowPredictor(), id_col="id", text_col="body", chunk_rows=5, rescore=True).rows_scored == 23
 
 
@@ -299,7 +293,7 @@ def _scorer(db, chunk_rows: int, gate: Path | None = None) -> tuple[subprocess.P
 
 
 def _audit(db) -> list[tuple]:
-    return _rows(db, "SELECT pid, status, rows_scored, error FROM sentiment_runs ORDER BY started_at")
+    return query_rows(db, "SELECT pid, status, rows_scored, error FROM sentiment_runs ORDER BY started_at")
 
 
 def test_two_concurrent_runs_score_each_row_once(tmp_path):
@@ -329,7 +323,7 @@ def test_two_concurrent_runs_score_each_row_once(tmp_path):
     runs = _audit(db)
     assert [(pid, status) for pid, status, _, _ in runs] == [(first.pid, "completed"), (second.pid, "completed")]
     assert sum(r[2] for r in runs if r[1] == "completed") == 4000
-    assert _rows(db, "SELECT count(*) FROM reviews WHERE sentiment_model = 'bow-v1' AND scored_at IS NOT NULL "
+    assert query_rows(db, "SELECT count(*) FROM reviews WHERE sentiment_model = 'bow-v1' AND scored_at IS NOT NULL "
                      "AND sentiment_label IS NOT NULL") == [(4000,)]
     assert claim_path(db, "reviews").exists()             # left in place, empty, and free again
     assert score_table(db, "reviews", BowPredictor(), lock_timeout=0.3).rows_scored == 0
@@ -356,7 +350,7 @@ def test_kill_9_of_the_claim_holder_lets_the_waiting_run_finish(tmp_path):
     (h_pid, h_status, h_rows, h_error), (w_pid, w_status, w_rows, _) = _audit(db)
     assert (h_pid, h_status, h_rows) == (holder.pid, "failed", 500) and "interrupted" in h_error
     assert (w_pid, w_status, w_rows) == (waiter.pid, "completed", 3500)
-    assert _rows(db, "SELECT count(*) FROM reviews WHERE sentiment_model = 'bow-v1' AND scored_at IS NOT NULL") == [(4000,)]
+    assert query_rows(db, "SELECT count(*) FROM reviews WHERE sentiment_model = 'bow-v1' AND scored_at IS NOT NULL") == [(4000,)]
 
 
 # --------------------------------------------------------------------------- the flow surfaces the error
@@ -378,4 +372,4 @@ def test_score_flow_raises_the_refusal_and_the_model_failure_themselves(prefect_
     with pytest.raises(ModelOutputError, match="the score 1.5"):
         score_flow(table="t", db=str(db), warehouse=str(tmp_path / "wh"), id_col="id", text_col="body",
                    chunk_rows=10, batch_size=10, predictor=BrokenPredictor(breakage, 1))
-    assert _rows(db, "SELECT status, rows_scored FROM sentiment_runs") == [("failed", 10)]   # one try only
+    assert query_rows(db, "SELECT status, rows_scored FROM sentiment_runs") == [("failed", 10)]   # one try only
