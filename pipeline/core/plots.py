@@ -20,6 +20,14 @@ def _figure(figsize=(7, 4), dpi=90):
     return fig
 
 
+def _save(fig, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` (its folder made if missing); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def length_histogram(lengths, path: str | Path, max_len: int | None = None,
                      title: str = "Review length (tokens)") -> Path:
     """Histogram of token counts per review, with the truncation length marked. Returns ``path``."""
@@ -42,10 +50,7 @@ def length_histogram(lengths, path: str | Path, max_len: int | None = None,
     ax.set_xlabel("tokens per review (before truncation)")
     ax.set_ylabel("reviews")
     fig.subplots_adjust(left=0.11, right=0.97, top=0.91, bottom=0.13)    # fixed: tight_layout costs a render
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 def plot_training_curve(history: list[dict], path: str | Path, title: str = "Training") -> Path:
@@ -79,10 +84,7 @@ def plot_training_curve(history: list[dict], path: str | Path, title: str = "Tra
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(left=0.08, right=0.98, top=0.85, bottom=0.15, wspace=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 def score_histogram(counts, path: str | Path, threshold: float = 0.5,
@@ -102,10 +104,7 @@ def score_histogram(counts, path: str | Path, threshold: float = 0.5,
     ax.set_xlim(0, 1)
     ax.legend()
     fig.subplots_adjust(left=0.11, right=0.97, top=0.91, bottom=0.13)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 def plot_reliability(before: dict, after: dict, path: str | Path, temperature: float = 1.0,
@@ -141,7 +140,4 @@ def plot_reliability(before: dict, after: dict, path: str | Path, temperature: f
     ax_cnt.legend(fontsize=8, loc="upper left")
     fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.14, wspace=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
