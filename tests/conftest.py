@@ -31,3 +31,14 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def populated(warehouse: Warehouse, tmp_path: Path) -> Warehouse:
+    """A warehouse whose dataset 'ds' already holds two rows, so 'unchanged' after a refusal means something."""
+    from pipeline.ingest.job import ingest
+
+    csv = tmp_path / "good.csv"
+    csv.write_text("review_id,text,label\ng1,good,pos\ng2,bad,neg\n")
+    ingest(warehouse, str(csv), "ds", progress=False)
+    return warehouse

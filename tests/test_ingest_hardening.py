@@ -54,15 +54,6 @@ def ingest_with_deadline(wh: Warehouse, source: str, dataset: str, seconds: floa
     return outcome["report"]
 
 
-@pytest.fixture
-def populated(warehouse, tmp_path):
-    """Dataset 'ds' already holds two rows, so 'unchanged' means something."""
-    csv = tmp_path / "good.csv"
-    csv.write_text("review_id,text,label\ng1,good,pos\ng2,bad,neg\n")
-    ingest(warehouse, str(csv), "ds", progress=False)
-    return warehouse
-
-
 def assert_refused(wh: Warehouse, source: str, pattern: str, dataset: str = "ds", **kw) -> InputError:
     """``source`` is refused with an ``InputError`` matching ``pattern``; nothing in the warehouse changed."""
     before = snapshot(wh)

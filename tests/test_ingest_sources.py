@@ -261,15 +261,6 @@ def test_ten_megabyte_review_memory_is_sane(tmp_path):
 
 # ------------------------------------------------------------------------------- bad inputs
 
-@pytest.fixture
-def populated(warehouse, tmp_path):
-    """A warehouse whose dataset 'ds' already holds rows, so 'unchanged' means something."""
-    csv = tmp_path / "good.csv"
-    csv.write_text("review_id,text,label\ng1,good,pos\ng2,bad,neg\n")
-    ingest(warehouse, str(csv), "ds", progress=False)
-    return warehouse
-
-
 def _bad_cases(tmp: Path) -> list[tuple[str, dict, str]]:
     """(source, mapping kwargs, regex the error must match) — each names file / row / column."""
     cases = []
