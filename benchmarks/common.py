@@ -92,3 +92,20 @@ def _write_in_parts(wh: Warehouse, name: str, tables: Iterator[pa.Table]) -> int
     if pending:
         written += write_part(wh, name, pa.concat_tables(pending)).rows_added
     return written
+
+
+def ingest_source(wh: Warehouse, name: str, source: Path, *, rows: int | None = None, seed: int = 0,
+                  group_col: str | None = None) -> int:
+    """Put ``source`` (or a seeded sample of ``rows`` of it, written next to the lake first) into lake dataset
+    ``name`` through the pipeline's own ingest (columns detected, labels checked, ``group_col`` kept as
+    ``group_id`` for ``prepare --split-by group``); returns the rows added."""
+    from pipeline.ingest.job import ingest
+
+    if rows:
+        t = pq.read_table(source)
+        if rows < t.num_rows:
+            picked = wh.root / "bench-sources" / f"{Path(source).stem}-{rows}-{seed}.parquet"
+            picked.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(sample(t, rows, seed), picked)
+            source = picked
+    return ingest(wh, str(source), name, group_col=group_col, progress=False).rows_added

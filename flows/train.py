@@ -1,4 +1,5 @@
-"""Train flow: prepare (subflow) -> train_model (task, tagged gpu) -> register_model (task: register, promote).
+"""Train flow: prepare (subflow) -> pretrain-word-vectors (task, cached; presets with ``pretrained``) ->
+train_model (task, tagged gpu) -> register_model (task: register, promote).
 
     reviewflow train --dataset imdb --preset default
     python -c "from flows.train import train_flow; train_flow('imdb', 'baseline')"
@@ -18,6 +19,7 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
 
 from flows.artifacts import artifact_key
 from flows.prepare import prepare_flow
+from flows.pretrain import run_pretrain
 from flows.retries import retry_unless_user_error
 from pipeline.core.config import Warehouse, validate_name
 from pipeline.train import job, registry
@@ -36,7 +38,7 @@ def task_timeout(max_seconds: float | None) -> float:
 
 @task(name="train-model", task_run_name="train-{dataset}-{preset}", tags=["gpu"])
 def train_model(prep_dir: str, out_dir: str, dataset: str, preset: str, overrides: dict,
-                device: str = "auto") -> str:
+                device: str = "auto", vectors: str | None = None) -> str:
     """Run ``pipeline.train.loop.train`` on the shards in ``prep_dir``; returns the run directory."""
     logger = get_run_logger()
     spec = resolve_preset(preset, overrides)
@@ -52,7 +54,7 @@ def train_model(prep_dir: str, out_dir: str, dataset: str, preset: str, override
         update_progress_artifact(progress_id, progress=100.0 * rec["epoch"] / rec["epochs"])
 
     res = train(prep_dir, spec.train, out_dir, device=device, progress=False, model=spec.model, on_epoch=on_epoch,
-                lock=False)   # the flow holds the run dir
+                lock=False, vectors=vectors)   # the flow holds the run dir
     update_progress_artifact(progress_id, progress=100.0)
     logger.info(f"training stopped ({res.stopped}) after {len(res.history)} epochs, {res.seconds:.0f}s on "
                 f"{res.device}: val accuracy {res.metrics['val_accuracy']:.4f}")
@@ -95,6 +97,8 @@ def train_flow(dataset: str, preset: str = "default", warehouse: str | None = No
     if reused is not None:
         logger.info(f"{reused.version} already trains {preset!r} on {prep_id}; skipping (use retrain=True)")
         return job.summary(wh, reused.version, prep_id, skipped=True)
+    vectors = (run_pretrain(prep, str(wh.root), job.pretrain_config(spec), dataset)
+               if spec.train.pretrained else None)
     timeout = task_timeout(spec.train.max_seconds)
     out = job.run_dir_for(wh, dataset, preset, prep_id, overrides)
     logger.info(f"training {preset!r} on {prep_id} (budget {spec.train.max_seconds or 'none'} s, "
@@ -102,6 +106,6 @@ def train_flow(dataset: str, preset: str = "default", warehouse: str | None = No
     with run_lock(out):
         job.start_run(out)
         out_dir = train_model.with_options(timeout_seconds=timeout)(prep_dir, str(out), dataset, preset,
-                                                                     overrides, device)
+                                                                     overrides, device, vectors)
         version = register_model(str(wh.root), out_dir, dataset, preset, spec.prepare)
     return job.summary(wh, version, prep_id)

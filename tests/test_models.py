@@ -154,10 +154,19 @@ def test_wide_and_deep_padding_invariance(encoder, pad_side):
     assert torch.allclose(alone[0], in_batch[1], atol=1e-5) and torch.allclose(alone[0], far[0], atol=1e-5)
 
 
-def test_nb_scale_is_the_smoothed_log_count_ratio_of_binarized_ngrams():
+def signed64(x: int) -> int:
+    """``x`` wrapped to a signed 64-bit integer, as int64 arithmetic does."""
+    x &= (1 << 64) - 1
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+@pytest.mark.parametrize("hash_", ["mix", "prime"])
+def test_nb_scale_is_the_smoothed_log_count_ratio_of_binarized_ngrams(hash_):
     from pipeline.train.model import NgramLogit
 
-    bag = NgramLogit(vocab_size=8, buckets=5)
+    bag = NgramLogit(vocab_size=8, buckets=5, hash=hash_)
+    bucket = ((lambda a, b: 8 + signed64((a * 8 + b) * NgramLogit.MIX) % 5) if hash_ == "mix"
+              else (lambda a, b: 8 + (a * NgramLogit.PRIME + b) % 5))
     reviews = [([2, 3, 3], 1), ([2, 4], 1), ([4, 3], 0)]
     ids, lengths = padded([torch.tensor(r) for r, _ in reviews], 3, "right")
     labels = torch.tensor([float(y) for _, y in reviews])
@@ -165,7 +174,7 @@ def test_nb_scale_is_the_smoothed_log_count_ratio_of_binarized_ngrams():
     # by hand: count each n-gram once per review, per class
     pos, neg = torch.ones(13, dtype=torch.float64), torch.ones(13, dtype=torch.float64)
     for r, y in reviews:
-        grams = set(r) | {8 + (a * NgramLogit.PRIME + b) % 5 for a, b in zip(r, r[1:])}
+        grams = set(r) | {bucket(a, b) for a, b in zip(r, r[1:])}
         for f in grams:
             (pos if y else neg)[f] += 1
     want = (pos / pos.sum()).log() - (neg / neg.sum()).log()
@@ -178,7 +187,7 @@ def fixed_wide_and_deep_batch():
     """A seeded wide & deep model (both halves, both losses) and one fixed batch of 4 reviews."""
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=VOCAB, embed_dim=16, hidden=8, layers=1, encoder="gru", bidirectional=True,
-                      pooling="maxmean", max_len=64, ngram_buckets=101, ngram_weight=0.8)
+                      pooling="maxmean", max_len=64, ngram_buckets=101, ngram_weight=0.8, ngram_hash="prime")
     model = SentimentModel(cfg, joint_loss=1.0, part_loss=0.5).eval()
     with torch.no_grad():
         model.ngrams.weight.weight.normal_()

@@ -15,7 +15,7 @@ import traceback
 
 import typer
 
-from flows.cli import ingest, models, predict, prepare, run, score, serve, sql, train
+from flows.cli import ingest, models, predict, prepare, pretrain, run, score, serve, sql, train
 from pipeline.core.errors import EXIT_TEMPORARY, ReviewflowError, TemporaryFailure
 from pipeline.core.settings import env_help, load
 
@@ -26,9 +26,10 @@ reviewflow: turn raw review text into sentiment columns you can query with SQL.
 The pipeline, step by step (each step is a Prefect flow; `run` chains them all):
   1. ingest   SOURCE --dataset NAME   aclImdb folder/tarball/URL, CSV, JSONL or Parquet -> Parquet lake
   2. prepare  --dataset NAME          normalise, tokenize, vocabulary, split, pad -> tensor shards
-  3. train    --dataset NAME          train a recurrent (or Transformer) model, register a version
-  4. score    --table NAME            write sentiment columns back into a DuckDB table
-  5. sql      "SELECT ..."            query scored reviews (with a sentiment(text) function)
+  3. pretrain --dataset NAME          word vectors from train + unlabelled text (train runs it when needed)
+  4. train    --dataset NAME          train a recurrent (or Transformer) model, register a version
+  5. score    --table NAME            write sentiment columns back into a DuckDB table
+  6. sql      "SELECT ..."            query scored reviews (with a sentiment(text) function)
 
 \b
 Everything lives under the warehouse root: --warehouse DIR or $REVIEWFLOW_WAREHOUSE (default ./warehouse).
@@ -48,7 +49,7 @@ app = typer.Typer(help=HELP.format(env=env_help()), no_args_is_help=True, rich_m
                   pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 
-for _command in (ingest, prepare, train, models, predict, score, sql, run, serve):  # the order of --help
+for _command in (ingest, prepare, pretrain, train, models, predict, score, sql, run, serve):  # the order of --help
     _command.register(app)
 
 

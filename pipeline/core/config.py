@@ -4,6 +4,7 @@ Layout (see warehouse/README.md)::
 
     <root>/lake/reviews/dataset=<name>/part-<hash>.parquet   ingested reviews
     <root>/shards/<prep-id>/                                   prepared tensor shards
+    <root>/pretrained/<prep-id>-w2v-<digest>/                  pretrained word vectors
     <root>/models/<version>/                                   registered models (+ champion pointer)
     <root>/reviews.duckdb                                      scored review tables
     <root>/inbox/{processed,failed}/                           files dropped for scheduled ingest+score
@@ -61,6 +62,11 @@ class Warehouse:
     @property
     def models(self) -> Path:
         return self.root / "models"
+
+    @property
+    def pretrained(self) -> Path:
+        """Pretrained artifacts (word vectors), one content-addressed directory each."""
+        return self.root / "pretrained"
 
     @property
     def duckdb_path(self) -> Path:

@@ -21,7 +21,10 @@ SELECTS = ("val_loss", "val_accuracy")
 TRAIN_BOUNDS = {"epochs": at_least(1), "batch_size": at_least(1), "lr": above(0), "weight_decay": at_least(0),
                 "grad_clip": above(0), "patience": at_least(1), "seed": between(0, 2**32 - 1),
                 "max_seconds": above(0), "threads": at_least(1), "ngram_lr": above(0), "part_loss": at_least(0),
-                "joint_loss": at_least(0)}
+                "joint_loss": at_least(0), "embed_lr": above(0), "freeze_embed_epochs": at_least(0),
+                "l2": at_least(0)}
+PRETRAINED = ("word2vec",)
+OPTIMIZERS = ("adam", "lbfgs")
 NOT_IN_RESUME_KEY = ("max_seconds", "threads")   # may change between a crash and its resume: no effect on the model
 
 
@@ -43,10 +46,16 @@ class TrainConfig:
     ngram_lr: float = 0.1               # peak lr of the n-gram bag's weights (ModelConfig.ngram_buckets > 0)
     part_loss: float = 0.0              # weight of the losses on the encoder's and the n-gram bag's own logits
     joint_loss: float = 1.0             # weight of the loss on their mix (0 + part_loss 1: an ensemble trained at once)
+    pretrained: str | None = None       # word2vec: start the embedding from skip-gram vectors (pipeline.train.pretrain)
+    embed_lr: float = 1.0               # the embedding's lr as a share of ``lr`` (discriminative fine-tuning)
+    freeze_embed_epochs: int = 0        # keep the embedding frozen for the first epochs (gradual unfreezing)
+    optimizer: str = "adam"             # adam (minibatches) | lbfgs: full-batch exact fit of a binary n-gram bag
+    l2: float = 0.0                     # lbfgs: the loss is mean BCE + l2 / 2 * ||n-gram weights||^2
 
     def __post_init__(self):
         """Check every field (type, range, choice): a bad one is an ``InputError`` naming it."""
-        check_options(self, TRAIN_BOUNDS, {"lr_schedule": LR_SCHEDULES, "select": SELECTS})
+        check_options(self, TRAIN_BOUNDS, {"lr_schedule": LR_SCHEDULES, "select": SELECTS, "pretrained": PRETRAINED,
+                                           "optimizer": OPTIMIZERS})
         if self.joint_loss == 0 and self.part_loss == 0:
             raise option_error("joint_loss", "> 0 when part_loss is 0 (else no loss is trained)", self.joint_loss)
 

@@ -2,9 +2,10 @@
 
     spec = plan("default", {"epochs": 3}, device="auto")     # every option and the device checked first
     prep = prepare(wh, dataset, PrepareConfig(**spec.prepare))
+    vectors = pretrained_vectors(wh, prep.prep_dir, spec)    # word vectors, when the preset pretrains (cached)
     reusable_version(wh, "default", overrides, spec, prep.prep_id, prep.prep_dir)   # trained already?
     out = run_dir_for(wh, dataset, "default", prep.prep_id, overrides)
-    with run_lock(out): start_run(out); train(...); register_and_promote(wh, out, ...); discard_run_dir(out)
+    with run_lock(out): start_run(out); train(..., vectors=vectors); register_and_promote(...); discard_run_dir(out)
 
 :func:`train_dataset` runs those steps in order (``reviewflow train --no-prefect``); ``flows/train.py`` wraps
 the same steps in Prefect tasks. Each rule here exists once:
@@ -30,6 +31,7 @@ from pipeline.train import promotion, registry
 from pipeline.train.config import NOT_IN_RESUME_KEY, TrainResult
 from pipeline.train.device import pick_device
 from pipeline.train.loop import model_config_for, train
+from pipeline.train.pretrain import PretrainConfig, pretrain_word_vectors
 from pipeline.train.presets import PRESETS, PresetSpec, resolve_preset
 from pipeline.train.rundir import discard_run_dir, mark_registered, registered_version, run_lock
 
@@ -60,6 +62,29 @@ def reusable_version(wh: Warehouse, preset: str, overrides: dict, spec: PresetSp
                 and trained == settings):
             return mv
     return None
+
+
+def pretrained_vectors(wh: Warehouse, prep_dir: str | Path, spec: PresetSpec, log=print) -> Path | None:
+    """The word-vector directory the preset starts its embedding from (built once per prep and parameters,
+    then reused: :func:`pipeline.train.pretrain.pretrain_word_vectors`), or None when it does not pretrain."""
+    if not spec.train.pretrained:
+        return None
+    return pretrain_word_vectors(prep_dir, wh.pretrained, pretrain_config(spec), log=log).path
+
+
+def pretrain_dataset(wh: Warehouse, dataset: str, preset: str = "default", overrides: dict | None = None,
+                     log=print) -> dict:
+    """prepare -> pretrain without Prefect (``reviewflow pretrain --no-prefect``): the word vectors that
+    ``preset`` starts from, built (or reused) for its prep of ``dataset``."""
+    overrides, spec = plan(preset, overrides)
+    prep = prepare(wh, dataset, PrepareConfig(**spec.prepare))
+    res = pretrain_word_vectors(prep.prep_dir, wh.pretrained, pretrain_config(spec), log=log)
+    return {"prep_id": prep.prep_id, "vectors": str(res.path), "cached": res.cached, **res.manifest}
+
+
+def pretrain_config(spec: PresetSpec) -> PretrainConfig:
+    """The preset's pretraining parameters; the vectors are as wide as its embedding."""
+    return PretrainConfig(**{**spec.pretrain, "dim": spec.model.embed_dim})
 
 
 def run_dir_for(wh: Warehouse, dataset: str, preset: str, prep_id: str, overrides: dict) -> Path:
@@ -127,10 +152,12 @@ def train_dataset(wh: Warehouse, dataset: str, preset: str = "default", override
     reused = reusable_version(wh, preset, overrides, spec, prep.prep_id, prep.prep_dir, retrain)
     if reused is not None:
         return summary(wh, reused.version, prep.prep_id, skipped=True)
+    vectors = pretrained_vectors(wh, prep.prep_dir, spec, log=print if progress else (lambda *_: None))
     out = run_dir_for(wh, dataset, preset, prep.prep_id, overrides)
     with run_lock(out):
         start_run(out)
-        train(prep.prep_dir, spec.train, out, device=device, progress=progress, model=spec.model, lock=False)
+        train(prep.prep_dir, spec.train, out, device=device, progress=progress, model=spec.model, lock=False,
+              vectors=vectors)
         version = register_and_promote(wh, out, preset=preset, dataset=dataset, prepare=spec.prepare)
         discard_run_dir(out)
     return summary(wh, version, prep.prep_id)

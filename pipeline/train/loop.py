@@ -37,31 +37,42 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.core.errors import InputError
-from pipeline.core.storage import sha256_file, write_json_atomic
+from pipeline.core.options import option_error
+from pipeline.core.storage import read_json, sha256_file, write_json_atomic
 from pipeline.prepare.manifest import read_manifest, verify_prep
 from pipeline.train.calibration import (calibrated_probs, calibration_report, expected_calibration_error,
                                         fit_temperature)
 from pipeline.train.checkpoint import (LoopState, reusable_result, restore, save_checkpoint, save_weights, say,
                                        usable_checkpoint)
 from pipeline.train.config import BEST, CHECKPOINT, RESULT, TrainConfig, TrainResult
+from pipeline.train.convex import design_matrix, lbfgs_epoch, make_lbfgs
 from pipeline.train.device import autocast, environment, pick_device, to_device
 from pipeline.train.loader import SplitData, iter_batches, load_split
-from pipeline.train.model import ModelConfig, SentimentModel
+from pipeline.train.model import NGRAM_ONLY, ModelConfig, SentimentModel
+from pipeline.train.pretrain import load_vectors
 from pipeline.train.rundir import run_lock
 from pipeline.train.short_texts import SHORT_HEAD, SHORT_TAIL, shorten
 from pipeline.train.weights import load_model
 
 EVAL_BATCH = 256          # evaluation batch size at least (no gradients: larger batches are cheaper)
+LBFGS_ITERS_PER_EPOCH = 100
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """Adam (AdamW with weight decay), fused where the device has it: the plain implementation spends
-    about half of each CPU step updating the big embedding; fused is much faster. Falls back quietly."""
+    about half of each CPU step updating the big embedding; fused is much faster. Falls back quietly.
+    ``optimizer="lbfgs"``: full-batch L-BFGS of the n-gram bag (:mod:`pipeline.train.convex`)."""
+    if cfg.optimizer == "lbfgs":
+        return make_lbfgs(model.ngrams, LBFGS_ITERS_PER_EPOCH)
     cls = torch.optim.AdamW if cfg.weight_decay else torch.optim.Adam
+    own_lr = cfg.embed_lr != 1.0        # discriminative fine-tuning: the (pretrained) embedding steps more gently
     ngram = [p for n, p in model.named_parameters() if n.startswith("ngrams.")]
-    rest = [p for n, p in model.named_parameters() if not n.startswith("ngrams.")]
+    embed = [p for n, p in model.named_parameters() if own_lr and n.startswith("embed.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("ngrams.") and not (own_lr and
+                                                                                          n.startswith("embed."))]
     # the n-gram bag averages hundreds of weights per review, so it needs a much larger step than the encoder
     groups = [{"params": rest}] + ([{"params": ngram, "lr": cfg.ngram_lr, "weight_decay": 0.0}] if ngram else [])
+    groups += [{"params": embed, "lr": cfg.lr * cfg.embed_lr}] if embed else []
     kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
     try:
         opt = cls(groups, fused=True, **kw)
@@ -73,6 +84,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
 
 
 def make_scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
+    if cfg.optimizer == "lbfgs":
+        return None     # its line search picks every step
     total = max(1, cfg.epochs * steps_per_epoch)
     if cfg.lr_schedule == "onecycle":
         peaks = [g["lr"] for g in opt.param_groups]
@@ -227,13 +240,20 @@ class Run:
     device: torch.device
     steps_per_epoch: int
     state: LoopState
+    pretrained: dict | None = None      # where the embedding started: {"path", "vectors_sha256"}
+    design: tuple | None = None         # L-BFGS: (sparse training matrix, labels) of pipeline.train.convex
 
 
 def train_epoch(run: Run, data: SplitData, cfg: TrainConfig, epoch: int, deadline: float | None,
                 progress: bool) -> tuple[dict, bool]:
-    """One pass over the training split: (loss/accuracy/tokens/seconds of the epoch, ran out of time)."""
+    """One pass over the training split: (loss/accuracy/tokens/seconds of the epoch, ran out of time).
+    With L-BFGS, one epoch is up to ``LBFGS_ITERS_PER_EPOCH`` full-batch iterations."""
     net, opt, sched, dev = run.net, run.opt, run.sched, run.device
+    if run.design is not None:
+        return lbfgs_epoch(net.ngrams, opt, *run.design, cfg.l2), False
     clipped = [p for n, p in net.named_parameters() if not n.startswith("ngrams.")]
+    if cfg.freeze_embed_epochs and hasattr(net, "embed"):    # gradual unfreezing: the embedding joins later
+        net.embed.weight.requires_grad_(epoch >= cfg.freeze_embed_epochs)
     net.train()
     t0, cpu0, loss_sum, correct, seen, tokens = time.perf_counter(), time.process_time(), 0.0, 0, 0, 0
     out_of_time = False
@@ -287,19 +307,23 @@ def _report(progress: bool, record: dict) -> None:
 
 def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: str = "auto",
           progress: bool = True, model: ModelConfig | dict | None = None,
-          on_epoch: Callable[[dict], None] | None = None, lock: bool = True) -> TrainResult:
+          on_epoch: Callable[[dict], None] | None = None, lock: bool = True,
+          vectors: str | Path | None = None) -> TrainResult:
     """Train on ``<prep_dir>/{train,val}``; write checkpoints and the result into ``out_dir``.
 
     Re-running with the same ``out_dir`` resumes from the last completed epoch (or returns the finished
     result), after checking what it resumes from. ``on_epoch(record)`` is called after every epoch with
     that epoch's metrics. ``lock=False``: the caller already holds :func:`run_lock` on ``out_dir``.
+    ``vectors``: the pretrained word-vector directory that ``cfg.pretrained`` asks for
+    (:func:`pipeline.train.pretrain.pretrain_word_vectors`; ``pipeline.train.job`` finds or builds it).
     """
     with run_lock(out_dir) if lock else contextlib.nullcontext():
-        return _train(Path(prep_dir), cfg, Path(out_dir), device, progress, model, on_epoch)
+        return _train(Path(prep_dir), cfg, Path(out_dir), device, progress, model, on_epoch, vectors)
 
 
 def _train(prep_dir: Path, cfg: TrainConfig, out_dir: Path, device: str, progress: bool,
-           model: ModelConfig | dict | None, on_epoch: Callable[[dict], None] | None) -> TrainResult:
+           model: ModelConfig | dict | None, on_epoch: Callable[[dict], None] | None,
+           vectors: str | Path | None = None) -> TrainResult:
     dev = pick_device(device)
     mcfg = model_config_for(prep_dir, model)
     man = read_manifest(prep_dir)
@@ -308,7 +332,7 @@ def _train(prep_dir: Path, cfg: TrainConfig, out_dir: Path, device: str, progres
     if finished is not None:
         return finished
     train_data, val_data, test_data = load_training_data(prep_dir, man)
-    run = _start(train_data, mcfg, cfg, out_dir, dev, progress)
+    run = _start(train_data, mcfg, cfg, out_dir, dev, progress, pretrained_init(cfg, mcfg, man, vectors))
     t_start = time.perf_counter() - run.state.elapsed
     deadline = None if cfg.max_seconds is None else t_start + cfg.max_seconds
     stopped = "completed"
@@ -336,11 +360,29 @@ def _train(prep_dir: Path, cfg: TrainConfig, out_dir: Path, device: str, progres
     return result
 
 
+def pretrained_init(cfg: TrainConfig, mcfg: ModelConfig, man: dict, vectors: str | Path | None) -> dict | None:
+    """What ``cfg.pretrained`` starts the embedding from: ``{"path", "vectors_sha256", "matrix"}``, checked
+    (:func:`pipeline.train.pretrain.load_vectors`), or None without pretraining."""
+    if not cfg.pretrained:
+        return None
+    if mcfg.encoder == NGRAM_ONLY:
+        raise option_error("pretrained", "null for encoder 'none' (it has no embedding)", cfg.pretrained)
+    if vectors is None:
+        raise InputError(f"pretrained={cfg.pretrained!r} needs its word vectors: train through `reviewflow train` "
+                         "(it pretrains them, cached) or pass vectors=<dir from `reviewflow pretrain`>")
+    matrix = load_vectors(vectors, str(man.get("prep_id")), mcfg.vocab_size, mcfg.embed_dim)
+    return {"path": str(vectors), "vectors_sha256": read_json(Path(vectors) / "manifest.json")["vectors_sha256"],
+            "matrix": matrix}
+
+
 def _start(train_data: SplitData, mcfg: ModelConfig, cfg: TrainConfig, out_dir: Path, dev: torch.device,
-           progress: bool) -> Run:
+           progress: bool, init: dict | None = None) -> Run:
     """Seed, build the model, optimizer and schedule, and put back a checkpoint's state when resuming."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.optimizer == "lbfgs" and (mcfg.encoder != NGRAM_ONLY or mcfg.ngram_pool != "binary"):
+        raise option_error("optimizer", "adam unless the model is a binary n-gram bag (encoder 'none', "
+                           "ngram_pool 'binary'): L-BFGS fits that convex model exactly", cfg.optimizer)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     ckpt = usable_checkpoint(out_dir, mcfg, cfg, dev, progress)
@@ -349,7 +391,11 @@ def _start(train_data: SplitData, mcfg: ModelConfig, cfg: TrainConfig, out_dir: 
         # NBSVM feature scaling from the training reviews (a resumed run loads it with the weights)
         net.ngrams.fit_nb_scale(((b.ids, b.lengths, b.labels) for b in iter_batches(train_data, 512, bucket=True)),
                                 alpha=mcfg.ngram_nb_alpha)
+    if init is not None and ckpt is None:     # a resumed run has its fine-tuned embedding in the checkpoint
+        with torch.no_grad():
+            net.embed.weight.copy_(torch.from_numpy(init["matrix"]))
     net = net.to(dev)
+    design = design_matrix(net.ngrams, train_data, dev) if cfg.optimizer == "lbfgs" else None
     opt = make_optimizer(net, cfg, dev)
     steps_per_epoch = math.ceil(len(train_data.labels) / cfg.batch_size)
     sched = make_scheduler(opt, cfg, steps_per_epoch)
@@ -359,7 +405,8 @@ def _start(train_data: SplitData, mcfg: ModelConfig, cfg: TrainConfig, out_dir: 
         say(progress, f"resuming {out_dir} at epoch {state.next_epoch + 1}")
     write_json_atomic(out_dir / "model_config.json", mcfg.to_dict())
     write_json_atomic(out_dir / "train_config.json", asdict(cfg))
-    return Run(net, opt, sched, dev, steps_per_epoch, state)
+    pretrained = None if init is None else {k: v for k, v in init.items() if k != "matrix"}
+    return Run(net, opt, sched, dev, steps_per_epoch, state, pretrained, design)
 
 
 def _finish(run: Run, cfg: TrainConfig, mcfg: ModelConfig, prep_dir: Path, out_dir: Path, man: dict,
@@ -375,6 +422,8 @@ def _finish(run: Run, cfg: TrainConfig, mcfg: ModelConfig, prep_dir: Path, out_d
         cfg, {"accuracy": r["val_accuracy"], "loss": r["val_loss"]}))["epoch"]
     metrics["params"] = best.num_params()
     metrics["optimizer_fused"] = bool(getattr(run.opt, "fused_ok", False))
+    if run.pretrained is not None:
+        metrics["pretrained"] = run.pretrained
     if test_data is not None:
         metrics.update({f"test_{k}": v for k, v in evaluate(best, test_data, EVAL_BATCH, dev).items()})
     return TrainResult(out_dir=out_dir, weights=out_dir / BEST, model_config=mcfg, train_config=cfg,

@@ -3,8 +3,10 @@
 One readable module in the spirit of nanoGPT / pytorch ``word_language_model``:
 
 * ``ModelConfig`` fully describes a model; it is saved next to the weights and rebuilds it.
-* ``SentimentModel`` switches the encoder on a string: ``rnn`` (Elman), ``lstm``, ``gru`` or
-  ``transformer``; and the pooling on another: ``last``, ``mean``, ``max``, ``maxmean``, ``attention``.
+* ``SentimentModel`` switches the encoder on a string: ``rnn`` (Elman), ``lstm``, ``gru``, ``gridlstm``
+  (a Grid LSTM over time x depth, Kalchbrenner et al. 2015: LSTM cells along both axes, so memory flows up
+  the layers as well as along the text) or ``transformer``; and the pooling on another: ``last``, ``mean``,
+  ``max``, ``maxmean``, ``attention``.
 * Optionally (``ngram_buckets > 0``) a linear bag of unigrams and hashed bigrams (and trigrams:
   ``ngram_n=3``), NB-scaled as in NBSVM, gives a second logit ("wide & deep"); the model's logit mixes the
   two (``ngram_weight``). ``encoder="none"`` is that bag alone (NBSVM / fastText style): no embedding, no
@@ -31,9 +33,11 @@ import torch.nn.functional as F
 
 from pipeline.core.options import at_least, between, check_options, option_error
 
-ENCODERS = ("rnn", "lstm", "gru", "transformer")     # the neural encoders (the zoo)
+ENCODERS = ("rnn", "lstm", "gru", "gridlstm", "transformer")     # the neural encoders (the zoo)
 NGRAM_ONLY = "none"                                  # no encoder: the model is the n-gram bag alone
 POOLINGS = ("last", "mean", "max", "maxmean", "attention")
+NGRAM_HASHES = ("mix", "prime")
+NGRAM_POOLS = ("mean", "binary")
 
 
 @dataclass
@@ -42,8 +46,8 @@ class ModelConfig:
     embed_dim: int = 128
     hidden: int = 128             # RNN hidden size per direction / transformer d_model is embed_dim
     layers: int = 1
-    encoder: str = "gru"          # rnn | lstm | gru | transformer | none (the n-gram bag alone)
-    bidirectional: bool = True    # RNNs only
+    encoder: str = "gru"          # rnn | lstm | gru | gridlstm | transformer | none (the n-gram bag alone)
+    bidirectional: bool = True    # recurrent encoders only (not transformer)
     dropout: float = 0.0          # between stacked layers and before the output layer
     embed_dropout: float = 0.0    # on the embedded tokens
     pooling: str = "maxmean"      # last | mean | max | maxmean | attention
@@ -58,6 +62,8 @@ class ModelConfig:
     ngram_nb_alpha: float = 0.0   # >0: scale each n-gram by its naive-Bayes log-count ratio (NBSVM), this smoothing
     ngram_weight: float = 0.5     # logit = (1 - w) * encoder logit + w * n-gram logit (encoder none: 1.0)
     ngram_n: int = 2              # longest n-gram in the bag: 1 unigrams, 2 + hashed bigrams, 3 + hashed trigrams
+    ngram_hash: str = "mix"       # how n-grams hash into buckets: mix (a 64-bit multiplicative hash) | prime (legacy)
+    ngram_pool: str = "mean"      # mean of weight*scale over the n-grams | binary: sum over distinct n-grams + bias
 
     def __post_init__(self):
         """Check every field (type, range, choice): a bad one is an ``InputError`` naming it."""
@@ -66,7 +72,8 @@ class ModelConfig:
         check_options(self, {**positive, **fractions, "vocab_size": at_least(3), "ngram_buckets": at_least(0),
                              "ngram_nb_alpha": at_least(0), "ngram_weight": between(0, 1),
                              "ngram_n": between(1, 3)},
-                      {"encoder": (*ENCODERS, NGRAM_ONLY), "pooling": POOLINGS, "pad_side": ("left", "right")})
+                      {"encoder": (*ENCODERS, NGRAM_ONLY), "pooling": POOLINGS, "pad_side": ("left", "right"),
+                       "ngram_hash": NGRAM_HASHES, "ngram_pool": NGRAM_POOLS})
         if self.encoder == NGRAM_ONLY:
             if not self.ngram_buckets:
                 raise option_error("ngram_buckets", "> 0 with encoder 'none' (the model is the n-gram bag alone)",
@@ -81,6 +88,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         names = {f.name for f in fields(cls)}
+        d = {"ngram_hash": "prime", **d}   # saved before the field existed: the hash those models were trained with
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -119,16 +127,11 @@ class RNNEncoder(nn.Module):
         self.exact = cfg.exact_lengths
         self.out_dim = cfg.hidden * self.dirs
         if cfg.orthogonal_init:
-            for name, p in self.named_parameters():
-                if "weight_hh" in name:
-                    for chunk in p.data.chunk(p.shape[0] // p.shape[1]):   # one square block per gate
-                        nn.init.orthogonal_(chunk)
-                elif "bias" in name:
-                    nn.init.zeros_(p)
+            orthogonal_recurrent_(self)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, T, E] right-padded -> (outputs [B, T, H*dirs], last state [B, H*dirs])."""
-        B, T, _ = x.shape
+        T = x.size(1)
         if not self.exact:  # lineage: run straight over the (front-padded) batch
             for i, (fwd, *bwd) in enumerate(self.layers):
                 x = self.dropout(x) if i else x
@@ -145,12 +148,107 @@ class RNNEncoder(nn.Module):
             if self.dirs == 2:
                 outs.append(gather_time(directions[1](gather_time(x, rev))[0], rev))
             x = torch.cat(outs, -1)
-        H = x.size(-1) // self.dirs
-        last_idx = (lengths - 1).view(B, 1, 1).expand(B, 1, H)
-        last = [x[:, :, :H].gather(1, last_idx).squeeze(1)]          # forward: real last token
-        if self.dirs == 2:
-            last.append(x[:, 0, H:])                                  # backward: ends at token 0
-        return x, torch.cat(last, -1)
+        return x, last_states(x, lengths, self.dirs)
+
+
+def orthogonal_recurrent_(module: nn.Module) -> None:
+    """Orthogonal recurrent weights (one square block per gate) and zero biases in ``module``'s RNNs."""
+    for name, p in module.named_parameters():
+        if "weight_hh" in name:
+            for chunk in p.data.chunk(p.shape[0] // p.shape[1]):   # one square block per gate
+                nn.init.orthogonal_(chunk)
+        elif "bias" in name:
+            nn.init.zeros_(p)
+
+
+def last_states(x: torch.Tensor, lengths: torch.Tensor, dirs: int) -> torch.Tensor:
+    """x [B, T, H*dirs] right-padded -> [B, H*dirs]: the forward half at each row's real last token, the
+    backward half (``dirs == 2``) at token 0, where the backward direction ends."""
+    B = x.size(0)
+    H = x.size(-1) // dirs
+    last_idx = (lengths - 1).view(B, 1, 1).expand(B, 1, H)
+    last = [x[:, :, :H].gather(1, last_idx).squeeze(1)]          # forward: real last token
+    if dirs == 2:
+        last.append(x[:, 0, H:])                                  # backward: ends at token 0
+    return torch.cat(last, -1)
+
+
+class DepthCell(nn.Module):
+    """The LSTM transform along depth of one Grid LSTM layer (one direction), for all time steps at once.
+
+    ``gates = W [h_time; h_below] + b``, ``m = f * m_below + i * g``, ``h = o * tanh(m)``: it reads the time
+    cell's output at the same step and the hidden state from the layer below, and carries the memory from
+    below (none under the first layer) up to the next layer. The forget-gate bias starts at 1, so at
+    initialisation memory flows up the layers rather than being wiped at each one."""
+
+    def __init__(self, d_below: int, hidden: int):
+        super().__init__()
+        self.gates = nn.Linear(hidden + d_below, 4 * hidden)
+        with torch.no_grad():
+            self.gates.bias[hidden:2 * hidden].fill_(1.0)
+
+    def forward(self, h_time: torch.Tensor, h_below: torch.Tensor,
+                m_below: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """h_time [B, T, H], h_below [B, T, D], m_below [B, T, H] or None -> (h, m), each [B, T, H]."""
+        i, f, g, o = self.gates(torch.cat([h_time, h_below], -1)).chunk(4, -1)
+        m = torch.sigmoid(i) * torch.tanh(g)
+        if m_below is not None:
+            m = m + torch.sigmoid(f) * m_below
+        return torch.sigmoid(o) * torch.tanh(m), m
+
+
+class GridLSTMEncoder(nn.Module):
+    """A 2-D Grid LSTM over time x depth (Kalchbrenner, Danihelka & Graves, "Grid Long Short-Term Memory",
+    2015), ``cfg.layers`` blocks deep: each block has an LSTM cell along time *and* an LSTM cell along depth,
+    each with its own memory, so the layers pass up both a hidden state and a memory (a stacked LSTM passes up
+    only the hidden state; the depth cell's gates decide how much of the lower memory to keep).
+
+    Layer ``l``, direction ``d``, step ``t``:
+
+    * time cell: ``h_time, m_time = LSTM(h_below[t], (h_time[t-1], m_time[t-1]))``, the paper's time
+      transform (its gates read ``[h_below[t]; h_time[t-1]]``);
+    * depth cell (:class:`DepthCell`): ``h, m = LSTM-along-depth([h_time[t]; h_below[t]], m_below[t])``; it
+      reads the time cell's output at step ``t`` (the paper's block reads ``h_time[t-1]``), so the top of the
+      grid sees the current token through every time cell.
+
+    Under the first layer, ``h_below`` is the embedded token and there is no memory. The depth cell has no
+    recurrence along time, so after each layer's time pass (``nn.LSTM``: the unavoidable time loop, in torch's
+    fused kernel) the depth cells of every step and row run as one batched matmul. Bidirectional: each
+    direction has its own time and depth cells and memory; the backward one runs on each row reversed within
+    its length (exact lengths, as :class:`RNNEncoder`), and the next layer reads both directions' ``h``.
+    Output as :class:`RNNEncoder`: the top layer's ``h`` at every step [B, T, H*dirs] and the last states.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dirs = 2 if cfg.bidirectional else 1
+        self.time, self.depth = nn.ModuleList(), nn.ModuleList()
+        for i in range(cfg.layers):
+            d_below = cfg.embed_dim if i == 0 else cfg.hidden * self.dirs
+            self.time.append(nn.ModuleList(nn.LSTM(d_below, cfg.hidden, batch_first=True) for _ in range(self.dirs)))
+            self.depth.append(nn.ModuleList(DepthCell(d_below, cfg.hidden) for _ in range(self.dirs)))
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.exact = cfg.exact_lengths
+        self.out_dim = cfg.hidden * self.dirs
+        if cfg.orthogonal_init:
+            orthogonal_recurrent_(self.time)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, T, E] right-padded -> (outputs [B, T, H*dirs], last state [B, H*dirs])."""
+        if not self.exact:      # run over the pads as given: every row is T long
+            lengths = torch.full_like(lengths, x.size(1))
+        rev = reverse_index(lengths, x.size(1)) if self.dirs == 2 else None
+        h, m = x, None                                                # what flows up the depth axis
+        for i, (times, depths) in enumerate(zip(self.time, self.depth)):
+            if i:
+                h = self.dropout(h)
+            h_time = [times[0](h)[0]]                                 # the time pass, one LSTM per direction
+            if self.dirs == 2:
+                h_time.append(gather_time(times[1](gather_time(h, rev))[0], rev))
+            m_below = [None] * self.dirs if m is None else m.chunk(self.dirs, -1)
+            hs, ms = zip(*(cell(ht, h, mb) for cell, ht, mb in zip(depths, h_time, m_below)))  # all steps at once
+            h, m = torch.cat(hs, -1), torch.cat(ms, -1)
+        return h, last_states(h, lengths, self.dirs)
 
 
 class PositionalEncoding(nn.Module):
@@ -188,6 +286,11 @@ class TransformerEncoder(nn.Module):
         return h, last
 
 
+def build_encoder(cfg: ModelConfig) -> nn.Module:
+    """The encoder named by ``cfg.encoder`` (one of ``ENCODERS``)."""
+    return {"transformer": TransformerEncoder, "gridlstm": GridLSTMEncoder}.get(cfg.encoder, RNNEncoder)(cfg)
+
+
 class AttentionPooling(nn.Module):
     """Additive (Bahdanau) attention over the hidden states; pads get weight exactly 0."""
 
@@ -214,16 +317,43 @@ class NgramLogit(nn.Module):
     value. It is a buffer, saved with the weights. Pads form no n-gram and are masked, so padding never
     changes the output. While training, ``dropout`` drops that share of each review's n-grams (the mean
     is over the ones kept).
+
+    ``pool="binary"`` is NBSVM's own model: each distinct n-gram of a review counts once, the logit is the
+    *sum* of their ``weight * scale`` plus a bias, i.e. a logistic regression on binarized NB-scaled
+    features, which ``pipeline.train.convex`` fits exactly (L-BFGS, L2) instead of by noisy minibatches.
     """
 
-    PRIME = 1_000_003
+    PRIME = 1_000_003                 # legacy hash ("prime"): (a * PRIME + b) % buckets
+    MIX = -0x61C8864680B583EB         # 0x9E3779B97F4A7C15 (Fibonacci hashing) as a signed int64
 
-    def __init__(self, vocab_size: int, buckets: int, dropout: float = 0.0, n: int = 2):
+    def __init__(self, vocab_size: int, buckets: int, dropout: float = 0.0, n: int = 2, hash: str = "mix",
+                 pool: str = "mean"):
         super().__init__()
-        self.vocab_size, self.buckets, self.dropout, self.n = vocab_size, buckets, dropout, n
+        self.vocab_size, self.buckets, self.dropout, self.n, self.hash = vocab_size, buckets, dropout, n, hash
+        self.pool = pool
         self.weight = nn.Embedding(vocab_size + buckets, 1, padding_idx=0)
         nn.init.zeros_(self.weight.weight)
         self.register_buffer("scale", torch.ones(vocab_size + buckets))
+        if pool == "binary":        # a logistic regression needs its intercept (the mean pool never had one)
+            self.bias = nn.Parameter(torch.zeros(1))
+
+    def bucket(self, *grams: torch.Tensor) -> torch.Tensor:
+        """Bucket ids (offset past the vocabulary) of the n-grams whose token ids are ``grams`` (n tensors).
+
+        ``mix``: the n-gram's exact key (a * V + b, then * V + c; a trigram key may wrap past 2^63, which only
+        renames it) times an odd 64-bit constant (a bijection, wrapping), modulo ``buckets``: distinct n-grams
+        spread evenly over all buckets. ``prime`` (models saved before ``ngram_hash`` existed) is kept so they
+        score as trained; it is weak: (a, b) and (a + 2, b - 3) share a bucket whenever ``buckets`` is
+        2 x PRIME - 3, so 2M buckets held IMDb's bigrams in ~250k distinct values (NB-LR 89.3 % vs 91.9 %)."""
+        if self.hash == "prime":
+            key = grams[0]
+            for g in grams[1:]:
+                key = key * self.PRIME + g
+            return self.vocab_size + key % self.buckets
+        key = grams[0]
+        for g in grams[1:]:
+            key = key * self.vocab_size + g
+        return self.vocab_size + (key * self.MIX) % self.buckets
 
     def features(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids [B, T] right-padded -> (n-gram ids [B, F] with pads as 0, real-n-gram mask [B, F]): the
@@ -232,11 +362,10 @@ class NgramLogit(nn.Module):
         t = torch.arange(T, device=ids.device).unsqueeze(0)
         feats, real = [ids], [t < lengths.unsqueeze(1)]
         if self.n >= 2 and T > 1:
-            feats.append(self.vocab_size + (ids[:, :-1] * self.PRIME + ids[:, 1:]) % self.buckets)
+            feats.append(self.bucket(ids[:, :-1], ids[:, 1:]))
             real.append(t[:, :-1] < (lengths - 1).unsqueeze(1))
         if self.n >= 3 and T > 2:
-            h = (ids[:, :-2] * self.PRIME + ids[:, 1:-1]) * self.PRIME + ids[:, 2:]   # no overflow: vocab < 5e6
-            feats.append(self.vocab_size + h % self.buckets)
+            feats.append(self.bucket(ids[:, :-2], ids[:, 1:-1], ids[:, 2:]))
             real.append(t[:, :-2] < (lengths - 2).unsqueeze(1))
         real = torch.cat(real, 1)
         return torch.cat(feats, 1).masked_fill(~real, 0), real
@@ -264,9 +393,20 @@ class NgramLogit(nn.Module):
         """Each n-gram's ``weight * scale`` (0 for pads) [B, F]; the logit is their mean over the real ones."""
         return self.weight(feats).squeeze(-1).float() * self.scale[feats] * real
 
+    @staticmethod
+    def distinct(feats: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(feats sorted per row, mask of each real n-gram's first occurrence in its row): binarized features."""
+        feats, _ = feats.masked_fill(~real, 0).sort(1)
+        first = torch.ones_like(real)
+        first[:, 1:] = feats[:, 1:] != feats[:, :-1]
+        return feats, first & (feats != 0)
+
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """ids [B, T] right-padded -> logit [B]."""
         feats, real = self.features(ids, lengths)
+        if self.pool == "binary":       # NBSVM: sum of weight * scale over the review's distinct n-grams
+            feats, real = self.distinct(feats, real)
+            return self.terms(feats, real).sum(1) + self.bias
         if self.training and self.dropout > 0:
             real = real & (torch.rand(real.shape, device=ids.device) >= self.dropout)
             feats = feats.masked_fill(~real, 0)
@@ -288,13 +428,14 @@ class SentimentModel(nn.Module):
         if cfg.encoder != NGRAM_ONLY:       # NGRAM_ONLY: the n-gram bag alone, no embedding/encoder/head parameters
             self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
             self.embed_dropout = nn.Dropout(cfg.embed_dropout)
-            self.encoder = TransformerEncoder(cfg) if cfg.encoder == "transformer" else RNNEncoder(cfg)
+            self.encoder = build_encoder(cfg)
             d = self.encoder.out_dim
             self.attention = AttentionPooling(d) if cfg.pooling == "attention" else None
             self.dropout = nn.Dropout(cfg.dropout)
             self.head = nn.Linear(2 * d if cfg.pooling == "maxmean" else d, 1)
         # built last, as it always was: its constructor draws random numbers, so the encoder's init is unchanged
-        self.ngrams = (NgramLogit(cfg.vocab_size, cfg.ngram_buckets, cfg.ngram_dropout, cfg.ngram_n)
+        self.ngrams = (NgramLogit(cfg.vocab_size, cfg.ngram_buckets, cfg.ngram_dropout, cfg.ngram_n,
+                                  cfg.ngram_hash, cfg.ngram_pool)
                        if cfg.ngram_buckets else None)
 
     def num_params(self) -> int:

@@ -118,6 +118,16 @@ def _reserve_version(wh: Warehouse, preset: str) -> str:
             n += 1
 
 
+def _pretrained_lines(t: dict, f: dict) -> list[str]:
+    """Where the embedding started, and how it was fine-tuned (discriminative lr, gradual unfreezing)."""
+    if not t.get("pretrained"):
+        return []
+    p = f.get("pretrained", {})
+    return [f"- embedding initialised from {t['pretrained']} vectors `{p.get('path', '?')}` (sha256 "
+            f"`{str(p.get('vectors_sha256', '?'))[:12]}`), fine-tuned at {t.get('embed_lr', 1.0)} x lr, frozen for "
+            f"the first {t.get('freeze_embed_epochs', 0)} epoch(s)"]
+
+
 def model_card(version: str, cfg: dict, metrics: dict, env: dict) -> str:
     m, t, f = cfg["model"], cfg["train"], metrics["final"]
     enc = m["encoder"].upper() if m["encoder"] != "transformer" else "Transformer"
@@ -165,6 +175,7 @@ def model_card(version: str, cfg: dict, metrics: dict, env: dict) -> str:
         f"{metrics.get('seconds', 0):.0f} s on {env.get('device', '?')} (torch {env.get('torch', '?')})",
         f"- batch {t['batch_size']}, lr {t['lr']} ({t['lr_schedule']}), weight decay {t['weight_decay']}, "
         f"grad clip {t['grad_clip']}, patience {t['patience']}",
+        *_pretrained_lines(t, f),
         "",
         "## Validation metrics (best checkpoint)",
         "| accuracy | loss | F1 | n |",
