@@ -3,7 +3,8 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 SOURCE  ?= ../shared/data/imdb/train.parquet
-RUN_ARGS ?=
+UNSUP   ?= ../shared/data/imdb/unsup.parquet
+RUN_ARGS ?= --also $(UNSUP) --group-col movie_id
 
 .PHONY: setup run lint test bench clean
 

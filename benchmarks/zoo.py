@@ -44,8 +44,8 @@ UNSUP_SOURCE = IMDB / "unsup.parquet"
 REFERENCE = "none"
 # name -> (what it is, ModelConfig fields on top of NEURAL for neural rows)
 ZOO: dict[str, tuple[str, dict]] = {
-    "none": ("n-gram bag alone (NBSVM-style; `fast` preset's model)",
-             dict(encoder="none", ngram_buckets=2_000_003, ngram_n=2, ngram_nb_alpha=1.0, ngram_dropout=0.3)),
+    "none": ("NBSVM: binarized NB-scaled uni+bigrams, L-BFGS (the `fast` preset's model and fit)",
+             dict(encoder="none", ngram_buckets=2_000_003, ngram_n=2, ngram_nb_alpha=1.0, ngram_pool="binary")),
     "rnn": ("Elman RNN", dict(encoder="rnn", bidirectional=False)),
     "lstm": ("LSTM", dict(encoder="lstm", bidirectional=False)),
     "gru": ("GRU", dict(encoder="gru", bidirectional=False)),
@@ -60,15 +60,22 @@ ZOO: dict[str, tuple[str, dict]] = {
 NEURAL = dict(embed_dim=128, hidden=64, layers=1, bidirectional=True, pooling="maxmean", dropout=0.5,
               embed_dropout=0.5)
 RECIPE_KEYS = ("batch_size", "lr", "weight_decay", "lr_schedule", "grad_clip", "ngram_lr")
+FINE_TUNE_KEYS = ("embed_lr", "freeze_embed_epochs")      # how `default` fine-tunes a pretrained embedding
 
 
-def recipe(epochs: int, seed: int, threads: int | None, pretrained: str | None):
-    """The one training recipe: the ``default`` preset's optimizer settings, ``epochs`` epochs, no early stop."""
+def recipe(epochs: int, seed: int, threads: int | None, pretrained: str | None, name: str = ""):
+    """The one training recipe: the ``default`` preset's optimizer settings, ``epochs`` epochs, no early stop;
+    a pretrained row also fine-tunes as ``default`` does. The reference row is fitted as ``fast`` fits it
+    (full-batch L-BFGS: a convex model has one answer, not a minibatch schedule)."""
     from pipeline.train.config import TrainConfig
     from pipeline.train.presets import PRESETS
 
+    if name == REFERENCE:
+        fast = {k: v for k, v in PRESETS["fast"]["train"].items() if k != "max_seconds"}
+        return TrainConfig(**fast, seed=seed, threads=threads)
     base = {k: PRESETS["default"]["train"][k] for k in RECIPE_KEYS}
-    extra = {"pretrained": pretrained} if pretrained else {}
+    extra = ({"pretrained": pretrained, **{k: PRESETS["default"]["train"][k] for k in FINE_TUNE_KEYS}}
+             if pretrained else {})
     return TrainConfig(**base, epochs=epochs, patience=None, select="val_accuracy", seed=seed, threads=threads,
                        **extra)
 
@@ -103,7 +110,10 @@ def prepare_data(wh: Warehouse, a: argparse.Namespace):
 def word_vectors(wh: Warehouse, prep) -> Path:
     from pipeline.train.pretrain import PretrainConfig, pretrain_word_vectors
 
-    return pretrain_word_vectors(prep.prep_dir, wh.pretrained, PretrainConfig(dim=NEURAL["embed_dim"])).path
+    from pipeline.train.presets import PRESETS
+
+    cfg = PretrainConfig(**{**PRESETS["default"].get("pretrain", {}), "dim": NEURAL["embed_dim"]})
+    return pretrain_word_vectors(prep.prep_dir, wh.pretrained, cfg).path
 
 
 def scoring_rows_per_s(result, val_data) -> float:
@@ -130,7 +140,7 @@ def run_row(wh: Warehouse, prep, name: str, model: dict, a: argparse.Namespace, 
     val_data = load_split(prep.prep_dir, "val")
     accs, secs, speeds, params = [], [], [], 0
     for seed in range(a.seeds):
-        cfg = recipe(a.epochs, seed, a.threads, a.pretrained if vectors else None)
+        cfg = recipe(a.epochs, seed, a.threads, a.pretrained if vectors else None, name)
         out = wh.root / "runs" / f"{name}-seed{seed}"
         kw = {"vectors": vectors} if vectors else {}
         res = train(prep.prep_dir, cfg, out, device=a.device, progress=not a.quiet, model=model, **kw)

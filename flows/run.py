@@ -60,8 +60,13 @@ def _step(progress_id, pct: float, logger, msg: str) -> None:
 @flow(name="reviewflow-run", flow_run_name="run-{dataset}-{preset}", log_prints=False)
 def run_flow(source: str | None = None, dataset: str = "imdb", preset: str = "default",
              warehouse: str | None = None, db: str | None = None, score_table: str | None = None,
-             retrain: bool = False, probe_timeout: float = 3.0) -> dict:
+             retrain: bool = False, probe_timeout: float = 3.0, also: list[str] | None = None,
+             group_col: str | None = None) -> dict:
     """Ingest ``source`` into ``dataset``, prepare shards, train ``preset``, score, and publish a summary.
+
+    ``also``: more sources ingested into the same dataset first (e.g. unlabelled reviews, which the
+    ``default`` preset pretrains its word vectors on); ``group_col``: their group column (e.g. ``movie_id``),
+    so that a preset with ``split_by="group"`` validates on whole held-out groups.
 
     Scoring: ``score_table`` in ``db`` when given; else the dataset's ``test`` split (table
     ``<dataset>_test_scored``) when it has one; else every row of the dataset (``<dataset>_scored``).
@@ -70,8 +75,10 @@ def run_flow(source: str | None = None, dataset: str = "imdb", preset: str = "de
     logger = get_run_logger()
     validate_name(dataset, "dataset name")
     source = str(source) if source else ACLIMDB_URL
-    if is_url(source):  # fail fast, before any work, when the network is not there
-        probe_url(source, timeout=probe_timeout)
+    sources = [source, *(also or [])]
+    for src in sources:
+        if is_url(src):  # fail fast, before any work, when the network is not there
+            probe_url(src, timeout=probe_timeout)
     wh = Warehouse.from_env(warehouse).ensure()
     whs = str(wh.root)
     prep_params = preset_prepare_params(preset)
@@ -79,8 +86,10 @@ def run_flow(source: str | None = None, dataset: str = "imdb", preset: str = "de
     progress_id = create_progress_artifact(progress=0.0, key=f"{key}-progress",
                                            description=f"reviewflow run: {dataset} / {preset}")
 
-    _step(progress_id, 2.0, logger, f"1/4 ingest {source} -> dataset {dataset!r} in {whs}")
-    ing = ingest_flow(source=source, dataset=dataset, warehouse=whs)
+    _step(progress_id, 2.0, logger, f"1/4 ingest {', '.join(sources)} -> dataset {dataset!r} in {whs}")
+    reports = [ingest_flow(source=src, dataset=dataset, warehouse=whs, group_col=group_col) for src in sources]
+    ing = {"rows_added": sum(r.get("rows_added", 0) for r in reports),
+           "duplicates": sum(r.get("duplicates", 0) for r in reports)}
 
     _step(progress_id, 25.0, logger, f"2/4 prepare {dataset!r} (preset {preset!r}: {prep_params or 'defaults'})")
     prep = dict(prepare_flow(dataset=dataset, warehouse=whs, **prep_params))  # train_flow reuses these shards

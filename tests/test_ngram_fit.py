@@ -98,3 +98,23 @@ def test_fast_preset_is_nbsvm_fitted_by_lbfgs():
     spec = resolve_preset("fast")
     assert (spec.model.encoder, spec.model.ngram_pool, spec.train.optimizer) == ("none", "binary", "lbfgs")
     assert [n for n, _ in SentimentModel(spec.model).named_parameters()] == ["ngrams.bias", "ngrams.weight.weight"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_scoring_fast_path_gives_the_binary_bags_own_logits(n):
+    """Scoring reads unpadded ids (``predictor.ngram_logits``); for a binary bag it must dedupe per row exactly
+    as the model does, and never merge n-grams across rows."""
+    from pipeline.train.predictor import ngram_logits
+
+    torch.manual_seed(n)
+    bag = NgramLogit(300, 1009, n=n, pool="binary").eval()
+    with torch.no_grad():
+        bag.weight.weight.normal_()
+        bag.weight.weight[0] = 0
+        bag.scale.uniform_(0.5, 2.0)
+        bag.bias.fill_(0.3)
+    lengths = torch.randint(1, 40, (300,))
+    ids = torch.randint(1, 12, (300, 40)) * (torch.arange(40) < lengths.unsqueeze(1))   # many repeats per row
+    flat = ids[torch.arange(40) < lengths.unsqueeze(1)].numpy()
+    got = ngram_logits(bag, flat, lengths.numpy())
+    np.testing.assert_allclose(got, bag(ids, lengths).detach().numpy(), atol=2e-5)

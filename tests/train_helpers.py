@@ -15,7 +15,7 @@ TINY_MODEL = dict(embed_dim=16, hidden=16, encoder="gru", bidirectional=True, po
                   embed_dropout=0.0)
 # the same, as overrides for a preset (CLI / flow)
 TINY_OVERRIDES = dict(TINY_PREP, embed_dim=16, hidden=16, layers=1, dropout=0.0, embed_dropout=0.0, batch_size=32,
-                      lr=0.01, epochs=2, lr_schedule="constant", ngram_buckets=997)
+                      lr=0.01, epochs=2, lr_schedule="constant", ngram_buckets=997, pretrained=None)
 
 
 def tiny_prep(wh: Warehouse, n: int = 240, dataset: str = "syn", seed: int = 0, **prep) -> Path:

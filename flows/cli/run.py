@@ -30,6 +30,12 @@ def run(
         "--score-table", help="Score this table in --db instead of the dataset's test split.")] = None,
     retrain: Annotated[bool, typer.Option("--retrain", help="Train even if an identical model exists.")] = False,
     probe_timeout: Annotated[float, typer.Option(help="Seconds to wait for the network check of a URL source.")] = 3.0,
+    also: Annotated[Optional[list[str]], typer.Option(
+        "--also", help="Another source ingested into the same dataset first (repeatable), e.g. unlabelled "
+                       "reviews for the word vectors the default preset pretrains.")] = None,
+    group_col: Annotated[Optional[str], typer.Option(
+        "--group-col", help="Group column of the sources (what each review is about, e.g. movie_id): "
+                            "validation then holds out whole groups.")] = None,
     warehouse: WarehouseOption = None,
 ) -> None:
     """Run the whole pipeline: ingest -> prepare -> train -> score -> summary (one Prefect flow).
@@ -37,6 +43,8 @@ def run(
     \b
     Examples:
       reviewflow run --source ../shared/data/imdb/train.parquet
+      reviewflow run --source ../shared/data/imdb/train.parquet --also ../shared/data/imdb/unsup.parquet \
+          --group-col movie_id                                       # what `make run` does
       reviewflow run --source ~/Downloads/aclImdb_v1.tar.gz --preset baseline
       reviewflow run                       # downloads the aclImdb tarball (network needed)
       reviewflow run --source reviews.csv --dataset shop --score-table new_reviews --db shop.duckdb
@@ -50,18 +58,22 @@ def run(
     Runs on Prefect's embedded API unless PREFECT_API_URL points at a server (`reviewflow server`).
     """
     url = source or ACLIMDB_URL
-    if is_url(url):  # before Prefect starts (that alone takes seconds)
-        probe_url(url, timeout=probe_timeout)
-    elif not Path(url).expanduser().exists():
-        raise NotFoundError(f"--source {url!r} does not exist")
+    resolved = []
+    for flag, src in [("--source", url)] + [("--also", a) for a in also or []]:
+        if is_url(src):  # before Prefect starts (that alone takes seconds)
+            probe_url(src, timeout=probe_timeout)
+            resolved.append(src)
+        elif not Path(src).expanduser().exists():
+            raise NotFoundError(f"{flag} {src!r} does not exist")
+        else:
+            resolved.append(str(Path(src).expanduser().resolve()))
     wh = warehouse_from(warehouse)
 
     # deferred: Prefect reads its settings when first imported, which main() must precede (flows/cli/__init__.py)
     from flows.run import run_flow
 
-    summary = run_flow(source=str(Path(url).expanduser().resolve()) if not is_url(url) else url,
-                       dataset=dataset, preset=preset, warehouse=str(wh.root),
+    summary = run_flow(source=resolved[0], dataset=dataset, preset=preset, warehouse=str(wh.root),
                        db=str(db) if db else None, score_table=score_table, retrain=retrain,
-                       probe_timeout=probe_timeout)
+                       probe_timeout=probe_timeout, also=resolved[1:], group_col=group_col)
     typer.echo("")
     typer.echo(summary_text(summary))

@@ -32,11 +32,16 @@ class Preprocessor:
 
     def encode(self, texts: Sequence[str] | pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """-> (ids int32 [n, max_len], lengths int32 [n]); an empty/None text gives length 0."""
+        flat, kept = self.encode_flat(texts)
+        return pad_rows(flat, kept, self.max_len, self.pad_side), kept.astype(np.int32)
+
+    def encode_flat(self, texts: Sequence[str] | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """The same ids unpadded: (ids int32 of the kept tokens, text after text in reading order, kept token
+        count per text int64). ``encode`` is exactly these placed into padded rows."""
         tok = tokenize(texts, self.strip_html)
         keep = kept_mask(tok.counts, self.max_len, self.truncate)
         flat = self._lookup.ids(tok.values if keep is None else tok.values.filter(pa.array(keep)))
-        kept = np.minimum(tok.counts, self.max_len)
-        return pad_rows(flat, kept, self.max_len, self.pad_side), kept.astype(np.int32)
+        return flat, np.minimum(tok.counts, self.max_len)
 
 
 def load_preprocessor(prep_dir: str | Path) -> Preprocessor:

@@ -76,18 +76,23 @@ class Tokens:
         return [flat[off[i]:off[i + 1]] for i in range(len(self.counts))]
 
 
-# byte classes for the numpy tokenizer
-_NORMAL, _PUNCT, _SPACE, _LEAD = 0, 1, 2, 3
+# byte classes for the tokenizer
+_NORMAL, _PUNCT, _SPACE = 0, 1, 2
 _CLASS = np.zeros(256, np.uint8)
 for _c in string.punctuation:
     _CLASS[ord(_c)] = _PUNCT
 for _c in "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f ":          # what str.split() treats as space (ASCII)
     _CLASS[ord(_c)] = _SPACE
-for _b in (0xC2, 0xE1, 0xE2, 0xE3):                     # lead bytes of the non-ASCII Unicode spaces
-    _CLASS[_b] = _LEAD
+# bytes.translate tables: a byte -> 1 if it is dropped (punctuation or space) / a space, else 0; what to delete
+_DROPPED = bytes(int(_CLASS[b] in (_PUNCT, _SPACE)) for b in range(256))
+_SPACES = bytes(int(_CLASS[b] == _SPACE) for b in range(256))
+_DELETE = bytes(b for b in range(256) if _CLASS[b] in (_PUNCT, _SPACE))   # what tokens never hold
 # non-ASCII whitespace of str.split(), as UTF-8 byte sequences
 _UNICODE_SPACES = [chr(c).encode() for c in (0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029,
                                               0x202F, 0x205F, 0x3000)]
+_UNICODE_SPACES_BY_LEAD: dict[int, list[bytes]] = {}
+for _seq in _UNICODE_SPACES:
+    _UNICODE_SPACES_BY_LEAD.setdefault(_seq[0], []).append(_seq)
 
 
 def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -101,8 +106,9 @@ def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return offsets - offsets[0], data
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenated ``arange(s, s + l)`` for each (s, l), vectorised."""
+def flat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(s, s + l)`` for each (s, l), vectorised (e.g. the flat positions of some rows'
+    tokens, from the rows' start positions and token counts)."""
     total = int(lengths.sum())
     if total == 0:
         return np.zeros(0, np.int64)
@@ -123,71 +129,77 @@ def _tag_positions(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     ok = ((second >= 97) & (second <= 122)) | (second == 47) | (second == 33)
     ok &= np.searchsorted(offsets, lt, "right") == np.searchsorted(offsets, gt, "right")
     lt, gt = lt[ok], gt[ok]
-    return _ranges(lt, gt - lt + 1)
+    return flat_ranges(lt, gt - lt + 1)
 
 
 def tokenize(texts: Sequence[str] | pa.Array, strip_html: bool = True) -> Tokens:
     """Normalise and split on whitespace. Returns flat tokens + per-text counts.
 
-    Lowercasing is arrow's ``utf8_lower``; the rest works on the UTF-8 bytes with numpy (punctuation
-    and whitespace are single ASCII bytes, plus the few multi-byte Unicode spaces), which is several
-    times faster than regex kernels and gives exactly ``str.split()`` semantics. A handful of passes
-    over the bytes, the rest over separator positions; the GIL is released by most of it.
+    Lowercasing is arrow's ``utf8_lower``; the rest works on the UTF-8 bytes (punctuation and whitespace are
+    single ASCII bytes, plus the few multi-byte Unicode spaces), which is several times faster than regex
+    kernels and gives exactly ``str.split()`` semantics. ``bytes.translate`` marks every byte (dropped:
+    punctuation or space; space) and deletes the dropped ones, one C pass each; numpy then works on the
+    positions of the dropped bytes only. A token's length is the number of kept bytes between two
+    boundaries (spaces, text starts): a boundary at byte ``p`` with ``d`` dropped bytes before it has
+    ``p - d`` kept bytes before it. A run of spaces only adds empty segments, which are not tokens.
     """
     arr = pc.utf8_lower(as_string_array(texts))
     n = len(arr)
     offsets, data = _string_buffers(arr)
-    cls = np.take(_CLASS, data)
     if strip_html:
-        cls[_tag_positions(data, offsets)] = _SPACE
-    special = np.flatnonzero(cls != 0)                              # spaces, punctuation, lead bytes
-    pos_t = np.int32 if len(data) < (1 << 31) - 1 else np.int64      # positions: half the memory traffic
-    special = special.astype(pos_t)
-    scls = cls[special]
-    lead = special[scls == _LEAD]
-    extra = []
-    if len(lead):
-        cls[lead] = _NORMAL
-        padded = np.concatenate([data, np.zeros(3, np.uint8)])
-        for seq in _UNICODE_SPACES:                                 # a Unicode space: lead byte -> space,
-            hit = lead[padded[lead] == seq[0]]                      # continuation bytes -> deleted
-            for k in range(1, len(seq)):
-                hit = hit[padded[hit + k] == seq[k]]
-            if len(hit):
-                cls[hit] = _SPACE
-                for k in range(1, len(seq)):
-                    cls[hit + k] = _PUNCT
-                    extra.append(hit + k)
-        scls = cls[special]
-    spaces = special[scls == _SPACE]
-    punct = special[scls == _PUNCT]
-    if extra:                                   # order does not matter below (searchsorted needles)
-        punct = np.concatenate([punct, *extra])
-    # segment boundaries: every space byte and every text start (row starts first on ties)
+        tags = _tag_positions(data, offsets)
+        if len(tags):
+            data = data.copy()
+            data[tags] = 32                                         # a tag is spaces
+    raw = data.tobytes()
+    hits, tails = _unicode_spaces(raw, data)
+    if len(hits):              # rare: make them ASCII spaces (a run of spaces only adds empty segments)
+        data = data.copy()
+        data[hits] = 32
+        data[tails] = 32
+        raw = data.tobytes()
+    chars = raw.translate(None, _DELETE)                            # the bytes of the tokens, in order
+    pos_t = np.int32 if len(data) < (1 << 31) - 1 else np.int64     # positions: half the memory traffic
+    dropped = np.flatnonzero(np.frombuffer(raw.translate(_DROPPED), np.bool_)).astype(pos_t)
+    is_space = np.frombuffer(raw.translate(_SPACES), np.bool_)[dropped]
+    space_at = np.flatnonzero(is_space)                             # index of each space among dropped bytes
+    spaces = dropped[space_at]
+    # boundaries: every space and every text start (a text start first on ties), as kept-byte counts
     row_starts = offsets[:-1].astype(pos_t)
     at = np.searchsorted(spaces, row_starts, "left")
-    bounds = np.insert(spaces, at, row_starts)
-    is_space = np.insert(np.ones(len(spaces), np.int8), at, 0)
-    seg_start = bounds + is_space                                    # a space byte is not in the segment
-    seg_end = np.empty_like(bounds)
-    seg_end[:-1] = bounds[1:]
-    seg_end[-1] = len(data)
-    seg_len = seg_end - seg_start
-    if len(punct):
-        seg_len -= np.bincount(np.searchsorted(bounds, punct, "right") - 1,
-                               minlength=len(bounds)).astype(pos_t)
+    kept_at = np.insert(spaces - space_at.astype(pos_t), at, row_starts - np.searchsorted(dropped, row_starts, "left"))
+    seg_len = np.diff(kept_at, append=np.asarray(len(chars), pos_t))
     nonempty = seg_len > 0
     tok_len = seg_len[nonempty]
-    # text r's segments are bounds[at[r] + r : at[r+1] + r + 1] (each text has >= 1: its start)
+    # text r's segments are kept_at[at[r] + r : at[r+1] + r + 1] (each text has >= 1: its start)
     counts = np.add.reduceat(nonempty.view(np.int8), at + np.arange(n), dtype=np.int64) if n else np.zeros(0, np.int64)
-    chars = pa.array(data).filter(pa.array(cls == _NORMAL))        # arrow's bitmap filter beats numpy here
-    chars = np.frombuffer(chars.buffers()[1], np.uint8, count=len(chars), offset=chars.offset)
     big = len(chars) > (1 << 31) - 1
     tok_off = np.zeros(len(tok_len) + 1, np.int64 if big else np.int32)
     np.cumsum(tok_len, out=tok_off[1:])
     values = pa.Array.from_buffers(pa.large_string() if big else pa.string(), len(tok_len),
                                    [None, pa.py_buffer(tok_off), pa.py_buffer(chars)])
     return Tokens(values=values, counts=counts)
+
+
+def _unicode_spaces(raw: bytes, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the multi-byte Unicode spaces of ``str.split()`` are in ``data`` (``raw``: the same bytes):
+    (positions of their first bytes, positions of their other bytes). A lead byte is looked for with one
+    C scan (``in``) first, so text without it costs nothing more."""
+    hits, tails = [], []
+    for lead_byte, seqs in _UNICODE_SPACES_BY_LEAD.items():
+        if bytes([lead_byte]) not in raw:
+            continue
+        lead = np.flatnonzero(data[:-1] == lead_byte)
+        for seq in seqs:
+            hit = lead[lead + len(seq) <= len(data)]
+            for k in range(1, len(seq)):
+                hit = hit[data[hit + k] == seq[k]]
+            if len(hit):
+                hits.append(hit)
+                tails += [hit + k for k in range(1, len(seq))]
+    if not hits:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(hits), np.concatenate(tails)
 
 
 def tokenize_reference(text: str, strip_html: bool = True) -> list[str]:
@@ -215,7 +227,7 @@ def kept_mask(counts: np.ndarray, max_len: int, truncate: str) -> np.ndarray | N
     np.cumsum(counts[:-1], out=starts[1:])
     head = {"head": max_len, "tail": 0, "head+tail": max_len // 3}[truncate]
     mask = np.ones(int(counts.sum()), bool)
-    mask[_ranges(starts[long_rows] + head, counts[long_rows] - max_len)] = False
+    mask[flat_ranges(starts[long_rows] + head, counts[long_rows] - max_len)] = False
     return mask
 
 

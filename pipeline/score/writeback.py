@@ -48,10 +48,11 @@ How a run works (and why):
   transaction together with the audit row's progress. ``kill -9`` at any moment leaves whole
   chunks only; the next run finds just what is left.
 * **The lock is held per chunk only.** DuckDB lets no other process open a file (not even
-  read-only) while a writer has it open, so a run opens the file to read a chunk, closes it,
-  runs the model, reopens it to write and commit, and closes it again. Readers
-  (``reviewflow sql``) get in between; both sides wait for each other with backoff
-  (:func:`pipeline.core.duck.connect`).
+  read-only) while a writer has it open, so a run opens the file for database work only: once per
+  chunk, to commit the chunk scored before and read the next page, then closes it. The model scores
+  chunk k on a worker thread meanwhile (it never needs the file), so reading, scoring and writing
+  overlap while chunks are still committed one by one, in page order. Readers (``reviewflow sql``) get
+  in between; both sides wait for each other with backoff (:func:`pipeline.core.duck.connect`).
 * **Memory is flat**: one chunk of (id, text) at a time plus a fixed-size score histogram.
 * Every run is recorded in the audit table ``sentiment_runs`` (:mod:`pipeline.score.audit`: ``running``
   at start, then ``completed`` or ``failed`` with the error), keyed on the Prefect flow-run id when
@@ -75,6 +76,7 @@ import os
 import re
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -85,6 +87,7 @@ import pyarrow as pa
 from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT, connection, quote_ident
 from pipeline.core.errors import InputError, NotFoundError, ReviewflowError
 from pipeline.score import audit
+from pipeline.score.attach import Attached
 from pipeline.score.audit import RUNS_TABLE
 from pipeline.score.claim import table_claim
 from pipeline.score.inputs import SENTIMENT_COLUMNS, check_table, refuse_invalid_utf8
@@ -136,12 +139,16 @@ class ModelOutputError(ReviewflowError):
     +-inf, or the wrong number of scores. The model is broken (corrupt or tampered weights?)."""
 
 
-_WHITESPACE_SQL = "' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)"   # trim() alone: spaces only
+_BLANK_RE = "'[ \\t\\n\\x0b\\x0c\\r]*'"   # RE2 pattern, as a SQL literal: only the six whitespace bytes, or nothing
 
 
 def _has_text(expr: str) -> str:
-    """SQL: ``expr`` (a VARCHAR expression) holds more than ASCII whitespace (spaces, tabs, newlines)."""
-    return f"({expr} IS NOT NULL AND length(trim({expr}, {_WHITESPACE_SQL})) > 0)"
+    """SQL: ``expr`` (a VARCHAR expression) holds more than ASCII whitespace (spaces, tabs, newlines).
+
+    The same test as ``length(trim(expr, ' ' || chr(9) || ... || chr(13))) > 0``, 30 times cheaper: a
+    regular-expression full match stops at the first other character, where trim copied every text (1.8 s
+    for 50,000 IMDb reviews, once at the start and again for every page)."""
+    return f"({expr} IS NOT NULL AND NOT regexp_full_match({expr}, {_BLANK_RE}))"
 
 
 def _stale_sql(rescore: bool) -> tuple[str, bool]:
@@ -180,13 +187,20 @@ def _has_scorable_content(text: str | None) -> bool:
     return text is not None and _WORD.search(_HTML_TAG.sub(" ", text)) is not None
 
 
+def _texts_for(predictor, texts: pa.Array | pa.ChunkedArray):
+    """The chunk's texts as the predictor takes them: the Arrow array itself when it says it reads Arrow
+    (``accepts_arrow = True``, e.g. :class:`pipeline.train.predictor.Predictor`: no Python string per
+    row), else a list of str / None."""
+    return texts if getattr(predictor, "accepts_arrow", False) is True else texts.to_pylist()
+
+
 def predict_chunk(predictor: PredictorLike, texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Scores for ``texts`` in their order, from ONE ``predict_proba`` call: the predictor sorts by length
     and batches itself. (Sorting here as well bought nothing: on 4,096 IMDb reviews, one thread, the
     ``default`` model, a sort by length here plus batches of 256 took 5.5-5.9 s, one call 5.2 s.)
 
     Raises :class:`ModelOutputError` when the answer is not one number per text."""
-    batch = texts.to_pylist()
+    batch = _texts_for(predictor, texts)
     with _inference_context():
         answer = predictor.predict_proba(batch)
     try:
@@ -227,7 +241,7 @@ def predict_chunk_with_coverage(predictor: PredictorLike, texts: pa.Array | pa.C
     if with_coverage is None:
         scores = predict_chunk(predictor, texts)
         return ChunkPrediction(scores, np.full(len(scores), np.nan), np.zeros(len(scores), bool))
-    batch = texts.to_pylist()
+    batch = _texts_for(predictor, texts)
     with _inference_context():
         answer = with_coverage(batch)
     version, n = predictor.version, len(batch)
@@ -304,7 +318,8 @@ def score_table(db_path: str | os.PathLike, table: str, predictor: PredictorLike
     rule = getattr(predictor, "coverage_rule", None)
     report = ScoreReport(run_id=audit.new_run_id(run_id), table=table, db_path=str(db_path), model=run.version,
                          threshold=threshold, coverage_rule=rule.to_dict() if hasattr(rule, "to_dict") else None)
-    with table_claim(db_path, table, lock_timeout, on_wait):
+    with table_claim(db_path, table, lock_timeout, on_wait), Attached(db_path, timeout=lock_timeout,
+                                                                      on_wait=on_wait) as run.attached:
         t0 = time.perf_counter()
         _start(run, report, blob_as_utf8)
         if progress is not None:
@@ -342,9 +357,13 @@ class _Run:
     stale: str = ""                # SQL: the row needs a (new) score; reads the sentiment columns only
     candidate: str = ""            # SQL: stale and has text
     params: list = field(default_factory=list)   # parameters of ``stale`` / ``candidate``
+    attached: Attached | None = None             # the file's steps while the run holds the table's claim
 
     def connect(self):
-        """The database file, opened for one step (DuckDB lets no other process in while it is open)."""
+        """The database file, opened for one step (DuckDB lets no other process in while it is open): attached
+        to the run's in-memory instance (:mod:`pipeline.score.attach`, 30 times cheaper than a connection)."""
+        if self.attached is not None:
+            return self.attached.step()
         return connection(self.db_path, timeout=self.lock_timeout, on_wait=self.on_wait)
 
 
@@ -380,32 +399,81 @@ def _start(run: _Run, report: ScoreReport, blob_as_utf8: bool) -> None:
 
 def _score_chunks(run: _Run, report: ScoreReport, predictor: PredictorLike, batch_size: int, chunk_rows: int,
                   progress: ProgressFn | None, after_chunk) -> np.ndarray:
-    """Read, score and write back chunk after chunk until no candidate is left. -> the score histogram."""
-    hist = np.zeros(_HIST_BINS, dtype=np.int64)
-    last, processed = None, 0
-    while True:
-        page = _read_chunk(run, last, chunk_rows, batch_size)
+    """Read, score and write back chunk after chunk until no candidate is left. -> the score histogram.
+
+    Pipelined, in step order: the model scores chunk k on a worker thread while this thread opens the file
+    once to commit chunk k-1 and read page k+1, and closes it again. So the file is open for database work
+    only (never while a model runs alone), the model never waits for the database, and every chunk is still
+    one transaction committed in page order. A failure is raised where the one-step-at-a-time loop raised it:
+    a model error after the chunks before it are committed, a read error after the chunk before it."""
+    tally = _Tally()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reviewflow-score") as pool:
+        with run.connect() as con:
+            page = _read_chunk(con, run, None, chunk_rows, batch_size)
+        scored: _Scored | None = None                  # scored, not yet committed
+        while page is not None or scored is not None:
+            work = (pool.submit(_score_page, run, report.threshold, predictor, page[0])
+                    if page is not None and page[0].num_rows else None)
+            try:
+                nxt, read_error = _commit_and_read(run, report, scored, page, chunk_rows, batch_size)
+            except BaseException:
+                _abandon(work)
+                raise
+            if scored is not None:
+                _after_commit(report, scored, tally, progress, after_chunk)
+            scored = work.result() if work is not None else None
+            if read_error is not None:             # the chunk scored before the bad page is committed first
+                if scored is not None:
+                    with run.connect() as con:
+                        _write_chunk(con, run, report.run_id, scored)
+                    _after_commit(report, scored, tally, progress, after_chunk)
+                raise read_error
+            page = nxt
+    return tally.hist
+
+
+def _abandon(work: Future | None) -> None:
+    """Let a chunk being scored finish (its result is dropped): the worker never outlives the run."""
+    if work is not None:
+        work.cancel()
+        with contextlib.suppress(BaseException):
+            work.result()
+
+
+def _commit_and_read(run: _Run, report: ScoreReport, scored: _Scored | None, page, chunk_rows: int,
+                     batch_size: int) -> tuple[Any, Exception | None]:
+    """One opening of the file: commit ``scored`` (if any), then read the page after ``page`` (if any).
+    -> (next page or None, the read's error: returned, not raised, so the caller commits the chunk it is
+    scoring first)."""
+    with run.connect() as con:
+        if scored is not None:
+            _write_chunk(con, run, report.run_id, scored)
         if page is None:
-            return hist
-        chunk, last_in_page = page
-        if chunk.num_rows:                 # else a page of rows without text only: step over it
-            answer = predict_chunk_with_coverage(predictor, chunk.column("text"))     # no lock held
-            unknown = answer.unknown            # never a score for these, even if the predictor gave one
-            ok = check_scores(answer.scores, chunk, run.version, run.table, unknown) & ~unknown
-            written = ok | unknown
-            s = answer.scores[ok]
-            _write_chunk(run, report.run_id, chunk.column("id").filter(pa.array(written)),
-                         _ChunkColumns(answer.scores[written], answer.coverage[written], unknown[written]),
-                         report.threshold, skipped=int((~written).sum()))
-            _count_chunk(report, s, int(unknown.sum()), int((~written).sum()))
-            hist += np.histogram(s, bins=_HIST_BINS, range=(0.0, 1.0))[0]
-            report.chunks += 1
-            processed += chunk.num_rows
-            if progress is not None:
-                progress(min(processed, report.rows_to_score), report.rows_to_score)
-            if after_chunk is not None:
-                after_chunk(report)
-        last = last_in_page
+            return None, None
+        try:
+            return _read_chunk(con, run, page[1], chunk_rows, batch_size), None
+        except Exception as exc:        # noqa: BLE001 - re-raised by the caller, after the chunk in flight
+            return None, exc
+
+
+@dataclass
+class _Tally:
+    """What the committed chunks add up to: the histogram of their scores, and their candidates."""
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(_HIST_BINS, dtype=np.int64))
+    processed: int = 0
+
+
+def _after_commit(report: ScoreReport, scored: _Scored, tally: _Tally, progress: ProgressFn | None,
+                  after_chunk) -> None:
+    """Count a committed chunk into the report and the tally, then tell ``progress`` and ``after_chunk``."""
+    _count_chunk(report, scored.written_scores, scored.unknown, scored.skipped)
+    tally.hist += np.histogram(scored.written_scores, bins=_HIST_BINS, range=(0.0, 1.0))[0]
+    report.chunks += 1
+    tally.processed += scored.rows
+    if progress is not None:
+        progress(min(tally.processed, report.rows_to_score), report.rows_to_score)
+    if after_chunk is not None:
+        after_chunk(report)
 
 
 def _count_chunk(report: ScoreReport, scores: np.ndarray, unknown: int, skipped: int) -> None:
@@ -419,56 +487,69 @@ def _count_chunk(report: ScoreReport, scores: np.ndarray, unknown: int, skipped:
     report.label_counts["unknown"] += unknown
 
 
-def _read_chunk(run: _Run, last, chunk_rows: int, batch_size: int) -> tuple[pa.Table, Any] | None:
+def _read_chunk(con, run: _Run, last, chunk_rows: int, batch_size: int) -> tuple[pa.Table, Any] | None:
     """The next page of up to ``chunk_rows`` stale ids after ``last`` (keyset pagination: cheap to resume
     after reopening), and the (id, text) of its candidates. -> (chunk, last id of the page), None when done."""
     T, ID = quote_ident(run.table), quote_ident(run.id_col)
     after = f" AND {ID} > ?" if last is not None else ""
     after_p = [last] if last is not None else []
-    with run.connect() as con:
-        ids = con.sql(f"SELECT {ID} FROM {T} WHERE {run.stale}{after} ORDER BY {ID} LIMIT {int(chunk_rows)}",
-                      params=run.params + after_p).to_arrow_table()
-        if ids.num_rows == 0:
-            return None
-        hi = ids.column(0)[-1].as_py()
-        page = f"TRUE{after} AND {ID} <= ?"
-        if run.is_blob:        # a BLOB written since the start may not be UTF-8: name it
-            refuse_invalid_utf8(con, run.table, run.id_col, run.text_col, page, after_p + [hi])
-        reader = con.sql(
-            f"SELECT {ID} AS id, {run.text} AS text FROM {T} WHERE {run.candidate} AND {page} ORDER BY {ID}",
-            params=run.params + after_p + [hi],
-        ).to_arrow_reader(batch_size=max(batch_size, 1024))
-        return pa.Table.from_batches(list(reader), schema=reader.schema), hi
+    ids = con.sql(f"SELECT {ID} FROM {T} WHERE {run.stale}{after} ORDER BY {ID} LIMIT {int(chunk_rows)}",
+                  params=run.params + after_p).to_arrow_table()
+    if ids.num_rows == 0:
+        return None
+    hi = ids.column(0)[-1].as_py()
+    page = f"TRUE{after} AND {ID} <= ?"
+    if run.is_blob:        # a BLOB written since the start may not be UTF-8: name it
+        refuse_invalid_utf8(con, run.table, run.id_col, run.text_col, page, after_p + [hi])
+    reader = con.sql(
+        f"SELECT {ID} AS id, {run.text} AS text FROM {T} WHERE {run.candidate} AND {page} ORDER BY {ID}",
+        params=run.params + after_p + [hi],
+    ).to_arrow_reader(batch_size=max(batch_size, 1024))
+    return pa.Table.from_batches(list(reader), schema=reader.schema), hi
 
 
 @dataclass
-class _ChunkColumns:
-    """The rows of a chunk to write, aligned with their ids: score (NaN where unknown), coverage (NaN: not
-    reported) and whether the model could not read the row."""
-    scores: np.ndarray
-    coverage: np.ndarray
-    unknown: np.ndarray
+class _Scored:
+    """A chunk scored and checked, ready to commit: the rows to write (``out``: id, score, label, coverage),
+    the scores written, and the counts of unknown and skipped rows."""
+    out: pa.Table
+    written_scores: np.ndarray
+    unknown: int
+    skipped: int
+    rows: int                 # candidates in the chunk (written or skipped)
 
 
-def _write_chunk(run: _Run, run_id: str, ids: pa.ChunkedArray, rows: _ChunkColumns, threshold: float,
-                 skipped: int) -> None:
+_LABELS = pa.array(["negative", "positive", "unknown"], pa.string())
+
+
+def _score_page(run: _Run, threshold: float, predictor: PredictorLike, chunk: pa.Table) -> _Scored:
+    """Score one page's candidates (on the worker thread; no database work) and check the answer."""
+    answer = predict_chunk_with_coverage(predictor, chunk.column("text"))
+    unknown = answer.unknown            # never a score for these, even if the predictor gave one
+    ok = check_scores(answer.scores, chunk, run.version, run.table, unknown) & ~unknown
+    written = ok | unknown
+    scores, coverage, unknown_w = answer.scores[written], answer.coverage[written], unknown[written]
+    codes = np.where(unknown_w, 2, (scores >= threshold).astype(np.int64))
+    out = pa.table({"id": chunk.column("id").filter(pa.array(written)),
+                    "score": pa.array(scores, pa.float64(), mask=unknown_w | np.isnan(scores)),
+                    "label": _LABELS.take(pa.array(codes)),
+                    "coverage": pa.array(coverage, pa.float64(), mask=np.isnan(coverage))})
+    return _Scored(out, answer.scores[ok], int(unknown.sum()), int((~written).sum()), chunk.num_rows)
+
+
+def _write_chunk(con, run: _Run, run_id: str, scored: _Scored) -> None:
     """Write one chunk's scores back: ONE transaction, together with the audit row's progress, so
     ``kill -9`` at any moment leaves whole chunks only. Unknown rows get label 'unknown' and a NULL score."""
     T, ID = quote_ident(run.table), quote_ident(run.id_col)
-    labels = np.where(rows.unknown, "unknown", np.where(rows.scores >= threshold, "positive", "negative"))
-    out = pa.table({"id": ids,
-                    "score": pa.array(rows.scores, pa.float64(), mask=rows.unknown | np.isnan(rows.scores)),
-                    "label": pa.array(labels.tolist(), pa.string()),
-                    "coverage": pa.array(rows.coverage, pa.float64(), mask=np.isnan(rows.coverage))})
-    with run.connect() as con:
-        con.register(_CHUNK_VIEW, out)
+    con.register(_CHUNK_VIEW, scored.out)
+    try:
         con.execute("BEGIN")
         con.execute(
             f"UPDATE {T} SET sentiment_score = c.score, sentiment_label = c.label, sentiment_model = ?, "
             f"scored_at = now(), sentiment_coverage = c.coverage FROM {_CHUNK_VIEW} AS c WHERE {T}.{ID} = c.id",
             [run.version],
         )
-        n_unknown = int(rows.unknown.sum())
-        audit.add_progress(con, run_id, len(rows.scores) - n_unknown, skipped, n_unknown)
+        audit.add_progress(con, run_id, len(scored.written_scores), scored.skipped, scored.unknown)
         con.execute("COMMIT")
+    finally:
         con.unregister(_CHUNK_VIEW)

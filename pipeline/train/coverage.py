@@ -24,6 +24,7 @@ share half their words with English ("Der Film war sehr gut", 4 of 5) pass. A te
 fewer than half known and the score rests on ``<unk>`` more than on the text.
 
     >>> known, share = coverage_of(ids, lengths)          # vectorised over an encoded batch
+    >>> known, share = coverage_of_flat(flat, lengths)    # the same over unpadded rows
     >>> DEFAULT_RULE.readable(known, share)               # -> bool mask
 """
 
@@ -75,6 +76,20 @@ def coverage_of(ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.nd
     ids, lengths = np.asarray(ids), np.asarray(lengths, dtype=np.int64)
     # <pad> (0) < <unk> (1) < every real token: ids above <unk> are exactly the known tokens
     known = (ids > UNK_ID).sum(axis=1, dtype=np.int64) if ids.size else np.zeros(len(lengths), np.int64)
+    share = np.full(len(lengths), np.nan, dtype=np.float64)
+    has_tokens = lengths > 0
+    share[has_tokens] = known[has_tokens] / lengths[has_tokens]
+    return known, share
+
+
+def coverage_of_flat(flat: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`coverage_of` for unpadded rows: ``flat`` holds the rows' token ids one row after another and
+    ``lengths`` [n] their counts. The same numbers, without an [n, max_len] array."""
+    flat, lengths = np.asarray(flat), np.asarray(lengths, dtype=np.int64)
+    seen = np.zeros(len(flat) + 1, np.int64)
+    np.cumsum(flat > UNK_ID, out=seen[1:])
+    ends = np.cumsum(lengths)
+    known = seen[ends] - seen[ends - lengths]
     share = np.full(len(lengths), np.nan, dtype=np.float64)
     has_tokens = lengths > 0
     share[has_tokens] = known[has_tokens] / lengths[has_tokens]

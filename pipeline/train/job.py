@@ -37,9 +37,10 @@ from pipeline.train.rundir import discard_run_dir, mark_registered, registered_v
 
 
 def plan(preset: str, overrides: dict | None, device: str = "auto") -> tuple[dict, PresetSpec]:
-    """(the overrides that were set, the resolved preset): unset (None) overrides dropped, every option and
-    the device checked, before any data is read (``InputError`` naming the option)."""
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    """(the overrides, the resolved preset): every option and the device checked, before any data is read
+    (``InputError`` naming the option). A None value is applied as None (``--set pretrained=null``: no
+    pretraining; ``patience=null``: never stop early); callers leave out the flags the user did not set."""
+    overrides = dict(overrides or {})
     spec = resolve_preset(preset, overrides)
     pick_device(device)
     return overrides, spec

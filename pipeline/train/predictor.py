@@ -12,19 +12,25 @@ version's coverage rule (``config.json`` ``"coverage"``, else the default rule) 
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 import torch
 
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import IntegrityError
 from pipeline.prepare.preprocess import load_preprocessor
+from pipeline.prepare.text import flat_ranges, pad_rows
 from pipeline.train import registry
-from pipeline.train.coverage import CoverageRule, coverage_of, rule_from_config
+from pipeline.train.coverage import CoverageRule, coverage_of_flat, rule_from_config
 from pipeline.train.loader import trim_padding
+from pipeline.train.model import NGRAM_ONLY, NgramLogit
 from pipeline.train.weights import load_model
 
 
@@ -53,15 +59,33 @@ class Prediction:
 
 @dataclass(frozen=True)
 class _Encoded:
-    """The texts with tokens among ``n``: their positions ``rows``, padded ``ids`` and token ``lengths``."""
+    """The texts with tokens among ``n``: their positions ``rows``, their kept token ids unpadded, one text
+    after another (``flat``), and their token counts ``lengths`` (all > 0). Rows are padded per batch only
+    (:meth:`padded`), and an n-gram-only model never pads them."""
 
     n: int
     rows: np.ndarray
-    ids: np.ndarray
+    flat: np.ndarray
     lengths: np.ndarray
 
+    @property
+    def starts(self) -> np.ndarray:
+        starts = np.zeros(len(self.lengths), np.int64)
+        np.cumsum(self.lengths[:-1], out=starts[1:])
+        return starts
+
     def subset(self, mask: np.ndarray) -> "_Encoded":
-        return _Encoded(self.n, self.rows[mask], self.ids[mask], self.lengths[mask])
+        if mask.all():
+            return self
+        sel = np.flatnonzero(mask)
+        lengths = self.lengths[sel]
+        return _Encoded(self.n, self.rows[sel], self.flat[flat_ranges(self.starts[sel], lengths)], lengths)
+
+    def padded(self, sel: np.ndarray, width: int, pad_side: str) -> np.ndarray:
+        """Rows ``sel`` as ids [len(sel), width] padded with 0 on ``pad_side`` (what ``Preprocessor.encode``
+        gives, trimmed to ``width`` columns)."""
+        lengths = self.lengths[sel]
+        return pad_rows(self.flat[flat_ranges(self.starts[sel], lengths)], lengths, width, pad_side)
 
 
 class Predictor:
@@ -71,6 +95,10 @@ class Predictor:
     returns NaN only for a text with nothing to score (None, blank, no tokens); ``predict_with_coverage``
     also leaves NaN for a text the model cannot read (its coverage rule); a non-finite model output
     raises :class:`IntegrityError`, so a damaged model fails a scoring run instead of leaving rows unscored."""
+
+    #: ``predict_proba`` / ``predict_with_coverage`` also take an Arrow string array (NULL: no text), so
+    #: scoring hands over its chunk without making a Python string of every row
+    accepts_arrow = True
 
     def __init__(self, model_dir: str | Path, version: str | None = None, device: str = "cpu",
                  batch_size: int = 256):
@@ -102,55 +130,96 @@ class Predictor:
         return (torch.from_numpy(np.ascontiguousarray(ids)).long().to(self.device),
                 torch.from_numpy(lengths).long().to(self.device))
 
-    def _encode_rows(self, texts: Sequence[str | None]) -> _Encoded:
-        """Encode the texts that have tokens, once (coverage and the model read the same ids)."""
-        texts = list(texts)
-        keep = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
-        if not keep:
-            return _Encoded(len(texts), np.zeros(0, np.int64), np.zeros((0, self.max_len), np.int32),
-                            np.zeros(0, np.int32))
-        ids, lengths = self.preprocessor.encode([texts[i] for i in keep])
-        keep, lengths = np.asarray(keep), np.asarray(lengths)
-        has_tokens = lengths > 0
-        return _Encoded(len(texts), keep[has_tokens], np.asarray(ids)[has_tokens], lengths[has_tokens])
+    def _encode_rows(self, texts: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> _Encoded:
+        """Encode the texts that have tokens, once (coverage and the model read the same ids). ``texts``: a
+        sequence (None, non-strings and blank texts have no tokens) or an Arrow string array (NULL: none)."""
+        if isinstance(texts, (pa.Array, pa.ChunkedArray)):
+            n, keep = len(texts), None
+        else:
+            texts = list(texts)
+            n = len(texts)
+            keep = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+            if not keep:
+                return _Encoded(n, np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32))
+            texts = [texts[i] for i in keep] if len(keep) < n else texts
+        flat, lengths = self.preprocessor.encode_flat(texts)
+        lengths = lengths.astype(np.int32)
+        rows = np.arange(n) if keep is None else np.asarray(keep)
+        encoded = _Encoded(n, rows, flat, lengths)
+        return encoded.subset(lengths > 0)     # blank or punctuation-only texts: no tokens, no score
 
-    def predict_proba(self, texts: Sequence[str | None]) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str | None] | pa.Array) -> np.ndarray:
         """P(positive) per text, in input order: the model's output for every text with tokens, whatever its
         coverage (:meth:`predict_with_coverage` adds which texts the model can read, and scores only those)."""
-        return self._proba(self._encode_rows(texts))
+        return self._in_parts(texts, lambda part: self._proba(self._encode_rows(part)), np.concatenate)
 
-    def predict_with_coverage(self, texts: Sequence[str | None]) -> Prediction:
+    def predict_with_coverage(self, texts: Sequence[str | None] | pa.Array) -> Prediction:
         """Coverage of every text, and a score for the readable ones only (see :class:`Prediction`): a text
         below :attr:`coverage_rule` never reaches the model, so it never gets a confident-looking number."""
+        return self._in_parts(texts, self._with_coverage, _joined)
+
+    def _with_coverage(self, texts: Sequence[str | None] | pa.Array) -> Prediction:
         encoded = self._encode_rows(texts)
         known = np.zeros(encoded.n, np.int64)
         tokens = np.zeros(encoded.n, np.int64)
         share = np.full(encoded.n, np.nan, dtype=np.float64)
-        known[encoded.rows], share[encoded.rows] = coverage_of(encoded.ids, encoded.lengths)
+        known[encoded.rows], share[encoded.rows] = coverage_of_flat(encoded.flat, encoded.lengths)
         tokens[encoded.rows] = encoded.lengths
         readable = self.coverage_rule.readable(known, share)
         score = self._proba(encoded.subset(readable[encoded.rows]))
         return Prediction(score=score, known=known, tokens=tokens, coverage=share, readable=readable)
 
+    def _in_parts(self, texts, answer, join):
+        """``answer(texts)``; for an n-gram-only model, ``answer`` of consecutive slices of the texts on up to
+        ``torch.get_num_threads()`` threads at once, joined in input order. Its numpy and Arrow work releases
+        the GIL, so one call uses every core the caller gave torch, and a text's answer does not depend on the
+        texts it comes with (up to torch's sigmoid rounding a value 1 ulp apart by its place in the array).
+        Torch models parallelise inside torch already."""
+        parts = min(torch.get_num_threads(), len(texts) // _MIN_PART_TEXTS) if self._flat_ngrams() else 1
+        if parts <= 1:
+            return answer(texts)
+        if not isinstance(texts, (pa.Array, pa.ChunkedArray)):
+            texts = list(texts)
+        cuts = np.linspace(0, len(texts), parts + 1).astype(int)
+        slices = [texts[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+        return join(list(_pool(parts).map(answer, slices)))
+
     @torch.inference_mode()
     def _proba(self, encoded: _Encoded) -> np.ndarray:
         """P(positive) of the encoded rows, placed at their positions (NaN elsewhere). Rows are sorted by token
         count and batched, so that a batch carries little padding: callers pass texts in any order (this is
-        the one place rows are sorted)."""
+        the one place rows are sorted). An n-gram-only model reads the unpadded ids in one pass instead
+        (:func:`ngram_logits`, the same logits without padding every text to ``max_len``)."""
         out = np.full(encoded.n, np.nan, dtype=np.float64)
-        keep, ids, lengths = encoded.rows, encoded.ids, encoded.lengths
+        if self._flat_ngrams():
+            if len(encoded.rows):
+                logits = torch.from_numpy(ngram_logits(self.model.ngrams, encoded.flat, encoded.lengths))
+                out[encoded.rows] = self._calibrated(logits, encoded.lengths)
+            return out
+        keep, lengths = encoded.rows, encoded.lengths
         order = np.argsort(lengths, kind="stable")
         for s in range(0, len(order), self.batch_size):
             sel = order[s:s + self.batch_size]
-            x, n = self._batch(ids[sel], lengths[sel])
-            t = np.where(lengths[sel] <= self.short_max_tokens, self.short_temperature, self.temperature)
-            probs = torch.sigmoid(self.model(x, n)[0].float().cpu() / torch.from_numpy(t).float()).numpy()
-            if not np.isfinite(probs).all():
-                raise IntegrityError(f"model {self.version} produced {int((~np.isfinite(probs)).sum())} non-finite "
-                                     f"score(s) for {len(sel)} texts: its weights are damaged; retrain or promote "
-                                     "another version")
-            out[keep[sel]] = probs
+            width = max(int(lengths[sel].max()), 1) if self.model_config.exact_lengths else self.max_len
+            x, n = self._batch(encoded.padded(sel, width, self.preprocessor.pad_side), lengths[sel])
+            out[keep[sel]] = self._calibrated(self.model(x, n)[0], lengths[sel])
         return out
+
+    def _flat_ngrams(self) -> bool:
+        """Whether the model is the n-gram bag alone, in eval mode: then :func:`ngram_logits` is its output."""
+        bag = self.model.ngrams
+        return (self.model_config.encoder == NGRAM_ONLY and isinstance(bag, NgramLogit) and not self.model.training
+                and not bag.training and self.device.type == "cpu")
+
+    def _calibrated(self, logits: torch.Tensor, lengths: np.ndarray) -> np.ndarray:
+        """P(positive) = sigmoid(logit / T), T by the text's token count; a non-finite one is an IntegrityError."""
+        t = np.where(lengths <= self.short_max_tokens, self.short_temperature, self.temperature)
+        probs = torch.sigmoid(logits.float().cpu() / torch.from_numpy(t).float()).numpy()
+        if not np.isfinite(probs).all():
+            raise IntegrityError(f"model {self.version} produced {int((~np.isfinite(probs)).sum())} non-finite "
+                                 f"score(s) for {len(lengths)} texts: its weights are damaged; retrain or promote "
+                                 "another version")
+        return probs
 
     def _encode_one(self, text) -> tuple[np.ndarray, np.ndarray] | None:
         """(ids [1, max_len], lengths [1]) of one text, or None when it has no tokens to explain."""
@@ -213,3 +282,127 @@ def load_predictor(wh: Warehouse, model: str = "champion", device: str = "cpu", 
     """A Predictor for a registered version (or the champion)."""
     mv = registry.get(wh, model)
     return Predictor(mv.path, version=mv.version, device=device, batch_size=batch_size)
+
+
+_MIN_PART_TEXTS = 512           # fewer texts than this per thread: not worth a thread
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``workers`` threads for :meth:`Predictor._in_parts` (made once, reused)."""
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reviewflow-predict")
+        return _POOLS[workers]
+
+
+def _joined(parts: list[Prediction]) -> Prediction:
+    """The predictions of consecutive slices of texts as one, in order."""
+    return Prediction(**{f: np.concatenate([getattr(p, f) for p in parts])
+                         for f in ("score", "known", "tokens", "coverage", "readable")})
+
+
+def ngram_logits(bag: NgramLogit, flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The logit of ``bag`` (the n-gram bag alone, eval mode) for unpadded rows: ``flat`` their token ids one
+    row after another, ``lengths`` [m] their counts (> 0). float32 [m]: the numbers ``bag(ids, lengths)``
+    gives for the same rows padded (the mean of ``weight * scale`` over the row's real n-grams), up to float
+    rounding (sums are taken in float64), without padding every text to ``max_len``.
+
+    Each position's terms (its unigram, and the bigram and trigram that start there and stay within its row)
+    are added up in place, then each row's are summed (``reduceat``). The bag's hash runs on every
+    position; the few k-grams that would cross into the next row are zeroed instead of masked out."""
+    lengths = np.asarray(lengths, np.int64)
+    if bag.pool == "binary":
+        return binary_ngram_logits(bag, flat, lengths)
+    table, bucket = _ngram_plan(bag)
+    ids = np.asarray(flat, np.int64)
+    terms = table[ids].astype(np.float64)
+    ends = np.cumsum(lengths)
+    count = lengths.copy()
+    for k in range(2, bag.n + 1):
+        span = len(ids) - k + 1                          # every k consecutive tokens, rows or not ...
+        if span <= 0:
+            break
+        part = table[bucket(*(ids[j:j + span] for j in range(k)))]
+        for j in range(1, k):                            # ... but those starting in a row's last k-1 tokens
+            cut = ends - j                               # run into the next row: they are no n-gram
+            part[cut[(cut >= ends - lengths) & (cut < span)]] = 0.0
+        terms[:span] += part
+        count += np.maximum(lengths - (k - 1), 0)
+    sums = np.zeros(len(lengths), np.float64)
+    has = lengths > 0                                    # each row summed on its own: no other row changes it
+    if has.any():
+        sums[has] = np.add.reduceat(terms, (ends - lengths)[has])
+    return (sums / np.maximum(count, 1)).astype(np.float32)
+
+
+def binary_ngram_logits(bag: NgramLogit, flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """:func:`ngram_logits` of a binary bag (``pool="binary"``): each row's distinct n-grams, found with one
+    hash-based ``pandas.unique`` over (row, feature id) keys instead of a sort per row; their ``weight *
+    scale`` summed per row (``bincount``), plus the bias."""
+    table, bucket = _ngram_plan(bag)
+    ids = np.asarray(flat, np.int64)
+    row = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    ends = np.cumsum(lengths)
+    keys = [row * (len(table) + 1) + ids]
+    for k in range(2, bag.n + 1):
+        span = len(ids) - k + 1
+        if span <= 0:
+            break
+        inside = np.ones(span, bool)                     # k-grams starting in a row's last k-1 tokens cross rows
+        for j in range(1, k):
+            cut = ends - j
+            inside[cut[(cut >= ends - lengths) & (cut < span)]] = False
+        grams = bucket(*(ids[j:j + span] for j in range(k)))
+        keys.append((row[:span] * (len(table) + 1) + grams)[inside])
+    distinct = pd.unique(np.concatenate(keys))
+    sums = np.bincount(distinct // (len(table) + 1), weights=table[distinct % (len(table) + 1)],
+                       minlength=len(lengths))
+    return (sums + float(bag.bias.detach())).astype(np.float32)
+
+
+_PLANS: dict = {}
+
+
+def _ngram_plan(bag: NgramLogit):
+    """(each feature id's ``weight * scale`` as float32 numpy, the bag's bucket hash on int64 numpy arrays),
+    cached per bag while its weights are unchanged."""
+    key = (id(bag), bag.weight.weight._version, bag.scale._version)
+    plan = _PLANS.get(key)
+    if plan is None or plan[0] is not bag:
+        table = (bag.weight.weight.detach().squeeze(-1).float() * bag.scale.float()).cpu().numpy()
+        _PLANS.clear()                                    # one model at a time: no stale tables kept alive
+        plan = _PLANS[key] = (bag, table, _numpy_bucket(bag))
+    return plan[1], plan[2]
+
+
+def _numpy_bucket(bag: NgramLogit):
+    """``bag.bucket`` on numpy int64 arrays: the same arithmetic (int64, wrapping, floor modulo) in numpy,
+    several times faster than torch's integer kernels here, used only if it gives exactly the bag's buckets
+    on a probe of n-grams (extreme ids included); else torch's ``bag.bucket`` itself."""
+    def via_torch(*grams):
+        return bag.bucket(*(torch.from_numpy(np.ascontiguousarray(g)) for g in grams)).numpy()
+
+    V, B, h = int(bag.vocab_size), int(bag.buckets), getattr(bag, "hash", "prime")
+    mult, mix = (bag.PRIME, None) if h == "prime" else (V, getattr(bag, "MIX", None))
+    if h not in ("prime", "mix") or (h == "mix" and mix is None):
+        return via_torch
+
+    def via_numpy(*grams):
+        key = grams[0] * mult if len(grams) > 1 else grams[0].copy()      # in place from here: 1 array
+        for i, g in enumerate(grams[1:], 1):
+            key += g
+            if i + 1 < len(grams):
+                key *= mult
+        if mix is not None:
+            key *= mix
+        np.remainder(key, B, out=key)
+        key += V
+        return key
+
+    rng = np.random.default_rng(0)
+    probe = [np.concatenate([[0, 1, V - 1, V - 1], rng.integers(0, V, 4096)]).astype(np.int64) for _ in range(3)]
+    with torch.inference_mode():
+        same = all(np.array_equal(via_numpy(*probe[:k]), via_torch(*probe[:k])) for k in range(2, bag.n + 1))
+    return via_numpy if same else via_torch
