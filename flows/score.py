@@ -26,7 +26,7 @@ from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT, LockTimeout
 from pipeline.core.errors import InputError, ReviewflowError, TemporaryFailure
 from pipeline.score.job import score_dataset
 from pipeline.score.sync import scored_table_name
-from pipeline.score.writeback import score_table
+from pipeline.score.writeback import DEFAULT_CHUNK_ROWS, score_table
 from flows.artifacts import artifact_key
 
 
@@ -127,7 +127,7 @@ def _run_name() -> str:
 def score_flow(table: str | None = None, db: str | None = None, dataset: str | None = None,
                split: str | None = None, model: str = "champion", warehouse: str | None = None, id_col: str = "review_id",
                text_col: str = "text", rescore: bool = False, threshold: float = 0.5, batch_size: int = 256,
-               chunk_rows: int = 4096, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, blob_as_utf8: bool = False,
+               chunk_rows: int = DEFAULT_CHUNK_ROWS, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, blob_as_utf8: bool = False,
                predictor: Any = None) -> dict:
     """Score ``table`` in DuckDB file ``db`` (default: the warehouse's reviews.duckdb), or the lake
     ``dataset`` (or only its ``split``) into ``<dataset>[_<split>]_scored``, with model ``model`` (a version or "champion").

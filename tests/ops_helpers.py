@@ -21,7 +21,7 @@ from pipeline.train.loop import train
 from pipeline.train.presets import resolve_preset
 from synthetic import make_reviews, write_lake_dataset
 
-TINY_OVERRIDES = {"epochs": 1, "embed_dim": 16, "hidden": 16, "max_len": 64, "batch_size": 32,
+TINY_OVERRIDES = {"pretrained": None, "epochs": 1, "embed_dim": 16, "hidden": 16, "max_len": 64, "batch_size": 32,
                   "max_seconds": None, "patience": None, "ngram_buckets": 997}
 
 

@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         text_col: Annotated[str, typer.Option("--text-col", help="Column with the review text.")] = "text",
         model: Annotated[str, typer.Option("--model", "-m", help="Model version, or 'champion'.")] = "champion",
         batch_size: Annotated[int, typer.Option("--batch-size", help="Reviews per model call.")] = 256,
-        chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows per committed chunk (one transaction each).")] = 4096,
+        chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows per committed chunk (one transaction each).")] = 16_384,
         rescore: Annotated[bool, typer.Option("--rescore", help="Score every row again, not just new/stale ones.")] = False,
         threshold: Annotated[float, typer.Option("--threshold", help="score >= threshold -> 'positive'.")] = 0.5,
         lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another process's lock, or for another scoring run of the same table to finish.")] = DEFAULT_LOCK_TIMEOUT,

