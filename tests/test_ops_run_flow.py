@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from synthetic import write_aclimdb_folder
+from synthetic import make_reviews, write_aclimdb_folder
 
 REVIEWFLOW = str(Path(sys.executable).with_name("reviewflow"))
 
@@ -24,10 +24,14 @@ def test_run_flow_end_to_end_then_cached(prefect_harness, warehouse, tmp_path):
     from flows.run import run_flow
 
     src = write_aclimdb_folder(tmp_path / "src", n_per_class=60)
+    unlabelled = tmp_path / "unlabelled.csv"       # --also: more text for the word vectors `default` pretrains
+    make_reviews(50, seed=9, split="unsup", id_prefix="extra").select(["review_id", "text", "split"]).to_pandas(
+    ).to_csv(unlabelled, index=False)
     # `default`, not the lineage's `baseline`: an Elman RNN over 512 front-padded tokens does not learn from
     # 108 training reviews (it stays near 0.5), so only a model that can learn makes the quality check mean much
-    first = run_flow(source=str(src), dataset="acl", preset="default", warehouse=str(warehouse.root))
-    assert first["rows_added"] == 240 and first["table"] == "acl_test_scored"
+    first = run_flow(source=str(src), dataset="acl", preset="default", warehouse=str(warehouse.root),
+                     also=[str(unlabelled)])
+    assert first["rows_added"] == 240 + 50 and first["table"] == "acl_test_scored"
     assert first["rows_scored"] == 120 and first["model_version"] and first["champion"] == first["model_version"]
     assert not first["train_cached"]
     assert first["db_path"] == str(warehouse.duckdb_path)
@@ -40,8 +44,11 @@ def test_run_flow_end_to_end_then_cached(prefect_harness, warehouse, tmp_path):
         agreement = con.execute("SELECT avg(CASE WHEN (sentiment_score >= 0.5) = (label = 1) THEN 1 ELSE 0 END) "
                                 "FROM acl_test_scored").fetchone()[0]
     assert agreement >= 0.9, agreement
+    card = (warehouse.models / first["model_version"] / "MODEL_CARD.md").read_text()
+    assert "initialised from word2vec vectors" in card            # the pretrain task ran inside the run flow
 
-    again = run_flow(source=str(src), dataset="acl", preset="default", warehouse=str(warehouse.root))
+    again = run_flow(source=str(src), dataset="acl", preset="default", warehouse=str(warehouse.root),
+                     also=[str(unlabelled)])
     assert again["rows_added"] == 0 and again["prep_cached"] and again["train_cached"]
     assert again["model_version"] == first["model_version"] and again["rows_scored"] == 0
     assert again["rows_up_to_date"] == 120
@@ -52,7 +59,7 @@ def test_run_flow_end_to_end_then_cached(prefect_harness, warehouse, tmp_path):
         async with get_client() as client:
             return await client.read_latest_artifacts()
     keys = {a.key for a in asyncio.run(artifact())}
-    assert {"run-acl-summary", "run-acl-progress"} <= keys, keys
+    assert {"run-acl-summary", "run-acl-progress", "pretrain-acl"} <= keys, keys
 
 
 def test_cli_fails_fast_without_network(tmp_path):

@@ -129,3 +129,22 @@ def test_train_dataset_pretrains_once_and_registers_where_it_started(warehouse: 
     assert "word2vec" in (mv.path / "MODEL_CARD.md").read_text()
     assert mv.config["train"]["pretrained"] == "word2vec"
     assert len(list(warehouse.pretrained.iterdir())) == 1                 # reused, not pretrained twice
+
+
+def test_cli_pretrain_prints_where_the_vectors_are_and_what_they_learned(warehouse: Warehouse):
+    import subprocess
+    import sys
+
+    lake_with_unsup(warehouse)
+    cli = str(Path(sys.executable).with_name("reviewflow"))
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in dict(embed_dim=16, max_len=32, min_freq=1, max_vocab=0,
+                                                          val_fraction=0.25).items()]
+    out = subprocess.run([cli, "pretrain", "-d", "syn", *sets, "--no-prefect", "-w", str(warehouse.root)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "pretrained word vectors" in out.stdout and "near 'great'" in out.stdout
+    (vectors,) = list(warehouse.pretrained.iterdir())
+    assert str(vectors) in out.stdout and (vectors / VECTORS).exists()
+    bad = subprocess.run([cli, "pretrain", "-d", "syn", "--set", "embed_dim=0", "--no-prefect", "-w",
+                          str(warehouse.root)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "embed_dim" in bad.stderr
