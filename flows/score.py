@@ -58,11 +58,11 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
 
 @task(name="load-model", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_user_error,
       cache_policy=NO_CACHE)
-def load_model(warehouse: str, model: str, batch_size: int):
+def load_model(warehouse: str, model: str, batch_size: int, device: str = "auto"):
     from pipeline.train.predictor import load_predictor      # deferred: torch, only when a model is loaded
 
-    predictor = load_predictor(Warehouse.from_env(warehouse), model, batch_size=batch_size)
-    get_run_logger().info("loaded model %s", predictor.version)
+    predictor = load_predictor(Warehouse.from_env(warehouse), model, batch_size=batch_size, device=device)
+    get_run_logger().info("loaded model %s on %s", predictor.version, predictor.device)
     return predictor
 
 
@@ -128,18 +128,19 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
                split: str | None = None, model: str = "champion", warehouse: str | None = None, id_col: str = "review_id",
                text_col: str = "text", rescore: bool = False, threshold: float = 0.5, batch_size: int = 256,
                chunk_rows: int = DEFAULT_CHUNK_ROWS, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, blob_as_utf8: bool = False,
-               predictor: Any = None) -> dict:
+               predictor: Any = None, device: str = "auto") -> dict:
     """Score ``table`` in DuckDB file ``db`` (default: the warehouse's reviews.duckdb), or the lake
     ``dataset`` (or only its ``split``) into ``<dataset>[_<split>]_scored``, with model ``model`` (a version or "champion").
     ``blob_as_utf8`` lets a BLOB text column be decoded as UTF-8 (``table`` only).
-    ``predictor`` (an already-loaded Predictor) skips loading; used when embedding the flow."""
+    ``predictor`` (an already-loaded Predictor) skips loading; used when embedding the flow. ``device``: where
+    the model runs (auto = cuda when there is one, bf16; else cpu)."""
     if (table is None) == (dataset is None):
         raise InputError("give exactly one of table= or dataset=")
     logger = get_run_logger()
     wh = Warehouse.from_env(warehouse)
     db_path = str(db) if db is not None else str(wh.duckdb_path)
     if predictor is None:
-        predictor = load_model(str(wh.root), model, batch_size)
+        predictor = load_model(str(wh.root), model, batch_size, device)
     options = dict(rescore=rescore, threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
                    lock_timeout=lock_timeout)
     if dataset is None:

@@ -14,6 +14,7 @@ def register(app: typer.Typer) -> None:
     def predict_cmd(
         texts: List[str] = typer.Argument(..., help="one or more review texts (quote each)"),
         model: str = typer.Option("champion", "--model", "-m", help="model version, or `champion`"),
+        device: str = typer.Option("cpu", "--device", help="where the model runs: cpu, cuda, cuda:N, auto"),
         threshold: float = typer.Option(0.5, help="P(positive) at or above which the label is positive"),
         top_k: int = typer.Option(5, "--top-k", help="tokens (attention) or phrases (n-gram half) to show"),
         warehouse: WarehouseOption = None,
@@ -32,7 +33,7 @@ def register(app: typer.Typer) -> None:
         """
         from pipeline.train.predictor import load_predictor    # deferred: torch loads only when the command runs
 
-        p = load_predictor(warehouse_from(warehouse), model)
+        p = load_predictor(warehouse_from(warehouse), model, device=device)
         pred = p.predict_with_coverage(texts)
         typer.echo(f"model {p.version}")
         for i, text in enumerate(texts):

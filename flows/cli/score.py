@@ -11,7 +11,8 @@ from flows.cli.common import WarehouseOption, echo_kv, warehouse_from
 from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT
 
 
-def _score_here(wh, db_path: Path, table: str | None, dataset: str | None, model: str, opts: dict) -> dict:
+def _score_here(wh, db_path: Path, table: str | None, dataset: str | None, model: str, opts: dict,
+                device: str = "auto") -> dict:
     """``--no-prefect``: load the model and run the same scoring in this process, with a progress bar."""
     # deferred: tqdm, torch, pyarrow and duckdb load when the command runs, not for every `reviewflow --help`
     from tqdm import tqdm
@@ -20,7 +21,7 @@ def _score_here(wh, db_path: Path, table: str | None, dataset: str | None, model
     from pipeline.score.writeback import score_table
     from pipeline.train.predictor import load_predictor
 
-    predictor = load_predictor(wh, model, batch_size=opts["batch_size"])
+    predictor = load_predictor(wh, model, batch_size=opts["batch_size"], device=device)
     bar = tqdm(unit="rows", desc=f"score {table or dataset}")
 
     def progress(done: int, total: int) -> None:
@@ -52,6 +53,7 @@ def register(app: typer.Typer) -> None:
         threshold: Annotated[float, typer.Option("--threshold", help="score >= threshold -> 'positive'.")] = 0.5,
         lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another process's lock, or for another scoring run of the same table to finish.")] = DEFAULT_LOCK_TIMEOUT,
         blob_as_utf8: Annotated[bool, typer.Option("--blob-as-utf8", help="The text column is BLOB holding UTF-8 text: decode it (a row that is not valid UTF-8 is an error naming its id).")] = False,
+        device: Annotated[str, typer.Option("--device", help="Where the model runs: auto (cuda when there is one, bf16), cpu, cuda, cuda:N.")] = "auto",
         no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run directly (progress bar), without a Prefect flow run.")] = False,
         warehouse: WarehouseOption = None,
     ) -> None:
@@ -87,19 +89,22 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("give exactly one of --table NAME or --dataset NAME")
         wh = warehouse_from(warehouse)
         db_path = db if db is not None else wh.duckdb_path
+        from pipeline.train.device import pick_device      # deferred: torch; a device that is not here fails now
+
+        pick_device(device)
         if no_prefect:
             opts = dict(rescore=rescore, threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
                         lock_timeout=lock_timeout)
             if dataset is None:
                 opts.update(id_col=id_col, text_col=text_col, blob_as_utf8=blob_as_utf8)
-            result = _score_here(wh, db_path, table, dataset, model, opts)
+            result = _score_here(wh, db_path, table, dataset, model, opts, device)
         else:
             from flows.score import score_flow
 
             result = score_flow(table=table, db=str(db_path), dataset=dataset, model=model,
                                 warehouse=str(wh.root), id_col=id_col, text_col=text_col, rescore=rescore,
                                 threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
-                                lock_timeout=lock_timeout, blob_as_utf8=blob_as_utf8)
+                                lock_timeout=lock_timeout, blob_as_utf8=blob_as_utf8, device=device)
         echo_kv(f"scored {result['table']} in {result['db_path']}", {
             "model": result["model"],
             "rows scored": result["rows_scored"],

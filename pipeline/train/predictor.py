@@ -29,6 +29,7 @@ from pipeline.prepare.preprocess import load_preprocessor
 from pipeline.prepare.text import flat_ranges, pad_rows
 from pipeline.train import registry
 from pipeline.train.coverage import CoverageRule, coverage_of_flat, rule_from_config
+from pipeline.train.device import autocast, pick_device
 from pipeline.train.loader import trim_padding
 from pipeline.train.model import NGRAM_ONLY, NgramLogit
 from pipeline.train.weights import load_model
@@ -102,6 +103,8 @@ class Predictor:
 
     def __init__(self, model_dir: str | Path, version: str | None = None, device: str = "cpu",
                  batch_size: int = 256):
+        """``device``: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda, then mps, then cpu); a device this machine
+        lacks is an ``InputError`` listing the ones it has. On CUDA the model runs under bf16 autocast."""
         self.model_dir = Path(model_dir)
         mv = registry.read_version(self.model_dir)
         self.version = version or mv.version
@@ -111,7 +114,7 @@ class Predictor:
         self.short_temperature, self.short_max_tokens = mv.short_temperature   # texts of <= that many tokens
         #: texts below it are 'unknown' (versions without a "coverage" entry: the default rule)
         self.coverage_rule: CoverageRule = rule_from_config(mv.config, self.model_dir / "config.json")
-        self.device = torch.device(device)
+        self.device = pick_device(device)
         self.batch_size = batch_size
         self.preprocessor = load_preprocessor(self.model_dir)
         self.max_len = int(self.preprocessor.max_len)
@@ -202,7 +205,9 @@ class Predictor:
             sel = order[s:s + self.batch_size]
             width = max(int(lengths[sel].max()), 1) if self.model_config.exact_lengths else self.max_len
             x, n = self._batch(encoded.padded(sel, width, self.preprocessor.pad_side), lengths[sel])
-            out[keep[sel]] = self._calibrated(self.model(x, n)[0], lengths[sel])
+            with autocast(self.device):
+                logits = self.model(x, n)[0]
+            out[keep[sel]] = self._calibrated(logits, lengths[sel])
         return out
 
     def _flat_ngrams(self) -> bool:
