@@ -18,7 +18,7 @@ from pipeline.train.model import ModelConfig, SentimentModel
 from pipeline.train.predictor import load_predictor
 from pipeline.train.presets import resolve_preset
 from score_helpers import make_review_db
-from train_helpers import tiny_prep
+from train_helpers import padded, tiny_prep
 
 NGRAM_ONLY = dict(encoder="none", ngram_buckets=997, ngram_nb_alpha=1.0, ngram_dropout=0.0)
 
@@ -53,13 +53,7 @@ def test_padding_invariance(n, pad_side):
     torch.nn.init.normal_(model.ngrams.weight.weight)
     rows = [torch.randint(2, 40, (k,)) for k in (1, 2, 3, 7)]
     T = 12
-    ids = torch.zeros(len(rows), T, dtype=torch.long)
-    for i, r in enumerate(rows):
-        if pad_side == "right":
-            ids[i, :len(r)] = r
-        else:
-            ids[i, T - len(r):] = r
-    lengths = torch.tensor([len(r) for r in rows])
+    ids, lengths = padded(rows, T, pad_side)
     batch = model(ids, lengths)[0]
     for i, r in enumerate(rows):
         alone = model(r.unsqueeze(0), torch.tensor([len(r)]))[0]

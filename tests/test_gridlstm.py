@@ -11,6 +11,7 @@ import torch
 from pipeline.train.checkpoint import save_weights
 from pipeline.train.model import DepthCell, GridLSTMEncoder, ModelConfig, SentimentModel
 from pipeline.train.weights import load_model
+from train_helpers import padded
 
 VOCAB = 40
 
@@ -30,16 +31,6 @@ def grid(bidirectional: bool = True, layers: int = 2, pooling: str = "maxmean", 
     cfg = ModelConfig(vocab_size=VOCAB, embed_dim=12, hidden=8, layers=layers, encoder="gridlstm",
                       bidirectional=bidirectional, pooling=pooling, pad_side=pad_side, max_len=64, **kw)
     return SentimentModel(cfg)
-
-
-def padded(rows: list[torch.Tensor], T: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.zeros(len(rows), T, dtype=torch.long)
-    for i, r in enumerate(rows):
-        if side == "right":
-            ids[i, : len(r)] = r
-        else:
-            ids[i, T - len(r):] = r
-    return ids, torch.tensor([len(r) for r in rows])
 
 
 @pytest.mark.parametrize("layers", [1, 2])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pipeline.train.model import ENCODERS, POOLINGS, ModelConfig, SentimentModel
+from train_helpers import padded
 
 VOCAB = 60
 
@@ -24,16 +25,6 @@ def tiny(encoder: str, pooling: str, bidirectional: bool = False, pad_side: str 
                       bidirectional=bidirectional, pooling=pooling, pad_side=pad_side, max_len=64, heads=2,
                       ff=32, **kw)
     return SentimentModel(cfg)
-
-
-def padded(rows: list[torch.Tensor], T: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.zeros(len(rows), T, dtype=torch.long)
-    for i, r in enumerate(rows):
-        if side == "right":
-            ids[i, : len(r)] = r
-        else:
-            ids[i, T - len(r):] = r
-    return ids, torch.tensor([len(r) for r in rows])
 
 
 VARIANTS = [(e, p, b) for e, p, b in itertools.product(ENCODERS, POOLINGS, (False, True))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from pipeline.core.config import Warehouse
 from pipeline.train.model import ModelConfig
 from pipeline.prepare.config import PrepareConfig
@@ -25,3 +27,14 @@ def tiny_prep(wh: Warehouse, n: int = 240, dataset: str = "syn", seed: int = 0, 
 
 def tiny_model(**kw) -> ModelConfig:
     return ModelConfig(**(TINY_MODEL | kw))
+
+
+def padded(rows: list[torch.Tensor], T: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows as one batch [len(rows), T] padded with 0 on ``side``, and their lengths."""
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if side == "right":
+            ids[i, : len(r)] = r
+        else:
+            ids[i, T - len(r):] = r
+    return ids, torch.tensor([len(r) for r in rows])

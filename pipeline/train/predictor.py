@@ -330,16 +330,23 @@ def ngram_logits(bag: NgramLogit, flat: np.ndarray, lengths: np.ndarray) -> np.n
         if span <= 0:
             break
         part = table[bucket(*(ids[j:j + span] for j in range(k)))]
-        for j in range(1, k):                            # ... but those starting in a row's last k-1 tokens
-            cut = ends - j                               # run into the next row: they are no n-gram
-            part[cut[(cut >= ends - lengths) & (cut < span)]] = 0.0
-        terms[:span] += part
+        terms[:span] += np.where(_within_rows(ends, lengths, span, k), part, 0.0)
         count += np.maximum(lengths - (k - 1), 0)
     sums = np.zeros(len(lengths), np.float64)
     has = lengths > 0                                    # each row summed on its own: no other row changes it
     if has.any():
         sums[has] = np.add.reduceat(terms, (ends - lengths)[has])
     return (sums / np.maximum(count, 1)).astype(np.float32)
+
+
+def _within_rows(ends: np.ndarray, lengths: np.ndarray, span: int, k: int) -> np.ndarray:
+    """[span] bool: which of the flat positions' k-grams stay inside their row (those starting in a row's
+    last k-1 tokens run into the next row: they are no n-gram)."""
+    inside = np.ones(span, bool)
+    for j in range(1, k):
+        cut = ends - j
+        inside[cut[(cut >= ends - lengths) & (cut < span)]] = False
+    return inside
 
 
 def binary_ngram_logits(bag: NgramLogit, flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -355,12 +362,8 @@ def binary_ngram_logits(bag: NgramLogit, flat: np.ndarray, lengths: np.ndarray) 
         span = len(ids) - k + 1
         if span <= 0:
             break
-        inside = np.ones(span, bool)                     # k-grams starting in a row's last k-1 tokens cross rows
-        for j in range(1, k):
-            cut = ends - j
-            inside[cut[(cut >= ends - lengths) & (cut < span)]] = False
         grams = bucket(*(ids[j:j + span] for j in range(k)))
-        keys.append((row[:span] * (len(table) + 1) + grams)[inside])
+        keys.append((row[:span] * (len(table) + 1) + grams)[_within_rows(ends, lengths, span, k)])
     distinct = pd.unique(np.concatenate(keys))
     sums = np.bincount(distinct // (len(table) + 1), weights=table[distinct % (len(table) + 1)],
                        minlength=len(lengths))
