@@ -24,7 +24,10 @@ from prefect.runtime import flow_run
 from pipeline.core.config import Warehouse
 from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT, LockTimeout
 from pipeline.core.errors import InputError, ReviewflowError, TemporaryFailure
+from pipeline.core.settings import ScaleSettings
+from pipeline.core.settings import load as load_settings
 from pipeline.score.job import score_dataset
+from pipeline.score.partitioned import DEFAULT_ROWS_PER_PART
 from pipeline.score.sync import scored_table_name
 from pipeline.score.writeback import DEFAULT_CHUNK_ROWS, score_table
 from flows.artifacts import artifact_key
@@ -128,17 +131,36 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
                split: str | None = None, model: str = "champion", warehouse: str | None = None, id_col: str = "review_id",
                text_col: str = "text", rescore: bool = False, threshold: float = 0.5, batch_size: int = 256,
                chunk_rows: int = DEFAULT_CHUNK_ROWS, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, blob_as_utf8: bool = False,
-               predictor: Any = None, device: str = "auto") -> dict:
+               predictor: Any = None, device: str = "auto", workers: int | None = None,
+               dask_address: str | None = None, scratch: str | None = None,
+               rows_per_part: int = DEFAULT_ROWS_PER_PART) -> dict:
     """Score ``table`` in DuckDB file ``db`` (default: the warehouse's reviews.duckdb), or the lake
     ``dataset`` (or only its ``split``) into ``<dataset>[_<split>]_scored``, with model ``model`` (a version or "champion").
     ``blob_as_utf8`` lets a BLOB text column be decoded as UTF-8 (``table`` only).
     ``predictor`` (an already-loaded Predictor) skips loading; used when embedding the flow. ``device``: where
-    the model runs (auto = cuda when there is one, bf16; else cpu)."""
+    the model runs (auto = cuda when there is one, bf16; else cpu).
+    ``workers`` (a LocalCluster of N processes) or ``dask_address`` (default ``REVIEWFLOW_DASK_ADDRESS``) score
+    ``table`` in Parquet partitions of ``rows_per_part`` rows on Dask (:mod:`flows.score_dask`), through the
+    scratch space ``scratch`` (default ``REVIEWFLOW_SCRATCH``, else ``<warehouse>/scratch``)."""
     if (table is None) == (dataset is None):
         raise InputError("give exactly one of table= or dataset=")
     logger = get_run_logger()
     wh = Warehouse.from_env(warehouse)
     db_path = str(db) if db is not None else str(wh.duckdb_path)
+    scale = load_settings(ScaleSettings, **{k: v for k, v in (("dask_address", dask_address), ("scratch", scratch))
+                                            if v is not None})
+    if workers is not None or dask_address or (scale.dask_address and table is not None):
+        if table is None:      # $REVIEWFLOW_DASK_ADDRESS alone leaves lake datasets to one process
+            raise InputError("scoring on Dask (--workers / --dask) takes a --table; score a lake dataset without it")
+        from flows.score_dask import run_distributed      # deferred: dask loads only for a distributed run
+
+        rep = run_distributed(table=table, db=db_path, model=model, warehouse=str(wh.root), workers=workers,
+                              dask_address=dask_address or (scale.dask_address if workers is None else None),
+                              scratch=scale.scratch, id_col=id_col,
+                              text_col=text_col, rescore=rescore, threshold=threshold, batch_size=batch_size,
+                              rows_per_part=rows_per_part, lock_timeout=lock_timeout, blob_as_utf8=blob_as_utf8,
+                              device="cpu" if device == "auto" else device)
+        return _publish(rep, wh, db_path, threshold, logger)
     if predictor is None:
         predictor = load_model(str(wh.root), model, batch_size, device)
     options = dict(rescore=rescore, threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
@@ -148,6 +170,11 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
     else:
         options.update(split=split)
     rep = score_task(table or scored_table_name(dataset, split), db_path, table, dataset, str(wh.root), predictor, options)
+    return _publish(rep, wh, db_path, threshold, logger)
+
+
+def _publish(rep: dict, wh: Warehouse, db_path: str, threshold: float, logger) -> dict:
+    """The run's artifacts (histogram plot, summary table, report), and its result."""
     label = rep["table"]
     plot = None
     if rep["rows_scored"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -54,6 +55,10 @@ def register(app: typer.Typer) -> None:
         lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another process's lock, or for another scoring run of the same table to finish.")] = DEFAULT_LOCK_TIMEOUT,
         blob_as_utf8: Annotated[bool, typer.Option("--blob-as-utf8", help="The text column is BLOB holding UTF-8 text: decode it (a row that is not valid UTF-8 is an error naming its id).")] = False,
         device: Annotated[str, typer.Option("--device", help="Where the model runs: auto (cuda when there is one, bf16), cpu, cuda, cuda:N.")] = "auto",
+        workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Score on Dask: start a local cluster of N worker processes (one thread each) for this run.")] = None,
+        dask: Annotated[Optional[str], typer.Option("--dask", help="Score on the existing Dask cluster at ADDRESS (tcp://host:8786). Default: $REVIEWFLOW_DASK_ADDRESS.")] = None,
+        scratch: Annotated[Optional[str], typer.Option("--scratch", help="On Dask: where partitions and scored parts go, a folder or s3://bucket/prefix that every worker sees. Default: $REVIEWFLOW_SCRATCH, else <warehouse>/scratch.")] = None,
+        rows_per_part: Annotated[int, typer.Option("--rows-per-part", min=1, help="On Dask: rows per partition (one task each; one merge transaction each).")] = 50_000,
         no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run directly (progress bar), without a Prefect flow run.")] = False,
         warehouse: WarehouseOption = None,
     ) -> None:
@@ -78,8 +83,17 @@ def register(app: typer.Typer) -> None:
         a time: a second one waits for it (up to --lock-timeout) and then scores what is left.
 
         \b
+        On Dask (--workers N, --dask ADDRESS or $REVIEWFLOW_DASK_ADDRESS; --table only): the candidate
+        rows are exported once as Parquet partitions into the scratch space, each partition is scored
+        by a worker into a scored part, and each part is merged with one transaction as it finishes.
+        A worker that dies has its partition run again; a run killed outright resumes from the parts
+        it merged. sentiment_runs records the engine, the workers and the partitions.
+
+        \b
         Examples:
           reviewflow score --table reviews                       # warehouse reviews.duckdb, champion model
+          reviewflow score --table reviews --workers 4           # 4 local Dask worker processes
+          reviewflow score --table reviews --dask tcp://scheduler:8786 --scratch s3://bucket/scratch
           reviewflow score --db shop.duckdb --table feedback --id-col id --text-col body
           reviewflow score --dataset imdb                        # lake dataset -> table imdb_scored
           reviewflow score --table reviews --model v0002-default-20260101120000 --rescore
@@ -92,6 +106,11 @@ def register(app: typer.Typer) -> None:
         from pipeline.train.device import pick_device      # deferred: torch; a device that is not here fails now
 
         pick_device(device)
+        distributed = workers is not None or dask is not None     # $REVIEWFLOW_DASK_ADDRESS: --table runs only
+        if distributed and dataset is not None:
+            raise typer.BadParameter("scoring on Dask (--workers / --dask) takes --table, not --dataset")
+        if (distributed or (table and os.environ.get("REVIEWFLOW_DASK_ADDRESS"))) and no_prefect:
+            raise typer.BadParameter("scoring on Dask runs through Prefect's Dask task runner: drop --no-prefect")
         if no_prefect:
             opts = dict(rescore=rescore, threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
                         lock_timeout=lock_timeout)
@@ -104,7 +123,8 @@ def register(app: typer.Typer) -> None:
             result = score_flow(table=table, db=str(db_path), dataset=dataset, model=model,
                                 warehouse=str(wh.root), id_col=id_col, text_col=text_col, rescore=rescore,
                                 threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
-                                lock_timeout=lock_timeout, blob_as_utf8=blob_as_utf8, device=device)
+                                lock_timeout=lock_timeout, blob_as_utf8=blob_as_utf8, device=device,
+                                workers=workers, dask_address=dask, scratch=scratch, rows_per_part=rows_per_part)
         echo_kv(f"scored {result['table']} in {result['db_path']}", {
             "model": result["model"],
             "rows scored": result["rows_scored"],

@@ -14,6 +14,8 @@ variable                                default          what it sets
 ``REVIEWFLOW_RETRAIN_CRON``             ``0 3 * * 0``    ``serve``: cron for *retrain*
 ``REVIEWFLOW_RETRAIN_DATASET``          ``imdb``         ``serve``: dataset *retrain* trains on
 ``REVIEWFLOW_RETRAIN_PRESET``           ``default``      ``serve``: preset *retrain* uses
+``REVIEWFLOW_DASK_ADDRESS``             none             ``score``: Dask scheduler to score on (tcp://host:8786)
+``REVIEWFLOW_SCRATCH``                  ``<wh>/scratch`` ``score`` on Dask: partitions' folder or s3:// URL
 ======================================  ===============  ===============================================
 
 A flag on the command line wins over its variable; the variable wins over the default. An empty variable
@@ -63,7 +65,14 @@ class ServeSettings(_Env):
     retrain_preset: str = Field("default", description="serve: preset *retrain* uses")
 
 
-SETTINGS_CLASSES = (Settings, ServeSettings)
+class ScaleSettings(_Env):
+    """What distributed scoring reads (each also a flag of ``reviewflow score``)."""
+    dask_address: Optional[str] = Field(None, description="score: Dask scheduler to score on (tcp://host:8786)")
+    scratch: Optional[str] = Field(None, description="score on Dask: partitions' folder or s3:// URL "
+                                                     "(none: <warehouse>/scratch)")
+
+
+SETTINGS_CLASSES = (Settings, ServeSettings, ScaleSettings)
 
 
 def load(cls: type[_Env] = Settings, **given) -> _Env:

@@ -43,6 +43,11 @@ CREATE TABLE IF NOT EXISTS {RUNS_TABLE} (
 #: columns added after the first release, in order; an older table gains them on its next scoring run
 RUNS_MIGRATIONS = (
     f"ALTER TABLE {RUNS_TABLE} ADD COLUMN IF NOT EXISTS rows_unknown BIGINT DEFAULT 0",
+    f"ALTER TABLE {RUNS_TABLE} ADD COLUMN IF NOT EXISTS engine VARCHAR",       # local | dask
+    f"ALTER TABLE {RUNS_TABLE} ADD COLUMN IF NOT EXISTS workers INTEGER",      # processes that scored
+    f"ALTER TABLE {RUNS_TABLE} ADD COLUMN IF NOT EXISTS partitions INTEGER",   # dask: Parquet parts planned
+    f"ALTER TABLE {RUNS_TABLE} ADD COLUMN IF NOT EXISTS device VARCHAR",       # cpu | cuda | cuda:N
+    f"ALTER TABLE {RUNS_TABLE} ADD COLUMN IF NOT EXISTS precision VARCHAR",    # fp32 | int8 | bf16
 )
 
 
@@ -67,6 +72,14 @@ def start_run(con, run_id: str, table: str, model: str, rows_skipped: int) -> No
         f"table_name = excluded.table_name, model = excluded.model, rows_skipped = excluded.rows_skipped, "
         f"status = 'running', finished_at = NULL, error = NULL, host = excluded.host, pid = excluded.pid",
         [run_id, table, model, rows_skipped, socket.gethostname(), os.getpid()])
+
+
+def record_engine(con, run_id: str, *, engine: str, workers: int | None = None, partitions: int | None = None,
+                  device: str | None = None, precision: str | None = None) -> None:
+    """Say how the run scores: ``engine`` (``local``: this process; ``dask``: partitions on a Dask cluster), the
+    number of worker processes, the partitions planned, and the model's device and precision."""
+    con.execute(f"UPDATE {RUNS_TABLE} SET engine = ?, workers = ?, partitions = ?, device = ?, precision = ? "
+                f"WHERE run_id = ?", [engine, workers, partitions, device, precision, run_id])
 
 
 def add_progress(con, run_id: str, scored: int, skipped: int, unknown: int = 0) -> None:

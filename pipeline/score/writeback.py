@@ -92,7 +92,7 @@ from pipeline.score.audit import RUNS_TABLE
 from pipeline.score.claim import table_claim
 from pipeline.score.inputs import SENTIMENT_COLUMNS, check_table, refuse_invalid_utf8
 _CHUNK_VIEW = "__reviewflow_score_chunk"
-_HIST_BINS = 1000
+HIST_BINS = 1000
 _HTML_TAG = re.compile(r"<[^<>]*>")
 _WORD = re.compile(r"[^\W_]")          # a Unicode letter or digit
 
@@ -163,16 +163,16 @@ def _stale_sql(rescore: bool) -> tuple[str, bool]:
             "(sentiment_score IS NULL AND sentiment_label IS DISTINCT FROM 'unknown'))"), True
 
 
-def _deciles(hist: np.ndarray) -> list[float]:
+def deciles(hist: np.ndarray) -> list[float]:
     total = int(hist.sum())
     if total == 0:
         return []
     cum = np.cumsum(hist)
-    edges = np.linspace(0.0, 1.0, _HIST_BINS + 1)
+    edges = np.linspace(0.0, 1.0, HIST_BINS + 1)
     out = []
     for q in range(1, 10):
         i = int(np.searchsorted(cum, q * total / 10.0))
-        out.append(round(float(edges[min(i + 1, _HIST_BINS)]), 3))
+        out.append(round(float(edges[min(i + 1, HIST_BINS)]), 3))
     return out
 
 
@@ -303,10 +303,36 @@ def score_table(db_path: str | os.PathLike, table: str, predictor: PredictorLike
     committed chunk; ``blob_as_utf8`` lets a BLOB text column be decoded as UTF-8. ``run_id`` keys the
     audit row: the Prefect flow-run id when there is one (default: a fresh random id).
     """
+    db_path = check_arguments(db_path, table, id_col, text_col, threshold, batch_size=batch_size,
+                              chunk_rows=chunk_rows)
+    run = TableRun(db_path, table, id_col, text_col, str(predictor.version), rescore, lock_timeout, on_wait,
+                   engine=engine_of(predictor))
+    rule = getattr(predictor, "coverage_rule", None)
+    report = ScoreReport(run_id=audit.new_run_id(run_id), table=table, db_path=str(db_path), model=run.version,
+                         threshold=threshold, coverage_rule=rule.to_dict() if hasattr(rule, "to_dict") else None)
+    with table_claim(db_path, table, lock_timeout, on_wait), Attached(db_path, timeout=lock_timeout,
+                                                                      on_wait=on_wait) as run.attached:
+        t0 = time.perf_counter()
+        start_table_run(run, report, blob_as_utf8)
+        if progress is not None:
+            progress(0, report.rows_to_score)
+        try:
+            hist = _score_chunks(run, report, predictor, batch_size, chunk_rows, progress, after_chunk)
+        except BaseException as exc:
+            fail_run(run, report, exc, t0)
+            raise
+        complete_run(run, report, hist, t0)
+    return report
+
+
+def check_arguments(db_path: str | os.PathLike, table: str, id_col: str, text_col: str, threshold: float,
+                    **sizes: int) -> Path:
+    """Refuse, before anything is touched, what no run can score: -> the database file's path."""
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"threshold must be within 0..1, got {threshold}")
-    if batch_size < 1 or chunk_rows < 1:
-        raise InputError("batch_size and chunk_rows must be >= 1")
+    for name, value in sizes.items():
+        if not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a whole number >= 1, got {value!r}")
     if table == RUNS_TABLE:
         raise InputError(f"{RUNS_TABLE!r} is the audit table of scoring runs; it cannot be scored")
     for c in (id_col, text_col):
@@ -316,36 +342,38 @@ def score_table(db_path: str | os.PathLike, table: str, predictor: PredictorLike
     if not db_path.exists():
         raise NotFoundError(f"DuckDB database {db_path} does not exist")
     quote_ident(table)                 # an invalid name is refused before its claim file is made
-    run = _Run(db_path, table, id_col, text_col, str(predictor.version), rescore, lock_timeout, on_wait)
-    rule = getattr(predictor, "coverage_rule", None)
-    report = ScoreReport(run_id=audit.new_run_id(run_id), table=table, db_path=str(db_path), model=run.version,
-                         threshold=threshold, coverage_rule=rule.to_dict() if hasattr(rule, "to_dict") else None)
-    with table_claim(db_path, table, lock_timeout, on_wait), Attached(db_path, timeout=lock_timeout,
-                                                                      on_wait=on_wait) as run.attached:
-        t0 = time.perf_counter()
-        _start(run, report, blob_as_utf8)
-        if progress is not None:
-            progress(0, report.rows_to_score)
-        try:
-            hist = _score_chunks(run, report, predictor, batch_size, chunk_rows, progress, after_chunk)
-        except BaseException as exc:
-            report.status, report.seconds = "failed", time.perf_counter() - t0
-            with contextlib.suppress(Exception), run.connect() as con:
-                audit.finish_run(con, report.run_id, " ".join(f"{type(exc).__name__}: {exc}".split())[:2000])
-            raise
-        report.seconds = time.perf_counter() - t0
-        report.rows_per_s = report.rows_scored / report.seconds if report.seconds > 0 else 0.0
-        report.deciles = _deciles(hist)
-        report.histogram = hist.reshape(20, -1).sum(axis=1).tolist()
-        report.status = "completed"
-        with run.connect() as con:
-            audit.finish_run(con, report.run_id)
-    return report
+    return db_path
+
+
+def fail_run(run: "TableRun", report: ScoreReport, exc: BaseException, t0: float) -> None:
+    """Record the run as failed with ``exc`` (one line), as far as the database lets us."""
+    report.status, report.seconds = "failed", time.perf_counter() - t0
+    with contextlib.suppress(Exception), run.connect() as con:
+        audit.finish_run(con, report.run_id, " ".join(f"{type(exc).__name__}: {exc}".split())[:2000])
+
+
+def complete_run(run: "TableRun", report: ScoreReport, hist: np.ndarray, t0: float) -> None:
+    """Fill the report's totals (rate, deciles, histogram) and record the run as completed."""
+    report.seconds = time.perf_counter() - t0
+    report.rows_per_s = report.rows_scored / report.seconds if report.seconds > 0 else 0.0
+    report.deciles = deciles(hist)
+    report.histogram = hist.reshape(20, -1).sum(axis=1).tolist()
+    report.status = "completed"
+    with run.connect() as con:
+        audit.finish_run(con, report.run_id)
+
+
+def engine_of(predictor, engine: str = "local", workers: int | None = 1, partitions: int | None = None) -> dict:
+    """How a run scores, for its audit row: the engine, worker processes, partitions, and the predictor's device and
+    precision (None for a predictor that does not say)."""
+    device = getattr(predictor, "device", None)
+    return dict(engine=engine, workers=workers, partitions=partitions,
+                device=None if device is None else str(device), precision=getattr(predictor, "precision", None))
 
 
 @dataclass
-class _Run:
-    """One scoring run's fixed facts, and the SQL it pages with (set by :func:`_start`)."""
+class TableRun:
+    """One scoring run's fixed facts, and the SQL it pages with (set by :func:`start_table_run`)."""
     db_path: Path
     table: str
     id_col: str
@@ -360,6 +388,7 @@ class _Run:
     candidate: str = ""            # SQL: stale and has text
     params: list = field(default_factory=list)   # parameters of ``stale`` / ``candidate``
     attached: Attached | None = None             # the file's steps while the run holds the table's claim
+    engine: dict = field(default_factory=dict)   # audit.record_engine's keywords: how this run scores
 
     def connect(self):
         """The database file, opened for one step (DuckDB lets no other process in while it is open): attached
@@ -369,7 +398,7 @@ class _Run:
         return connection(self.db_path, timeout=self.lock_timeout, on_wait=self.on_wait)
 
 
-def _start(run: _Run, report: ScoreReport, blob_as_utf8: bool) -> None:
+def start_table_run(run: TableRun, report: ScoreReport, blob_as_utf8: bool) -> None:
     """Validate (nothing written if refused), then in one transaction: add the sentiment columns, mark
     dead runs, write the audit row and count the candidates."""
     T = quote_ident(run.table)
@@ -394,12 +423,13 @@ def _start(run: _Run, report: ScoreReport, blob_as_utf8: bool) -> None:
             f"SELECT count(*), count(*) FILTER (WHERE {run.candidate}), "
             f"count(*) FILTER (WHERE NOT {_has_text(run.text)}) FROM {T}", run.params).fetchone()
         audit.start_run(con, report.run_id, run.table, run.version, int(no_text))
+        audit.record_engine(con, report.run_id, **run.engine)
         con.execute("COMMIT")
     report.rows_total, report.rows_to_score, report.rows_skipped = int(total), int(todo), int(no_text)
     report.rows_up_to_date = report.rows_total - report.rows_to_score - report.rows_skipped
 
 
-def _score_chunks(run: _Run, report: ScoreReport, predictor: PredictorLike, batch_size: int, chunk_rows: int,
+def _score_chunks(run: TableRun, report: ScoreReport, predictor: PredictorLike, batch_size: int, chunk_rows: int,
                   progress: ProgressFn | None, after_chunk) -> np.ndarray:
     """Read, score and write back chunk after chunk until no candidate is left. -> the score histogram.
 
@@ -414,11 +444,11 @@ def _score_chunks(run: _Run, report: ScoreReport, predictor: PredictorLike, batc
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reviewflow-score-io") as pool:
         with run.connect() as con:
             page = _read_chunk(con, run, None, chunk_rows, batch_size)
-        scored: _Scored | None = None                  # scored, not yet committed
+        scored: ScoredChunk | None = None                  # scored, not yet committed
         while page is not None or scored is not None:
             io = pool.submit(_commit_and_read, run, report, scored, page, chunk_rows, batch_size)
             try:
-                work = (_score_page(run, report.threshold, predictor, page[0])
+                work = (score_page(run, report.threshold, predictor, page[0])
                         if page is not None and page[0].num_rows else None)
             except BaseException:
                 if _settled(io) and scored is not None:   # the chunk before is committed (and counted) first
@@ -448,7 +478,7 @@ def _settled(io: Future) -> bool:
         return False
 
 
-def _commit_and_read(run: _Run, report: ScoreReport, scored: _Scored | None, page, chunk_rows: int,
+def _commit_and_read(run: TableRun, report: ScoreReport, scored: ScoredChunk | None, page, chunk_rows: int,
                      batch_size: int) -> tuple[Any, Exception | None]:
     """One opening of the file: commit ``scored`` (if any), then read the page after ``page`` (if any).
     -> (next page or None, the read's error: returned, not raised, so the caller commits the chunk it is
@@ -467,15 +497,15 @@ def _commit_and_read(run: _Run, report: ScoreReport, scored: _Scored | None, pag
 @dataclass
 class _Tally:
     """What the committed chunks add up to: the histogram of their scores, and their candidates."""
-    hist: np.ndarray = field(default_factory=lambda: np.zeros(_HIST_BINS, dtype=np.int64))
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(HIST_BINS, dtype=np.int64))
     processed: int = 0
 
 
-def _after_commit(report: ScoreReport, scored: _Scored, tally: _Tally, progress: ProgressFn | None,
+def _after_commit(report: ScoreReport, scored: ScoredChunk, tally: _Tally, progress: ProgressFn | None,
                   after_chunk) -> None:
     """Count a committed chunk into the report and the tally, then tell ``progress`` and ``after_chunk``."""
-    _count_chunk(report, scored.written_scores, scored.unknown, scored.skipped)
-    tally.hist += np.histogram(scored.written_scores, bins=_HIST_BINS, range=(0.0, 1.0))[0]
+    count_chunk(report, scored.written_scores, scored.unknown, scored.skipped)
+    tally.hist += np.histogram(scored.written_scores, bins=HIST_BINS, range=(0.0, 1.0))[0]
     report.chunks += 1
     tally.processed += scored.rows
     if progress is not None:
@@ -484,7 +514,7 @@ def _after_commit(report: ScoreReport, scored: _Scored, tally: _Tally, progress:
         after_chunk(report)
 
 
-def _count_chunk(report: ScoreReport, scores: np.ndarray, unknown: int, skipped: int) -> None:
+def count_chunk(report: ScoreReport, scores: np.ndarray, unknown: int, skipped: int) -> None:
     """Add one written chunk to the report's counts (``scores``: the scores written)."""
     n_pos = int((scores >= report.threshold).sum())
     report.rows_scored += len(scores)
@@ -495,7 +525,7 @@ def _count_chunk(report: ScoreReport, scores: np.ndarray, unknown: int, skipped:
     report.label_counts["unknown"] += unknown
 
 
-def _read_chunk(con, run: _Run, last, chunk_rows: int, batch_size: int) -> tuple[pa.Table, Any] | None:
+def _read_chunk(con, run: TableRun, last, chunk_rows: int, batch_size: int) -> tuple[pa.Table, Any] | None:
     """The next page of up to ``chunk_rows`` stale ids after ``last`` (keyset pagination: cheap to resume
     after reopening), and the (id, text) of its candidates. -> (chunk, last id of the page), None when done."""
     T, ID = quote_ident(run.table), quote_ident(run.id_col)
@@ -517,7 +547,7 @@ def _read_chunk(con, run: _Run, last, chunk_rows: int, batch_size: int) -> tuple
 
 
 @dataclass
-class _Scored:
+class ScoredChunk:
     """A chunk scored and checked, ready to commit: the rows to write (``out``: id, score, label, coverage),
     the scores written, and the counts of unknown and skipped rows."""
     out: pa.Table
@@ -530,7 +560,7 @@ class _Scored:
 _LABELS = pa.array(["negative", "positive", "unknown"], pa.string())
 
 
-def _score_page(run: _Run, threshold: float, predictor: PredictorLike, chunk: pa.Table) -> _Scored:
+def score_page(run: TableRun, threshold: float, predictor: PredictorLike, chunk: pa.Table) -> ScoredChunk:
     """Score one page's candidates (on the worker thread; no database work) and check the answer."""
     answer = predict_chunk_with_coverage(predictor, chunk.column("text"))
     unknown = answer.unknown            # never a score for these, even if the predictor gave one
@@ -542,10 +572,10 @@ def _score_page(run: _Run, threshold: float, predictor: PredictorLike, chunk: pa
                     "score": pa.array(scores, pa.float64(), mask=unknown_w | np.isnan(scores)),
                     "label": _LABELS.take(pa.array(codes)),
                     "coverage": pa.array(coverage, pa.float64(), mask=np.isnan(coverage))})
-    return _Scored(out, answer.scores[ok], int(unknown.sum()), int((~written).sum()), chunk.num_rows)
+    return ScoredChunk(out, answer.scores[ok], int(unknown.sum()), int((~written).sum()), chunk.num_rows)
 
 
-def _write_chunk(con, run: _Run, run_id: str, scored: _Scored) -> None:
+def _write_chunk(con, run: TableRun, run_id: str, scored: ScoredChunk) -> None:
     """Write one chunk's scores back: ONE transaction, together with the audit row's progress, so
     ``kill -9`` at any moment leaves whole chunks only. Unknown rows get label 'unknown' and a NULL score."""
     T, ID = quote_ident(run.table), quote_ident(run.id_col)

@@ -1,0 +1,146 @@
+"""Prefect flow: score a DuckDB table in Parquet partitions on a Dask cluster (Prefect's ``DaskTaskRunner``).
+
+Thin orchestration over :mod:`pipeline.score.partitioned`. This flow (the committer) exports the candidate
+rows into partitions in the scratch space, submits one ``score-part`` task per partition to the Dask
+workers, and merges each scored part into the table as it finishes (one transaction each), updating a
+progress artifact. Every worker process loads the model once (by exact version: the committer resolves
+"champion" once, so one model scores every row).
+
+* ``workers=N``: a ``distributed.LocalCluster`` of N processes, one thread each, started for the run;
+* ``dask_address="tcp://host:8786"`` (or ``REVIEWFLOW_DASK_ADDRESS``): an existing cluster. Its workers must
+  run the same reviewflow and see the warehouse's models and the scratch URI (an object store such as
+  ``s3://bucket/prefix``, or a shared volume mounted at the same path).
+
+A worker that dies mid-part: Dask runs the part again on another worker (its ``allowed-failures``); a part
+whose scoring fails for a reason of ours (a broken model) fails the run at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+
+from pipeline.core.config import Warehouse
+from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT
+from pipeline.core.errors import InputError
+from pipeline.score.partitioned import DEFAULT_ROWS_PER_PART, PartResult, PartSpec, score_part, score_table_partitioned
+from flows.artifacts import artifact_key
+from flows.retries import retry_unless_user_error
+
+#: what a LocalCluster's worker processes inherit from this one (Prefect's API and home, reviewflow settings)
+_INHERITED = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED",
+              "PREFECT_LOGGING_LEVEL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+              "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN")
+
+
+@functools.lru_cache(maxsize=2)
+def worker_predictor(warehouse: str, version: str, batch_size: int, device: str):
+    """The model, loaded once per worker process (and per version): later parts on the worker reuse it."""
+    from pipeline.train.predictor import load_predictor      # deferred: torch, only on the workers
+
+    return load_predictor(Warehouse.from_env(warehouse), version, batch_size=batch_size, device=device)
+
+
+@task(name="score-part", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error,
+      cache_policy=NO_CACHE, task_run_name="part-{part.index}")
+def score_part_task(part: PartSpec, warehouse: str, threshold: float, batch_size: int, device: str) -> PartResult:
+    predictor = worker_predictor(warehouse, part.version, batch_size, device)
+    return score_part(part, predictor, threshold)
+
+
+def dask_runner(workers: int | None, address: str | None):
+    """Prefect's Dask task runner: on the cluster at ``address``, else on a LocalCluster of ``workers``
+    processes with one thread each (torch in each uses one core: OMP_NUM_THREADS=1 is Dask's default)."""
+    try:
+        from prefect_dask import DaskTaskRunner      # deferred: dask loads only for a distributed run
+    except ImportError:
+        raise InputError("scoring on Dask needs prefect-dask and distributed: pip install 'reviewflow[dask]'") from None
+
+    if address:
+        return DaskTaskRunner(address=address)
+    env = {k: os.environ[k] for k in _INHERITED if os.environ.get(k)}
+    env["PREFECT_API_URL"] = _api_url() or env.get("PREFECT_API_URL", "")
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                          cluster_kwargs={"n_workers": int(workers or 1), "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None, "env": {k: v for k, v in env.items() if v}})
+
+
+def _api_url() -> str | None:
+    """The Prefect API this process talks to (also a temporary local server's), for the worker processes."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    client = getattr(ctx, "client", None) if ctx else None
+    url = getattr(client, "api_url", None)
+    return str(url).rstrip("/") if url else None
+
+
+def cluster_workers(address: str) -> int | None:
+    """How many workers the cluster at ``address`` has now (None when it cannot say)."""
+    try:
+        from distributed import Client
+
+        with Client(address, timeout=10) as client:
+            return len(client.scheduler_info().get("workers", {}))
+    except Exception:        # noqa: BLE001 - only for the audit row
+        return None
+
+
+@flow(name="score-distributed", log_prints=True)
+def distributed_score_flow(table: str, db: str, version: str, warehouse: str, scratch: str, workers: int | None = None,
+                           dask_address: str | None = None, id_col: str = "review_id", text_col: str = "text",
+                           rescore: bool = False, threshold: float = 0.5, batch_size: int = 256,
+                           rows_per_part: int = DEFAULT_ROWS_PER_PART, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+                           blob_as_utf8: bool = False, device: str = "cpu") -> dict:
+    """Score ``table`` of ``db`` with model ``version`` in partitions on this flow's Dask task runner."""
+    logger = get_run_logger()
+    art = create_progress_artifact(progress=0.0, key=artifact_key("score-progress", table),
+                                   description=f"Rows of {table} scored with {version} on Dask")
+
+    def progress(done: int, total: int) -> None:
+        pct = 100.0 if total == 0 else round(100.0 * done / total, 1)
+        update_progress_artifact(artifact_id=art, progress=pct)
+        logger.info("%s: %d/%d rows merged (%.1f%%)", table, done, total, pct)
+
+    def map_parts(parts: list[PartSpec]):
+        logger.info("%d partition(s) of up to %d rows exported to %s", len(parts), rows_per_part, scratch)
+        futures = [score_part_task.submit(p, warehouse, threshold, batch_size, device) for p in parts]
+        for future in as_completed(futures):
+            result = future.result()
+            logger.info("part %d scored by %s in %.1f s%s", result.index, result.worker, result.seconds,
+                        " (reused)" if result.reused else "")
+            yield result
+
+    n_workers = workers if not dask_address else cluster_workers(dask_address)
+    rep = score_table_partitioned(db, table, version, map_parts, scratch=scratch, id_col=id_col, text_col=text_col,
+                                  rescore=rescore, threshold=threshold, rows_per_part=rows_per_part,
+                                  lock_timeout=lock_timeout, on_wait=logger.info, progress=progress,
+                                  blob_as_utf8=blob_as_utf8, run_id=_parent_run_id(), engine="dask",
+                                  workers=n_workers)
+    return rep.to_dict()
+
+
+def _parent_run_id() -> str | None:
+    """The audit row is keyed on the flow run the user started (the ``score`` flow, this flow's parent)."""
+    parent = flow_run.get_parent_flow_run_id()
+    return str(parent) if parent else flow_run.get_id()
+
+
+def run_distributed(*, table: str, db: str, model: str, warehouse: str, workers: int | None, dask_address: str | None,
+                    scratch: str | None, **options: Any) -> dict:
+    """Resolve the model version once, then run :func:`distributed_score_flow` on a Dask task runner."""
+    from pipeline.train import registry
+
+    wh = Warehouse.from_env(warehouse)
+    version = registry.get(wh, model).version
+    runner = dask_runner(workers, dask_address)
+    return distributed_score_flow.with_options(task_runner=runner)(
+        table=table, db=db, version=version, warehouse=str(wh.root), scratch=scratch or str(wh.root / "scratch"),
+        workers=workers, dask_address=dask_address, **options)

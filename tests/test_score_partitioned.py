@@ -1,0 +1,171 @@
+"""Partitioned scoring (pipeline.score.partitioned), without a cluster: export, score, merge, resume, faults.
+
+The engines only differ in where ``score_part`` runs; these tests run it in this process (``serial_map``)
+or by hand, on a real tiny model, a real DuckDB file and real Parquet parts. The Dask runs are in
+tests/test_score_dask.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from score_helpers import make_review_db, query_rows
+
+from pipeline.core.errors import InputError
+from pipeline.score.partitioned import (PartResult, export_parts, run_folder, score_part, score_table_partitioned,
+                                        serial_map)
+from pipeline.score.scratch import Scratch, ScratchIntegrityError
+from pipeline.score.writeback import ModelOutputError, score_table
+
+N = 1200
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A warehouse with a tiny trained champion, and its predictor."""
+    from ops_helpers import train_tiny_champion
+
+    from pipeline.core.config import Warehouse
+    from pipeline.train.predictor import load_predictor
+
+    wh = Warehouse(tmp_path_factory.mktemp("wh") / "warehouse").ensure()
+    version = train_tiny_champion(wh)
+    return wh, version, load_predictor(wh, version)
+
+
+def _scores(db):
+    return query_rows(db, "SELECT review_id, sentiment_score, sentiment_label, sentiment_model FROM reviews ORDER BY 1")
+
+
+def test_partitioned_scores_equal_the_one_process_path_and_clean_up(tiny, tmp_path):
+    wh, version, predictor = tiny
+    a, b = make_review_db(tmp_path / "a.duckdb", n=N), make_review_db(tmp_path / "b.duckdb", n=N)
+    scratch = tmp_path / "scratch"
+    rep = score_table_partitioned(a, "reviews", version, serial_map(predictor, 0.5), scratch=str(scratch),
+                                  rows_per_part=250, engine="serial", workers=1)
+    ref = score_table(b, "reviews", predictor)
+    assert (rep.rows_scored, rep.rows_skipped, rep.rows_unknown) == (ref.rows_scored, ref.rows_skipped, ref.rows_unknown)
+    assert rep.chunks == 5 and rep.status == "completed" and rep.rows_scored == N
+    got, want = _scores(a), _scores(b)
+    assert [r[0] for r in got] == [r[0] for r in want] and [r[2:] for r in got] == [r[2:] for r in want]
+    assert np.allclose([r[1] for r in got], [r[1] for r in want], atol=1e-6)   # float32 batches differ by 1 ulp
+    runs = query_rows(a, "SELECT engine, workers, partitions, device, rows_scored, status FROM sentiment_runs")
+    assert runs == [("serial", 1, 5, "cpu", N, "completed")]
+    assert not os.path.exists(run_folder(Scratch(str(scratch)), a, "reviews", version))
+    again = score_table_partitioned(a, "reviews", version, serial_map(predictor, 0.5), scratch=str(scratch))
+    assert again.rows_scored == 0 and again.rows_up_to_date == N
+
+
+def _start(db, version, scratch, rows_per_part=200):
+    """Export the parts of a run by hand (as the committer does), returning them and the run."""
+    from pipeline.score.attach import Attached
+    from pipeline.score.writeback import ScoreReport, TableRun, start_table_run
+
+    run = TableRun(db, "reviews", "review_id", "text", version, False, 30.0, None, engine={"engine": "test"})
+    report = ScoreReport(run_id="manual", table="reviews", db_path=str(db), model=version)
+    with Attached(db, timeout=30.0, on_wait=None) as run.attached:
+        start_table_run(run, report, False)
+        return export_parts(run, Scratch(str(scratch)), rows_per_part, False)
+
+
+def test_a_part_is_content_addressed_and_scoring_it_again_is_a_no_op(tiny, tmp_path):
+    wh, version, predictor = tiny
+    db = make_review_db(tmp_path / "r.duckdb", n=500)
+    parts = _start(db, version, tmp_path / "s")
+    assert [p.rows for p in parts] == [200, 200, 100]
+    assert parts[0].first_id < parts[0].last_id < parts[1].first_id
+    again = _start(db, version, tmp_path / "s")
+    assert [p.input_path for p in again] == [p.input_path for p in parts]       # same rows, same bytes, same name
+    first = score_part(parts[1], predictor)
+    second = score_part(parts[1], predictor)
+    assert not first.reused and second.reused and second.scored_sha256 == first.scored_sha256
+    with pytest.raises(InputError, match="to be scored with model"):
+        score_part(parts[0], type("Other", (), {"version": "other-model", "predict_proba": None})())
+
+
+def test_a_run_killed_after_some_merges_resumes_and_scores_every_row_once(tiny, tmp_path):
+    """Parts 0-3 scored, 0-1 merged, then the committer dies. The next run exports only the rows left, finds
+    the same parts 2-3 already scored (reused, not scored again), and every row ends with one score."""
+    wh, version, predictor = tiny
+    db = make_review_db(tmp_path / "r.duckdb", n=N)
+    scratch = str(tmp_path / "scratch")
+
+    def dies_after_two(parts):
+        results = [score_part(p, predictor) for p in parts[:4]]
+        yield from results[:2]
+        raise KeyboardInterrupt("kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        score_table_partitioned(db, "reviews", version, dies_after_two, scratch=scratch, rows_per_part=200)
+    first = dict(query_rows(db, "SELECT review_id, scored_at FROM reviews WHERE sentiment_model IS NOT NULL"))
+    assert len(first) == 400
+    seen: list[PartResult] = []
+
+    def recording(parts):
+        for result in serial_map(predictor, 0.5)(parts):
+            seen.append(result)
+            yield result
+
+    rep = score_table_partitioned(db, "reviews", version, recording, scratch=scratch, rows_per_part=200)
+    assert rep.rows_scored == N - 400 and rep.chunks == 4
+    assert [r.reused for r in seen] == [True, True, False, False]
+    runs = query_rows(db, "SELECT status, rows_scored FROM sentiment_runs ORDER BY started_at")
+    assert [r[0] for r in runs] == ["failed", "completed"] and sum(r[1] for r in runs) == N
+    after = dict(query_rows(db, "SELECT review_id, scored_at FROM reviews"))
+    assert all(after[k] == v for k, v in first.items())           # merged rows were not written again
+    assert query_rows(db, "SELECT count(*) FROM reviews WHERE sentiment_model = ?", [version]) == [(N,)]
+
+
+def test_a_tampered_or_foreign_scored_part_is_never_merged(tiny, tmp_path):
+    wh, version, predictor = tiny
+    db = make_review_db(tmp_path / "r.duckdb", n=400)
+    scratch = str(tmp_path / "scratch")
+
+    def tampered(parts):
+        for part in parts:
+            result = score_part(part, predictor)
+            with open(result.scored_path, "r+b") as f:     # flip a byte after the worker reported its hash
+                f.seek(40)
+                byte = f.read(1)
+                f.seek(40)
+                f.write(bytes([byte[0] ^ 0xFF]))
+            yield result
+
+    with pytest.raises(ScratchIntegrityError, match="SHA-256"):
+        score_table_partitioned(db, "reviews", version, tampered, scratch=scratch, rows_per_part=200)
+    assert query_rows(db, "SELECT count(*) FROM reviews WHERE sentiment_model IS NOT NULL") == [(0,)]
+    assert query_rows(db, "SELECT status FROM sentiment_runs") == [("failed",)]
+
+
+def test_a_broken_model_fails_the_run_and_parts_merged_before_stay(tiny, tmp_path):
+    wh, version, predictor = tiny
+    db = make_review_db(tmp_path / "r.duckdb", n=600)
+
+    class Broken:
+        def __init__(self):
+            self.version, self.calls = version, 0
+
+        def predict_proba(self, texts):
+            self.calls += 1
+            return np.full(len(texts), 0.7 if self.calls == 1 else 1.5)
+
+    with pytest.raises(ModelOutputError, match="1.5"):
+        score_table_partitioned(db, "reviews", version, serial_map(Broken(), 0.5), scratch=str(tmp_path / "s"),
+                                rows_per_part=200)
+    assert query_rows(db, "SELECT count(*) FROM reviews WHERE sentiment_score = 0.7") == [(200,)]
+    status, error = query_rows(db, "SELECT status, error FROM sentiment_runs")[0]
+    assert status == "failed" and "ModelOutputError" in error
+
+
+def test_bad_arguments_are_refused_before_anything_is_written(tiny, tmp_path):
+    wh, version, predictor = tiny
+    db = make_review_db(tmp_path / "r.duckdb", n=50)
+    before = db.read_bytes()
+    for kwargs, match in [({"rows_per_part": 0}, "rows_per_part"), ({"threshold": 2.0}, "threshold"),
+                          ({"text_col": "nope"}, "nope")]:
+        with pytest.raises(Exception, match=match):
+            score_table_partitioned(db, "reviews", version, serial_map(predictor, 0.5),
+                                    scratch=str(tmp_path / "s"), **kwargs)
+    assert db.read_bytes() == before
