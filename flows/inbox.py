@@ -6,6 +6,10 @@ DuckDB table ``<dataset>_scored`` (only rows not scored yet). Files end in ``inb
 ``inbox/failed/`` with ``<name>.error.txt`` beside them. A file whose content (SHA-256) was processed
 before is not ingested again. See pipeline/ops/inbox.py for the guarantees.
 
+The claimed files are read as concurrent tasks on the flow's task runner (``workers`` at once, default 1)
+and published one by one in claim order, one part file each (``flows.ingest.ingest_many``); a bad file
+fails alone.
+
     python -m flows.inbox --warehouse warehouse     # one pass, without a server
 """
 
@@ -18,11 +22,12 @@ import typer
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from flows.ingest import ingest_flow
+from flows.ingest import publish_artifacts, ingest_many
 from flows.retries import retry_unless_user_error
 from flows.score import score_flow
 from pipeline.ops import inbox as box
 from pipeline.core.config import Warehouse, validate_name
+from pipeline.core.errors import InputError
 
 
 @task(name="claim-inbox-files", task_run_name="claim-inbox-files", retries=2, retry_delay_seconds=2,
@@ -56,28 +61,33 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def ingest_claims(wh: Warehouse, claims: list[dict], dataset: str, logger) -> tuple[list[dict], list]:
-    """Ingest each claimed file (a duplicate by content is moved on, a bad file fails alone).
+def ingest_claims(wh: Warehouse, claims: list[dict], dataset: str, logger,
+                  workers: int = 1) -> tuple[list[dict], list]:
+    """Ingest the claimed files, ``workers`` read at once (a duplicate by content is moved on, a bad file
+    fails alone).
 
     Returns (results of files that are done, [(claim, ingest report)] of files waiting to be scored)."""
     results: list[dict] = []
-    ingested: list[tuple[box.Claim, dict]] = []
+    todo: dict[str, box.Claim] = {}
     for c in map(_claim, claims):
         prev = box.ledger_entry(wh, c.sha256)
-        if prev is not None:
-            to = box.complete(wh, c, {"skipped": "duplicate"}, duplicate_of=prev)
-            logger.warning(f"{c.name}: same content as {prev['name']} processed at {prev['processed_at']}; "
-                           f"not ingested again -> {to}")
-            results.append(_result(c, "duplicate", to))
+        if prev is None:
+            todo[str(c.path)] = c
             continue
-        try:
-            rep = ingest_flow(source=str(c.path), dataset=dataset, warehouse=str(wh.root))
-        except Exception as exc:  # a bad file must not stop the others
-            to = box.fail(wh, c, exc)
-            logger.error(f"{c.name}: ingest failed ({_describe(exc)}) -> {to} (+ .error.txt)")
-            results.append(_result(c, "failed", to, error=_describe(exc)))
+        to = box.complete(wh, c, {"skipped": "duplicate"}, duplicate_of=prev)
+        logger.warning(f"{c.name}: same content as {prev['name']} processed at {prev['processed_at']}; "
+                       f"not ingested again -> {to}")
+        results.append(_result(c, "duplicate", to))
+    ingested: list[tuple[box.Claim, dict]] = []
+    for o in ingest_many(list(todo), dataset, str(wh.root), {}, False, workers):
+        c = todo[o.path]
+        if o.error is not None:   # a bad file must not stop the others
+            to = box.fail(wh, c, o.error)
+            logger.error(f"{c.name}: ingest failed ({_describe(o.error)}) -> {to} (+ .error.txt)")
+            results.append(_result(c, "failed", to, error=_describe(o.error)))
             continue
-        ingested.append((c, rep or {}))
+        publish_artifacts(o.report)
+        ingested.append((c, o.report or {}))
     return results, ingested
 
 
@@ -119,13 +129,17 @@ def pass_summary(wh: Warehouse, results: list[dict], score: dict) -> dict:
 
 @flow(name="inbox", flow_run_name="ingest-and-score-{dataset}")
 def inbox_flow(warehouse: str | None = None, dataset: str = "inbox", model: str = "champion",
-               min_age_s: float = 2.0, max_files: int = 100, stale_after_s: float = 3600.0) -> dict:
-    """Ingest and score every file waiting in the inbox; returns counts and where each file went."""
+               min_age_s: float = 2.0, max_files: int = 100, stale_after_s: float = 3600.0,
+               workers: int = 1) -> dict:
+    """Ingest and score every file waiting in the inbox (``workers`` files read at once); returns counts and
+    where each file went."""
     logger = get_run_logger()
     validate_name(dataset, "dataset name")
+    if workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}")
     wh = Warehouse.from_env(warehouse).ensure()
     claims = claim_files(str(wh.root), min_age_s, max_files, stale_after_s)
-    done, ingested = ingest_claims(wh, claims, dataset, logger)
+    done, ingested = ingest_claims(wh, claims, dataset, logger, workers)
     scored, score = score_ingested(wh, ingested, dataset, model, logger)
     summary = pass_summary(wh, done + scored, score)
     if summary["results"]:
@@ -139,9 +153,10 @@ def inbox_flow(warehouse: str | None = None, dataset: str = "inbox", model: str 
 
 
 def one_pass(warehouse: Optional[str] = typer.Option(None, help="Warehouse root (default $REVIEWFLOW_WAREHOUSE)."),
-             dataset: str = typer.Option("inbox", help="Lake dataset the files go into.")) -> None:
+             dataset: str = typer.Option("inbox", help="Lake dataset the files go into."),
+             workers: int = typer.Option(1, min=1, help="Files read at once (published one by one).")) -> None:
     """One inbox pass now (what the *ingest-and-score* deployment runs on its schedule)."""
-    typer.echo(inbox_flow(warehouse=warehouse, dataset=dataset))
+    typer.echo(inbox_flow(warehouse=warehouse, dataset=dataset, workers=workers))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,12 @@ Two tasks:
 * ``write-<dataset>`` publishes the staging file as one new part file under the dataset lock
   (``pipeline.ingest.job.publish``), or none when every row was already there.
 
+A folder of CSV/TSV/JSON lines/Parquet files (``pipeline.ingest.job.folder_files``): one ``read`` task per
+file on the flow's task runner, at most ``workers`` at once, and one ``write`` per file, in file order, as
+soon as that file and the ones before it are read (``pipeline.ingest.job.stage_and_publish``). A bad file
+fails the flow naming it, after the good files were published. The staged result holds the staging file's
+lock, so the read tasks must run in this process (threads: the default ``ThreadPoolTaskRunner``).
+
 Artifacts: ``ingest-<dataset>`` (rows by split and label: in the source / added) and
 ``ingest-<dataset>-dropped`` (what was dropped, skipped or repaired, and why).
 """
@@ -19,8 +25,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+import time
+from typing import Optional
+
 from pipeline.core.config import Warehouse
-from pipeline.ingest.job import IngestReport, StagedIngest, publish, skipped_note, stage
+from pipeline.core.errors import InputError
+from pipeline.ingest.job import (FileOutcome, IngestReport, StagedIngest, combine_reports, files_failed,
+                                 folder_files, publish, skipped_note, stage, stage_and_publish)
 from flows.artifacts import artifact_key
 from flows.retries import retry_unless_user_error
 
@@ -65,7 +76,7 @@ def write_task(staged: StagedIngest, dataset: str, warehouse: str) -> dict:
     return report.to_dict()
 
 
-def _publish_artifacts(report: dict) -> None:
+def publish_artifacts(report: dict) -> None:
     ds = report["dataset"]
     create_table_artifact(
         key=artifact_key("ingest", ds),
@@ -73,7 +84,8 @@ def _publish_artifacts(report: dict) -> None:
                for r in report["by_split_label"]] or [{"split": "-", "label": "-", "rows in source": 0, "added": 0}],
         description=(f"Ingest of `{report['source']}` ({report['kind']}) into dataset `{ds}`: "
                      f"{report['rows_read']} rows read, {report['rows_added']} added, "
-                     f"part file `{report['part_file']}`"),
+                     + (f"{len(report['part_files'])} part files" if "part_files" in report else
+                        f"part file `{report['part_file']}`")),
     )
     counts = dict(report["dropped"])
     counts["duplicate_in_source"] = report["duplicates_in_source"]
@@ -88,13 +100,53 @@ def _publish_artifacts(report: dict) -> None:
     )
 
 
+def ingest_many(files: list[str], dataset: str, warehouse: str, mapping: dict, progress: bool,
+                workers: int) -> list[FileOutcome]:
+    """Read ``files`` as concurrent ``read`` tasks on the current flow's task runner (at most ``workers`` at
+    once) and publish each with a ``write`` task, in file order; one outcome per file (report or error)."""
+    logger = get_run_logger()
+
+    def publish_one(staged: StagedIngest) -> dict:
+        try:
+            report = write_task(staged, dataset, warehouse)
+        finally:
+            staged.discard()
+        logger.info("%s: %s", staged.source.location, IngestReport(**report).summary())
+        return report
+
+    outcomes = stage_and_publish(files, lambda f: read_task.submit(f, dataset, warehouse, mapping, progress),
+                                 publish_one, workers)
+    for o in outcomes:
+        if o.error is not None:
+            logger.error("%s: not ingested: %s", o.path, o.error)
+    return outcomes
+
+
+def _ingest_folder(source: str, files: list[str], left_out: list[str], dataset: str, warehouse: str,
+                   mapping: dict, progress: bool, workers: int) -> dict:
+    """Every review file of folder ``source``; the combined report (artifacts), or the error naming the bad
+    files once the good ones are published."""
+    started = time.monotonic()
+    logger = get_run_logger()
+    logger.info("folder %s: %d review files, %d at once%s", source, len(files), workers,
+                f"; left out: {', '.join(left_out)}" if left_out else "")
+    outcomes = ingest_many(files, dataset, warehouse, mapping, progress, workers)
+    report = combine_reports(dataset, source, outcomes, left_out, time.monotonic() - started)
+    publish_artifacts(report)
+    if (error := files_failed(outcomes)) is not None:
+        raise error
+    logger.info(IngestReport(**{k: v for k, v in report.items() if k not in ("files", "part_files")}).summary())
+    return report
+
+
 @flow(name="ingest", flow_run_name="ingest-{dataset}", log_prints=False)
 def ingest_flow(source: str, dataset: str, warehouse: str | None = None, text_col: str | None = None,
                 label_col: str | None = None, id_col: str | None = None, split: str | None = None,
                 rating_col: str | None = None, split_col: str | None = None, progress: bool = False,
-                group_col: str | None = None) -> dict:
-    """Ingest SOURCE (aclImdb folder/tarball/URL, CSV, JSON lines, Parquet) into lake dataset DATASET.
-    ``group_col`` (what each review is about, e.g. a movie id) is stored as the lake's ``group_id``.
+                group_col: str | None = None, workers: Optional[int] = None) -> dict:
+    """Ingest SOURCE (aclImdb folder/tarball/URL, CSV, JSON lines, Parquet, or a folder of such files) into
+    lake dataset DATASET. ``group_col`` (what each review is about, e.g. a movie id) is stored as the lake's
+    ``group_id``. ``workers``: files of a folder read at once (default 1); the result is the same lake.
 
     Returns the ingest report as a dict (rows_read, rows_added, duplicates, dropped{reason: n},
     replaced_utf8, by_split_label, part_file, ...).
@@ -105,11 +157,15 @@ def ingest_flow(source: str, dataset: str, warehouse: str | None = None, text_co
     mapping = dict(text_col=text_col, label_col=label_col, id_col=id_col, rating_col=rating_col,
                    split_col=split_col, split=split, group_col=group_col)
     mapping = {k: v for k, v in mapping.items() if v is not None}
+    if workers is not None and workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}")
+    if (found := folder_files(source)) is not None:
+        return _ingest_folder(source, *found, dataset, whs, mapping, progress, workers or 1)
     staged = read_task(source, dataset, whs, mapping, progress)
     try:
         report = write_task(staged, dataset, whs)
     finally:
         staged.discard()
-    _publish_artifacts(report)
+    publish_artifacts(report)
     logger.info(IngestReport(**report).summary())
     return report

@@ -9,6 +9,13 @@ Caching, two layers:
   *was*: when that directory is gone the flow runs the task with ``refresh_cache=True``, which
   rebuilds it and overwrites the cache record.
 
+Parallel (``workers`` >= 2): three kinds of tasks on the flow's task runner (``ThreadPoolTaskRunner`` by
+default; pass another, e.g. Dask's, with ``prepare_flow.with_options(task_runner=...)``): ``plan-prepare``
+(split codes, the lake cut into ``workers`` partitions), one ``tokenize-partition`` per partition (train token
+counts back, tokens spilled to the warehouse's scratch), ``finish-prepare`` (vocabulary from the merged
+counts, encode, shards). The prep is byte for byte the single-task one, so it has the same prep id and
+cache. The scratch folder is removed when the flow ends, whatever happened.
+
 Artifacts: ``prepare-<dataset>`` (markdown: lengths, vocabulary, coverage / unk rate, where the
 histogram PNG is) and ``prepare-<dataset>-counts`` (table: rows per split and label).
 """
@@ -22,11 +29,14 @@ from typing import Optional
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
                                update_progress_artifact)
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
 from pipeline.core.config import Warehouse, validate_name
+from pipeline.core.errors import InputError
 from pipeline.prepare.config import PrepareConfig
-from pipeline.prepare.job import compute_prep_id, dataset_fingerprint, prepare
+from pipeline.prepare.job import (PrepPlan, compute_prep_id, dataset_fingerprint, discard_plan, finish_prepare,
+                                  plan_prepare, prepare)
+from pipeline.prepare.partitions import Partition, PartitionTokens, tokenize_partition
 from pipeline.prepare.manifest import read_manifest
 from flows.artifacts import artifact_key
 from flows.retries import retry_unless_user_error
@@ -60,6 +70,49 @@ def prepare_task(dataset: str, warehouse: str, params: dict, prep_id: str, prep_
         logger.info("prepared %s in %.2f s: %s (timings %s)", res.prep_id, res.seconds, res.counts,
                     res.manifest.get("timings_s"))
     return res.summary()
+
+
+@task(name="plan-prepare", task_run_name="plan-{dataset}", cache_policy=NO_CACHE, persist_result=False,
+      retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
+def plan_task(dataset: str, warehouse: str, params: dict, partitions: int) -> PrepPlan:
+    """Split codes of every row (no text read) and the lake cut into partitions; the cached prep if it exists."""
+    plan = plan_prepare(Warehouse.from_env(warehouse), dataset, PrepareConfig(**params), partitions)
+    if plan.cached is None:
+        get_run_logger().info("%d rows in %d partition(s): %s", plan.rows.n, len(plan.partitions),
+                              [p.rows for p in plan.partitions])
+    return plan
+
+
+@task(name="tokenize-partition", task_run_name="tokenize-{dataset}-{part.index}", cache_policy=NO_CACHE,
+      persist_result=False, retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error)
+def tokenize_task(dataset: str, part: Partition, params: dict, scratch: str) -> PartitionTokens:
+    """Tokenize one partition: its train token counts back, its tokens spilled to ``scratch``."""
+    res = tokenize_partition(part, PrepareConfig(**params), scratch, dataset=dataset, workers=1)
+    get_run_logger().info("partition %d: %d rows, %d train tokens in %.2f s", part.index, part.rows,
+                          res.train_tokens, res.seconds)
+    return res
+
+
+@task(name="finish-prepare", task_run_name="finish-{plan.dataset}", cache_policy=NO_CACHE, persist_result=False)
+def finish_task(plan: PrepPlan, results: list[PartitionTokens]) -> dict:
+    """Vocabulary from the merged counts, then encode and write the shards (one writer, atomic prep dir)."""
+    res = finish_prepare(plan, results)
+    get_run_logger().info("prepared %s in %.2f s: %s (timings %s)", res.prep_id, res.seconds, res.counts,
+                          res.manifest.get("timings_s"))
+    return res.summary()
+
+
+def prepare_partitioned(dataset: str, warehouse: str, params: dict, workers: int) -> dict:
+    """The parallel path (see the module docstring), on the current flow's task runner."""
+    plan = plan_task(dataset, warehouse, params, workers)
+    if plan.cached is not None:
+        get_run_logger().info("prep %s already exists: reused without reading any text", plan.prep_id)
+        return plan.cached.summary()
+    try:
+        futures = [tokenize_task.submit(dataset, part, params, str(plan.scratch)) for part in plan.partitions]
+        return finish_task(plan, [f.result() for f in futures])
+    finally:
+        discard_plan(plan)
 
 
 def _ascii_hist(manifest: dict) -> str:
@@ -113,9 +166,11 @@ def prepare_flow(dataset: str, warehouse: Optional[str] = None, max_len: int = P
                  val_fraction: float = PrepareConfig.val_fraction, seed: int = PrepareConfig.seed,
                  truncate: str = PrepareConfig.truncate, pad_side: str = PrepareConfig.pad_side,
                  strip_html: bool = PrepareConfig.strip_html, include_unsup: bool = PrepareConfig.include_unsup,
-                 min_class_rows: int = PrepareConfig.min_class_rows, split_by: str = PrepareConfig.split_by) -> dict:
+                 min_class_rows: int = PrepareConfig.min_class_rows, split_by: str = PrepareConfig.split_by,
+                 workers: Optional[int] = None) -> dict:
     """Prepare lake dataset ``dataset`` into tensor shards under ``<warehouse>/shards/<prep-id>/``.
     Every option's default (and meaning) is :class:`pipeline.prepare.config.PrepareConfig`'s.
+    ``workers`` >= 2: tokenize that many lake partitions as parallel tasks (same bytes as one task).
 
     Refuses (``InputError``, before any shard is written) a train split with fewer than ``min_class_rows``
     rows of either class, or a validation split without both classes.
@@ -123,6 +178,8 @@ def prepare_flow(dataset: str, warehouse: Optional[str] = None, max_len: int = P
     """
     logger = get_run_logger()
     validate_name(dataset, "dataset name")
+    if workers is not None and workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}")
     cfg = PrepareConfig(max_len=max_len, min_freq=min_freq, max_vocab=max_vocab, val_fraction=val_fraction,
                         seed=seed, truncate=truncate, pad_side=pad_side, strip_html=strip_html,
                         include_unsup=include_unsup, min_class_rows=min_class_rows,
@@ -131,10 +188,13 @@ def prepare_flow(dataset: str, warehouse: Optional[str] = None, max_len: int = P
     prep_id = compute_prep_id(dataset, dataset_fingerprint(wh, dataset), cfg)
     prep_dir = wh.prep_dir(prep_id)
     logger.info("dataset %r, params %s -> prep id %s", dataset, asdict(cfg), prep_id)
-    run = prepare_task
-    if not (prep_dir / "manifest.json").exists():
-        run = prepare_task.with_options(refresh_cache=True)     # never trust a cached result for a missing dir
-    summary = run(dataset, str(wh.root), asdict(cfg), prep_id, str(prep_dir))
+    if workers is not None and workers >= 2:
+        summary = prepare_partitioned(dataset, str(wh.root), asdict(cfg), workers)
+    else:
+        run = prepare_task
+        if not (prep_dir / "manifest.json").exists():
+            run = prepare_task.with_options(refresh_cache=True)     # never trust a cached result for a missing dir
+        summary = run(dataset, str(wh.root), asdict(cfg), prep_id, str(prep_dir))
     manifest = read_manifest(summary["prep_dir"])
     create_markdown_artifact(key=artifact_key("prepare", dataset), markdown=report_markdown(summary, manifest),
                              description=f"prepare {dataset}: lengths, vocabulary, coverage")
@@ -148,4 +208,4 @@ def prepare_flow(dataset: str, warehouse: Optional[str] = None, max_len: int = P
     return summary
 
 
-__all__ = ["prepare_flow", "prepare_task", "report_markdown"]
+__all__ = ["prepare_flow", "prepare_task", "prepare_partitioned", "report_markdown"]

@@ -27,9 +27,13 @@ def print_report(rep: dict) -> None:
         "utf-8 repaired": f"{rep['replaced_utf8']} rows (invalid bytes -> U+FFFD)",
         "columns": ", ".join(f"{k}={v}" for k, v in rep["columns"].items()) or "from aclImdb paths",
         "skipped": skipped_note(rep["skipped"], rep["skipped_total"]),
-        "part file": rep["part_file"] or "none (nothing new)",
+        "part file": (f"{len(rep['part_files'])} (one per file with new rows)" if "part_files" in rep else
+                      rep["part_file"] or "none (nothing new)"),
         "seconds": rep["seconds"],
     })
+    for f in rep.get("files", []):
+        typer.echo(f"    {f['file']}: " + (f"FAILED {f['error']}" if "error" in f else
+                                           f"read {f['rows_read']}, added {f['rows_added']}"))
     if rep["by_split_label"]:
         typer.secho("  by split and label", bold=True)
         typer.echo(f"    {'split':<8} {'label':<11} {'rows':>9} {'added':>9}")
@@ -37,12 +41,29 @@ def print_report(rep: dict) -> None:
             typer.echo(f"    {r['split']:<8} {r['label']:<11} {r['rows']:>9} {r['added']:>9}")
 
 
+def _ingest_here(wh, source: str, dataset: str, progress: bool, workers: int, mapping: dict) -> dict:
+    """``--no-prefect``: the same job in this process (a folder of files: ``workers`` threads read)."""
+    import time
+
+    # deferred: pyarrow, as in print_report
+    from pipeline.ingest.job import combine_reports, files_failed, folder_files, ingest, ingest_files
+
+    found = folder_files(source)
+    if found is None:
+        return ingest(wh, source, dataset, progress=progress, **mapping).to_dict()
+    started = time.monotonic()
+    outcomes = ingest_files(wh, found[0], dataset, workers=workers, **mapping)
+    if (error := files_failed(outcomes)) is not None:
+        raise error
+    return combine_reports(dataset, source, outcomes, found[1], time.monotonic() - started)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("ingest")
     def ingest(
         source: Annotated[str, typer.Argument(
             help="aclImdb folder, aclImdb_v1.tar.gz (path or http(s) URL), or a .csv/.tsv, .jsonl/.ndjson/.json "
-                 "or .parquet file.", show_default=False)],
+                 "or .parquet file, or a folder of such files.", show_default=False)],
         dataset: Annotated[str, typer.Option("--dataset", "-d", help="Lake dataset to add the rows to (created if new).",
                                              show_default=False)],
         text_col: Annotated[Optional[str], _col("--text-col", "Column with the review text. Default: text")] = None,
@@ -57,6 +78,10 @@ def register(app: typer.Typer) -> None:
         group_col: Annotated[Optional[str], _col(
             "--group-col", "What each review is about (movie, product id), stored as group_id for "
                            "`prepare --split-by group`. Default: group_id, if present")] = None,
+        workers: Annotated[Optional[int], typer.Option(
+            "--workers", min=1, show_default="1", help="For a folder of files: how many are read at once (Prefect "
+            "tasks on the flow's task runner; threads with --no-prefect). Each is still published as its own "
+            "part file, in name order.")] = None,
         no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run directly, without a Prefect flow run.")] = False,
         no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
@@ -74,6 +99,11 @@ def register(app: typer.Typer) -> None:
         replaced with U+FFFD and counted.
 
         \b
+        A folder of .csv/.tsv/.jsonl/.parquet files (not an aclImdb tree) is ingested file by file
+        (--workers N read at once), one part file per file; a bad file fails the command naming
+        it, and the good files stay ingested (ingesting the folder again adds only what is new).
+
+        \b
         aclImdb sources ([aclImdb/]train|test/pos|neg|unsup/<id>_<rating>.txt) give ids like
         train_pos_123 / unsup_7, labels from the folder, ratings from the file name.
 
@@ -85,19 +115,18 @@ def register(app: typer.Typer) -> None:
           reviewflow ingest ../shared/data/imdb/train.parquet --dataset imdb --group-col movie_id
           reviewflow ingest shop.csv --dataset shop --text-col body --label-col sentiment --id-col order_id
           reviewflow ingest tweets.jsonl --dataset tweets --split unsup --no-prefect
+          reviewflow ingest exports/ --dataset shop --text-col body --workers 4
         """
         wh = warehouse_from(warehouse)
         mapping = dict(text_col=text_col, label_col=label_col, id_col=id_col, rating_col=rating_col,
                        split_col=split_col, split=split, group_col=group_col)
         if no_prefect:
-            from pipeline.ingest.job import ingest as run_ingest  # deferred: pyarrow, as in print_report
-
-            rep = run_ingest(wh, source, dataset, progress=not no_progress, **mapping).to_dict()
+            rep = _ingest_here(wh, source, dataset, not no_progress, workers or 1, mapping)
         else:
             from flows.ingest import ingest_flow  # deferred: Prefect reads its settings at import (flows.cli)
 
             rep = ingest_flow(source=source, dataset=dataset, warehouse=str(wh.root), progress=not no_progress,
-                              **mapping)
+                              workers=workers, **mapping)
         if as_json:
             typer.echo(json.dumps(rep, indent=2))
         else:

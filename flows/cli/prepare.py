@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -43,8 +43,8 @@ def print_summary(summary: dict, manifest: dict) -> None:
     })
 
 
-def _prepare_here(wh, dataset: str, cfg: PrepareConfig) -> dict:
-    """``--no-prefect``: run the same job in this process, with a progress bar per pass."""
+def _prepare_here(wh, dataset: str, cfg: PrepareConfig, workers: int | None) -> dict:
+    """``--no-prefect``: run the same job in this process (``workers`` threads), with a progress bar per pass."""
     # deferred: tqdm and the job's numpy/pyarrow load only when the command runs
     from tqdm import tqdm
 
@@ -59,7 +59,7 @@ def _prepare_here(wh, dataset: str, cfg: PrepareConfig) -> dict:
         bar.update(done - bar.n)
 
     try:
-        return prepare(wh, dataset, cfg, progress=progress).summary()
+        return prepare(wh, dataset, cfg, progress=progress, workers=workers).summary()
     finally:
         for bar in bars.values():
             bar.close()
@@ -87,6 +87,10 @@ def register(app: typer.Typer) -> None:
         split_by: Annotated[str, typer.Option("--split-by", help="Validation holds out single reviews (review) or "
                                               "whole groups (group: the group_id from `ingest --group-col`, e.g. "
                                               "movies; rows without one are split per review).")] = PrepareConfig.split_by,
+        workers: Annotated[Optional[int], typer.Option(
+            "--workers", min=1, show_default="one task", help="Tokenize the lake in this many partitions as parallel "
+            "Prefect tasks (the flow's task runner); the shards are byte for byte the same. With --no-prefect: "
+            "threads in this process.")] = None,
         no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run directly, without a Prefect flow run.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
         warehouse: WarehouseOption = None,
@@ -113,6 +117,7 @@ def register(app: typer.Typer) -> None:
           reviewflow prepare --dataset imdb --max-len 400 --truncate head+tail --min-freq 2
           reviewflow prepare --dataset imdb --max-len 512 --pad-side left --keep-html --min-freq 1 --max-vocab 0
           reviewflow prepare --dataset imdb --split-by group --val-fraction 0.2
+          reviewflow prepare --dataset imdb --workers 4
           reviewflow prepare --dataset imdb --no-prefect --json
         """
         wh = warehouse_from(warehouse)
@@ -124,11 +129,11 @@ def register(app: typer.Typer) -> None:
         from pipeline.prepare.manifest import read_manifest
 
         if no_prefect:
-            summary = _prepare_here(wh, dataset, cfg)
+            summary = _prepare_here(wh, dataset, cfg, workers)
         else:
             from flows.prepare import prepare_flow
 
-            summary = prepare_flow(dataset=dataset, warehouse=str(wh.root), **asdict(cfg))
+            summary = prepare_flow(dataset=dataset, warehouse=str(wh.root), workers=workers, **asdict(cfg))
         manifest = read_manifest(summary["prep_dir"])
         if as_json:
             typer.echo(json.dumps(summary | {"lengths": manifest["lengths"], "unk_rate": manifest["unk_rate"]},

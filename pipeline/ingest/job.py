@@ -16,25 +16,37 @@ Two steps, so an orchestrator can retry the first (which may read a URL) on its 
 
 ``ingest()`` does both. Memory stays near one batch (plus the set of review ids), whatever the
 source size.
+
+Many files (a folder of CSV/TSV/JSON lines/Parquet files, not an aclImdb tree, see ``folder_files``; or an
+inbox): ``stage_and_publish`` stages several at once (on any executor: threads, a Prefect task runner) and
+publishes each one as soon as it and every file before it are staged, in file order, one part file per file,
+serialized. Staging dedupes against the lake as it was when it started; ``publish`` re-checks against the
+parts published since, so the lake ends up as it would file by file. A file that fails is recorded and
+the others go on (their publishes stay); ``files_failed`` turns the failures into one error naming the files.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
+import os
+import stat
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.config import Warehouse, validate_name
-from pipeline.core.errors import InputError
+from pipeline.core.errors import InputError, ReviewflowError, TemporaryFailure
 from pipeline.core.schema import LAKE_SCHEMA
 from pipeline.ingest import lake
 from pipeline.ingest.columns import ColumnMap
 from pipeline.ingest.dedupe import Deduper
-from pipeline.ingest.detect import Source, detect
+from pipeline.ingest.detect import COMPRESSION_SUFFIXES, FILE_KINDS, Source, detect, file_kind
 from pipeline.ingest.labels import label_name
 from pipeline.ingest.readers import read_source
 from pipeline.ingest.readers.base import ReadStats
@@ -263,3 +275,147 @@ def ingest(wh: Warehouse, source: str, dataset: str, *, text_col: str | None = N
         return publish(wh, staged)
     finally:
         staged.discard()
+
+
+# ------------------------------------------------------------------------------------------ many files
+def _review_file_name(name: str) -> bool:
+    """A name with a CSV/TSV/JSON lines/Parquet suffix (optionally compressed), not hidden."""
+    name = name.lower()
+    for suf in COMPRESSION_SUFFIXES:
+        if name.endswith(suf):
+            name = name[: -len(suf)]
+            break
+    return not name.startswith(".") and Path(name).suffix in FILE_KINDS
+
+
+def folder_files(source: str) -> tuple[list[str], list[str]] | None:
+    """(review files, "name (why)" of entries left out) of a folder of CSV/TSV/JSON lines/Parquet files, in
+    name order; None for every other source (a file, a URL, an aclImdb folder: one source, read as today).
+
+    Only the folder's own entries count (no sub-folders); an entry that is not a regular file, or a link
+    leading out of the folder, is left out and named. A folder without review files is left to the aclImdb
+    reader, whose error says what a folder should hold."""
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        return None
+    if any((base / split).is_dir() for base in (root / "aclImdb", root) for split in ("train", "test")):
+        return None
+    root = root.resolve()
+    files, left_out = [], []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        real = Path(entry.path).resolve()
+        if entry.is_symlink() and not real.is_relative_to(root):
+            left_out.append(f"{entry.name} (symbolic link out of the folder)")
+        elif not real.exists():
+            left_out.append(f"{entry.name} (broken symbolic link)")
+        elif not stat.S_ISREG(mode := real.stat().st_mode):
+            left_out.append(f"{entry.name} ({file_kind(mode)})")
+        elif not _review_file_name(entry.name):
+            left_out.append(f"{entry.name} (not a .csv/.tsv/.jsonl/.ndjson/.json/.parquet file)")
+        else:
+            files.append(str(real))
+    return (files, left_out) if files else None
+
+
+@dataclass
+class FileOutcome:
+    """One file of a many-file ingest: its report (a dict, as the flows return it) or what failed."""
+    path: str
+    report: dict | None = None
+    error: BaseException | None = None
+
+
+def stage_and_publish(files: Iterable[str], submit_stage: Callable[[str], Any],
+                      publish_one: Callable[[StagedIngest], dict], window: int = 1) -> list[FileOutcome]:
+    """Stage ``files``, at most ``window`` at once (``submit_stage(path)`` returns a future: anything with
+    ``.result()``), and publish each one with ``publish_one`` (which must discard the staging file) as soon as
+    it and every file before it are staged, in order. Failures are recorded per file; the others go on."""
+    todo, pending, out = iter(files), collections.deque(), []
+
+    def fill() -> None:
+        while len(pending) < max(1, window) and (path := next(todo, None)) is not None:
+            pending.append((path, submit_stage(path)))
+
+    fill()
+    try:
+        while pending:
+            path, future = pending.popleft()
+            try:
+                staged = future.result()
+            except Exception as exc:  # noqa: BLE001 - a bad file must not stop the others
+                out.append(FileOutcome(path, error=exc))
+                fill()
+                continue
+            fill()                      # the next files stage while this one publishes
+            try:
+                out.append(FileOutcome(path, report=publish_one(staged)))
+            except Exception as exc:  # noqa: BLE001
+                out.append(FileOutcome(path, error=exc))
+    finally:
+        for _, future in pending:       # interrupted: no staging file outlives us (the sweeper is the backstop)
+            try:
+                future.result().discard()
+            except BaseException:  # noqa: BLE001
+                pass
+    return out
+
+
+def ingest_files(wh: Warehouse, files: list[str], dataset: str, *, workers: int = 1, progress: bool = False,
+                 **mapping) -> list[FileOutcome]:
+    """``ingest`` of many files without an orchestrator: ``workers`` threads stage, this thread publishes."""
+    def publish_one(staged: StagedIngest) -> dict:
+        try:
+            return publish(wh, staged).to_dict()
+        finally:
+            staged.discard()
+
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="ingest") as ex:
+        return stage_and_publish(files, lambda f: ex.submit(stage, wh, f, dataset, progress=progress, **mapping),
+                                 publish_one, workers)
+
+
+def files_failed(outcomes: list[FileOutcome]) -> Exception | None:
+    """One error naming every file that failed, and saying the others were ingested; None if none failed.
+    ``TemporaryFailure`` if any failure may go away by itself, ``InputError`` if all are the user's to fix."""
+    failed = [o for o in outcomes if o.error is not None]
+    if not failed:
+        return None
+    done = len(outcomes) - len(failed)
+    listed = "; ".join(f"{Path(o.path).name}: {o.error}" for o in failed)
+    msg = (f"{len(failed)} of {len(outcomes)} files could not be ingested ({listed}); the other {done} were "
+           f"ingested and stay. Fix the files named and ingest again: rows already in the lake are skipped")
+    if any(isinstance(o.error, TemporaryFailure) or getattr(o.error, "transient", False) for o in failed):
+        return TemporaryFailure(msg)
+    if all(isinstance(o.error, ReviewflowError) for o in failed):
+        return InputError(msg)
+    return RuntimeError(msg)
+
+
+def combine_reports(dataset: str, source: str, outcomes: list[FileOutcome], left_out: list[str],
+                    seconds: float) -> dict:
+    """The reports of a many-file ingest as one report dict (the keys of ``IngestReport``, summed), plus
+    ``files`` (each file's report or error) and ``part_files``."""
+    reports = [o.report for o in outcomes if o.report is not None]
+    total = IngestReport(dataset=dataset, source=source, kind=f"folder ({len(outcomes)} files)",
+                         skipped=list(left_out), skipped_total=len(left_out), seconds=round(seconds, 3))
+    by: dict[tuple, list[int]] = {}
+    for r in reports:
+        for k in ("rows_read", "rows_added", "duplicates", "duplicates_in_lake", "duplicates_in_source",
+                  "replaced_utf8", "skipped_total"):
+            setattr(total, k, getattr(total, k) + r[k])
+        for k, v in r["dropped"].items():
+            total.dropped[k] = total.dropped.get(k, 0) + v
+        total.skipped += [f"{Path(r['source']).name}: {s}" for s in r["skipped"]]
+        total.columns.update(r["columns"])
+        for row in r["by_split_label"]:
+            c = by.setdefault((row["split"], row["label"]), [0, 0])
+            c[0], c[1] = c[0] + row["rows"], c[1] + row["added"]
+    order = {"pos": 0, "neg": 1}
+    total.by_split_label = [{"split": s, "label": lab, "rows": v[0], "added": v[1]}
+                            for (s, lab), v in sorted(by.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 2)))]
+    files = [{"file": o.path, **({"error": str(o.error)} if o.error is not None else
+                                 {"rows_read": o.report["rows_read"], "rows_added": o.report["rows_added"],
+                                  "part_file": o.report["part_file"]})} for o in outcomes]
+    return total.to_dict() | {"files": files, "part_files": [r["part_file"] for r in reports if r["part_file"]]}

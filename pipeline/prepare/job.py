@@ -19,6 +19,13 @@ dictionaries + a gather + padding); the indices cost one int32 per kept token (~
 max_len 512), kept in memory up to ``spill_budget`` and memory-mapped from scratch files beyond it.
 Reviews with zero tokens after normalisation are dropped and counted in the manifest.
 
+Steps an orchestrator can run as tasks, and ``prepare`` runs in order in this process: ``plan_prepare`` (prep
+id or cache hit; pass 0; the lake cut into partitions, ``pipeline.prepare.partitions``), ``tokenize_partition``
+per partition (pass 1: train token counts back, tokens spilled), ``finish_prepare`` (the vocabulary from the
+merged counts; pass 2). Any number of partitions writes the same bytes: counts are sums and the vocabulary
+order is total, pass 2 walks the batches in row order, and shard boundaries depend on row counts only.
+Only ``created_at`` and ``timings_s`` in the manifest (and so its digest) differ between any two runs.
+
 The whole prep dir is built under a temp name and renamed into place (``atomic_dir``), so a crash
 never leaves a half-written prep. The prep id is content-addressed: if ``manifest.json`` exists for
 it, ``prepare`` returns at once (``cached=True``) without reading any text.
@@ -34,7 +41,6 @@ online (for scoring).
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import functools
 import hashlib
@@ -46,7 +52,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -60,15 +66,16 @@ from pipeline.core.storage import atomic_dir, sweep_dead, temp_prefix, write_jso
 from pipeline.ingest import lake
 from pipeline.prepare.config import PrepareConfig
 from pipeline.prepare.manifest import manifest_digest, read_manifest
+from pipeline.prepare.partitions import (SKIP, TEST, TRAIN, UNSUP, VAL, Partition, PartitionTokens, Spill,
+                                         check_cover, ordered_map, plan_partitions, tokenize_partition, with_assign)
 from pipeline.prepare.shards import ShardWriter
 from pipeline.prepare.split import grouped_val_mask, stratified_val_mask
-from pipeline.prepare.text import kept_mask, pad_rows, tokenize
-from pipeline.prepare.vocab import Lookup, TokenCounter, build_vocab, vocab_bytes, vocab_sha256
+from pipeline.prepare.text import pad_rows
+from pipeline.prepare.vocab import Lookup, TokenCounter, build_vocab, merged_counts, vocab_bytes, vocab_sha256
 
 CODE_VERSION = "prepare-1"          # bump when the output of prepare changes for the same inputs
 SPLIT_NAMES = ("train", "val", "test", "unsup")
 CLASSES = (0, 1)                    # the labels a training set needs (pipeline.ingest.labels: 0 negative, 1 positive)
-TRAIN, VAL, TEST, UNSUP, SKIP = 0, 1, 2, 3, -1
 TRUNCATE_RULE = {
     "head": "first max_len tokens",
     "tail": "last max_len tokens",
@@ -115,58 +122,10 @@ def compute_prep_id(dataset: str, fingerprint: dict, cfg: PrepareConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-class _Spill:
-    """Per batch, the token dictionary and the kept batch-local token indices, for pass 2: kept in
-    memory up to ``budget`` bytes, then written to scratch files (Arrow IPC + ``.npy``, read back
-    memory-mapped), so memory stays flat however large the dataset."""
-
-    def __init__(self, scratch: Path, budget: int):
-        self.scratch, self.budget, self.used, self.items = scratch, budget, 0, []
-
-    def put(self, dictionary: pa.Array, local: np.ndarray) -> None:
-        size = local.nbytes + dictionary.nbytes
-        if self.used + size <= self.budget:
-            self.used += size
-            self.items.append((dictionary, local))
-            return
-        i = len(self.items)
-        dpath, lpath = self.scratch / f"dict-{i:06d}.arrow", self.scratch / f"local-{i:06d}.npy"
-        with pa.OSFile(str(dpath), "wb") as sink, pa.ipc.new_file(sink, pa.schema([("t", dictionary.type)])) as w:
-            w.write_batch(pa.record_batch([dictionary], names=["t"]))
-        np.save(lpath, local)
-        self.items.append((dpath, lpath))
-
-    def get(self, i: int) -> tuple[pa.Array, np.ndarray]:
-        d, local = self.items[i]
-        self.items[i] = None                    # release as we go
-        if isinstance(d, Path):
-            with pa.memory_map(str(d)) as src:
-                d = pa.ipc.open_file(src).read_all().column(0).combine_chunks()
-            local = np.load(local, mmap_mode="r")
-        return d, local
-
-
 def _plot(prep_dir: Path, lengths: np.ndarray, max_len: int) -> None:
     from pipeline.core.plots import length_histogram     # deferred: matplotlib, only when a prep is built
 
     length_histogram(lengths, prep_dir / "length_hist.png", max_len)
-
-
-def _ordered_map(fn, items: Iterable, workers: int, ahead: int | None = None):
-    """``map`` over a thread pool, results in order, at most ``ahead`` items in flight (bounded memory)."""
-    ahead = ahead or workers + 1
-    if workers <= 1:
-        for it in items:
-            yield fn(*it)
-        return
-    with ThreadPoolExecutor(workers, thread_name_prefix="prepare") as ex:
-        pending: collections.deque = collections.deque()
-        for it in items:
-            pending.append(ex.submit(fn, *it))
-            if len(pending) >= ahead:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 def _percentiles(x: np.ndarray) -> dict:
@@ -180,49 +139,6 @@ def _percentiles(x: np.ndarray) -> dict:
 def _label_counts(labels: np.ndarray) -> dict:
     vals, cnt = np.unique(labels, return_counts=True)
     return {str(int(v)): int(c) for v, c in zip(vals, cnt)}
-
-
-# ------------------------------------------------------------------------------------------ prepare
-def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), progress: Progress | None = None,
-            *, batch_rows: int = 4096, shard_rows: int = 50_000, workers: int | None = None,
-            spill_budget: int = 128 << 20) -> PrepareResult:
-    """Prepare ``dataset`` into ``<wh>/shards/<prep_id>/`` (or return the cached prep)."""
-    t_start = time.perf_counter()
-    validate_name(dataset, "dataset name")
-    fingerprint = dataset_fingerprint(wh, dataset)
-    prep_id = compute_prep_id(dataset, fingerprint, cfg)
-    prep_dir = wh.prep_dir(prep_id)
-    if (prep_dir / "manifest.json").exists():
-        return _cached(prep_id, prep_dir, t_start, dataset, cfg)
-    wh.ensure()
-    run = _Run(dataset, cfg, workers or min(2, os.cpu_count() or 1), progress or (lambda stage, done, total: None))
-    # both passes read exactly the fingerprinted part files (a concurrent ingest adds a file we ignore)
-    source = pads.dataset([str(wh.dataset_dir(dataset) / f["name"]) for f in fingerprint["files"]],
-                          schema=LAKE_SCHEMA, format="parquet")
-    try:
-        rows = run.timed("assign", _assign_rows, source, run)
-    except pa.ArrowInvalid as exc:     # a part file that is not Parquet (any more): arrow's message names it
-        raise IntegrityError(f"lake dataset {dataset!r} cannot be read: {exc} Re-ingest the dataset "
-                             "(`reviewflow ingest`)") from None
-    sweep_dead(wh.tmp, wh.shards)     # what killed prepares left behind
-    scratch = Path(tempfile.mkdtemp(prefix=temp_prefix(f"prepare-{prep_id}"), dir=wh.tmp))
-    try:
-        spill = _Spill(scratch, spill_budget)
-        tokens = run.timed("tokenize_count", _tokenize_pass, source, rows, spill, batch_rows, run)
-        vocab = run.timed("vocab", _Vocabulary.build, tokens.counter, cfg)
-        tokens.counter = None
-        route = _route(rows, tokens, run)
-        with atomic_dir(prep_dir) as tmp:
-            written = _write_prep(tmp, rows, tokens, route, vocab, spill, shard_rows, run)
-            manifest = _manifest(prep_id, fingerprint, rows, tokens, route, vocab, written, run)
-            write_json_atomic(tmp / "manifest.json", manifest)
-    except OSError:
-        if not (prep_dir / "manifest.json").exists():
-            raise
-        return _cached(prep_id, prep_dir, t_start, dataset, cfg)   # another prepare published this prep id first
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return PrepareResult(prep_id, prep_dir, False, manifest["counts"], manifest, time.perf_counter() - t_start)
 
 
 @dataclass
@@ -258,6 +174,129 @@ class _Rows:
     def split_labels(self, codes: np.ndarray) -> dict[str, dict]:
         """Label counts of the train and val rows under the split codes ``codes``."""
         return {name: _label_counts(self.labels[codes == code]) for code, name in ((TRAIN, "train"), (VAL, "val"))}
+
+
+# ------------------------------------------------------------------------------------------ prepare
+def prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig = PrepareConfig(), progress: Progress | None = None,
+            *, batch_rows: int = 4096, shard_rows: int = 50_000, workers: int | None = None,
+            spill_budget: int = 128 << 20, partitions: int = 1) -> PrepareResult:
+    """Prepare ``dataset`` into ``<wh>/shards/<prep_id>/`` (or return the cached prep), in this process.
+
+    The three steps an orchestrator runs as tasks (``plan_prepare``, ``tokenize_partition`` per partition,
+    ``finish_prepare``), one after the other; ``workers`` threads inside each pass. Any ``partitions`` gives
+    the same bytes (the parallel path's guarantee, tested against this one)."""
+    plan = plan_prepare(wh, dataset, cfg, partitions)
+    if plan.cached is not None:
+        return plan.cached
+    workers = workers or min(2, os.cpu_count() or 1)
+    report = progress or (lambda stage, done, total: None)
+    done = [0]
+
+    def tick(rows: int) -> None:
+        done[0] += rows
+        report("tokenize", done[0], plan.rows.n)
+
+    try:
+        t, results = time.perf_counter(), []
+        for part in plan.partitions:       # the in-memory budget is shared by all partitions' spills
+            left = max(0, spill_budget - sum(r.spill.used for r in results))
+            results.append(tokenize_partition(part, cfg, plan.scratch, dataset=dataset, batch_rows=batch_rows,
+                                              workers=workers, spill_budget=left, report=tick))
+        return finish_prepare(plan, results, progress, shard_rows=shard_rows, workers=workers,
+                              tokenize_s=time.perf_counter() - t)
+    finally:
+        discard_plan(plan)
+
+
+@dataclass
+class PrepPlan:
+    """Step 1 of a prepare (:func:`plan_prepare`): the prep id and, unless the prep exists already
+    (``cached``), every row's split code and the lake partitions to tokenize, with a scratch folder for
+    their spilled tokens. A tokenize task needs only its ``Partition`` (small: files, row groups, split codes);
+    the plan itself, with every row's id, goes to the finish step."""
+    wh: Warehouse
+    dataset: str
+    cfg: PrepareConfig
+    prep_id: str
+    prep_dir: Path
+    fingerprint: dict
+    t_start: float                               # wall clock (time.time): the steps may run in other processes
+    cached: PrepareResult | None = None
+    rows: _Rows | None = None
+    partitions: list[Partition] = field(default_factory=list)
+    scratch: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    planned_at: float = 0.0
+
+
+def plan_prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig, partitions: int = 1) -> PrepPlan:
+    """Fingerprint the dataset; return the cached prep if it exists; else pass 0 (split codes, class checks,
+    no text) and the cut of the lake into at most ``partitions`` partitions. Call :func:`discard_plan` when
+    done (it removes the scratch folder)."""
+    t_start = time.time()
+    validate_name(dataset, "dataset name")
+    fingerprint = dataset_fingerprint(wh, dataset)
+    prep_id = compute_prep_id(dataset, fingerprint, cfg)
+    plan = PrepPlan(wh, dataset, cfg, prep_id, wh.prep_dir(prep_id), fingerprint, t_start)
+    if (plan.prep_dir / "manifest.json").exists():
+        plan.cached = _cached(prep_id, plan.prep_dir, t_start, dataset, cfg)
+        return plan
+    wh.ensure()
+    run = _Run(dataset, cfg, 1, lambda stage, done, total: None)
+    # every pass reads exactly the fingerprinted part files (a concurrent ingest adds a file we ignore)
+    files = [str(wh.dataset_dir(dataset) / f["name"]) for f in fingerprint["files"]]
+    try:
+        plan.rows = run.timed("assign", _assign_rows,
+                              pads.dataset(files, schema=LAKE_SCHEMA, format="parquet"), run)
+        parts = plan_partitions(files, partitions)
+    except pa.ArrowInvalid as exc:     # a part file that is not Parquet (any more): arrow's message names it
+        raise IntegrityError(f"lake dataset {dataset!r} cannot be read: {exc} Re-ingest the dataset "
+                             "(`reviewflow ingest`)") from None
+    if sum(p.rows for p in parts) != plan.rows.n:
+        raise InputError(f"dataset {dataset!r} changed while being prepared")
+    plan.partitions = with_assign(parts, plan.rows.assign)
+    sweep_dead(wh.tmp, wh.shards)     # what killed prepares left behind
+    plan.scratch = Path(tempfile.mkdtemp(prefix=temp_prefix(f"prepare-{prep_id}"), dir=wh.tmp))
+    plan.timings, plan.planned_at = run.timings, time.time()
+    return plan
+
+
+def discard_plan(plan: PrepPlan) -> None:
+    """Remove the plan's scratch folder (the partitions' spilled tokens); safe to call twice."""
+    if plan.scratch is not None:
+        shutil.rmtree(plan.scratch, ignore_errors=True)
+
+
+def finish_prepare(plan: PrepPlan, results: list[PartitionTokens], progress: Progress | None = None, *,
+                   shard_rows: int = 50_000, workers: int | None = None,
+                   tokenize_s: float | None = None) -> PrepareResult:
+    """The last step: merge the partitions' train counts into the vocabulary, then encode every row (pass 2,
+    in row order) into the prep dir, built under a temp name and renamed into place. ``tokenize_s``: how long
+    the tokenize step took (default: the wall time since the plan was made)."""
+    if plan.cached is not None:
+        return plan.cached
+    cfg = plan.cfg
+    run = _Run(plan.dataset, cfg, workers or min(2, os.cpu_count() or 1),
+               progress or (lambda stage, done, total: None), dict(plan.timings))
+    run.timings["tokenize_count"] = tokenize_s if tokenize_s is not None else time.time() - plan.planned_at
+    results = check_cover(results, plan.rows.n)
+    tokens = _Tokens(np.concatenate([r.ntok for r in results]) if results else np.zeros(0, np.int64),
+                     [s for r in results for s in r.starts])
+    vocab = run.timed("vocab", lambda: _Vocabulary.build(merged_counts(r.counts for r in results), cfg))
+    spill = Spill.joined(r.spill for r in results)
+    route = _route(plan.rows, tokens, run)
+    try:
+        with atomic_dir(plan.prep_dir) as tmp:
+            written = _write_prep(tmp, plan.rows, tokens, route, vocab, spill, shard_rows, run)
+            manifest = _manifest(plan.prep_id, plan.fingerprint, plan.rows, tokens, route, vocab, written, run)
+            write_json_atomic(tmp / "manifest.json", manifest)
+    except OSError:
+        if not (plan.prep_dir / "manifest.json").exists():
+            raise
+        # another prepare published this prep id first
+        return _cached(plan.prep_id, plan.prep_dir, plan.t_start, plan.dataset, cfg)
+    return PrepareResult(plan.prep_id, plan.prep_dir, False, manifest["counts"], manifest,
+                         time.time() - plan.t_start)
 
 
 def _val_mask(review_ids: pa.Array, meta: pa.Table, pool_idx: np.ndarray, labels: np.ndarray,
@@ -313,64 +352,9 @@ def _assign_rows(source: pads.Dataset, run: _Run) -> _Rows:
 
 @dataclass
 class _Tokens:
-    """Pass 1: train token counts, tokens per row before truncation, and the first row of every batch."""
-    counter: TokenCounter | None
+    """Pass 1, all partitions: tokens per row before truncation, and the first row of every batch."""
     ntok: np.ndarray
     starts: list[int]
-
-
-def _text_batches(source: pads.Dataset, rows: _Rows, batch_rows: int, dataset: str):
-    """(text, split codes, first row) per record batch, in file order."""
-    off = 0
-    # small readahead: the default (16 batches x 4 files) buffers hundreds of MB of text
-    for batch in source.to_batches(columns=["text"], batch_size=batch_rows, batch_readahead=2,
-                                   fragment_readahead=1):
-        m = batch.num_rows
-        if off + m > rows.n:
-            raise InputError(f"dataset {dataset!r} changed while being prepared")
-        yield batch.column(0), rows.assign[off:off + m], off
-        off += m
-
-
-def _tokenize_batch(cfg: PrepareConfig, text: pa.Array, asg: np.ndarray, off: int):
-    """Tokenize one batch, dictionary-encode its tokens, count the train rows' tokens and keep the
-    batch-local indices of the tokens that survive truncation."""
-    skip = asg == SKIP
-    if skip.any():                                  # rows that go nowhere are not tokenized
-        text = pc.if_else(pa.array(skip), pa.scalar("", text.type), text)
-    tok = tokenize(text, cfg.strip_html)
-    enc = pc.dictionary_encode(tok.values)
-    d = enc.dictionary
-    idx = enc.indices.to_numpy(zero_copy_only=False)
-    train = asg == TRAIN
-    if train.all():
-        tcounts = np.bincount(idx, minlength=len(d))
-    elif train.any():
-        tcounts = np.bincount(idx[np.repeat(train, tok.counts)], minlength=len(d))
-    else:
-        tcounts = None
-    keep = kept_mask(tok.counts, cfg.max_len, cfg.truncate)
-    local = idx if keep is None else idx[keep]
-    return off, d, tcounts, local.astype(np.int32, copy=False), tok.counts
-
-
-def _tokenize_pass(source: pads.Dataset, rows: _Rows, spill: "_Spill", batch_rows: int, run: _Run) -> _Tokens:
-    """Pass 1 over the text, batch by batch on the thread pool (see the module docstring)."""
-    tokens = _Tokens(TokenCounter(compact_rows=1_000_000), np.zeros(rows.n, np.int64), [])
-    batches = _text_batches(source, rows, batch_rows, run.dataset)
-    done = 0
-    for off, d, tcounts, local, counts in _ordered_map(functools.partial(_tokenize_batch, run.cfg), batches,
-                                                       run.workers):
-        if tcounts is not None:
-            tokens.counter.add(d, tcounts)
-        spill.put(d, local)
-        tokens.ntok[off:off + len(counts)] = counts
-        tokens.starts.append(off)
-        done += len(counts)
-        run.report("tokenize", done, rows.n)
-    if done != rows.n:
-        raise InputError(f"dataset {run.dataset!r} changed while being prepared ({done} text rows, {rows.n} ids)")
-    return tokens
 
 
 @dataclass
@@ -401,7 +385,7 @@ def _route(rows: _Rows, tokens: _Tokens, run: _Run) -> np.ndarray:
     return route
 
 
-def _remapped_batches(spill: "_Spill", starts: list[int], n: int, lookup: Lookup, group: int = 16):
+def _remapped_batches(spill: Spill, starts: list[int], n: int, lookup: Lookup, group: int = 16):
     """(first row, end row, batch dictionary -> vocabulary ids, kept batch-local indices) per batch.
     One vocabulary lookup per group of batch dictionaries (the vocab hash is built once per group, not per
     batch; memory holds one group)."""
@@ -429,7 +413,7 @@ def _encode_batch(cfg: PrepareConfig, kept_all: np.ndarray, lo: int, hi: int, re
 
 
 def _write_prep(tmp: Path, rows: _Rows, tokens: _Tokens, route: np.ndarray, vocab: _Vocabulary,
-                spill: "_Spill", shard_rows: int, run: _Run) -> dict:
+                spill: Spill, shard_rows: int, run: _Run) -> dict:
     """Pass 2 into the temp prep dir: shards per split, ``vocab.txt`` and the length histogram (drawn on
     a thread while pass 2 runs). -> the manifest's ``splits``."""
     cfg, t = run.cfg, time.perf_counter()
@@ -443,7 +427,7 @@ def _write_prep(tmp: Path, rows: _Rows, tokens: _Tokens, route: np.ndarray, voca
     toks = np.zeros(len(SPLIT_NAMES), np.int64)
     batches = _remapped_batches(spill, tokens.starts, rows.n, vocab.lookup)
     done = 0
-    for lo, hi, ids, row_unk in _ordered_map(functools.partial(_encode_batch, cfg, kept_all), batches, run.workers):
+    for lo, hi, ids, row_unk in ordered_map(functools.partial(_encode_batch, cfg, kept_all), batches, run.workers):
         r = route[lo:hi]
         for code, w in writers.items():
             m = r == code
@@ -516,7 +500,7 @@ def _manifest(prep_id: str, fingerprint: dict, rows: _Rows, tokens: _Tokens, rou
 def _cached(prep_id: str, prep_dir: Path, t_start: float, dataset: str, cfg: PrepareConfig) -> PrepareResult:
     manifest = read_manifest(prep_dir)
     check_class_counts(dataset, {name: manifest["label_counts"].get(name, {}) for name in ("train", "val")}, cfg)
-    return PrepareResult(prep_id, prep_dir, True, manifest["counts"], manifest, time.perf_counter() - t_start)
+    return PrepareResult(prep_id, prep_dir, True, manifest["counts"], manifest, time.time() - t_start)
 
 
 def check_class_counts(dataset: str, label_counts: dict[str, dict], cfg: PrepareConfig) -> None:

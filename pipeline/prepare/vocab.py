@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -68,6 +68,15 @@ class TokenCounter:
             return pa.table({"token": pa.array([], pa.large_string()), "count": pa.array([], pa.int64())})
         self._compact()
         return self._parts[0]
+
+
+def merged_counts(tables: Iterable[pa.Table], compact_rows: int = 1_000_000) -> TokenCounter:
+    """One counter over several (token, count) tables: the train counts of a prepare's partitions, merged
+    in any order (sums), for :func:`build_vocab`."""
+    counter = TokenCounter(compact_rows=compact_rows)
+    for t in tables:
+        counter.add(t.column("token").combine_chunks(), t.column("count").to_numpy())
+    return counter
 
 
 def build_vocab(counts: pa.Table, min_freq: int = 1, max_vocab: int | None = None) -> list[str]:
