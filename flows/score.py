@@ -198,5 +198,5 @@ def _publish(rep: dict, wh: Warehouse, db_path: str, threshold: float, logger) -
                 rep["rows_skipped"], rep["rows_unknown"], rep["seconds"])
     return {k: rep[k] for k in ("run_id", "table", "db_path", "model", "rows_scored", "rows_skipped", "rows_unknown",
                                 "rows_up_to_date", "label_counts", "deciles", "seconds", "rows_per_s", "status",
-                                "coverage_rule")} | {
+                                "coverage_rule")} | {"engine": rep.get("engine"),
         "histogram_png": str(plot) if plot else None}

@@ -84,6 +84,7 @@ class PartResult:
     device: str | None = None
     precision: str | None = None
     coverage_rule: dict | None = None
+    peak_rss_mib: float | None = None    # the worker process's peak resident memory after this part
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -172,7 +173,7 @@ def score_part(part: PartSpec, predictor: PredictorLike, threshold: float = 0.5)
         data = scratch.read_bytes(part.scored_path)
         if _scored_part_ok(data, part):
             return PartResult(part.index, part.scored_path, hashlib.sha256(data).hexdigest(), True, worker,
-                              time.perf_counter() - t0, **engine)
+                              time.perf_counter() - t0, **engine, peak_rss_mib=peak_rss_mib())
     rows = scratch.read_parquet(part.input_path, part.input_sha256)
     fake = TableRun(Path(""), part.table, "id", "text", part.version, False, 0.0, None)
     scored = score_page(fake, threshold, predictor, rows)
@@ -180,7 +181,17 @@ def score_part(part: PartSpec, predictor: PredictorLike, threshold: float = 0.5)
                                 metadata={"reviewflow.model": part.version,
                                           "reviewflow.input_sha256": part.input_sha256,
                                           "reviewflow.rows": str(part.rows)})
-    return PartResult(part.index, part.scored_path, sha, False, worker, time.perf_counter() - t0, **engine)
+    return PartResult(part.index, part.scored_path, sha, False, worker, time.perf_counter() - t0, **engine,
+                      peak_rss_mib=peak_rss_mib())
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory (VmHWM, MiB); None where /proc is not there."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024.0 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        return None
 
 
 def _attr(predictor, name: str) -> str | None:
@@ -214,11 +225,24 @@ class _Merged:
     parts: int = 0
     rows: int = 0            # rows the UPDATEs changed: each candidate once
     reused: int = 0
-    workers: set = field(default_factory=set)
+    workers: dict = field(default_factory=dict)     # worker -> its peak RSS (MiB) as last reported
+    score_seconds: float = 0.0                      # summed over parts, on the workers
+    merge_seconds: float = 0.0                      # the committer's merges, one after another
+    export_seconds: float = 0.0
+
+    def summary(self, parts: int) -> dict:
+        """What the run's report says about the engine (see :class:`ScoreReport`.engine)."""
+        return {"partitions": parts, "parts_merged": self.parts, "parts_reused": self.reused,
+                "rows_merged": self.rows, "workers_seen": len(self.workers),
+                "worker_peak_rss_mib": {w: round(m, 1) for w, m in sorted(self.workers.items()) if m is not None},
+                "export_seconds": round(self.export_seconds, 3), "merge_seconds": round(self.merge_seconds, 3),
+                "score_seconds_total": round(self.score_seconds, 3),
+                "merge_rows_per_s": round(self.rows / self.merge_seconds, 1) if self.merge_seconds else None}
 
 
 def merge_part(run: TableRun, report: ScoreReport, part: PartSpec, result: PartResult, merged: _Merged) -> int:
     """Write one scored part into the table: ONE transaction with the audit row's counts. -> rows updated."""
+    t0 = time.perf_counter()
     scored = Scratch(part.scratch).read_parquet(result.scored_path, result.scored_sha256)
     meta = parquet_metadata(scored)
     if meta.get("reviewflow.model") != run.version or meta.get("reviewflow.input_sha256") != part.input_sha256:
@@ -248,7 +272,9 @@ def merge_part(run: TableRun, report: ScoreReport, part: PartSpec, result: PartR
     merged.parts += 1
     merged.rows += int(updated)
     merged.reused += int(result.reused)
-    merged.workers.add(result.worker)
+    merged.workers[result.worker] = result.peak_rss_mib
+    merged.score_seconds += result.seconds
+    merged.merge_seconds += time.perf_counter() - t0
     return int(updated)
 
 
@@ -303,11 +329,12 @@ def score_table_partitioned(db_path: str | os.PathLike, table: str, version: str
 
 def _export_score_merge(run: TableRun, report: ScoreReport, space: Scratch, rows_per_part: int,
                         blob_as_utf8: bool, map_parts: MapParts, progress) -> _Merged:
+    t0 = time.perf_counter()
     parts = export_parts(run, space, rows_per_part, blob_as_utf8)
+    merged, done, by_index = _Merged(export_seconds=time.perf_counter() - t0), 0, {p.index: p for p in parts}
     _record_engine(run, report, parts, None)
     if progress is not None:
         progress(0, report.rows_to_score)
-    merged, done, by_index = _Merged(), 0, {p.index: p for p in parts}
     for result in map_parts(parts):
         part = by_index.pop(result.index, None)
         if part is None:
@@ -321,6 +348,7 @@ def _export_score_merge(run: TableRun, report: ScoreReport, space: Scratch, rows
             progress(min(done, report.rows_to_score), report.rows_to_score)
     if by_index:
         raise InputError(f"{len(by_index)} partition(s) were never scored: {sorted(by_index)[:10]}")
+    report.engine = {"engine": run.engine.get("engine"), "workers": run.engine.get("workers")} | merged.summary(len(parts))
     return merged
 
 

@@ -128,6 +128,7 @@ class ScoreReport:
     status: str = "running"
     threshold: float = 0.5
     coverage_rule: dict | None = None   # the model's {min_known, min_share}; None: predictor without coverage
+    engine: dict | None = None          # partitioned runs: parts, workers, their peak RSS, export/merge timings
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
