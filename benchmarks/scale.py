@@ -94,6 +94,7 @@ def child_local(args) -> dict:
 def child_dask(args) -> dict:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     from flows.score import score_flow
 
     db = fresh_db(args.n, "dask")

@@ -20,17 +20,20 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
                                update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.states import Completed
 
 from pipeline.core.config import Warehouse
 from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT, LockTimeout
 from pipeline.core.errors import InputError, ReviewflowError, TemporaryFailure
-from pipeline.core.settings import ScaleSettings
+from pipeline.core.settings import DriftSettings, ScaleSettings
 from pipeline.core.settings import load as load_settings
+from pipeline.score.drift import Thresholds
 from pipeline.score.job import score_dataset
 from pipeline.score.partitioned import DEFAULT_ROWS_PER_PART
 from pipeline.score.sync import scored_table_name
 from pipeline.score.writeback import DEFAULT_CHUNK_ROWS, score_table
 from flows.artifacts import artifact_key
+from flows.drift import drift_task
 
 
 def _retry_on_lock(task, task_run, state) -> bool:
@@ -160,7 +163,7 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
                               text_col=text_col, rescore=rescore, threshold=threshold, batch_size=batch_size,
                               rows_per_part=rows_per_part, lock_timeout=lock_timeout, blob_as_utf8=blob_as_utf8,
                               device="cpu" if device == "auto" else device)
-        return _publish(rep, wh, db_path, threshold, logger)
+        return _publish(rep, wh, db_path, threshold, logger, lock_timeout)
     if predictor is None:
         predictor = load_model(str(wh.root), model, batch_size, device)
     options = dict(rescore=rescore, threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
@@ -170,11 +173,29 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
     else:
         options.update(split=split)
     rep = score_task(table or scored_table_name(dataset, split), db_path, table, dataset, str(wh.root), predictor, options)
-    return _publish(rep, wh, db_path, threshold, logger)
+    return _publish(rep, wh, db_path, threshold, logger, lock_timeout)
 
 
-def _publish(rep: dict, wh: Warehouse, db_path: str, threshold: float, logger) -> dict:
-    """The run's artifacts (histogram plot, summary table, report), and its result."""
+def _thresholds() -> Thresholds:
+    d = load_settings(DriftSettings)
+    return Thresholds(psi=(d.drift_psi_watch, d.drift_psi_drift), min_rows=d.drift_min_rows)
+
+
+def _publish(rep: dict, wh: Warehouse, db_path: str, threshold: float, logger, lock_timeout: float):
+    """The run's artifacts (histogram plot, summary table, report, drift), and its result: a Completed state
+    named "Drift detected" when the run drifted (see :mod:`flows.drift`), else the result itself."""
+    result = _artifacts(rep, wh, db_path, threshold, logger)
+    drift = drift_task(rep, str(wh.root), _thresholds(), lock_timeout) if rep["rows_scored"] + rep["rows_unknown"] else None
+    result["drift"] = drift["status"] if drift else None
+    if drift and drift["status"] == "drift":
+        return Completed(name="Drift detected", data=result,
+                         message=f"scored {rep['rows_scored']} rows of {rep['table']}; drift against {rep['model']}'s "
+                                 f"validation reviews (see the drift artifact)")
+    return result
+
+
+def _artifacts(rep: dict, wh: Warehouse, db_path: str, threshold: float, logger) -> dict:
+    """The run's summary artifacts and histogram; -> the flow's result."""
     label = rep["table"]
     plot = None
     if rep["rows_scored"]:

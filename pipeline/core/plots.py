@@ -141,3 +141,48 @@ def plot_reliability(before: dict, after: dict, path: str | Path, temperature: f
     fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.14, wspace=0.3)
     return _save(fig, path)
+
+
+def drift_plot(reference: dict, run: dict, path: str | Path, title: str = "Scoring run vs reference") -> Path:
+    """Two panels: the score histogram and the tokens-per-text histogram, each as shares, of the model's
+    reference (its validation reviews) and of the run. ``reference``/``run``: profile dicts
+    (:class:`pipeline.train.profile.Profile`). Returns ``path``."""
+    fig = _figure(figsize=(10, 4))
+    for k, (key, label) in enumerate((("score_hist", "score"), ("length_hist", "tokens per text (bin)"))):
+        ax = fig.add_subplot(1, 2, k + 1)
+        for prof, name, color in ((reference, "reference (validation)", "#4C72B0"), (run, "this run", "#DD8452")):
+            counts = np.asarray(prof[key], dtype=float)
+            shares = counts / counts.sum() if counts.sum() else counts
+            if key == "score_hist":
+                edges = np.linspace(0.0, 1.0, len(shares) + 1)
+            else:
+                edges = np.arange(len(shares) + 1, dtype=float)
+            ax.stairs(shares, edges, label=name, color=color, linewidth=2)
+        if key == "length_hist":
+            lows = prof.get("length_edges") or list(range(len(shares)))
+            ax.set_xticks(np.arange(len(lows)) + 0.5, [str(x) for x in lows], rotation=45, fontsize=7)
+        ax.set_xlabel(label)
+        ax.set_ylabel("share of rows")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def drift_trend_plot(runs: list[tuple], path: str | Path, title: str = "Drift over scoring runs") -> Path:
+    """PSI of scores and of lengths per run (oldest first), with the 0.1 / 0.25 levels. ``runs``: rows of
+    :func:`pipeline.score.drift.trend`. Returns ``path``."""
+    runs = list(reversed(runs))
+    fig = _figure()
+    ax = fig.add_subplot()
+    x = np.arange(len(runs))
+    for col, name in ((5, "PSI score"), (6, "PSI tokens per text")):
+        ax.plot(x, [r[col] if r[col] is not None else np.nan for r in runs], marker="o", label=name)
+    for level, style in ((0.1, ":"), (0.25, "--")):
+        ax.axhline(level, color="grey", linestyle=style, linewidth=1)
+    ax.set_xticks(x, [str(r[0])[:16] for r in runs], rotation=45, fontsize=7, ha="right")
+    ax.set_ylabel("PSI")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -16,6 +16,9 @@ variable                                default          what it sets
 ``REVIEWFLOW_RETRAIN_PRESET``           ``default``      ``serve``: preset *retrain* uses
 ``REVIEWFLOW_DASK_ADDRESS``             none             ``score``: Dask scheduler to score on (tcp://host:8786)
 ``REVIEWFLOW_SCRATCH``                  ``<wh>/scratch`` ``score`` on Dask: partitions' folder or s3:// URL
+``REVIEWFLOW_DRIFT_PSI_WATCH``          0.1              ``score``: PSI from which a drift metric is 'watch'
+``REVIEWFLOW_DRIFT_PSI_DRIFT``          0.25             ``score``: PSI from which it is 'drift'
+``REVIEWFLOW_DRIFT_MIN_ROWS``           200              ``score``: fewer rows in a run are not judged
 ======================================  ===============  ===============================================
 
 A flag on the command line wins over its variable; the variable wins over the default. An empty variable
@@ -72,7 +75,14 @@ class ScaleSettings(_Env):
                                                      "(none: <warehouse>/scratch)")
 
 
-SETTINGS_CLASSES = (Settings, ServeSettings, ScaleSettings)
+class DriftSettings(_Env):
+    """The drift thresholds every scoring run is judged by (pipeline/score/drift.py has the others)."""
+    drift_psi_watch: float = Field(0.10, ge=0, description="score: PSI from which a drift metric is 'watch'")
+    drift_psi_drift: float = Field(0.25, ge=0, description="score: PSI from which it is 'drift'")
+    drift_min_rows: int = Field(200, ge=1, description="score: fewer rows in a run are not judged for drift")
+
+
+SETTINGS_CLASSES = (Settings, ServeSettings, ScaleSettings, DriftSettings)
 
 
 def load(cls: type[_Env] = Settings, **given) -> _Env:

@@ -47,6 +47,7 @@ from pipeline.core.errors import InputError
 from pipeline.score import audit
 from pipeline.score.attach import Attached
 from pipeline.score.claim import table_claim
+from pipeline.train.profile import Profile
 from pipeline.score.inputs import refuse_invalid_utf8
 from pipeline.score.scratch import Scratch, ScratchIntegrityError, parquet_metadata
 from pipeline.score.writeback import (HIST_BINS, PredictorLike, ScoreReport, TableRun, check_arguments,
@@ -229,6 +230,7 @@ class _Merged:
     score_seconds: float = 0.0                      # summed over parts, on the workers
     merge_seconds: float = 0.0                      # the committer's merges, one after another
     export_seconds: float = 0.0
+    profile: Profile = field(default_factory=Profile)
 
     def summary(self, parts: int) -> dict:
         """What the run's report says about the engine (see :class:`ScoreReport`.engine)."""
@@ -253,6 +255,7 @@ def merge_part(run: TableRun, report: ScoreReport, part: PartSpec, result: PartR
     unknown = int(pc.sum(pc.equal(scored.column("label"), "unknown")).as_py() or 0)
     written = written[~np.isnan(written)]
     skipped = part.rows - scored.num_rows
+    merged.profile.merge(_part_profile(scored))
     T, ID = quote_ident(run.table), quote_ident(run.id_col)
     with run.connect() as con:
         con.register(_PART_VIEW, scored)
@@ -276,6 +279,17 @@ def merge_part(run: TableRun, report: ScoreReport, part: PartSpec, result: PartR
     merged.score_seconds += result.seconds
     merged.merge_seconds += time.perf_counter() - t0
     return int(updated)
+
+
+def _part_profile(scored: pa.Table) -> Profile:
+    """The drift profile of a scored part's rows (as :func:`pipeline.score.writeback.score_page` makes it)."""
+    codes = pc.index_in(scored.column("label"), pa.array(["negative", "positive", "unknown"])).to_numpy(
+        zero_copy_only=False)
+    tokens = scored.column("tokens") if "tokens" in scored.column_names else None
+    tokens = None if tokens is None or tokens.null_count == len(tokens) else \
+        pc.fill_null(tokens, 0).to_numpy(zero_copy_only=False)
+    return Profile().add(pc.fill_null(scored.column("score"), np.nan).to_numpy(zero_copy_only=False), codes, tokens,
+                         pc.fill_null(scored.column("coverage"), np.nan).to_numpy(zero_copy_only=False))
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -321,7 +335,7 @@ def score_table_partitioned(db_path: str | os.PathLike, table: str, version: str
         except BaseException as exc:
             fail_run(run, report, exc, t0)
             raise
-        complete_run(run, report, merged.hist, t0)
+        complete_run(run, report, merged.hist, t0, merged.profile)
     space.remove_tree(run_folder(space, db_path, table, run.version))
     space.remove_empty_parents(run_folder(space, db_path, table, run.version))
     return report

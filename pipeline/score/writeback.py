@@ -90,6 +90,7 @@ from pipeline.score import audit
 from pipeline.score.attach import Attached
 from pipeline.score.audit import RUNS_TABLE
 from pipeline.score.claim import table_claim
+from pipeline.train.profile import Profile
 from pipeline.score.inputs import SENTIMENT_COLUMNS, check_table, refuse_invalid_utf8
 _CHUNK_VIEW = "__reviewflow_score_chunk"
 HIST_BINS = 1000
@@ -129,6 +130,7 @@ class ScoreReport:
     threshold: float = 0.5
     coverage_rule: dict | None = None   # the model's {min_known, min_share}; None: predictor without coverage
     engine: dict | None = None          # partitioned runs: parts, workers, their peak RSS, export/merge timings
+    profile: dict | None = None         # the rows written this run, profiled for drift (pipeline.score.drift)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -224,6 +226,7 @@ class ChunkPrediction:
     scores: np.ndarray
     coverage: np.ndarray
     unknown: np.ndarray
+    tokens: np.ndarray | None = None      # tokens the model read per text (None: not reported)
 
 
 def _as_array(values, n: int, version: str, what: str, dtype) -> np.ndarray:
@@ -253,8 +256,10 @@ def predict_chunk_with_coverage(predictor: PredictorLike, texts: pa.Array | pa.C
     if bad.any():
         raise ModelOutputError(f"model {version} returned the coverage {float(coverage[bad][0])!r}; a coverage "
                                f"is a share within 0..1")
+    tokens = getattr(answer, "tokens", None)
     return ChunkPrediction(_as_array(answer.score, n, version, "scores", np.float64), coverage,
-                           _as_array(answer.unknown, n, version, "unknown flags", bool))
+                           _as_array(answer.unknown, n, version, "unknown flags", bool),
+                           tokens=None if tokens is None else _as_array(tokens, n, version, "token counts", np.int64))
 
 
 def check_scores(scores: np.ndarray, chunk: pa.Table, version: str, table: str,
@@ -318,11 +323,11 @@ def score_table(db_path: str | os.PathLike, table: str, predictor: PredictorLike
         if progress is not None:
             progress(0, report.rows_to_score)
         try:
-            hist = _score_chunks(run, report, predictor, batch_size, chunk_rows, progress, after_chunk)
+            tally = _score_chunks(run, report, predictor, batch_size, chunk_rows, progress, after_chunk)
         except BaseException as exc:
             fail_run(run, report, exc, t0)
             raise
-        complete_run(run, report, hist, t0)
+        complete_run(run, report, tally.hist, t0, tally.profile)
     return report
 
 
@@ -353,8 +358,11 @@ def fail_run(run: "TableRun", report: ScoreReport, exc: BaseException, t0: float
         audit.finish_run(con, report.run_id, " ".join(f"{type(exc).__name__}: {exc}".split())[:2000])
 
 
-def complete_run(run: "TableRun", report: ScoreReport, hist: np.ndarray, t0: float) -> None:
-    """Fill the report's totals (rate, deciles, histogram) and record the run as completed."""
+def complete_run(run: "TableRun", report: ScoreReport, hist: np.ndarray, t0: float,
+                 profile: Profile | None = None) -> None:
+    """Fill the report's totals (rate, deciles, histogram, the written rows' profile) and record the run as
+    completed."""
+    report.profile = profile.to_dict() if profile is not None else None
     report.seconds = time.perf_counter() - t0
     report.rows_per_s = report.rows_scored / report.seconds if report.seconds > 0 else 0.0
     report.deciles = deciles(hist)
@@ -431,7 +439,7 @@ def start_table_run(run: TableRun, report: ScoreReport, blob_as_utf8: bool) -> N
 
 
 def _score_chunks(run: TableRun, report: ScoreReport, predictor: PredictorLike, batch_size: int, chunk_rows: int,
-                  progress: ProgressFn | None, after_chunk) -> np.ndarray:
+                  progress: ProgressFn | None, after_chunk) -> "_Tally":
     """Read, score and write back chunk after chunk until no candidate is left. -> the score histogram.
 
     Pipelined, in step order: the model scores chunk k on this thread while a worker thread opens the file
@@ -466,7 +474,7 @@ def _score_chunks(run: TableRun, report: ScoreReport, predictor: PredictorLike, 
                     _after_commit(report, scored, tally, progress, after_chunk)
                 raise read_error
             page = nxt
-    return tally.hist
+    return tally
 
 
 def _settled(io: Future) -> bool:
@@ -500,6 +508,7 @@ class _Tally:
     """What the committed chunks add up to: the histogram of their scores, and their candidates."""
     hist: np.ndarray = field(default_factory=lambda: np.zeros(HIST_BINS, dtype=np.int64))
     processed: int = 0
+    profile: Profile = field(default_factory=Profile)
 
 
 def _after_commit(report: ScoreReport, scored: ScoredChunk, tally: _Tally, progress: ProgressFn | None,
@@ -507,6 +516,7 @@ def _after_commit(report: ScoreReport, scored: ScoredChunk, tally: _Tally, progr
     """Count a committed chunk into the report and the tally, then tell ``progress`` and ``after_chunk``."""
     count_chunk(report, scored.written_scores, scored.unknown, scored.skipped)
     tally.hist += np.histogram(scored.written_scores, bins=HIST_BINS, range=(0.0, 1.0))[0]
+    tally.profile.merge(scored.profile)
     report.chunks += 1
     tally.processed += scored.rows
     if progress is not None:
@@ -556,6 +566,7 @@ class ScoredChunk:
     unknown: int
     skipped: int
     rows: int                 # candidates in the chunk (written or skipped)
+    profile: Profile = field(default_factory=Profile)   # what the written rows look like (drift, pipeline.score.drift)
 
 
 _LABELS = pa.array(["negative", "positive", "unknown"], pa.string())
@@ -569,11 +580,15 @@ def score_page(run: TableRun, threshold: float, predictor: PredictorLike, chunk:
     written = ok | unknown
     scores, coverage, unknown_w = answer.scores[written], answer.coverage[written], unknown[written]
     codes = np.where(unknown_w, 2, (scores >= threshold).astype(np.int64))
+    tokens = None if answer.tokens is None else answer.tokens[written]
     out = pa.table({"id": chunk.column("id").filter(pa.array(written)),
                     "score": pa.array(scores, pa.float64(), mask=unknown_w | np.isnan(scores)),
                     "label": _LABELS.take(pa.array(codes)),
-                    "coverage": pa.array(coverage, pa.float64(), mask=np.isnan(coverage))})
-    return ScoredChunk(out, answer.scores[ok], int(unknown.sum()), int((~written).sum()), chunk.num_rows)
+                    "coverage": pa.array(coverage, pa.float64(), mask=np.isnan(coverage)),
+                    "tokens": pa.array(tokens if tokens is not None else np.zeros(len(codes), np.int64), pa.int64(),
+                                       mask=None if tokens is not None else np.ones(len(codes), bool))})
+    profile = Profile().add(np.where(unknown_w, np.nan, scores), codes, tokens, coverage)
+    return ScoredChunk(out, answer.scores[ok], int(unknown.sum()), int((~written).sum()), chunk.num_rows, profile)
 
 
 def _write_chunk(con, run: TableRun, run_id: str, scored: ScoredChunk) -> None:
