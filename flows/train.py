@@ -9,6 +9,10 @@ wraps them in tasks. Training runs inside a Prefect task with a timeout; the loo
 budget (``max_seconds``) so it stops itself cleanly and still registers its best checkpoint. Only paths pass
 through Prefect. The flow holds the run directory from training to registration, so a second flow of the
 same configuration fails at once with ``TemporaryFailure`` instead of sharing its files.
+
+``nproc > 1``: the task starts ``torchrun`` (DistributedDataParallel on that many processes,
+:mod:`pipeline.train.ddp_main`) and streams the ranks' lines to the run logger; it is the same task, so the
+``gpu`` tag's concurrency limit holds the whole group, and the word vectors are built before it, once.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from flows.pretrain import run_pretrain
 from flows.retries import retry_unless_user_error
 from pipeline.core.config import Warehouse, validate_name
 from pipeline.train import job, registry
-from pipeline.train.loop import train
 from pipeline.train.presets import resolve_preset
 from pipeline.train.rundir import discard_run_dir, run_lock
 
@@ -38,8 +41,9 @@ def task_timeout(max_seconds: float | None) -> float:
 
 @task(name="train-model", task_run_name="train-{dataset}-{preset}", tags=["gpu"])
 def train_model(prep_dir: str, out_dir: str, dataset: str, preset: str, overrides: dict,
-                device: str = "auto", vectors: str | None = None) -> str:
-    """Run ``pipeline.train.loop.train`` on the shards in ``prep_dir``; returns the run directory."""
+                device: str = "auto", vectors: str | None = None, nproc: int = 1) -> str:
+    """Train on the shards in ``prep_dir`` (``pipeline.train.job.run_training``: in this process, or on
+    ``nproc`` torchrun processes, failing with their error); returns the run directory."""
     logger = get_run_logger()
     spec = resolve_preset(preset, overrides)
     progress_id = create_progress_artifact(progress=0.0, key=artifact_key("train", dataset, preset, "progress"),
@@ -53,8 +57,8 @@ def train_model(prep_dir: str, out_dir: str, dataset: str, preset: str, override
                     f"{rec['tokens_per_s']:.0f} tok/s")
         update_progress_artifact(progress_id, progress=100.0 * rec["epoch"] / rec["epochs"])
 
-    res = train(prep_dir, spec.train, out_dir, device=device, progress=False, model=spec.model, on_epoch=on_epoch,
-                lock=False, vectors=vectors)   # the flow holds the run dir
+    res = job.run_training(prep_dir, spec, out_dir, device=device, nproc=nproc, vectors=vectors, progress=False,
+                           on_epoch=on_epoch, log=logger.info)     # the flow holds the run dir
     update_progress_artifact(progress_id, progress=100.0)
     logger.info(f"training stopped ({res.stopped}) after {len(res.history)} epochs, {res.seconds:.0f}s on "
                 f"{res.device}: val accuracy {res.metrics['val_accuracy']:.4f}")
@@ -81,15 +85,16 @@ def register_model(warehouse: str, out_dir: str, dataset: str, preset: str, prep
 
 @flow(name="reviewflow-train", flow_run_name="train-{dataset}-{preset}")
 def train_flow(dataset: str, preset: str = "default", warehouse: str | None = None,
-               overrides: dict | None = None, retrain: bool = False, device: str = "auto") -> dict:
+               overrides: dict | None = None, retrain: bool = False, device: str = "auto", nproc: int = 1) -> dict:
     """Prepare ``dataset`` with the preset's prepare parameters, train, register (promote if better).
+    ``nproc > 1``: train with DistributedDataParallel on that many processes (gloo on CPU, a GPU each on CUDA).
 
     Without ``retrain``, a registered model of the same preset and configuration on the same shards (and
     no overrides) is reused instead of training again (:func:`pipeline.train.job.reusable_version`).
     """
     logger = get_run_logger()
     validate_name(dataset, "dataset name")
-    overrides, spec = job.plan(preset, overrides, device)     # every option checked before any data is read
+    overrides, spec = job.plan(preset, overrides, device, nproc)    # every option checked before any data is read
     wh = Warehouse.from_env(warehouse).ensure()
     prep = prepare_flow(dataset=dataset, warehouse=str(wh.root), **spec.prepare)
     prep_id, prep_dir = prep["prep_id"], prep["prep_dir"]
@@ -106,6 +111,6 @@ def train_flow(dataset: str, preset: str = "default", warehouse: str | None = No
     with run_lock(out):
         job.start_run(out)
         out_dir = train_model.with_options(timeout_seconds=timeout)(prep_dir, str(out), dataset, preset,
-                                                                     overrides, device, vectors)
+                                                                     overrides, device, vectors, nproc)
         version = register_model(str(wh.root), out_dir, dataset, preset, spec.prepare)
     return job.summary(wh, version, prep_id)

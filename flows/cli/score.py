@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows.cli.common import WarehouseOption, echo_kv, warehouse_from
+from flows.cli.common import WarehouseOption, echo_kv, remote_scratch, warehouse_from
 from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT
 
 
@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
         """
         if (table is None) == (dataset is None):
             raise typer.BadParameter("give exactly one of --table NAME or --dataset NAME")
-        wh = warehouse_from(warehouse)
+        wh = warehouse_from(warehouse, reads=("models", "lake") if dataset else ("models",))
         db_path = db if db is not None else wh.duckdb_path
         from pipeline.train.device import pick_device      # deferred: torch; a device that is not here fails now
 
@@ -124,7 +124,8 @@ def register(app: typer.Typer) -> None:
                                 warehouse=str(wh.root), id_col=id_col, text_col=text_col, rescore=rescore,
                                 threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
                                 lock_timeout=lock_timeout, blob_as_utf8=blob_as_utf8, device=device,
-                                workers=workers, dask_address=dask, scratch=scratch, rows_per_part=rows_per_part)
+                                workers=workers, dask_address=dask, rows_per_part=rows_per_part,
+                                scratch=scratch or os.environ.get("REVIEWFLOW_SCRATCH") or remote_scratch(warehouse))
         echo_kv(f"scored {result['table']} in {result['db_path']}", {
             "model": result["model"],
             "rows scored": result["rows_scored"],
@@ -135,4 +136,5 @@ def register(app: typer.Typer) -> None:
             "score deciles": " ".join(f"{d:.2f}" for d in result["deciles"]) or "-",
             "seconds": f"{result['seconds']:.1f}",
             "rows/s": f"{result['rows_per_s']:.0f}",
+            "drift": result.get("drift") or "- (model without a reference profile, or nothing scored)",
         })

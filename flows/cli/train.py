@@ -37,6 +37,9 @@ def register(app: typer.Typer) -> None:
         max_minutes: Optional[float] = typer.Option(None, "--max-minutes",
                                                     help="time budget: stop cleanly and keep the best epoch"),
         device: str = typer.Option("auto", help="auto (cuda, mps, cpu) | cpu | cuda | cuda:1 ..."),
+        nproc: int = typer.Option(1, "--nproc", min=1,
+                                  help="training processes: N > 1 runs DistributedDataParallel through torchrun "
+                                       "(gloo on CPU, one GPU per process on CUDA); not with --set optimizer=lbfgs"),
         retrain: bool = typer.Option(False, help="train even if this preset already has a model on these shards"),
         no_prefect: bool = typer.Option(False, "--no-prefect", help="run the steps directly, without Prefect"),
         warehouse: WarehouseOption = None,
@@ -51,6 +54,7 @@ def register(app: typer.Typer) -> None:
           reviewflow train --dataset imdb --encoder lstm --pooling attention --epochs 3
           reviewflow train --dataset imdb --max-minutes 5 --no-prefect
           reviewflow train --dataset imdb --ngram-buckets 0 --set part_loss=0   # the recurrent half alone
+          reviewflow train --dataset imdb --nproc 2 --device cuda   # DDP on two GPUs (torchrun)
         Interrupted? Run the same command again: training resumes from the last finished epoch.
         A second run of the same configuration while one is training stops at once (exit code 75,
         "run dir is in use by pid N"); run it again when the first has finished.
@@ -70,14 +74,14 @@ def register(app: typer.Typer) -> None:
             overrides.update(parse_overrides(set_))
         except ReviewflowError as exc:
             raise typer.BadParameter(str(exc), param_hint="--set") from None
-        job.plan(preset, overrides, device)           # bad options and devices fail here, before Prefect starts
+        job.plan(preset, overrides, device, nproc)    # bad options and devices fail here, before Prefect starts
         if no_prefect:                                # the same job, and Prefect is never imported
-            result = job.train_dataset(wh, dataset, preset, overrides, device=device, retrain=retrain)
+            result = job.train_dataset(wh, dataset, preset, overrides, device=device, retrain=retrain, nproc=nproc)
         else:
             from flows.train import train_flow        # deferred: importing Prefect takes seconds
 
             result = train_flow(dataset=dataset, preset=preset, warehouse=str(wh.root), overrides=overrides,
-                                retrain=retrain, device=device)
+                                retrain=retrain, device=device, nproc=nproc)
         echo_kv("trained" if not result.get("skipped") else "already trained (use --retrain)", {
             "version": result["version"], "val accuracy": f"{result['val_accuracy']:.4f}",
             "champion": result["champion"], "path": result["path"]})

@@ -98,12 +98,13 @@ def reusable_result(out_dir: Path, mcfg: ModelConfig, cfg: TrainConfig, progress
 
 
 def usable_checkpoint(out_dir: Path, mcfg: ModelConfig, cfg: TrainConfig, dev: torch.device,
-                      progress: bool) -> dict | None:
+                      progress: bool, world: int = 1) -> dict | None:
     """The checkpoint in ``out_dir`` to resume from, or None to start over.
 
     A checkpoint that does not load (truncated, corrupt, not a tensor-only file) or does not fit the model,
     or whose best weights are missing or modified, is deleted with a message: it cannot be resumed, and
-    keeping it would block every later run."""
+    keeping it would block every later run. One written by a run of another process count (``world``, the
+    ranks of a multi-process run) is an ``InputError``: its steps per epoch and schedule are that count's."""
     path = out_dir / CHECKPOINT
     if not path.exists():
         return None
@@ -117,6 +118,11 @@ def usable_checkpoint(out_dir: Path, mcfg: ModelConfig, cfg: TrainConfig, dev: t
     if not same:
         raise InputError(f"{out_dir} holds a checkpoint of a different configuration; use a new output "
                          "directory (--out) or delete it")
+    written_by = int(ckpt.get("world_size", 1))
+    if written_by != world:
+        raise InputError(f"{out_dir} holds the checkpoint of a run with {written_by} training process(es), this "
+                         f"run has {world}; resume it with --nproc {written_by}, or delete the directory to start "
+                         "over")
     try:
         check_state(str(path), ckpt["model"], SentimentModel(mcfg).state_dict())
         load_model(out_dir / BEST, mcfg, sha256=ckpt.get("best_sha256", "missing"))

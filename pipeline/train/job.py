@@ -7,6 +7,9 @@
     out = run_dir_for(wh, dataset, "default", prep.prep_id, overrides)
     with run_lock(out): start_run(out); train(..., vectors=vectors); register_and_promote(...); discard_run_dir(out)
 
+``nproc > 1`` trains through ``torchrun`` instead (:func:`run_training`, :mod:`pipeline.train.ddp_main`); the
+steps around it are the same, so the run is registered by the same rules.
+
 :func:`train_dataset` runs those steps in order (``reviewflow train --no-prefect``); ``flows/train.py`` wraps
 the same steps in Prefect tasks. Each rule here exists once:
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 from pipeline.core.config import Warehouse
@@ -29,21 +33,39 @@ from pipeline.prepare.config import PrepareConfig
 from pipeline.prepare.job import prepare
 from pipeline.train import promotion, registry
 from pipeline.train.config import NOT_IN_RESUME_KEY, TrainResult
+from pipeline.train.ddp_main import launch
 from pipeline.train.device import pick_device
+from pipeline.train.distributed import check_nproc
 from pipeline.train.loop import model_config_for, train
 from pipeline.train.pretrain import PretrainConfig, pretrain_word_vectors
 from pipeline.train.presets import PRESETS, PresetSpec, resolve_preset
 from pipeline.train.rundir import discard_run_dir, mark_registered, registered_version, run_lock
 
 
-def plan(preset: str, overrides: dict | None, device: str = "auto") -> tuple[dict, PresetSpec]:
-    """(the overrides, the resolved preset): every option and the device checked, before any data is read
-    (``InputError`` naming the option). A None value is applied as None (``--set pretrained=null``: no
-    pretraining; ``patience=null``: never stop early); callers leave out the flags the user did not set."""
+def plan(preset: str, overrides: dict | None, device: str = "auto", nproc: int = 1) -> tuple[dict, PresetSpec]:
+    """(the overrides, the resolved preset): every option, the device and the process count checked, before
+    any data is read (``InputError`` naming the option). A None value is applied as None (``--set
+    pretrained=null``: no pretraining; ``patience=null``: never stop early); callers leave out the flags the
+    user did not set."""
     overrides = dict(overrides or {})
     spec = resolve_preset(preset, overrides)
     pick_device(device)
+    check_nproc(nproc, spec.train.optimizer, device)
     return overrides, spec
+
+
+def run_training(prep_dir: str | Path, spec: PresetSpec, out: Path, *, device: str = "auto", nproc: int = 1,
+                 vectors: Path | str | None = None, progress: bool = True, on_epoch=None, log=None) -> TrainResult:
+    """Train ``spec`` into the run directory ``out`` (held by the caller): in this process, or on ``nproc``
+    processes through ``torchrun`` (whose output goes to ``log`` line by line, each epoch's record to
+    ``on_epoch``). Either way the run directory ends up the same: checkpoints, best weights, result."""
+    if nproc > 1:
+        if log is None:     # the ranks' progress goes where a single process writes its own: stderr
+            log = (lambda line: print(line, file=sys.stderr, flush=True)) if progress else (lambda *_: None)
+        return launch(prep_dir, spec.train, out, nproc=nproc, device=device, model=spec.model, vectors=vectors,
+                      on_epoch=on_epoch, log=log)
+    return train(prep_dir, spec.train, out, device=device, progress=progress, model=spec.model,
+                 on_epoch=on_epoch, lock=False, vectors=vectors)
 
 
 def reusable_version(wh: Warehouse, preset: str, overrides: dict, spec: PresetSpec, prep_id: str,
@@ -141,14 +163,16 @@ def summary(wh: Warehouse, version: str, prep_id: str, skipped: bool = False) ->
 
 
 def train_dataset(wh: Warehouse, dataset: str, preset: str = "default", overrides: dict | None = None,
-                  device: str = "auto", retrain: bool = False, progress: bool = True) -> dict:
+                  device: str = "auto", retrain: bool = False, progress: bool = True, nproc: int = 1) -> dict:
     """prepare -> train -> register -> promote without Prefect (``reviewflow train --no-prefect``).
 
     Every option and the device are checked before any data is read. The run directory is held with
     ``run_lock`` from training to registration: a concurrent run of the same configuration fails at once
     with ``TemporaryFailure``; run again later and it reuses the registered model (no overrides) or trains
-    anew. A dir left registered-but-not-removed by a crash is discarded, never registered twice."""
-    overrides, spec = plan(preset, overrides, device)
+    anew. A dir left registered-but-not-removed by a crash is discarded, never registered twice.
+    ``nproc > 1``: DistributedDataParallel on that many processes (:func:`run_training`); the word vectors
+    are built here, once, before the ranks start."""
+    overrides, spec = plan(preset, overrides, device, nproc)
     prep = prepare(wh, dataset, PrepareConfig(**spec.prepare))
     reused = reusable_version(wh, preset, overrides, spec, prep.prep_id, prep.prep_dir, retrain)
     if reused is not None:
@@ -157,8 +181,7 @@ def train_dataset(wh: Warehouse, dataset: str, preset: str = "default", override
     out = run_dir_for(wh, dataset, preset, prep.prep_id, overrides)
     with run_lock(out):
         start_run(out)
-        train(prep.prep_dir, spec.train, out, device=device, progress=progress, model=spec.model, lock=False,
-              vectors=vectors)
+        run_training(prep.prep_dir, spec, out, device=device, nproc=nproc, vectors=vectors, progress=progress)
         version = register_and_promote(wh, out, preset=preset, dataset=dataset, prepare=spec.prepare)
         discard_run_dir(out)
     return summary(wh, version, prep.prep_id)

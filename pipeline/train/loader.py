@@ -7,6 +7,7 @@ deep in the model. (The SHA-256 of the bytes is checked by ``pipeline.prepare.jo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -129,6 +130,29 @@ def batch_order(lengths: np.ndarray, batch_size: int, *, shuffle: bool = False, 
     return batches
 
 
+def rank_batch_order(lengths: np.ndarray, batch_size: int, rank: int, world: int, *, shuffle: bool = False,
+                     seed: int = 0, bucket: bool = True) -> list[np.ndarray]:
+    """The distributed sampler: rank ``rank``'s share of :func:`batch_order` for a run of ``world`` processes.
+
+    Every rank computes the same bucketed, shuffled batch list (same ``seed``), so bucketing is kept whole;
+    the list is padded by repeating its first batches until it divides by ``world`` (as torch's
+    ``DistributedSampler`` pads rows), then rank r takes batches r, r + world, ... Each rank thus gets an
+    equal number of steps (DDP all-reduces the gradients at every step: a rank with fewer would hang the
+    others), and the shares are disjoint but for the padding repeats."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in [0, {world})")
+    batches = batch_order(lengths, batch_size, shuffle=shuffle, seed=seed, bucket=bucket)
+    if not batches:
+        return []
+    padded = batches + [batches[i % len(batches)] for i in range(-len(batches) % world)]
+    return padded[rank::world]
+
+
+def steps_per_rank(rows: int, batch_size: int, world: int = 1) -> int:
+    """Optimizer steps of one epoch on each rank (:func:`rank_batch_order`); ``world=1``: batches per epoch."""
+    return math.ceil(math.ceil(rows / batch_size) / world)
+
+
 def trim_padding(ids: np.ndarray, width: int, pad_side: str) -> np.ndarray:
     """The ``width`` columns of padded rows ``ids`` [N, T] where their tokens are: the first ``width`` of
     right-padded rows, the last ``width`` of left-padded ones (the one place pad-side trimming is written)."""
@@ -136,12 +160,17 @@ def trim_padding(ids: np.ndarray, width: int, pad_side: str) -> np.ndarray:
 
 
 def iter_batches(data: SplitData, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                 bucket: bool = True, trim: bool = True) -> Iterator[Batch]:
+                 bucket: bool = True, trim: bool = True, rank: int = 0, world: int = 1) -> Iterator[Batch]:
     """Yield ``Batch``es of torch tensors (ids int64). ``trim`` cuts padding to the batch's longest row:
-    right padding keeps the first T columns, left padding the last T."""
+    right padding keeps the first T columns, left padding the last T. ``world > 1``: only rank ``rank``'s
+    share of the batches (:func:`rank_batch_order`)."""
     import torch   # deferred: reading shards (load_split) needs no torch, e.g. in benchmarks/prepare.py
 
-    for idx in batch_order(data.lengths, batch_size, shuffle=shuffle, seed=seed, bucket=bucket):
+    if world > 1:
+        order = rank_batch_order(data.lengths, batch_size, rank, world, shuffle=shuffle, seed=seed, bucket=bucket)
+    else:
+        order = batch_order(data.lengths, batch_size, shuffle=shuffle, seed=seed, bucket=bucket)
+    for idx in order:
         sidx = np.sort(idx) if isinstance(data.ids, np.memmap) and not bucket else idx
         ids = np.asarray(data.ids[sidx])
         lengths = data.lengths[sidx]

@@ -18,6 +18,11 @@
   (:mod:`pipeline.train.calibration`; ECE before/after), and measured on short texts too (the validation
   reviews cut to their first and last 20 tokens, :mod:`pipeline.train.short_texts`).
 
+Multi-process (``reviewflow train --nproc N``): the same loop runs on every rank that ``torchrun`` starts
+(:mod:`pipeline.train.ddp_main`), with a :class:`~pipeline.train.distributed.DistContext`: the model is wrapped
+in DistributedDataParallel, each rank steps through its share of the bucketed batches, and rank 0 alone
+evaluates, checkpoints and writes the result while the others wait for its verdict after every epoch.
+
 No Prefect here: a GPU box with only torch can run it (``reviewflow train --no-prefect``). ``on_epoch``
 lets a caller (the Prefect flow) watch progress.
 """
@@ -25,7 +30,6 @@ lets a caller (the Prefect flow) watch progress.
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -47,7 +51,9 @@ from pipeline.train.checkpoint import (LoopState, reusable_result, restore, save
 from pipeline.train.config import BEST, CHECKPOINT, RESULT, TrainConfig, TrainResult
 from pipeline.train.convex import design_matrix, lbfgs_epoch, make_lbfgs
 from pipeline.train.device import autocast, environment, pick_device, to_device
-from pipeline.train.loader import SplitData, iter_batches, load_split
+from pipeline.train.distributed import (DistContext, any_rank, barrier, seed_epoch, share_stop, sum_over_ranks,
+                                        wrap_model, writer_first)
+from pipeline.train.loader import SplitData, iter_batches, load_split, steps_per_rank
 from pipeline.train.model import NGRAM_ONLY, ModelConfig, SentimentModel
 from pipeline.train.pretrain import load_vectors
 from pipeline.train.rundir import run_lock
@@ -242,6 +248,8 @@ class Run:
     state: LoopState
     pretrained: dict | None = None      # where the embedding started: {"path", "vectors_sha256"}
     design: tuple | None = None         # L-BFGS: (sparse training matrix, labels) of pipeline.train.convex
+    dist: DistContext | None = None     # multi-process run (torchrun): this rank's place in it
+    step_net: torch.nn.Module | None = None     # the DistributedDataParallel wrapper that steps ``net`` there
 
 
 def train_epoch(run: Run, data: SplitData, cfg: TrainConfig, epoch: int, deadline: float | None,
@@ -255,15 +263,19 @@ def train_epoch(run: Run, data: SplitData, cfg: TrainConfig, epoch: int, deadlin
     if cfg.freeze_embed_epochs and hasattr(net, "embed"):    # gradual unfreezing: the embedding joins later
         net.embed.weight.requires_grad_(epoch >= cfg.freeze_embed_epochs)
     net.train()
+    rank, world = (run.dist.rank, run.dist.world) if run.dist is not None else (0, 1)
+    if run.dist is not None:
+        seed_epoch(cfg.seed, epoch, rank)
+    step_net = run.step_net if run.step_net is not None else net
     t0, cpu0, loss_sum, correct, seen, tokens = time.perf_counter(), time.process_time(), 0.0, 0, 0, 0
     out_of_time = False
-    bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
-               leave=False, file=sys.stderr)
+    bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+               disable=not progress or run.dist is not None, leave=False, file=sys.stderr)
     for batch in iter_batches(data, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch,
-                              bucket=cfg.bucket, trim=cfg.trim):
+                              bucket=cfg.bucket, trim=cfg.trim, rank=rank, world=world):
         ids, lengths, y = to_device(batch, dev)
         with autocast(dev):
-            logits, loss = net(ids, lengths, y)
+            logits, loss = step_net(ids, lengths, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:   # the recurrent part's gradients; the linear n-gram bag needs no clipping
@@ -277,14 +289,23 @@ def train_epoch(run: Run, data: SplitData, cfg: TrainConfig, epoch: int, deadlin
         tokens += int(batch.lengths.sum())
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
-        if deadline is not None and time.perf_counter() > deadline:
+        if deadline is not None and _late(run, deadline):
             out_of_time = True
             break
     bar.close()
     seconds = time.perf_counter() - t0
+    if run.dist is not None:       # the epoch's figures over all ranks' batches
+        loss_sum, correct, seen, tokens = sum_over_ranks(run.dist, [loss_sum, correct, seen, tokens])
     return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
             "seconds": round(seconds, 3), "cpu_start": cpu0,
             "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}, out_of_time
+
+
+def _late(run: Run, deadline: float) -> bool:
+    """Past the time budget? With several ranks, all stop at the same step once any is late (a rank that
+    stopped alone would leave the others waiting in the next gradient all-reduce)."""
+    late = time.perf_counter() > deadline
+    return late if run.dist is None else any_rank(run.dist, late)
 
 
 def _epoch_record(epoch: int, stats: dict, val: dict, run: Run, partial: bool) -> dict:
@@ -296,19 +317,24 @@ def _epoch_record(epoch: int, stats: dict, val: dict, run: Run, partial: bool) -
             "tokens_per_s": stats["tokens_per_s"], "lr": run.opt.param_groups[0]["lr"], "partial": partial}
 
 
-def _report(progress: bool, record: dict) -> None:
+def epoch_line(record: dict) -> str:
+    """One epoch's record as the progress line users read."""
     halves = (f" (encoder {record['val_accuracy_encoder']:.4f}, n-grams {record['val_accuracy_ngram']:.4f})"
               if "val_accuracy_ngram" in record else "")
-    say(progress, f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc "
-                  f"{record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} acc "
-                  f"{record['val_accuracy']:.4f}{halves} | {record['seconds']:.1f}s "
-                  f"{record['tokens_per_s']:.0f} tok/s")
+    return (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc "
+            f"{record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} acc "
+            f"{record['val_accuracy']:.4f}{halves} | {record['seconds']:.1f}s "
+            f"{record['tokens_per_s']:.0f} tok/s")
+
+
+def _report(progress: bool, record: dict) -> None:
+    say(progress, epoch_line(record))
 
 
 def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: str = "auto",
           progress: bool = True, model: ModelConfig | dict | None = None,
           on_epoch: Callable[[dict], None] | None = None, lock: bool = True,
-          vectors: str | Path | None = None) -> TrainResult:
+          vectors: str | Path | None = None, dist: DistContext | None = None) -> TrainResult:
     """Train on ``<prep_dir>/{train,val}``; write checkpoints and the result into ``out_dir``.
 
     Re-running with the same ``out_dir`` resumes from the last completed epoch (or returns the finished
@@ -316,48 +342,72 @@ def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: s
     that epoch's metrics. ``lock=False``: the caller already holds :func:`run_lock` on ``out_dir``.
     ``vectors``: the pretrained word-vector directory that ``cfg.pretrained`` asks for
     (:func:`pipeline.train.pretrain.pretrain_word_vectors`; ``pipeline.train.job`` finds or builds it).
+    ``dist``: this process is one rank of a multi-process run (:mod:`pipeline.train.ddp_main` starts them;
+    its device is ``dist.device``): rank 0 alone evaluates and writes, every rank returns the result.
     """
     with run_lock(out_dir) if lock else contextlib.nullcontext():
-        return _train(Path(prep_dir), cfg, Path(out_dir), device, progress, model, on_epoch, vectors)
+        return _train(Path(prep_dir), cfg, Path(out_dir), device, progress, model, on_epoch, vectors, dist)
 
 
 def _train(prep_dir: Path, cfg: TrainConfig, out_dir: Path, device: str, progress: bool,
            model: ModelConfig | dict | None, on_epoch: Callable[[dict], None] | None,
-           vectors: str | Path | None = None) -> TrainResult:
-    dev = pick_device(device)
+           vectors: str | Path | None = None, dist: DistContext | None = None) -> TrainResult:
+    dev = pick_device(device) if dist is None else dist.device
     mcfg = model_config_for(prep_dir, model)
     man = read_manifest(prep_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    finished = reusable_result(out_dir, mcfg, cfg, progress)
+    with writer_first(dist):        # rank 0 may discard a broken result before the others look
+        finished = reusable_result(out_dir, mcfg, cfg, progress)
     if finished is not None:
         return finished
     train_data, val_data, test_data = load_training_data(prep_dir, man)
-    run = _start(train_data, mcfg, cfg, out_dir, dev, progress, pretrained_init(cfg, mcfg, man, vectors))
+    run = _start(train_data, mcfg, cfg, out_dir, dev, progress, pretrained_init(cfg, mcfg, man, vectors), dist)
     t_start = time.perf_counter() - run.state.elapsed
     deadline = None if cfg.max_seconds is None else t_start + cfg.max_seconds
     stopped = "completed"
     for epoch in range(run.state.next_epoch, cfg.epochs):
         stats, out_of_time = train_epoch(run, train_data, cfg, epoch, deadline, progress)
-        val = evaluate(run.net, val_data, max(cfg.batch_size, EVAL_BATCH), dev)
-        record = _epoch_record(epoch, stats, val, run, partial=out_of_time)
-        run.state.history.append(record)
-        select_checkpoint(run.state, cfg, val, run.net, out_dir / BEST)
-        patience_out = early_stop(run.state, cfg, val)
-        stopped = "time_budget" if out_of_time else ("early_stopping" if patience_out else "completed")
-        _report(progress, record)
-        save_checkpoint(out_dir / CHECKPOINT, run.net, run.opt, run.sched, {
-            "epoch": epoch, "best_loss": run.state.best_loss, "best_score": run.state.best_score,
-            "bad_epochs": run.state.bad_epochs, "history": run.state.history,
-            "elapsed": time.perf_counter() - t_start, "model_config": mcfg.to_dict(),
-            "train_config": cfg.model_key(), "best_sha256": run.state.best_sha256})
-        if on_epoch is not None:
-            on_epoch(dict(record, epochs=cfg.epochs))
+        if dist is None or dist.writer:
+            stopped = _close_epoch(run, cfg, mcfg, epoch, stats, out_of_time, val_data, out_dir, t_start,
+                                   progress, on_epoch)
+        if dist is not None:
+            stopped = share_stop(dist, stopped)     # every rank stops after the same epoch as rank 0
         if stopped != "completed":
             break
+    if dist is not None and not dist.writer:
+        barrier(dist)               # while rank 0 evaluates the best checkpoint and writes the result
+        return TrainResult.load(out_dir)
     result = _finish(run, cfg, mcfg, prep_dir, out_dir, man, val_data, test_data, stopped,
                      time.perf_counter() - t_start)
+    if dist is not None:
+        result.environment.update(nproc=dist.world, backend=dist.backend)
     write_json_atomic(out_dir / RESULT, result.to_dict())
+    barrier(dist)
     return result
+
+
+def _close_epoch(run: Run, cfg: TrainConfig, mcfg: ModelConfig, epoch: int, stats: dict, out_of_time: bool,
+                 val_data: SplitData, out_dir: Path, t_start: float, progress: bool,
+                 on_epoch: Callable[[dict], None] | None) -> str:
+    """The end of an epoch (rank 0's alone in a multi-process run): evaluate, record, keep the best weights,
+    checkpoint; returns how training stands (``completed`` = go on, ``early_stopping``, ``time_budget``)."""
+    val = evaluate(run.net, val_data, max(cfg.batch_size, EVAL_BATCH), run.device)
+    record = _epoch_record(epoch, stats, val, run, partial=out_of_time)
+    run.state.history.append(record)
+    select_checkpoint(run.state, cfg, val, run.net, out_dir / BEST)
+    patience_out = early_stop(run.state, cfg, val)
+    stopped = "time_budget" if out_of_time else ("early_stopping" if patience_out else "completed")
+    _report(progress and run.dist is None, record)      # a rank's on_epoch prints its own line
+    state = {"epoch": epoch, "best_loss": run.state.best_loss, "best_score": run.state.best_score,
+             "bad_epochs": run.state.bad_epochs, "history": run.state.history,
+             "elapsed": time.perf_counter() - t_start, "model_config": mcfg.to_dict(),
+             "train_config": cfg.model_key(), "best_sha256": run.state.best_sha256}
+    if run.dist is not None:
+        state["world_size"] = run.dist.world      # a resume must run as many ranks (steps per epoch, schedule)
+    save_checkpoint(out_dir / CHECKPOINT, run.net, run.opt, run.sched, state)
+    if on_epoch is not None:
+        on_epoch(dict(record, epochs=cfg.epochs))
+    return stopped
 
 
 def pretrained_init(cfg: TrainConfig, mcfg: ModelConfig, man: dict, vectors: str | Path | None) -> dict | None:
@@ -376,8 +426,9 @@ def pretrained_init(cfg: TrainConfig, mcfg: ModelConfig, man: dict, vectors: str
 
 
 def _start(train_data: SplitData, mcfg: ModelConfig, cfg: TrainConfig, out_dir: Path, dev: torch.device,
-           progress: bool, init: dict | None = None) -> Run:
-    """Seed, build the model, optimizer and schedule, and put back a checkpoint's state when resuming."""
+           progress: bool, init: dict | None = None, dist: DistContext | None = None) -> Run:
+    """Seed, build the model, optimizer and schedule, and put back a checkpoint's state when resuming
+    (every rank of a multi-process run resumes from the same checkpoint; then DDP wraps the model)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.optimizer == "lbfgs" and (mcfg.encoder != NGRAM_ONLY or mcfg.ngram_pool != "binary"):
@@ -385,7 +436,8 @@ def _start(train_data: SplitData, mcfg: ModelConfig, cfg: TrainConfig, out_dir: 
                            "ngram_pool 'binary'): L-BFGS fits that convex model exactly", cfg.optimizer)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    ckpt = usable_checkpoint(out_dir, mcfg, cfg, dev, progress)
+    with writer_first(dist):        # rank 0 may discard a broken checkpoint before the others look
+        ckpt = usable_checkpoint(out_dir, mcfg, cfg, dev, progress, world=1 if dist is None else dist.world)
     net = SentimentModel(mcfg, joint_loss=cfg.joint_loss, part_loss=cfg.part_loss)
     if net.ngrams is not None and mcfg.ngram_nb_alpha > 0 and ckpt is None:
         # NBSVM feature scaling from the training reviews (a resumed run loads it with the weights)
@@ -397,16 +449,18 @@ def _start(train_data: SplitData, mcfg: ModelConfig, cfg: TrainConfig, out_dir: 
     net = net.to(dev)
     design = design_matrix(net.ngrams, train_data, dev) if cfg.optimizer == "lbfgs" else None
     opt = make_optimizer(net, cfg, dev)
-    steps_per_epoch = math.ceil(len(train_data.labels) / cfg.batch_size)
+    steps_per_epoch = steps_per_rank(len(train_data.labels), cfg.batch_size, 1 if dist is None else dist.world)
     sched = make_scheduler(opt, cfg, steps_per_epoch)
     state = LoopState()
     if ckpt is not None:  # resume after a crash
         state = restore(out_dir / CHECKPOINT, ckpt, net, opt, sched)
         say(progress, f"resuming {out_dir} at epoch {state.next_epoch + 1}")
-    write_json_atomic(out_dir / "model_config.json", mcfg.to_dict())
-    write_json_atomic(out_dir / "train_config.json", asdict(cfg))
+    if dist is None or dist.writer:
+        write_json_atomic(out_dir / "model_config.json", mcfg.to_dict())
+        write_json_atomic(out_dir / "train_config.json", asdict(cfg))
     pretrained = None if init is None else {k: v for k, v in init.items() if k != "matrix"}
-    return Run(net, opt, sched, dev, steps_per_epoch, state, pretrained, design)
+    step_net = None if dist is None else wrap_model(net, dist, frozen_start=cfg.freeze_embed_epochs > 0)
+    return Run(net, opt, sched, dev, steps_per_epoch, state, pretrained, design, dist, step_net)
 
 
 def _finish(run: Run, cfg: TrainConfig, mcfg: ModelConfig, prep_dir: Path, out_dir: Path, man: dict,
