@@ -51,11 +51,12 @@ def model(tmp_path_factory):
 
     from pipeline.core.config import Warehouse
     from pipeline.train.predictor import load_predictor
-    from pipeline.train.reference import write_reference
+    from pipeline.train import registry
 
     wh = Warehouse(tmp_path_factory.mktemp("drift") / "warehouse").ensure()
     version = train_tiny_champion(wh, n=800)
-    path = write_reference(wh, version)
+    path = registry.get(wh, version).path / REFERENCE_FILE      # stored by the registration itself
+    assert path.exists()
     return wh, version, path, load_predictor(wh, version)
 
 

@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from pipeline.core.config import Warehouse
+from pipeline.core.errors import NotFoundError
 from pipeline.prepare.config import PrepareConfig
 from pipeline.prepare.job import prepare
 from pipeline.train import promotion, registry
@@ -148,11 +149,29 @@ def register_and_promote(wh: Warehouse, run: TrainResult | str | Path, *, preset
         if version is None:
             version = registry.register(wh, run, preset=preset, dataset=dataset, prepare=prepare)
             mark_registered(run, version)
+    reference_profile(wh, version)
     if promote is True:
         promotion.promote(wh, version, reason="registered with promote=True")
     elif promote is None:
         promotion.maybe_promote(wh, version)
     return version
+
+
+def reference_profile(wh: Warehouse, version: str, log=print) -> Path | None:
+    """Store the version's reference profile for drift monitoring (:mod:`pipeline.train.reference`), once. A
+    version whose validation texts are gone from the lake gets none (said, not fatal: scoring then skips the
+    drift check)."""
+    from pipeline.train.profile import REFERENCE_FILE
+    from pipeline.train.reference import write_reference
+
+    target = registry.get(wh, version).path / REFERENCE_FILE
+    if target.exists():
+        return target
+    try:
+        return write_reference(wh, version)
+    except NotFoundError as exc:
+        log(f"no reference profile for {version}: {exc}")
+        return None
 
 
 def summary(wh: Warehouse, version: str, prep_id: str, skipped: bool = False) -> dict:
