@@ -7,8 +7,13 @@ DuckDB table ``<dataset>_scored`` (only rows not scored yet). Files end in ``inb
 before is not ingested again. See pipeline/ops/inbox.py for the guarantees.
 
 The claimed files are read as concurrent tasks on the flow's task runner (``workers`` at once, default 1)
-and published one by one in claim order, one part file each (``flows.ingest.ingest_many``); a bad file
-fails alone.
+and published one by one in claim order, one part file each (as ``flows.ingest.ingest_many``, with a column
+map per file); a bad file fails alone.
+
+Columns: a sidecar ``<file>.reviewflow.json`` beside the file wins, then the flow's ``text_col`` / ``id_col``
+/ ``label_col`` (``reviewflow serve --inbox-text-col ...``), then, for the text only, a guess (a common name
+such as ``review``, or the one long string column: ``pipeline.ingest.columns``). The choice is logged and
+shown in the ``inbox-files`` artifact.
 
     python -m flows.inbox --warehouse warehouse     # one pass, without a server
 """
@@ -22,12 +27,13 @@ import typer
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from flows.ingest import publish_artifacts, ingest_many
+from flows.ingest import publish_artifacts, read_task, write_task
 from flows.retries import retry_unless_user_error
 from flows.score import score_flow
 from pipeline.ops import inbox as box
 from pipeline.core.config import Warehouse, validate_name
 from pipeline.core.errors import InputError
+from pipeline.ingest.job import FileOutcome, stage_and_publish
 
 
 @task(name="claim-inbox-files", task_run_name="claim-inbox-files", retries=2, retry_delay_seconds=2,
@@ -43,51 +49,75 @@ def claim_files(warehouse: str, min_age_s: float, max_files: int, stale_after_s:
         if c is None:
             logger.info(f"{path.name}: claimed by another run, skipping")
             continue
-        claims.append({"name": c.name, "path": str(c.path), "sha256": c.sha256, "size": c.size})
+        claims.append({"name": c.name, "path": str(c.path), "sha256": c.sha256, "size": c.size,
+                       "sidecar": str(c.sidecar) if c.sidecar else None})
     logger.info(f"claimed {len(claims)} file(s): {', '.join(c['name'] for c in claims) or 'none'}")
     return claims
 
 
 def _claim(d: dict) -> box.Claim:
-    return box.Claim(name=d["name"], path=Path(d["path"]), sha256=d["sha256"], size=d["size"])
+    side = d.get("sidecar")
+    return box.Claim(name=d["name"], path=Path(d["path"]), sha256=d["sha256"], size=d["size"],
+                     sidecar=Path(side) if side else None)
 
 
-def _result(c: box.Claim, status: str, to: Path, rows_added=0, error: str = "") -> dict:
+def _result(c: box.Claim, status: str, to: Path, rows_added=0, error: str = "", columns: str = "") -> dict:
     """One row of the ``inbox-files`` artifact (and of the flow's ``results``)."""
-    return {"file": c.name, "status": status, "rows_added": rows_added, "moved_to": str(to), "error": error[:300]}
+    return {"file": c.name, "status": status, "rows_added": rows_added, "columns": columns, "moved_to": str(to),
+            "error": error[:300]}
 
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def ingest_claims(wh: Warehouse, claims: list[dict], dataset: str, logger,
-                  workers: int = 1) -> tuple[list[dict], list]:
-    """Ingest the claimed files, ``workers`` read at once (a duplicate by content is moved on, a bad file
-    fails alone).
+def _ingest_each(todo: dict[str, tuple], dataset: str, warehouse: str, workers: int) -> list[FileOutcome]:
+    """``flows.ingest.ingest_many`` with a column map per file: ``todo`` is path -> (claim, ColumnChoice)."""
+    def publish_one(staged) -> dict:
+        try:
+            return write_task(staged, dataset, warehouse)
+        finally:
+            staged.discard()
 
-    Returns (results of files that are done, [(claim, ingest report)] of files waiting to be scored)."""
+    return stage_and_publish(list(todo), lambda f: read_task.submit(f, dataset, warehouse, todo[f][1].mapping, False),
+                             publish_one, workers)
+
+
+def ingest_claims(wh: Warehouse, claims: list[dict], dataset: str, logger, workers: int = 1,
+                  columns: dict | None = None) -> tuple[list[dict], list]:
+    """Ingest the claimed files, ``workers`` read at once (a duplicate by content is moved on, a bad file or
+    column map fails alone). ``columns``: role -> column from the serve settings (module doc).
+
+    Returns (results of files that are done, [(claim, ingest report, columns described)] waiting to be scored)."""
     results: list[dict] = []
-    todo: dict[str, box.Claim] = {}
+    todo: dict[str, tuple] = {}
     for c in map(_claim, claims):
         prev = box.ledger_entry(wh, c.sha256)
-        if prev is None:
-            todo[str(c.path)] = c
+        if prev is not None:
+            to = box.complete(wh, c, {"skipped": "duplicate"}, duplicate_of=prev)
+            logger.warning(f"{c.name}: same content as {prev['name']} processed at {prev['processed_at']}; "
+                           f"not ingested again -> {to}")
+            results.append(_result(c, "duplicate", to))
             continue
-        to = box.complete(wh, c, {"skipped": "duplicate"}, duplicate_of=prev)
-        logger.warning(f"{c.name}: same content as {prev['name']} processed at {prev['processed_at']}; "
-                       f"not ingested again -> {to}")
-        results.append(_result(c, "duplicate", to))
-    ingested: list[tuple[box.Claim, dict]] = []
-    for o in ingest_many(list(todo), dataset, str(wh.root), {}, False, workers):
-        c = todo[o.path]
+        try:
+            choice = box.choose_columns(c.path, columns or {}, c.sidecar)
+        except Exception as exc:  # noqa: BLE001 - a bad sidecar or an unreadable file fails alone
+            to = box.fail(wh, c, exc)
+            logger.error(f"{c.name}: {exc} -> {to} (+ .error.txt)")
+            results.append(_result(c, "failed", to, error=_describe(exc)))
+            continue
+        logger.info(f"{c.name}: columns {choice.describe() or 'the defaults (text, id/review_id, label)'}")
+        todo[str(c.path)] = (c, choice)
+    ingested: list[tuple[box.Claim, dict, str]] = []
+    for o in _ingest_each(todo, dataset, str(wh.root), workers):
+        c, choice = todo[o.path]
         if o.error is not None:   # a bad file must not stop the others
             to = box.fail(wh, c, o.error)
             logger.error(f"{c.name}: ingest failed ({_describe(o.error)}) -> {to} (+ .error.txt)")
-            results.append(_result(c, "failed", to, error=_describe(o.error)))
+            results.append(_result(c, "failed", to, error=_describe(o.error), columns=choice.describe()))
             continue
         publish_artifacts(o.report)
-        ingested.append((c, o.report or {}))
+        ingested.append((c, o.report or {}, choice.describe()))
     return results, ingested
 
 
@@ -101,17 +131,17 @@ def score_ingested(wh: Warehouse, ingested: list, dataset: str, model: str, logg
         score = score_flow(dataset=dataset, model=model, warehouse=str(wh.root)) or {}
     except Exception as exc:  # noqa: BLE001 - recorded beside each file
         results = []
-        for c, rep in ingested:
+        for c, rep, cols in ingested:
             to = box.fail(wh, c, RuntimeError(f"ingested {rep.get('rows_added')} row(s) into dataset "
                                               f"{dataset!r}, but scoring failed: {_describe(exc)}"))
-            results.append(_result(c, "failed", to, rep.get("rows_added", 0), f"scoring: {_describe(exc)}"))
+            results.append(_result(c, "failed", to, rep.get("rows_added", 0), f"scoring: {_describe(exc)}", cols))
         logger.error(f"scoring dataset {dataset!r} failed: {exc}; {len(ingested)} file(s) moved to inbox/failed/")
         return results, {}
     results = []
-    for c, rep in ingested:
+    for c, rep, cols in ingested:
         to = box.complete(wh, c, {"rows_added": rep.get("rows_added"), "duplicates": rep.get("duplicates"),
-                                  "scored_table": score.get("table")})
-        results.append(_result(c, "processed", to, rep.get("rows_added", 0)))
+                                  "scored_table": score.get("table"), "columns": rep.get("columns")})
+        results.append(_result(c, "processed", to, rep.get("rows_added", 0), columns=cols))
         logger.info(f"{c.name}: {rep.get('rows_added')} row(s) ingested and scored -> {to}")
     return results, score
 
@@ -130,16 +160,19 @@ def pass_summary(wh: Warehouse, results: list[dict], score: dict) -> dict:
 @flow(name="inbox", flow_run_name="ingest-and-score-{dataset}")
 def inbox_flow(warehouse: str | None = None, dataset: str = "inbox", model: str = "champion",
                min_age_s: float = 2.0, max_files: int = 100, stale_after_s: float = 3600.0,
-               workers: int = 1) -> dict:
+               workers: int = 1, text_col: str | None = None, id_col: str | None = None,
+               label_col: str | None = None) -> dict:
     """Ingest and score every file waiting in the inbox (``workers`` files read at once); returns counts and
-    where each file went."""
+    where each file went. ``text_col``/``id_col``/``label_col``: the columns of every file, unless its sidecar
+    says otherwise (the text column is guessed when nobody says)."""
     logger = get_run_logger()
     validate_name(dataset, "dataset name")
     if workers < 1:
         raise InputError(f"workers must be at least 1, got {workers}")
     wh = Warehouse.from_env(warehouse).ensure()
     claims = claim_files(str(wh.root), min_age_s, max_files, stale_after_s)
-    done, ingested = ingest_claims(wh, claims, dataset, logger, workers)
+    columns = {"text": text_col, "id": id_col, "label": label_col}
+    done, ingested = ingest_claims(wh, claims, dataset, logger, workers, columns)
     scored, score = score_ingested(wh, ingested, dataset, model, logger)
     summary = pass_summary(wh, done + scored, score)
     if summary["results"]:
@@ -154,9 +187,13 @@ def inbox_flow(warehouse: str | None = None, dataset: str = "inbox", model: str 
 
 def one_pass(warehouse: Optional[str] = typer.Option(None, help="Warehouse root (default $REVIEWFLOW_WAREHOUSE)."),
              dataset: str = typer.Option("inbox", help="Lake dataset the files go into."),
-             workers: int = typer.Option(1, min=1, help="Files read at once (published one by one).")) -> None:
-    """One inbox pass now (what the *ingest-and-score* deployment runs on its schedule)."""
-    typer.echo(inbox_flow(warehouse=warehouse, dataset=dataset, workers=workers))
+             workers: int = typer.Option(1, min=1, help="Files read at once (published one by one)."),
+             text_col: Optional[str] = typer.Option(None, help="Text column of every file (default: guessed)."),
+             id_col: Optional[str] = typer.Option(None, help="Id column (default: review_id, else id, else a hash)."),
+             label_col: Optional[str] = typer.Option(None, help="Label column (default: label if present).")) -> None:
+    """One inbox pass now (what the *ingest-and-score* deployment runs when a file lands)."""
+    typer.echo(inbox_flow(warehouse=warehouse, dataset=dataset, workers=workers, text_col=text_col, id_col=id_col,
+                          label_col=label_col))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from prefect.artifacts import (create_markdown_artifact, create_progress_artifac
                                update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from prefect.states import Completed
+from prefect.states import Completed, State
 
 from pipeline.core.config import Warehouse
 from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT, LockTimeout
@@ -136,7 +136,7 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
                chunk_rows: int = DEFAULT_CHUNK_ROWS, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, blob_as_utf8: bool = False,
                predictor: Any = None, device: str = "auto", workers: int | None = None,
                dask_address: str | None = None, scratch: str | None = None,
-               rows_per_part: int = DEFAULT_ROWS_PER_PART) -> dict:
+               rows_per_part: int = DEFAULT_ROWS_PER_PART, shadow: str | None = None) -> dict:
     """Score ``table`` in DuckDB file ``db`` (default: the warehouse's reviews.duckdb), or the lake
     ``dataset`` (or only its ``split``) into ``<dataset>[_<split>]_scored``, with model ``model`` (a version or "champion").
     ``blob_as_utf8`` lets a BLOB text column be decoded as UTF-8 (``table`` only).
@@ -144,7 +144,11 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
     the model runs (auto = cuda when there is one, bf16; else cpu).
     ``workers`` (a LocalCluster of N processes) or ``dask_address`` (default ``REVIEWFLOW_DASK_ADDRESS``) score
     ``table`` in Parquet partitions of ``rows_per_part`` rows on Dask (:mod:`flows.score_dask`), through the
-    scratch space ``scratch`` (default ``REVIEWFLOW_SCRATCH``, else ``<warehouse>/scratch``)."""
+    scratch space ``scratch`` (default ``REVIEWFLOW_SCRATCH``, else ``<warehouse>/scratch``).
+    ``shadow`` (a version or alias, e.g. "challenger"): afterwards that model scores the table too, into
+    ``sentiment_shadow`` (:mod:`pipeline.score.shadow`), never into the table's columns."""
+    if shadow is not None and table is None:
+        raise InputError("shadow scoring takes a table (--table), not a lake dataset")
     if (table is None) == (dataset is None):
         raise InputError("give exactly one of table= or dataset=")
     logger = get_run_logger()
@@ -163,7 +167,8 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
                               text_col=text_col, rescore=rescore, threshold=threshold, batch_size=batch_size,
                               rows_per_part=rows_per_part, lock_timeout=lock_timeout, blob_as_utf8=blob_as_utf8,
                               device="cpu" if device == "auto" else device)
-        return _publish(rep, wh, db_path, threshold, logger, lock_timeout)
+        return _with_shadow(_publish(rep, wh, db_path, threshold, logger, lock_timeout), shadow, table, db_path,
+                            wh, id_col, text_col, threshold, batch_size, lock_timeout)
     if predictor is None:
         predictor = load_model(str(wh.root), model, batch_size, device)
     options = dict(rescore=rescore, threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
@@ -173,7 +178,34 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
     else:
         options.update(split=split)
     rep = score_task(table or scored_table_name(dataset, split), db_path, table, dataset, str(wh.root), predictor, options)
-    return _publish(rep, wh, db_path, threshold, logger, lock_timeout)
+    return _with_shadow(_publish(rep, wh, db_path, threshold, logger, lock_timeout), shadow, table, db_path, wh,
+                        id_col, text_col, threshold, batch_size, lock_timeout)
+
+
+@task(name="shadow-score", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_on_lock, cache_policy=NO_CACHE,
+      task_run_name="shadow-{model}-{table}")
+def shadow_task(table: str, db: str, model: str, warehouse: str, id_col: str, text_col: str, threshold: float,
+                batch_size: int, lock_timeout: float) -> dict:
+    from pipeline.score.shadow import score_shadow
+    from pipeline.train.predictor import load_predictor
+
+    predictor = load_predictor(Warehouse.from_env(warehouse), model, batch_size=batch_size, device="cpu")
+    out = score_shadow(db, table, predictor, id_col=id_col, text_col=text_col, threshold=threshold,
+                       lock_timeout=lock_timeout, on_wait=get_run_logger().info)
+    get_run_logger().info("shadow model %s: %d rows scored into sentiment_shadow (%d unknown)", out["model"],
+                          out["rows_scored"], out["rows_unknown"])
+    return out
+
+
+def _with_shadow(result, shadow: str | None, table, db_path, wh, id_col, text_col, threshold, batch_size,
+                 lock_timeout):
+    """Run the shadow model after the champion's run (``result``: the run's result or its drift state)."""
+    if shadow is None:
+        return result
+    out = shadow_task(table, db_path, shadow, str(wh.root), id_col, text_col, threshold, batch_size, lock_timeout)
+    data = result.data if isinstance(result, State) else result
+    data["shadow"] = out
+    return result
 
 
 def _thresholds() -> Thresholds:

@@ -73,3 +73,45 @@ def test_inbox_flow_scoring_failure_moves_ingested_files_to_failed(prefect_harne
     assert {r["error"].split(":")[0] for r in out["results"]} == {"scoring"}
     assert read_table(warehouse, "inbox", columns=["review_id"]).num_rows == 20
     assert box.ledger(warehouse) == []
+
+
+@pytest.mark.prefect
+def test_inbox_flow_maps_columns_from_sidecar_settings_and_guess(prefect_harness, warehouse):
+    """A CSV exported as ``id,review`` just works (guessed, shown in the results); a sidecar names other columns;
+    a bad sidecar fails its file alone, naming the sidecar."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from flows.inbox import inbox_flow
+    from synthetic import make_reviews
+
+    train_tiny_champion(warehouse)
+    t, u = make_reviews(12, seed=8, split=None, id_prefix="m"), make_reviews(12, seed=9, split=None, id_prefix="s")
+    files = {"export.csv": (pa.table({"id": t["review_id"], "review": t["text"]}), None),
+             "shop.csv": (pa.table({"sku": u["review_id"], "opinion": u["text"], "ok": u["label"]}),
+                          '{"text": "opinion", "id": "sku", "label": "ok"}'),
+             "typo.csv": (pa.table({"id": t["review_id"], "review": t["text"]}), '{"txt": "review"}')}
+    for name, (table, sidecar) in files.items():
+        path = warehouse.inbox / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pacsv.write_csv(table, path)
+        paths = [path]
+        if sidecar:
+            paths.append(box.sidecar_of(path))
+            paths[-1].write_text(sidecar)
+        for p in paths:
+            os.utime(p, (0, 0))
+    out = inbox_flow(warehouse=str(warehouse.root), min_age_s=FRESH_FOR)
+    by_file = {r["file"]: r for r in out["results"]}
+    assert {f: r["status"] for f, r in by_file.items()} == {"export.csv": "processed", "shop.csv": "processed",
+                                                            "typo.csv": "failed"}
+    assert by_file["export.csv"]["columns"] == "text='review' (auto: common name 'review')"
+    assert "text='opinion' (sidecar shop.csv.reviewflow.json)" in by_file["shop.csv"]["columns"]
+    assert "unknown key(s) 'txt'" in by_file["typo.csv"]["error"] and "typo.csv.reviewflow.json" in \
+        by_file["typo.csv"]["error"]
+    assert box.sidecar_of(warehouse.inbox / "failed" / "typo.csv").exists()
+    assert (out["processed"], out["failed"], out["rows_added"], out["rows_scored"]) == (2, 1, 24, 24)
+    lake = read_table(warehouse, "inbox", columns=["review_id", "label"]).to_pylist()
+    assert sorted(r["review_id"] for r in lake) == sorted(t["review_id"].to_pylist() + u["review_id"].to_pylist())
+    assert {r["review_id"]: r["label"] for r in lake if r["review_id"].startswith("s")} == \
+        dict(zip(u["review_id"].to_pylist(), u["label"].to_pylist()))

@@ -15,7 +15,7 @@ import traceback
 
 import typer
 
-from flows.cli import ingest, models, predict, prepare, pretrain, run, score, serve, sql, train
+from flows.cli import inbox, ingest, models, monitor, predict, prepare, pretrain, run, score, serve, sql, train
 from pipeline.core.errors import EXIT_TEMPORARY, ReviewflowError, TemporaryFailure
 from pipeline.core.settings import env_help, load
 
@@ -49,7 +49,8 @@ app = typer.Typer(help=HELP.format(env=env_help()), no_args_is_help=True, rich_m
                   pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
 
-for _command in (ingest, prepare, pretrain, train, models, predict, score, sql, run, serve):  # the order of --help
+# the order of --help
+for _command in (ingest, prepare, pretrain, train, models, predict, score, monitor, sql, run, serve, inbox):
     _command.register(app)
 
 

@@ -117,7 +117,7 @@ def register(app: typer.Typer) -> None:
           reviewflow ingest tweets.jsonl --dataset tweets --split unsup --no-prefect
           reviewflow ingest exports/ --dataset shop --text-col body --workers 4
         """
-        wh = warehouse_from(warehouse)
+        wh = warehouse_from(warehouse, reads=("lake",))
         mapping = dict(text_col=text_col, label_col=label_col, id_col=id_col, rating_col=rating_col,
                        split_col=split_col, split=split, group_col=group_col)
         if no_prefect:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -23,7 +25,7 @@ def register(app: typer.Typer) -> None:
         """Every version, oldest first; `*` marks the serving champion, `+` the champion of its dataset."""
         from pipeline.train import registry       # deferred (as in every command): torch loads only when it runs
 
-        wh = warehouse_from(warehouse)
+        wh = warehouse_from(warehouse, reads=("models",))
         versions, champ = registry.list_versions(wh), registry.champion(wh)
         per_dataset = set(registry.champions(wh).values())
         if not versions:
@@ -46,7 +48,7 @@ def register(app: typer.Typer) -> None:
         """Config, final metrics and the per-epoch history of one version."""
         from pipeline.train import registry
 
-        wh = warehouse_from(warehouse)
+        wh = warehouse_from(warehouse, reads=("models",))
         mv = registry.get(wh, version)
         if as_json:
             typer.echo(json.dumps({"version": mv.version, "config": mv.config, "metrics": mv.metrics}, indent=2))
@@ -71,15 +73,33 @@ def register(app: typer.Typer) -> None:
                        f"  {r['seconds']:>7.1f}  {r['tokens_per_s']:>8.0f}")
 
     @models.command("promote")
-    def promote_cmd(version: str = typer.Argument(..., help="the version to make champion"),
+    def promote_cmd(version: str = typer.Argument(..., help="the version (or alias) to make champion"),
+                    compare_table: Optional[str] = typer.Option(None, "--compare-table", help="first compare it with "
+                                                               "the champion on this DuckDB table; the comparison "
+                                                               "is logged with the promotion"),
+                    db: Optional[Path] = typer.Option(None, "--db", help="DuckDB file of --compare-table"),
+                    label_col: Optional[str] = typer.Option(None, "--label-col", help="labels in --compare-table"),
                     warehouse: WarehouseOption = None) -> None:
         """Make VERSION the serving champion (scoring, predict and sql use it) and the champion of its dataset,
         whatever its accuracy: the explicit override of the automatic rule (a new version replaces the
-        champion of its own dataset only when it is more accurate on the same evaluation data)."""
+        champion of its own dataset only when it is more accurate on the same evaluation data).
+        With --compare-table, the side-by-side comparison (`reviewflow models compare`) is printed and kept in
+        models/promotions.jsonl with the decision."""
         from pipeline.train import promotion
         from pipeline.train import registry
 
-        wh = warehouse_from(warehouse)
+        from flows.cli.model_ops import comparison, print_comparison
+
+        wh = warehouse_from(warehouse, reads=("models",) + (("lake",) if compare_table else ()))
         before = registry.champion(wh)
-        promotion.promote(wh, version, reason="explicit: reviewflow models promote")
+        version = registry.get(wh, version).version
+        compared = None
+        if compare_table and before:
+            compared = comparison(wh, before, version, compare_table, db, label_col, "review_id", "text", None)
+            print_comparison(compared)
+        promotion.promote(wh, version, reason="explicit: reviewflow models promote", comparison=compared)
         typer.echo(f"champion: {before or 'none'} -> {version}")
+
+    from flows.cli import model_ops
+
+    model_ops.register(models)

@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         """
         from pipeline.train.predictor import load_predictor    # deferred: torch loads only when the command runs
 
-        p = load_predictor(warehouse_from(warehouse), model, device=device)
+        p = load_predictor(warehouse_from(warehouse, reads=("models",)), model, device=device)
         pred = p.predict_with_coverage(texts)
         typer.echo(f"model {p.version}")
         for i, text in enumerate(texts):

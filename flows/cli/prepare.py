@@ -120,7 +120,7 @@ def register(app: typer.Typer) -> None:
           reviewflow prepare --dataset imdb --workers 4
           reviewflow prepare --dataset imdb --no-prefect --json
         """
-        wh = warehouse_from(warehouse)
+        wh = warehouse_from(warehouse, reads=("lake", "shards"))
         cfg = PrepareConfig(max_len=max_len, min_freq=min_freq, max_vocab=max_vocab, val_fraction=val_fraction,
                             seed=seed, truncate=truncate, pad_side=pad_side, strip_html=not keep_html,
                             include_unsup=include_unsup, min_class_rows=min_class_rows,

@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
           reviewflow pretrain --dataset imdb
           reviewflow pretrain --dataset imdb --set embed_dim=64 --no-prefect
         """
-        wh = warehouse_from(warehouse)
+        wh = warehouse_from(warehouse, reads=("lake", "shards", "pretrained"))
         from pipeline.core.errors import ReviewflowError      # deferred: torch loads only when this runs
         from pipeline.train import job
         from pipeline.train.presets import parse_overrides

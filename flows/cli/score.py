@@ -39,6 +39,18 @@ def _score_here(wh, db_path: Path, table: str | None, dataset: str | None, model
         bar.close()
 
 
+def _shadow_here(wh, db_path: Path, table: str | None, model: str, opts: dict) -> dict:
+    """``--shadow`` with ``--no-prefect``: the shadow model scores the table into sentiment_shadow."""
+    from pipeline.score.shadow import score_shadow
+    from pipeline.train.predictor import load_predictor
+
+    if table is None:
+        raise typer.BadParameter("--shadow takes --table, not --dataset")
+    predictor = load_predictor(wh, model, batch_size=opts["batch_size"], device="cpu")
+    return score_shadow(db_path, table, predictor, id_col=opts["id_col"], text_col=opts["text_col"],
+                        threshold=opts["threshold"], lock_timeout=opts["lock_timeout"])
+
+
 def register(app: typer.Typer) -> None:
     @app.command("score")
     def score(
@@ -59,6 +71,7 @@ def register(app: typer.Typer) -> None:
         dask: Annotated[Optional[str], typer.Option("--dask", help="Score on the existing Dask cluster at ADDRESS (tcp://host:8786). Default: $REVIEWFLOW_DASK_ADDRESS.")] = None,
         scratch: Annotated[Optional[str], typer.Option("--scratch", help="On Dask: where partitions and scored parts go, a folder or s3://bucket/prefix that every worker sees. Default: $REVIEWFLOW_SCRATCH, else <warehouse>/scratch.")] = None,
         rows_per_part: Annotated[int, typer.Option("--rows-per-part", min=1, help="On Dask: rows per partition (one task each; one merge transaction each).")] = 50_000,
+        shadow: Annotated[Optional[str], typer.Option("--shadow", help="Then score the table with this model too (a version or alias, e.g. challenger) into the table sentiment_shadow, beside the champion's columns.")] = None,
         no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run directly (progress bar), without a Prefect flow run.")] = False,
         warehouse: WarehouseOption = None,
     ) -> None:
@@ -117,6 +130,8 @@ def register(app: typer.Typer) -> None:
             if dataset is None:
                 opts.update(id_col=id_col, text_col=text_col, blob_as_utf8=blob_as_utf8)
             result = _score_here(wh, db_path, table, dataset, model, opts, device)
+            if shadow is not None:
+                result["shadow"] = _shadow_here(wh, db_path, table, shadow, opts)
         else:
             from flows.score import score_flow
 
@@ -125,7 +140,8 @@ def register(app: typer.Typer) -> None:
                                 threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
                                 lock_timeout=lock_timeout, blob_as_utf8=blob_as_utf8, device=device,
                                 workers=workers, dask_address=dask, rows_per_part=rows_per_part,
-                                scratch=scratch or os.environ.get("REVIEWFLOW_SCRATCH") or remote_scratch(warehouse))
+                                scratch=scratch or os.environ.get("REVIEWFLOW_SCRATCH") or remote_scratch(warehouse),
+                                shadow=shadow)
         echo_kv(f"scored {result['table']} in {result['db_path']}", {
             "model": result["model"],
             "rows scored": result["rows_scored"],
@@ -137,4 +153,5 @@ def register(app: typer.Typer) -> None:
             "seconds": f"{result['seconds']:.1f}",
             "rows/s": f"{result['rows_per_s']:.0f}",
             "drift": result.get("drift") or "- (model without a reference profile, or nothing scored)",
-        })
+        } | ({"shadow": f"{result['shadow']['model']}: {result['shadow']['rows_scored']} rows into sentiment_shadow"}
+             if result.get("shadow") else {}))

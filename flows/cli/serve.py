@@ -20,8 +20,19 @@ def register(app: typer.Typer) -> None:
 
 def serve(
     inbox_interval: Annotated[Optional[float], typer.Option(
-        help="Seconds between inbox passes (0 = unscheduled). Env REVIEWFLOW_INBOX_INTERVAL. [default: 60]",
+        help="Seconds between fallback inbox passes (0 = none); the watcher starts a pass when a file lands. "
+             "Env REVIEWFLOW_INBOX_INTERVAL. [default: 3600]", show_default=False)] = None,
+    inbox_watch: Annotated[Optional[float], typer.Option(
+        help="Seconds between looks into the inbox for new files (0 = no watcher: the schedule only). "
+             "Env REVIEWFLOW_INBOX_WATCH. [default: 5]", show_default=False)] = None,
+    inbox_text_col: Annotated[Optional[str], typer.Option(
+        help="Column holding the review text in inbox files (a file's sidecar wins). [default: guessed]",
         show_default=False)] = None,
+    inbox_id_col: Annotated[Optional[str], typer.Option(
+        help="Id column of inbox files. [default: review_id, else id, else a content hash]",
+        show_default=False)] = None,
+    inbox_label_col: Annotated[Optional[str], typer.Option(
+        help="Label column of inbox files. [default: label, if present]", show_default=False)] = None,
     inbox_dataset: Annotated[Optional[str], typer.Option(
         help="Lake dataset inbox files go into; scored into <name>_scored. [default: inbox]",
         show_default=False)] = None,
@@ -49,24 +60,31 @@ def serve(
     Examples:
       reviewflow server &                                   # a local Prefect server + UI
       export PREFECT_API_URL=http://127.0.0.1:4200/api
-      reviewflow serve --inbox-interval 30 --score-table new_reviews
-      cp reviews.csv warehouse/inbox/                       # picked up on the next pass
-      prefect deployment run 'inbox/ingest-and-score'       # or trigger a pass now
+      reviewflow serve --score-table new_reviews
+      cp reviews.csv warehouse/inbox/                       # a pass starts within seconds
+      reviewflow inbox status                               # what is waiting, done, failed
 
     \b
     Inbox: CSV/JSONL/Parquet files in <warehouse>/inbox/ are ingested, scored into
     <warehouse>/reviews.duckdb (table <dataset>_scored) and moved to inbox/processed/;
-    failures go to inbox/failed/ with <name>.error.txt beside them. Copy files in under a
-    name starting with '.' and rename them when complete (or let them sit: files younger
-    than 2 s are left for the next pass).
+    failures go to inbox/failed/ with <name>.error.txt beside them (`reviewflow inbox retry
+    NAME` puts one back). Copy files in under a name starting with '.' and rename them when
+    complete (or let them sit: files changed in the last 2 s wait). No run starts while the
+    inbox is empty: a watcher looks every --inbox-watch seconds and starts a pass when a new
+    file is complete; --inbox-interval is only the fallback schedule.
+    Columns: the text column is the first named text/review/comment/body/content, else the
+    one long string column; say otherwise with --inbox-text-col (every file) or a sidecar
+    <file>.reviewflow.json dropped first, e.g. {"text": "body", "id": "sku", "label": "ok"}.
     Every flag also reads a REVIEWFLOW_* env var (listed in `reviewflow --help`).
     """
     # deferred: Prefect reads its settings when first imported, which main() must precede (flows/cli/__init__.py)
     from flows.serve import ServeConfig, describe, serve_all
     from prefect.settings import PREFECT_API_URL
 
-    wh = warehouse_from(warehouse)
+    wh = warehouse_from(warehouse, long_running=True)
     cfg = ServeConfig.from_env(warehouse=str(wh.root), inbox_interval=inbox_interval, inbox_dataset=inbox_dataset,
+                               inbox_watch=inbox_watch, inbox_text_col=inbox_text_col, inbox_id_col=inbox_id_col,
+                               inbox_label_col=inbox_label_col,
                                score_table=score_table, score_db=score_db, score_cron=score_cron,
                                score_interval=score_interval, retrain_cron=retrain_cron,
                                retrain_dataset=retrain_dataset, retrain_preset=retrain_preset)

@@ -9,6 +9,13 @@ their connection only for short units of work (one chunk), so readers get in bet
 
 Identifiers (table and column names) are never pasted into SQL raw: :func:`quote_ident` turns
 any string, including ``x"; DROP TABLE y; --``, into one quoted identifier.
+
+Files that :func:`connect` creates are written in the storage format of DuckDB 1.0
+(:data:`STORAGE_COMPATIBILITY`), not DuckDB 2.0's own (storage version 69), so that every DuckDB 1.x
+(the ``duckdb-cli`` 1.5 on PyPI, GUI tools that bundle 1.x) can open ``reviews.duckdb``. DuckDB keeps a
+file's storage version for its whole life: writes by any later connection stay readable by 1.x, and a
+file that already exists (a user's own database, or one made by an older reviewflow in the 2.0 format)
+is opened as it is, never rewritten or converted.
 """
 
 from __future__ import annotations
@@ -28,6 +35,11 @@ from pipeline.core.errors import InputError, NotFoundError, TemporaryFailure
 log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT = 120.0   # seconds a process waits for another one's lock before giving up
+# DuckDB's ``storage_compatibility_version`` for NEW files: 'v1.0.0' writes storage version 64, which
+# DuckDB 1.0 to 1.5 read ("we can only read versions between 64 and 68" is what 1.5 says about a 2.0 file).
+# The cost: none of the compression methods added after 1.0 (files a little larger); no type reviewflow
+# writes needs a newer format.
+STORAGE_COMPATIBILITY = "v1.0.0"
 
 
 class LockTimeout(TemporaryFailure):
@@ -60,9 +72,11 @@ def connect(path: str | os.PathLike, *, read_only: bool = False, timeout: float 
     start = time.monotonic()
     delay = first_delay
     last_said = None
+    # only a file this call creates gets the 1.x format; an existing one keeps its own (module doc)
+    config = {} if read_only or path.exists() else {"storage_compatibility_version": STORAGE_COMPATIBILITY}
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return duckdb.connect(str(path), read_only=read_only, config=config)
         except duckdb.Error as exc:
             if not is_lock_error(exc):
                 raise

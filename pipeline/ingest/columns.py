@@ -11,6 +11,12 @@ split from the ``split`` column if present (empty cells get ``--split``), else t
 else null; group from ``--group-col``, else ``group_id`` if present, else null (strings or whole
 numbers, kept as text: ``tt0111161``, ``42``; blank cells are null).
 
+When nobody says which column holds the text (the inbox), :func:`guess_text_column` picks it: the first
+column named (any case) ``text``, ``review``, ``comment``, ``body`` or ``content``, in that order; else the
+one *long* string column: over a sample of the first rows (``pipeline.ingest.detect.SAMPLE_ROWS``), its
+median value is at least ``LONG_TEXT_CHARS`` (40) characters and at least half of its values contain a
+space (prose, not ids, hashes or URLs). None or several long columns: no guess, the caller asks the user.
+
 Invalid UTF-8 is replaced with U+FFFD (``ensure_utf8``) and the affected rows counted. Errors name the
 row as a record number from 1 (``row_offset`` + position in the batch); readers re-point them at lines.
 """
@@ -208,6 +214,52 @@ def _as_group(arr: pa.Array, *, path, column, row_offset) -> pa.Array:
     if not _is_text_like(t):
         raise InputError(f"group column must hold strings or integers, found {t}", path=path, column=column)
     return _blank_as_null(ensure_utf8(arr)[0])
+
+
+TEXT_NAMES = ("text", "review", "comment", "body", "content")   # tried in this order, any case
+LONG_TEXT_CHARS = 40
+
+
+@dataclass(frozen=True)
+class TextGuess:
+    """What :func:`guess_text_column` found: the column (None: no guess), why, and the long columns seen."""
+
+    column: str | None
+    why: str
+    long_columns: tuple[str, ...] = ()
+
+
+def _median_length(values: list[str]) -> tuple[float, float]:
+    """(median length in characters, share of values with a space) of the non-blank ``values``."""
+    vals = sorted(len(v) for v in values if v.strip())
+    if not vals:
+        return 0.0, 0.0
+    mid = len(vals) // 2
+    median = vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
+    return float(median), sum(" " in v.strip() for v in values if v.strip()) / len(vals)
+
+
+def guess_text_column(names: list[str], strings: dict[str, list[str]], exclude: set[str] = frozenset()) -> TextGuess:
+    """The text column by name, else the one long string column (module doc). ``strings``: sampled string
+    values per column; ``exclude``: columns that play another role (the id, the label)."""
+    lowered = {}
+    for n in names:
+        lowered.setdefault(n.strip().lower(), n)
+    for want in TEXT_NAMES:
+        if want in lowered and lowered[want] not in exclude:
+            return TextGuess(lowered[want], f"auto: common name {want!r}")
+    long, why = [], {}
+    for n in names:
+        median, spaced = _median_length(strings.get(n, []))
+        if n not in exclude and median >= LONG_TEXT_CHARS and spaced >= 0.5:
+            long.append(n)
+            why[n] = (f"auto: the one long string column (median {median:g} characters over "
+                      f"{len(strings[n])} sampled values)")
+    if len(long) == 1:
+        return TextGuess(long[0], why[long[0]], (long[0],))
+    found = "no column" if not long else f"{len(long)} columns ({', '.join(map(repr, long))})"
+    return TextGuess(None, f"none is named {', '.join(TEXT_NAMES)}, and {found} hold long text (median "
+                           f">= {LONG_TEXT_CHARS} characters, mostly with spaces)", tuple(long))
 
 
 def resolve_columns(names: list[str], cols: ColumnMap, path: str) -> dict[str, str | None]:

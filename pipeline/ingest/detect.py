@@ -14,14 +14,23 @@ parquet            ``.parquet``/``.pq``
 
 A source path given by the user may be a symbolic link (it is resolved), but it must end at a regular
 file or a folder: a FIFO, socket or device is refused here, before it is opened (a FIFO would block).
+
+:func:`sample_strings` reads the first rows of a CSV/TSV/JSON lines/Parquet file (the inbox uses them to
+find the text column when nobody said which one it is: ``pipeline.ingest.columns.guess_text_column``).
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from pipeline.core.errors import InputError
 from pipeline.ingest.download import is_url
@@ -29,6 +38,7 @@ from pipeline.ingest.download import is_url
 KINDS = ("aclimdb-folder", "aclimdb-tarball", "aclimdb-url", "csv", "tsv", "jsonl", "parquet")
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst", ".xz")
+SAMPLE_ROWS = 1000          # rows :func:`sample_strings` reads
 FILE_KINDS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
               ".parquet": "parquet", ".pq": "parquet"}
 
@@ -91,3 +101,59 @@ def detect(source: str | os.PathLike) -> Source:
     if p.stat().st_size == 0:
         raise InputError("empty file: no rows", path=str(p))
     return Source(given, kind, str(p))
+
+
+def _string_columns(batch: pa.RecordBatch | pa.Table) -> dict[str, list[str]]:
+    return {name: [v for v in col.to_pylist() if isinstance(v, str) and v.strip()]
+            for name, col in zip(batch.schema.names, batch.columns)
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type)}
+
+
+def _sample_csv(path: str, delimiter: str, rows: int) -> tuple[list[str], dict[str, list[str]]]:
+    block = int(min(max(os.path.getsize(path) + 1024, 1 << 20), 16 << 20))
+    reader = pacsv.open_csv(pa.input_stream(path, compression="detect"),
+                            read_options=pacsv.ReadOptions(block_size=block),
+                            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True))
+    try:
+        batch = reader.read_next_batch().slice(0, rows)
+    except StopIteration:
+        return list(reader.schema.names), {}
+    return list(batch.schema.names), _string_columns(batch)
+
+
+def _sample_jsonl(path: str, rows: int) -> tuple[list[str], dict[str, list[str]]]:
+    names: dict[str, None] = {}
+    strings: dict[str, list[str]] = {}
+    with io.TextIOWrapper(pa.input_stream(path, compression="detect"), encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                continue
+            for k, v in record.items():
+                names.setdefault(k)
+                if isinstance(v, str) and v.strip():
+                    strings.setdefault(k, []).append(v)
+            rows -= 1
+            if rows <= 0:
+                break
+    return list(names), strings
+
+
+def sample_strings(source: Source, rows: int = SAMPLE_ROWS) -> tuple[list[str], dict[str, list[str]]] | None:
+    """(the column names, {column: its non-blank strings among the first ``rows`` rows}) of a CSV/TSV/JSON
+    lines/Parquet source; None when the file cannot be read that far (the ingest that follows reports why,
+    naming the row)."""
+    try:
+        if source.kind in ("csv", "tsv"):
+            return _sample_csv(source.location, "\t" if source.kind == "tsv" else ",", rows)
+        if source.kind == "jsonl":
+            return _sample_jsonl(source.location, rows)
+        if source.kind == "parquet":
+            pf = pq.ParquetFile(source.location)
+            batch = next(pf.iter_batches(batch_size=rows), None)
+            return list(pf.schema_arrow.names), (_string_columns(batch) if batch is not None else {})
+    except (pa.ArrowException, ValueError, OSError):   # json.JSONDecodeError is a ValueError
+        return None
+    return None

@@ -55,6 +55,7 @@ class Decision:
     compared_on: str | None = None  # what data the two accuracies were measured on
     candidate_accuracy: float | None = None
     champion_accuracy: float | None = None
+    comparison: dict | None = None  # a side-by-side check on the user's table it was based on (models compare)
 
 
 def _lock(wh: Warehouse):
@@ -153,13 +154,15 @@ def maybe_promote(wh: Warehouse, version: str) -> Decision:
         lock.release()
 
 
-def promote(wh: Warehouse, version: str, reason: str = "explicit") -> Decision:
-    """Make ``version`` the serving champion and its dataset's champion, whatever its accuracy."""
+def promote(wh: Warehouse, version: str, reason: str = "explicit", comparison: dict | None = None) -> Decision:
+    """Make ``version`` the serving champion and its dataset's champion, whatever its accuracy. ``comparison``
+    (from :func:`pipeline.score.shadow.compare_models`) is logged with the decision."""
     lock = _lock(wh)
     try:
         mv = registry.get(wh, version)
-        decision = Decision(version, mv.config.get("dataset"), True, True, reason, registry.champion(wh))
-        registry.set_champion(wh, version, serving=True, reason=reason)
+        decision = Decision(mv.version, mv.config.get("dataset"), True, True, reason, registry.champion(wh),
+                            comparison=comparison)
+        registry.set_champion(wh, mv.version, serving=True, reason=reason)
         _log(wh, decision)
         return decision
     finally:
