@@ -136,7 +136,8 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
                chunk_rows: int = DEFAULT_CHUNK_ROWS, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, blob_as_utf8: bool = False,
                predictor: Any = None, device: str = "auto", workers: int | None = None,
                dask_address: str | None = None, scratch: str | None = None,
-               rows_per_part: int = DEFAULT_ROWS_PER_PART, shadow: str | None = None) -> dict:
+               rows_per_part: int = DEFAULT_ROWS_PER_PART, shadow: str | None = None,
+               store: str | None = None) -> dict:
     """Score ``table`` in DuckDB file ``db`` (default: the warehouse's reviews.duckdb), or the lake
     ``dataset`` (or only its ``split``) into ``<dataset>[_<split>]_scored``, with model ``model`` (a version or "champion").
     ``blob_as_utf8`` lets a BLOB text column be decoded as UTF-8 (``table`` only).
@@ -146,7 +147,8 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
     ``table`` in Parquet partitions of ``rows_per_part`` rows on Dask (:mod:`flows.score_dask`), through the
     scratch space ``scratch`` (default ``REVIEWFLOW_SCRATCH``, else ``<warehouse>/scratch``).
     ``shadow`` (a version or alias, e.g. "challenger"): afterwards that model scores the table too, into
-    ``sentiment_shadow`` (:mod:`pipeline.score.shadow`), never into the table's columns."""
+    ``sentiment_shadow`` (:mod:`pipeline.score.shadow`), never into the table's columns. ``store``: the
+    warehouse's object-store URL when ``warehouse`` is its local mirror (Dask workers pull the model from it)."""
     if shadow is not None and table is None:
         raise InputError("shadow scoring takes a table (--table), not a lake dataset")
     if (table is None) == (dataset is None):
@@ -166,7 +168,7 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
                               scratch=scale.scratch, id_col=id_col,
                               text_col=text_col, rescore=rescore, threshold=threshold, batch_size=batch_size,
                               rows_per_part=rows_per_part, lock_timeout=lock_timeout, blob_as_utf8=blob_as_utf8,
-                              device="cpu" if device == "auto" else device)
+                              device="cpu" if device == "auto" else device, store=store)
         return _with_shadow(_publish(rep, wh, db_path, threshold, logger, lock_timeout), shadow, table, db_path,
                             wh, id_col, text_col, threshold, batch_size, lock_timeout)
     if predictor is None:

@@ -37,21 +37,33 @@ from flows.retries import retry_unless_user_error
 #: what a LocalCluster's worker processes inherit from this one (Prefect's API and home, reviewflow settings)
 _INHERITED = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED",
               "PREFECT_LOGGING_LEVEL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-              "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN")
+              "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN", "REVIEWFLOW_CACHE")
 
 
 @functools.lru_cache(maxsize=2)
-def worker_predictor(warehouse: str, version: str, batch_size: int, device: str):
-    """The model, loaded once per worker process (and per version): later parts on the worker reuse it."""
+def worker_predictor(warehouse: str, version: str, batch_size: int, device: str, store: str | None = None):
+    """The model, loaded once per worker process (and per version): later parts on the worker reuse it.
+
+    ``store``: the warehouse's object-store URL when it lives on one (``s3://...``). A worker on another
+    machine has no copy of the committer's mirror (``warehouse``), so it pulls ``models/<version>`` alone into
+    its own mirror (``$REVIEWFLOW_CACHE``, else ~/.cache/reviewflow) and loads it from there."""
     from pipeline.train.predictor import load_predictor      # deferred: torch, only on the workers
 
+    if store:
+        from pipeline.core import objectstore
+
+        cache = os.environ.get("REVIEWFLOW_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "reviewflow")
+        mirror = objectstore.mirror_dir(store, cache)
+        objectstore.pull(store, mirror, [f"models/{version}"])
+        warehouse = str(mirror)
     return load_predictor(Warehouse.from_env(warehouse), version, batch_size=batch_size, device=device)
 
 
 @task(name="score-part", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error,
       cache_policy=NO_CACHE, task_run_name="part-{part.index}")
-def score_part_task(part: PartSpec, warehouse: str, threshold: float, batch_size: int, device: str) -> PartResult:
-    predictor = worker_predictor(warehouse, part.version, batch_size, device)
+def score_part_task(part: PartSpec, warehouse: str, threshold: float, batch_size: int, device: str,
+                    store: str | None = None) -> PartResult:
+    predictor = worker_predictor(warehouse, part.version, batch_size, device, store)
     return score_part(part, predictor, threshold)
 
 
@@ -98,8 +110,9 @@ def distributed_score_flow(table: str, db: str, version: str, warehouse: str, sc
                            dask_address: str | None = None, id_col: str = "review_id", text_col: str = "text",
                            rescore: bool = False, threshold: float = 0.5, batch_size: int = 256,
                            rows_per_part: int = DEFAULT_ROWS_PER_PART, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-                           blob_as_utf8: bool = False, device: str = "cpu") -> dict:
-    """Score ``table`` of ``db`` with model ``version`` in partitions on this flow's Dask task runner."""
+                           blob_as_utf8: bool = False, device: str = "cpu", store: str | None = None) -> dict:
+    """Score ``table`` of ``db`` with model ``version`` in partitions on this flow's Dask task runner. ``store``:
+    the warehouse's object-store URL, when it is on one (workers then pull the model from it)."""
     logger = get_run_logger()
     art = create_progress_artifact(progress=0.0, key=artifact_key("score-progress", table),
                                    description=f"Rows of {table} scored with {version} on Dask")
@@ -111,7 +124,7 @@ def distributed_score_flow(table: str, db: str, version: str, warehouse: str, sc
 
     def map_parts(parts: list[PartSpec]):
         logger.info("%d partition(s) of up to %d rows exported to %s", len(parts), rows_per_part, scratch)
-        futures = [score_part_task.submit(p, warehouse, threshold, batch_size, device) for p in parts]
+        futures = [score_part_task.submit(p, warehouse, threshold, batch_size, device, store) for p in parts]
         for future in as_completed(futures):
             result = future.result()
             logger.info("part %d scored by %s in %.1f s%s", result.index, result.worker, result.seconds,

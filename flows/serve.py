@@ -58,13 +58,6 @@ class ServeConfig(ServeSettings):
     """The ``REVIEWFLOW_*`` serve settings (pipeline/core/settings.py) plus the warehouse they work on."""
 
     warehouse: Optional[str] = None
-    # The inbox fields below belong in ServeSettings (pipeline/core/settings.py) with these defaults; until
-    # they are there they are read here (the same REVIEWFLOW_* variables).
-    inbox_interval: float = Field(3600.0, description="serve: seconds between fallback inbox passes (0 = none)")
-    inbox_watch: float = Field(5.0, description="serve: seconds between looks into the inbox (0 = no watcher)")
-    inbox_text_col: Optional[str] = Field(None, description="serve: text column of inbox files (none: guessed)")
-    inbox_id_col: Optional[str] = Field(None, description="serve: id column of inbox files")
-    inbox_label_col: Optional[str] = Field(None, description="serve: label column of inbox files")
 
     @classmethod
     def from_env(cls, **flags) -> "ServeConfig":

@@ -12,7 +12,7 @@ from pipeline.core.errors import InputError
 
 
 def test_config_precedence_defaults_env_flags(tmp_path, monkeypatch):
-    assert ServeConfig.from_env(warehouse=str(tmp_path)).inbox_interval == 60.0
+    assert ServeConfig.from_env(warehouse=str(tmp_path)).inbox_interval == 3600.0
     for var, value in {"REVIEWFLOW_INBOX_INTERVAL": "15", "REVIEWFLOW_RETRAIN_CRON": "0 4 * * 1",
                        "REVIEWFLOW_SCORE_TABLE": "", "REVIEWFLOW_WAREHOUSE": str(tmp_path / "from-env")}.items():
         monkeypatch.setenv(var, value)

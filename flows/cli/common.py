@@ -34,6 +34,12 @@ def warehouse_location(option: str | None) -> str | None:
     return option if option is not None else (os.environ.get("REVIEWFLOW_WAREHOUSE") or None)
 
 
+def remote_store(option: str | None) -> str | None:
+    """The warehouse's object-store URL, or None for a local warehouse."""
+    location = warehouse_location(option)
+    return location if objectstore.is_remote(location) else None
+
+
 def remote_scratch(option: str | None) -> str | None:
     """``<store>/scratch`` for a warehouse on an object store (scoring partitions where every worker sees them),
     else None (the local default)."""

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         from pipeline.core.plots import drift_trend_plot
         from pipeline.score.drift import DRIFT_TABLE, trend
 
-        wh = warehouse_from(warehouse)
+        wh = warehouse_from(warehouse, reads=())
         db_path = db if db is not None else wh.duckdb_path
         if not Path(db_path).exists():
             raise typer.BadParameter(f"DuckDB database {db_path} does not exist")

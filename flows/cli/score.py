@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from flows.cli.common import WarehouseOption, echo_kv, remote_scratch, warehouse_from
+from flows.cli.common import WarehouseOption, echo_kv, remote_scratch, remote_store, warehouse_from
 from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT
 
 
@@ -141,7 +141,7 @@ def register(app: typer.Typer) -> None:
                                 lock_timeout=lock_timeout, blob_as_utf8=blob_as_utf8, device=device,
                                 workers=workers, dask_address=dask, rows_per_part=rows_per_part,
                                 scratch=scratch or os.environ.get("REVIEWFLOW_SCRATCH") or remote_scratch(warehouse),
-                                shadow=shadow)
+                                shadow=shadow, store=remote_store(warehouse))
         echo_kv(f"scored {result['table']} in {result['db_path']}", {
             "model": result["model"],
             "rows scored": result["rows_scored"],

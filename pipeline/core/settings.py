@@ -5,7 +5,11 @@ variable                                default          what it sets
 ======================================  ===============  ===============================================
 ``REVIEWFLOW_WAREHOUSE``                ``./warehouse``  data root (lake, shards, models, reviews.duckdb)
 ``REVIEWFLOW_DEBUG``                    off              tracebacks for every error (as ``--debug``)
-``REVIEWFLOW_INBOX_INTERVAL``           60               ``serve``: seconds between inbox passes (0 = none)
+``REVIEWFLOW_INBOX_INTERVAL``           3600             ``serve``: seconds between fallback inbox passes (0 = none)
+``REVIEWFLOW_INBOX_WATCH``              5                ``serve``: seconds between looks into the inbox (0 = none)
+``REVIEWFLOW_INBOX_TEXT_COL``           none             ``serve``: text column of inbox files (none: guessed)
+``REVIEWFLOW_INBOX_ID_COL``             none             ``serve``: id column of inbox files
+``REVIEWFLOW_INBOX_LABEL_COL``          none             ``serve``: label column of inbox files
 ``REVIEWFLOW_INBOX_DATASET``            ``inbox``        ``serve``: lake dataset inbox files go into
 ``REVIEWFLOW_SCORE_TABLE``              none             ``serve``: table the *score* deployment scores
 ``REVIEWFLOW_SCORE_DB``                 warehouse DB     ``serve``: DuckDB file of that table
@@ -16,6 +20,7 @@ variable                                default          what it sets
 ``REVIEWFLOW_RETRAIN_PRESET``           ``default``      ``serve``: preset *retrain* uses
 ``REVIEWFLOW_DASK_ADDRESS``             none             ``score``: Dask scheduler to score on (tcp://host:8786)
 ``REVIEWFLOW_SCRATCH``                  ``<wh>/scratch`` ``score`` on Dask: partitions' folder or s3:// URL
+``REVIEWFLOW_CACHE``                    ~/.cache/...     where an s3:// warehouse's local mirror lives
 ``REVIEWFLOW_DRIFT_PSI_WATCH``          0.1              ``score``: PSI from which a drift metric is 'watch'
 ``REVIEWFLOW_DRIFT_PSI_DRIFT``          0.25             ``score``: PSI from which it is 'drift'
 ``REVIEWFLOW_DRIFT_MIN_ROWS``           200              ``score``: fewer rows in a run are not judged
@@ -57,7 +62,11 @@ class ServeSettings(_Env):
 
     Kept apart from :class:`Settings` so a bad value here fails ``serve`` only, not every command."""
 
-    inbox_interval: float = Field(60.0, description="serve: seconds between inbox passes (0 = no schedule)")
+    inbox_interval: float = Field(3600.0, description="serve: seconds between fallback inbox passes (0 = none)")
+    inbox_watch: float = Field(5.0, description="serve: seconds between looks into the inbox (0 = no watcher)")
+    inbox_text_col: Optional[str] = Field(None, description="serve: text column of inbox files (none: guessed)")
+    inbox_id_col: Optional[str] = Field(None, description="serve: id column of inbox files")
+    inbox_label_col: Optional[str] = Field(None, description="serve: label column of inbox files")
     inbox_dataset: str = Field("inbox", description="serve: lake dataset inbox files go into")
     score_table: Optional[str] = Field(None, description="serve: table the *score* deployment scores")
     score_db: Optional[str] = Field(None, description="serve: DuckDB file of that table (none: the warehouse's)")
@@ -73,6 +82,8 @@ class ScaleSettings(_Env):
     dask_address: Optional[str] = Field(None, description="score: Dask scheduler to score on (tcp://host:8786)")
     scratch: Optional[str] = Field(None, description="score on Dask: partitions' folder or s3:// URL "
                                                      "(none: <warehouse>/scratch)")
+    cache: Optional[str] = Field(None, description="where an s3:// warehouse's local mirror lives "
+                                                   "(none: ~/.cache/reviewflow)")
 
 
 class DriftSettings(_Env):

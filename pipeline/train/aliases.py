@@ -47,6 +47,8 @@ def resolve(wh: Warehouse, name: str) -> str | None:
     if not path.is_file():
         return None
     record = read_json(path)
+    if isinstance(record, dict) and record.get("removed"):
+        return None
     version = record.get("version") if isinstance(record, dict) else None
     if not isinstance(version, str):
         raise NotFoundError(f"alias file {path} is damaged (no version in it); set the alias again")
@@ -71,12 +73,14 @@ def set_alias(wh: Warehouse, name: str, version: str, reason: str = "") -> dict:
 
 def remove_alias(wh: Warehouse, name: str) -> None:
     check_alias_name(name)
-    path = alias_dir(wh) / f"{name}.json"
-    if not path.exists():
+    if resolve(wh, name) is None:
         raise NotFoundError(f"no alias {name!r} (known: {', '.join(sorted(list_aliases(wh))) or 'none'})")
-    path.unlink()
-    _log(wh, {"alias": name, "action": "removed",
-              "set_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    record = {"alias": name, "version": None, "removed": True,
+              "set_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    # a tombstone, not a deletion: a warehouse on an object store is pushed, never deleted from, so a
+    # deleted file would come back with the next pull (pipeline.core.objectstore)
+    write_json_atomic(alias_dir(wh) / f"{name}.json", record)
+    _log(wh, record | {"action": "removed"})
 
 
 def list_aliases(wh: Warehouse) -> dict[str, str]:
