@@ -13,6 +13,19 @@ from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT
 FORMATS = ("table", "csv", "json")
 
 
+def lake_dataset(wh):
+    """Every lake dataset as one Arrow dataset (column ``dataset`` = its name), or None for an empty lake."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    from pipeline.core.schema import LAKE_SCHEMA
+
+    if not any(wh.lake.glob("dataset=*/*.parquet")):
+        return None
+    return ds.dataset(str(wh.lake), format="parquet", partitioning="hive",
+                      schema=LAKE_SCHEMA.append(pa.field("dataset", pa.string())))
+
+
 def register(app: typer.Typer) -> None:
     @app.command("sql")
     def sql(
@@ -24,6 +37,7 @@ def register(app: typer.Typer) -> None:
         lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait while a scoring run holds the file.")] = DEFAULT_LOCK_TIMEOUT,
         memory_limit: Annotated[str, typer.Option("--memory-limit", help="Memory the query may use (DuckDB size, e.g. 4GB); larger joins/sorts spill to a private temp folder.")] = "4GB",
         threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="Threads the query may use. Default: min(4, CPU count).")] = None,
+        device: Annotated[str, typer.Option("--device", help="Where sentiment(text) runs its model: cpu (default), auto (cuda when there is one, bf16), cuda, cuda:N.")] = "cpu",
         warehouse: WarehouseOption = None,
     ) -> None:
         """Run ONE read-only SQL query and print the result.
@@ -36,10 +50,13 @@ def register(app: typer.Typer) -> None:
 
         \b
         The database is opened read-only; while a scoring run is writing a chunk the query waits
-        (and says so) instead of failing. sentiment(text) scores any text with the model
-        (--model, default the champion); it is loaded only when the query uses it. It returns NULL
-        for empty text and for text the model cannot read (too few known words, the same rule as
-        the 'unknown' label of scored tables).
+        (and says so) instead of failing. ML functions, each model loaded once per query, only if used:
+          sentiment(text [, model])          P(positive); NULL for empty or unreadable text
+          sentiment_label(text [, model])    'positive' / 'negative' / 'unknown'
+          sentiment_explain(text [, model])  the words that move the score most,
+                                             LIST(STRUCT(phrase VARCHAR, weight DOUBLE))
+        model: a version or alias ('challenger'); default --model (the champion), on --device.
+        The lake is the view reviews_lake (every ingested review; column dataset).
 
         \b
         Examples:
@@ -48,25 +65,30 @@ def register(app: typer.Typer) -> None:
           reviewflow sql "SELECT round(sentiment_score, 1) AS bucket, count(*) FROM reviews GROUP BY 1 ORDER BY 1"
           reviewflow sql "SELECT avg(CAST((sentiment_label = 'positive') = (label = 1) AS INT)) AS agreement FROM imdb_scored WHERE label IS NOT NULL"
           reviewflow sql "SELECT sentiment('what a wonderful film') AS p"
+          reviewflow sql "SELECT sentiment_label(text), sentiment_label(text, 'challenger'), count(*) FROM reviews GROUP BY ALL"
+          reviewflow sql "SELECT unnest(sentiment_explain('a dull, boring mess of a film'))"
+          reviewflow sql "SELECT dataset, count(*) FROM reviews_lake GROUP BY 1"
           reviewflow sql --format csv "SELECT * FROM sentiment_runs ORDER BY started_at DESC"
         """
         if fmt not in FORMATS:
             raise typer.BadParameter(f"--format must be one of {', '.join(FORMATS)}")
-        from pipeline.score.sql import QueryLimits, format_result, run_query
+        from pipeline.score.sql import QueryLimits, format_result, run_query, sentiment_device
 
-        wh = warehouse_from(warehouse)
+        device = sentiment_device(device)        # a device that is not here fails now, before the database
+        wh = warehouse_from(warehouse, reads=("models", "lake") if "reviews_lake" in query.lower() else ("models",))
         db_path = db if db is not None else wh.duckdb_path
         limits = QueryLimits(memory_limit=memory_limit, **({"threads": threads} if threads else {}))
 
-        def load():
+        def load(name: str = model):
             from pipeline.train.predictor import load_predictor
 
-            return load_predictor(wh, model)
+            return load_predictor(wh, name, device=device)
 
         def on_wait(msg: str) -> None:
             typer.echo(msg, err=True)
 
-        result = run_query(db_path, query, load_predictor=load, limits=limits, lock_timeout=lock_timeout,
-                           on_wait=on_wait)
+        result = run_query(db_path, query, load_predictor=load, load_model=load, limits=limits,
+                           lock_timeout=lock_timeout, on_wait=on_wait,
+                           lake=lake_dataset(wh) if "reviews_lake" in query.lower() else None)
         kwargs = {"max_rows": max_rows} if fmt == "table" else {}
         typer.echo(format_result(result, fmt, **kwargs))

@@ -41,8 +41,9 @@ import duckdb
 
 from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT, connection, list_tables, quote_literal
 from pipeline.core.errors import InputError, NotFoundError, QueryRefused, ReviewflowError
+from pipeline.score.sql_functions import FUNCTION_CALL, Models
+from pipeline.score.sql_functions import register as register_functions
 
-_SENTIMENT_CALL = re.compile(r"\bsentiment\s*\(", re.IGNORECASE)
 
 ALLOWED = ("one SELECT (or WITH, FROM, VALUES, SHOW, DESCRIBE, SUMMARIZE, PIVOT, UNPIVOT), "
            "EXPLAIN [ANALYZE] of one, CALL of a table function, or an informational PRAGMA")
@@ -75,8 +76,21 @@ class QueryLimits:
 
 
 def uses_sentiment(query: str) -> bool:
-    """Does the query call ``sentiment(...)``? (Then the model is loaded; otherwise not.)"""
-    return bool(_SENTIMENT_CALL.search(query))
+    """Does the query call ``sentiment(...)``, ``sentiment_label(...)`` or ``sentiment_explain(...)``? (Then the
+    ML functions are registered; a model is loaded only when a function runs.)"""
+    return bool(FUNCTION_CALL.search(query))
+
+
+def sentiment_device(device: str = "cpu") -> str:
+    """The device ``sentiment(text)`` scores on (``cpu``, ``cuda``, ``cuda:N``, or ``auto``: cuda when there
+    is one), checked before the database is opened: a device this machine lacks is an ``InputError`` naming
+    the ones it has. ``cpu`` (the default) needs no check, so a query that never calls sentiment() does not
+    pay for importing torch."""
+    if device == "cpu":
+        return device
+    from pipeline.train.device import pick_device      # deferred: torch
+
+    return str(pick_device(device))
 
 
 def readable_scores(predictor, texts: list) -> np.ndarray:
@@ -88,7 +102,7 @@ def readable_scores(predictor, texts: list) -> np.ndarray:
     return np.asarray(predictor.predict_proba(texts), dtype=np.float64)
 
 
-def register_sentiment_udf(con, predictor, name: str = "sentiment") -> None:
+def register_sentiment_udf(con, predictor, name: str = "sentiment") -> None:  # the one-model UDF, for embedding
     """Register ``name(text VARCHAR) -> DOUBLE`` (P(positive); NULL for NULL/empty text, and for text the
     model cannot read: below its coverage rule, e.g. only unknown words) on ``con``."""
 
@@ -205,16 +219,22 @@ def lock_down(con: duckdb.DuckDBPyConnection, limits: QueryLimits, scratch_dir: 
 
 
 @contextlib.contextmanager
-def query_connection(db_path: str | os.PathLike, *, predictor=None, limits: QueryLimits | None = None,
-                     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+def query_connection(db_path: str | os.PathLike, *, predictor=None, models: Models | None = None,
+                     lake=None, limits: QueryLimits | None = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
                      on_wait: Callable[[str], None] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only connection ready for user SQL: ``sentiment()`` registered (when ``predictor``
-    is given), then :func:`lock_down`. Its scratch folder is removed on exit."""
+    """A read-only connection ready for user SQL: the ML functions registered (:mod:`pipeline.score.sql_functions`;
+    over ``models``, or the one ``predictor``), the lake as the view ``reviews_lake`` (``lake``: a
+    ``pyarrow.dataset``, read through Arrow, not through DuckDB's file access), then :func:`lock_down`. Its
+    scratch folder is removed on exit."""
     scratch_dir = tempfile.mkdtemp(prefix="reviewflow-sql-")
+    if models is None and predictor is not None:
+        models = Models(default=predictor)
     try:
         with connection(db_path, read_only=True, timeout=lock_timeout, on_wait=on_wait) as con:
-            if predictor is not None:
-                register_sentiment_udf(con, predictor)
+            if models is not None:
+                register_functions(con, models)
+            if lake is not None:
+                con.register("reviews_lake", lake)
             lock_down(con, limits or QueryLimits(), scratch_dir)
             yield con
     finally:
@@ -253,8 +273,8 @@ def _translate(exc: duckdb.Error, con: duckdb.DuckDBPyConnection, db_path) -> Re
 
 
 def run_query(db_path: str | os.PathLike, query: str, *, predictor=None,
-              load_predictor: Callable[[], Any] | None = None, limits: QueryLimits | None = None,
-              lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+              load_predictor: Callable[[], Any] | None = None, load_model: Callable[[str], Any] | None = None,
+              lake=None, limits: QueryLimits | None = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
               on_wait: Callable[[str], None] | None = None) -> pa.Table:
     """Run ONE read-only ``query`` and return its result as an Arrow table.
 
@@ -265,9 +285,10 @@ def run_query(db_path: str | os.PathLike, query: str, *, predictor=None,
     for what the guards block, :class:`NotFoundError` for a missing table, else the DuckDB message.
     """
     check_statement(query)
-    if predictor is None and load_predictor is not None and uses_sentiment(query):
-        predictor = load_predictor()
-    with query_connection(db_path, predictor=predictor, limits=limits, lock_timeout=lock_timeout,
+    models = None
+    if uses_sentiment(query) and (predictor is not None or load_predictor is not None or load_model is not None):
+        models = Models(default=predictor, load=load_model, load_default=load_predictor)
+    with query_connection(db_path, models=models, lake=lake, limits=limits, lock_timeout=lock_timeout,
                           on_wait=on_wait) as con:
         try:
             rel = con.sql(query)
