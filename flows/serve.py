@@ -33,7 +33,6 @@ import logging
 import threading
 from typing import Callable, Optional
 
-from pydantic import Field
 from prefect import serve
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.settings import PREFECT_API_URL

@@ -81,6 +81,32 @@ def register(models: typer.Typer) -> None:
         aliases.remove_alias(warehouse_from(warehouse, reads=("models",)), name)
         typer.echo(f"removed alias {name}")
 
+    @models.command("promote")
+    def promote_cmd(version: str = typer.Argument(..., help="the version (or alias) to make champion"),
+                    compare_table: Optional[str] = typer.Option(None, "--compare-table", help="first compare it with "
+                                                               "the champion on this DuckDB table; the comparison "
+                                                               "is logged with the promotion"),
+                    db: Optional[Path] = typer.Option(None, "--db", help="DuckDB file of --compare-table"),
+                    label_col: Optional[str] = typer.Option(None, "--label-col", help="labels in --compare-table"),
+                    warehouse: WarehouseOption = None) -> None:
+        """Make VERSION the serving champion (scoring, predict and sql use it) and the champion of its dataset,
+        whatever its accuracy: the explicit override of the automatic rule (a new version replaces the
+        champion of its own dataset only when it is more accurate on the same evaluation data).
+        With --compare-table, the side-by-side comparison (`reviewflow models compare`) is printed and kept in
+        models/promotions.jsonl with the decision."""
+        from pipeline.train import promotion
+        from pipeline.train import registry
+
+        wh = warehouse_from(warehouse, reads=("models",) + (("lake",) if compare_table else ()))
+        before = registry.champion(wh)
+        version = registry.get(wh, version).version
+        compared = None
+        if compare_table and before:
+            compared = comparison(wh, before, version, compare_table, db, label_col, "review_id", "text", None)
+            print_comparison(compared)
+        promotion.promote(wh, version, reason="explicit: reviewflow models promote", comparison=compared)
+        typer.echo(f"champion: {before or 'none'} -> {version}")
+
     @models.command("compare")
     def compare_cmd(
         a: Annotated[str, typer.Argument(help="model A: version or alias (e.g. champion)")],

@@ -1,10 +1,8 @@
-"""``reviewflow models list|show|promote``: the model registry."""
+"""``reviewflow models list|show``: the model registry (``promote``, ``compare``, ``alias``: flows/cli/model_ops.py)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -71,34 +69,6 @@ def register(app: typer.Typer) -> None:
         for r in mv.metrics.get("history", []):
             typer.echo(f"  {r['epoch']:>5}  {r['train_loss']:>10.4f}  {r['val_loss']:>8.4f}  {r['val_accuracy']:>7.4f}"
                        f"  {r['seconds']:>7.1f}  {r['tokens_per_s']:>8.0f}")
-
-    @models.command("promote")
-    def promote_cmd(version: str = typer.Argument(..., help="the version (or alias) to make champion"),
-                    compare_table: Optional[str] = typer.Option(None, "--compare-table", help="first compare it with "
-                                                               "the champion on this DuckDB table; the comparison "
-                                                               "is logged with the promotion"),
-                    db: Optional[Path] = typer.Option(None, "--db", help="DuckDB file of --compare-table"),
-                    label_col: Optional[str] = typer.Option(None, "--label-col", help="labels in --compare-table"),
-                    warehouse: WarehouseOption = None) -> None:
-        """Make VERSION the serving champion (scoring, predict and sql use it) and the champion of its dataset,
-        whatever its accuracy: the explicit override of the automatic rule (a new version replaces the
-        champion of its own dataset only when it is more accurate on the same evaluation data).
-        With --compare-table, the side-by-side comparison (`reviewflow models compare`) is printed and kept in
-        models/promotions.jsonl with the decision."""
-        from pipeline.train import promotion
-        from pipeline.train import registry
-
-        from flows.cli.model_ops import comparison, print_comparison
-
-        wh = warehouse_from(warehouse, reads=("models",) + (("lake",) if compare_table else ()))
-        before = registry.champion(wh)
-        version = registry.get(wh, version).version
-        compared = None
-        if compare_table and before:
-            compared = comparison(wh, before, version, compare_table, db, label_col, "review_id", "text", None)
-            print_comparison(compared)
-        promotion.promote(wh, version, reason="explicit: reviewflow models promote", comparison=compared)
-        typer.echo(f"champion: {before or 'none'} -> {version}")
 
     from flows.cli import model_ops
 

@@ -51,6 +51,32 @@ def _shadow_here(wh, db_path: Path, table: str | None, model: str, opts: dict) -
                         threshold=opts["threshold"], lock_timeout=opts["lock_timeout"])
 
 
+def _check_engine(table: str | None, dataset: str | None, distributed: bool, no_prefect: bool) -> None:
+    """Dask scoring takes a table and runs through Prefect. ``$REVIEWFLOW_DASK_ADDRESS`` alone applies to
+    ``--table`` runs only (a lake dataset is scored in one process)."""
+    if distributed and dataset is not None:
+        raise typer.BadParameter("scoring on Dask (--workers / --dask) takes --table, not --dataset")
+    if (distributed or (table and os.environ.get("REVIEWFLOW_DASK_ADDRESS"))) and no_prefect:
+        raise typer.BadParameter("scoring on Dask runs through Prefect's Dask task runner: drop --no-prefect")
+
+
+def _print_result(result: dict) -> None:
+    """The run's report, one aligned line per fact."""
+    echo_kv(f"scored {result['table']} in {result['db_path']}", {
+        "model": result["model"],
+        "rows scored": result["rows_scored"],
+        "rows skipped (no text to score)": result["rows_skipped"],
+        "rows unknown (model cannot read)": result.get("rows_unknown", 0),
+        "already up to date": result["rows_up_to_date"],
+        "labels": ", ".join(f"{k} {v}" for k, v in result["label_counts"].items()),
+        "score deciles": " ".join(f"{d:.2f}" for d in result["deciles"]) or "-",
+        "seconds": f"{result['seconds']:.1f}",
+        "rows/s": f"{result['rows_per_s']:.0f}",
+        "drift": result.get("drift") or "- (model without a reference profile, or nothing scored)",
+    } | ({"shadow": f"{result['shadow']['model']}: {result['shadow']['rows_scored']} rows into sentiment_shadow"}
+         if result.get("shadow") else {}))
+
+
 def register(app: typer.Typer) -> None:
     @app.command("score")
     def score(
@@ -119,11 +145,7 @@ def register(app: typer.Typer) -> None:
         from pipeline.train.device import pick_device      # deferred: torch; a device that is not here fails now
 
         pick_device(device)
-        distributed = workers is not None or dask is not None     # $REVIEWFLOW_DASK_ADDRESS: --table runs only
-        if distributed and dataset is not None:
-            raise typer.BadParameter("scoring on Dask (--workers / --dask) takes --table, not --dataset")
-        if (distributed or (table and os.environ.get("REVIEWFLOW_DASK_ADDRESS"))) and no_prefect:
-            raise typer.BadParameter("scoring on Dask runs through Prefect's Dask task runner: drop --no-prefect")
+        _check_engine(table, dataset, workers is not None or dask is not None, no_prefect)
         if no_prefect:
             opts = dict(rescore=rescore, threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
                         lock_timeout=lock_timeout)
@@ -142,16 +164,4 @@ def register(app: typer.Typer) -> None:
                                 workers=workers, dask_address=dask, rows_per_part=rows_per_part,
                                 scratch=scratch or os.environ.get("REVIEWFLOW_SCRATCH") or remote_scratch(warehouse),
                                 shadow=shadow, store=remote_store(warehouse))
-        echo_kv(f"scored {result['table']} in {result['db_path']}", {
-            "model": result["model"],
-            "rows scored": result["rows_scored"],
-            "rows skipped (no text to score)": result["rows_skipped"],
-            "rows unknown (model cannot read)": result.get("rows_unknown", 0),
-            "already up to date": result["rows_up_to_date"],
-            "labels": ", ".join(f"{k} {v}" for k, v in result["label_counts"].items()),
-            "score deciles": " ".join(f"{d:.2f}" for d in result["deciles"]) or "-",
-            "seconds": f"{result['seconds']:.1f}",
-            "rows/s": f"{result['rows_per_s']:.0f}",
-            "drift": result.get("drift") or "- (model without a reference profile, or nothing scored)",
-        } | ({"shadow": f"{result['shadow']['model']}: {result['shadow']['rows_scored']} rows into sentiment_shadow"}
-             if result.get("shadow") else {}))
+        _print_result(result)
