@@ -27,6 +27,7 @@ import typer
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
+from flows.alerts import emit_inbox_failures
 from flows.ingest import publish_artifacts, read_task, write_task
 from flows.retries import retry_unless_user_error
 from flows.score import score_flow
@@ -175,6 +176,7 @@ def inbox_flow(warehouse: str | None = None, dataset: str = "inbox", model: str 
     done, ingested = ingest_claims(wh, claims, dataset, logger, workers, columns)
     scored, score = score_ingested(wh, ingested, dataset, model, logger)
     summary = pass_summary(wh, done + scored, score)
+    emit_inbox_failures(summary["results"], dataset)       # one event per file moved to failed/ (alerts)
     if summary["results"]:
         create_table_artifact(key="inbox-files", table=summary["results"],
                               description=f"inbox pass: {summary['processed']} processed, {summary['duplicates']} "

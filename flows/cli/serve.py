@@ -12,6 +12,11 @@ import typer
 from flows.cli.common import WarehouseOption, warehouse_from
 from flows.localserver import GPU_TAG, ensure_tag_limit, start_server
 
+ALERT_ENV = "REVIEWFLOW_ALERT_WEBHOOK"
+WebhookOption = Annotated[Optional[str], typer.Option(
+    "--webhook-url", metavar="URL", show_default=False,
+    help=f"Webhook the alert automations notify (failed/crashed runs, drift, failed inbox files). Env {ALERT_ENV}.")]
+
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
@@ -52,6 +57,7 @@ def serve(
                                                           show_default=False)] = None,
     setup_limits: Annotated[bool, typer.Option(
         "--setup-limits/--no-setup-limits", help="Create the `gpu` tag concurrency limit (1) on the server.")] = True,
+    webhook_url: WebhookOption = None,
     warehouse: WarehouseOption = None,
 ) -> None:
     """Serve the scheduled deployments until Ctrl-C: ingest-and-score, score, retrain.
@@ -75,6 +81,8 @@ def serve(
     Columns: the text column is the first named text/review/comment/body/content, else the
     one long string column; say otherwise with --inbox-text-col (every file) or a sidecar
     <file>.reviewflow.json dropped first, e.g. {"text": "body", "id": "sku", "label": "ok"}.
+    Alerts: with --webhook-url (or REVIEWFLOW_ALERT_WEBHOOK) the server gets the alert automations
+    (as `reviewflow server --webhook-url` creates them: what the compose stack uses).
     Every flag also reads a REVIEWFLOW_* env var (listed in `reviewflow --help`).
     """
     # deferred: Prefect reads its settings when first imported, which main() must precede (flows/cli/__init__.py)
@@ -95,6 +103,10 @@ def serve(
         typer.secho("PREFECT_API_URL is not set: using an ephemeral API inside this process (no UI). "
                     "Start `reviewflow server` and export PREFECT_API_URL=http://127.0.0.1:4200/api.",
                     fg=typer.colors.YELLOW, err=True)
+        if webhook_url or os.environ.get(ALERT_ENV):
+            typer.secho("alerts: not set up (they need a server: PREFECT_API_URL)", fg=typer.colors.YELLOW, err=True)
+    else:
+        _setup_alerts(PREFECT_API_URL.value(), webhook_url)
     serve_all(cfg, setup_limits=setup_limits)
 
 
@@ -103,6 +115,7 @@ def server(
     port: Annotated[int, typer.Option(help="Port for the API and UI.")] = 4200,
     setup_limits: Annotated[bool, typer.Option(
         "--setup-limits/--no-setup-limits", help="Create the `gpu` tag concurrency limit (1) once it is up.")] = True,
+    webhook_url: WebhookOption = None,
 ) -> None:
     """Run a Prefect server (API + UI) in the foreground until Ctrl-C.
 
@@ -116,6 +129,9 @@ def server(
       reviewflow run --source ../shared/data/imdb/train.parquet
     and open http://127.0.0.1:4200 for runs, logs and artifacts.
     The `gpu` tag limit (1 slot) makes task runs tagged `gpu` (training) wait for each other.
+    With --webhook-url (or REVIEWFLOW_ALERT_WEBHOOK) it also creates the alert automations: a failed or
+    crashed flow run, a drift event or a failed inbox file POSTs a JSON notification to that URL
+    (docs/OPERATIONS.md, "Alerts"). Running it again updates them; it never adds copies.
     """
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server too, not just this wrapper
     srv = start_server(host, port, log_path="-")
@@ -126,6 +142,7 @@ def server(
             os.environ["PREFECT_API_URL"] = srv.api_url
             n = asyncio.run(ensure_tag_limit(GPU_TAG, 1))
             typer.echo(f"tag concurrency limit: {GPU_TAG!r} = {n}")
+        _setup_alerts(srv.api_url, webhook_url)
         typer.secho(f"UI: {srv.ui_url}    export PREFECT_API_URL={srv.api_url}", bold=True)
         if srv.proc.wait():
             raise typer.Exit(srv.proc.returncode)
@@ -137,3 +154,16 @@ def server(
 
 def _interrupt(*_) -> None:
     raise KeyboardInterrupt
+
+
+def _setup_alerts(api_url: str, webhook_url: str | None) -> None:
+    """Create/update the alert automations (flows/alerts.py) when a webhook is configured; say so either way."""
+    url = webhook_url or os.environ.get(ALERT_ENV) or None
+    if not url:
+        typer.echo(f"alerts: off (no --webhook-url / {ALERT_ENV})")
+        return
+    from flows.alerts import setup_alerts      # deferred: imports Prefect (see serve())
+
+    names = setup_alerts(api_url, url)
+    shown = "/".join(url.split("/")[:3]) + "/..."        # scheme://host only: the path may hold a token
+    typer.echo(f"alerts: {len(names)} automation(s) notify {shown}: {', '.join(names)}")

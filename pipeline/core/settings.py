@@ -10,6 +10,7 @@ variable                                default          what it sets
 ``REVIEWFLOW_INBOX_TEXT_COL``           none             ``serve``: text column of inbox files (none: guessed)
 ``REVIEWFLOW_INBOX_ID_COL``             none             ``serve``: id column of inbox files
 ``REVIEWFLOW_INBOX_LABEL_COL``          none             ``serve``: label column of inbox files
+``REVIEWFLOW_ALERT_WEBHOOK``            none             ``server``/``serve``: webhook the alert automations notify
 ``REVIEWFLOW_INBOX_DATASET``            ``inbox``        ``serve``: lake dataset inbox files go into
 ``REVIEWFLOW_SCORE_TABLE``              none             ``serve``: table the *score* deployment scores
 ``REVIEWFLOW_SCORE_DB``                 warehouse DB     ``serve``: DuckDB file of that table
@@ -67,6 +68,7 @@ class ServeSettings(_Env):
     inbox_text_col: Optional[str] = Field(None, description="serve: text column of inbox files (none: guessed)")
     inbox_id_col: Optional[str] = Field(None, description="serve: id column of inbox files")
     inbox_label_col: Optional[str] = Field(None, description="serve: label column of inbox files")
+    alert_webhook: Optional[str] = Field(None, description="server/serve: webhook URL the alert automations notify")
     inbox_dataset: str = Field("inbox", description="serve: lake dataset inbox files go into")
     score_table: Optional[str] = Field(None, description="serve: table the *score* deployment scores")
     score_db: Optional[str] = Field(None, description="serve: DuckDB file of that table (none: the warehouse's)")
