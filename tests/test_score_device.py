@@ -42,8 +42,9 @@ def texts() -> list[str]:
 def test_auto_picks_what_is_here_and_scores_as_cpu_does(wh):
     cpu = load_predictor(wh, device="cpu")
     auto = load_predictor(wh, device="auto")
-    assert auto.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
-    tol = 0.02 if auto.device.type == "cuda" else 1e-6         # bf16 on CUDA
+    assert auto.device == ("cuda" if torch.cuda.is_available() else "cpu") and cpu.device == "cpu"
+    assert auto.precision == ("bf16" if torch.cuda.is_available() else cpu.precision)
+    tol = 0.02 if auto.device == "cuda" else 1e-6              # bf16 on CUDA
     np.testing.assert_allclose(auto.predict_proba(texts()), cpu.predict_proba(texts()), atol=tol)
 
 
@@ -81,3 +82,26 @@ def test_scoring_a_table_on_cuda_matches_cpu_within_bf16(wh, tmp_path):
     a, b = query_rows(cpu_db, sql), query_rows(gpu_db, sql)
     assert [r[0] for r in a] == [r[0] for r in b]
     np.testing.assert_allclose([r[1] for r in a], [r[1] for r in b], atol=0.02)
+
+
+def test_cpu_batches_run_in_parallel_one_core_each_with_the_same_scores(wh):
+    """Whole batches on separate cores (the default) score exactly as one batch at a time on all threads, and
+    the caller's torch thread count is left as it was."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        p = load_predictor(wh, device="cpu", batch_size=8)
+        assert p._batch_workers() == 2
+        assert p._batches(np.arange(10), 2) == [slice(0, 5), slice(5, 10)]     # a few rows: one batch per core
+        assert p._batches(np.arange(20), 2) == [slice(0, 8), slice(8, 16), slice(16, 24)]
+        parallel = p.predict_proba(texts())
+        assert torch.get_num_threads() == 2
+        p.parallel_batches = False
+        assert p._batch_workers() == 1
+        np.testing.assert_allclose(p.predict_proba(texts()), parallel, atol=1e-5)
+        torch.set_num_threads(1)                   # one thread given: one batch at a time, no pool
+        p.parallel_batches = True
+        assert p._batch_workers() == 1
+        np.testing.assert_allclose(p.predict_proba(texts()), parallel, atol=1e-5)
+    finally:
+        torch.set_num_threads(threads)

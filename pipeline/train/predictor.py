@@ -8,10 +8,15 @@
 Coverage (:mod:`pipeline.train.coverage`): the share of a text's tokens the model knows. A text below the
 version's coverage rule (``config.json`` ``"coverage"``, else the default rule) is not scored by
 :meth:`Predictor.predict_with_coverage`: never a confident guess on text the model cannot read.
+
+Precision (:attr:`Predictor.precision`): ``bf16`` autocast on CUDA; on CPU dynamic ``int8`` when registration
+recorded that it keeps validation accuracy (``config.json`` ``"int8": true``, :mod:`pipeline.train.quantize`),
+else ``fp32``. On CUDA batches are cut by a token budget (:func:`token_batches`), on CPU by a row count.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +29,7 @@ import pyarrow as pa
 import torch
 
 from pipeline.core.config import Warehouse
-from pipeline.core.errors import IntegrityError
+from pipeline.core.errors import InputError, IntegrityError
 from pipeline.prepare.preprocess import load_preprocessor
 from pipeline.prepare.text import flat_ranges, pad_rows
 from pipeline.train import registry
@@ -32,7 +37,13 @@ from pipeline.train.coverage import CoverageRule, coverage_of_flat, rule_from_co
 from pipeline.train.device import autocast, pick_device
 from pipeline.train.loader import trim_padding
 from pipeline.train.model import NGRAM_ONLY, NgramLogit
+from pipeline.train.quantize import quantize
 from pipeline.train.weights import load_model
+
+PRECISIONS = ("auto", "fp32", "int8")
+#: padded tokens (rows x longest row) per CUDA batch: a GRU's steps run one after another, so the more rows
+#: each step carries the better, up to what a GPU's memory holds easily (~1 KiB of activations per token)
+CUDA_TOKEN_BUDGET = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -102,9 +113,13 @@ class Predictor:
     accepts_arrow = True
 
     def __init__(self, model_dir: str | Path, version: str | None = None, device: str = "cpu",
-                 batch_size: int = 256):
+                 batch_size: int = 256, precision: str = "auto", token_budget: int = CUDA_TOKEN_BUDGET):
         """``device``: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda, then mps, then cpu); a device this machine
-        lacks is an ``InputError`` listing the ones it has. On CUDA the model runs under bf16 autocast."""
+        lacks is an ``InputError`` listing the ones it has. ``precision``: ``auto`` (bf16 autocast on CUDA; on
+        CPU int8 when the version's registration kept it, else fp32), ``fp32``, or ``int8`` (CPU only, and only
+        for a version whose registration kept it). ``batch_size`` rows per batch on CPU; ``token_budget``
+        padded tokens per batch on CUDA. :attr:`device` (``"cpu"``, ``"cuda:0"``) and :attr:`precision`
+        (``"fp32"``, ``"int8"``, ``"bf16"``) say what was picked, for the run's audit record."""
         self.model_dir = Path(model_dir)
         mv = registry.read_version(self.model_dir)
         self.version = version or mv.version
@@ -114,12 +129,19 @@ class Predictor:
         self.short_temperature, self.short_max_tokens = mv.short_temperature   # texts of <= that many tokens
         #: texts below it are 'unknown' (versions without a "coverage" entry: the default rule)
         self.coverage_rule: CoverageRule = rule_from_config(mv.config, self.model_dir / "config.json")
-        self.device = pick_device(device)
+        self.torch_device = pick_device(device)
+        self.device = str(self.torch_device)
+        self.precision = resolve_precision(precision, self.torch_device, mv)
         self.batch_size = batch_size
+        self.token_budget = token_budget
+        #: CPU: score whole batches in parallel, one core each (see :meth:`_batch_workers`); False: one at a time
+        self.parallel_batches = True
         self.preprocessor = load_preprocessor(self.model_dir)
         self.max_len = int(self.preprocessor.max_len)
-        self.model = load_model(self.model_dir / "model.safetensors", self.model_config, self.device,
+        self.model = load_model(self.model_dir / "model.safetensors", self.model_config, self.torch_device,
                                 sha256=(mv.config.get("checksums") or {}).get("model.safetensors"))
+        if self.precision == "int8":
+            self.model = quantize(self.model)
 
     @property
     def has_attention(self) -> bool:
@@ -130,8 +152,8 @@ class Predictor:
         (``exact_lengths=False``), whose output depends on its full padded width."""
         T = max(int(lengths.max()), 1) if self.model_config.exact_lengths else ids.shape[1]
         ids = trim_padding(ids, T, self.preprocessor.pad_side)
-        return (torch.from_numpy(np.ascontiguousarray(ids)).long().to(self.device),
-                torch.from_numpy(lengths).long().to(self.device))
+        return (torch.from_numpy(np.ascontiguousarray(ids)).long().to(self.torch_device),
+                torch.from_numpy(lengths).long().to(self.torch_device))
 
     def _encode_rows(self, texts: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> _Encoded:
         """Encode the texts that have tokens, once (coverage and the model read the same ids). ``texts``: a
@@ -177,7 +199,7 @@ class Predictor:
         ``torch.get_num_threads()`` threads at once, joined in input order. Its numpy and Arrow work releases
         the GIL, so one call uses every core the caller gave torch, and a text's answer does not depend on the
         texts it comes with (up to torch's sigmoid rounding a value 1 ulp apart by its place in the array).
-        Torch models parallelise inside torch already."""
+        Torch models run their batches in parallel instead (:meth:`_batch_workers`)."""
         parts = min(torch.get_num_threads(), len(texts) // _MIN_PART_TEXTS) if self._flat_ngrams() else 1
         if parts <= 1:
             return answer(texts)
@@ -201,20 +223,47 @@ class Predictor:
             return out
         keep, lengths = encoded.rows, encoded.lengths
         order = np.argsort(lengths, kind="stable")
-        for s in range(0, len(order), self.batch_size):
-            sel = order[s:s + self.batch_size]
+
+        def scored(cut: slice) -> tuple[np.ndarray, np.ndarray]:
+            sel = order[cut]
             width = max(int(lengths[sel].max()), 1) if self.model_config.exact_lengths else self.max_len
             x, n = self._batch(encoded.padded(sel, width, self.preprocessor.pad_side), lengths[sel])
-            with autocast(self.device):
+            with torch.inference_mode(), (autocast(self.torch_device) if self.precision == "bf16"
+                                          else contextlib.nullcontext()):
                 logits = self.model(x, n)[0]
-            out[keep[sel]] = self._calibrated(logits, lengths[sel])
+            return sel, self._calibrated(logits, lengths[sel])
+
+        workers = self._batch_workers()
+        for sel, probs in _map_batches(scored, self._batches(lengths[order], workers), workers):
+            out[keep[sel]] = probs
         return out
+
+    def _batch_workers(self) -> int:
+        """Batches scored at once, each on one core: ``torch.get_num_threads()`` for a torch model on the CPU
+        (when :attr:`parallel_batches`), else 1 (one batch at a time, on all of torch's threads).
+
+        Why: a recurrent layer runs its steps one after another, each a [B, H] x [H, 3H] GEMM and a dozen
+        element-wise gate ops on [B, H]; split over 2 threads, every one of those small ops ends in a barrier,
+        thousands per batch, and one preempted thread stalls both (measured on 2 shared cores:
+        benchmarks/profile_score.py). Whole batches on separate cores need no barrier at all."""
+        if not self.parallel_batches or self.torch_device.type != "cpu" or self._flat_ngrams():
+            return 1
+        return max(torch.get_num_threads(), 1)
+
+    def _batches(self, sorted_lengths: np.ndarray, workers: int = 1) -> list[slice]:
+        """Batches of the rows sorted by length: by padded tokens on CUDA, by ``batch_size`` rows elsewhere
+        (smaller when that leaves fewer batches than ``workers``, so that every worker gets one)."""
+        if self.torch_device.type == "cuda":
+            width = None if self.model_config.exact_lengths else self.max_len
+            return token_batches(sorted_lengths, self.token_budget, fixed_width=width)
+        size = max(min(self.batch_size, -(-len(sorted_lengths) // workers)), 1)
+        return [slice(s, s + size) for s in range(0, len(sorted_lengths), size)]
 
     def _flat_ngrams(self) -> bool:
         """Whether the model is the n-gram bag alone, in eval mode: then :func:`ngram_logits` is its output."""
         bag = self.model.ngrams
         return (self.model_config.encoder == NGRAM_ONLY and isinstance(bag, NgramLogit) and not self.model.training
-                and not bag.training and self.device.type == "cpu")
+                and not bag.training and self.torch_device.type == "cpu")
 
     def _calibrated(self, logits: torch.Tensor, lengths: np.ndarray) -> np.ndarray:
         """P(positive) = sigmoid(logit / T), T by the text's token count; a non-finite one is an IntegrityError."""
@@ -268,9 +317,9 @@ class Predictor:
         ids, lengths = encoded
         n = int(lengths[0])
         row = trim_padding(ids, n, self.preprocessor.pad_side)[0]
-        x = torch.from_numpy(row.astype(np.int64)).unsqueeze(0).to(self.device)
+        x = torch.from_numpy(row.astype(np.int64)).unsqueeze(0).to(self.torch_device)
         bag = self.model.ngrams
-        feats, real = bag.features(x, torch.tensor([n], device=self.device))
+        feats, real = bag.features(x, torch.tensor([n], device=self.torch_device))
         share = bag.terms(feats, real)[0] / real.sum()
         share = (share * self.model_config.ngram_weight).cpu().numpy()
         words = [self.preprocessor.vocab[int(i)] for i in row]
@@ -283,10 +332,51 @@ class Predictor:
         return sorted(total.items(), key=lambda p: -abs(p[1]))[:top_k]
 
 
-def load_predictor(wh: Warehouse, model: str = "champion", device: str = "cpu", batch_size: int = 256) -> Predictor:
-    """A Predictor for a registered version (or the champion)."""
+def load_predictor(wh: Warehouse, model: str = "champion", device: str = "cpu", batch_size: int = 256,
+                   precision: str = "auto") -> Predictor:
+    """A Predictor for a registered version (or the champion); ``device`` and ``precision`` as
+    :class:`Predictor` takes them (``precision="auto"``: what the version's registration decided)."""
     mv = registry.get(wh, model)
-    return Predictor(mv.path, version=mv.version, device=device, batch_size=batch_size)
+    return Predictor(mv.path, version=mv.version, device=device, batch_size=batch_size, precision=precision)
+
+
+def resolve_precision(requested: str, device: torch.device, mv: registry.ModelVersion) -> str:
+    """The precision a version runs in on ``device``: ``bf16`` on CUDA (``fp32`` when asked for); on CPU (and
+    mps) ``int8`` when asked for or when ``auto`` and the version's registration kept it, else ``fp32``. int8
+    on a version whose registration did not keep it, or on a GPU, is an ``InputError`` saying why."""
+    if requested not in PRECISIONS:
+        raise InputError(f"precision {requested!r} is not one of {', '.join(PRECISIONS)}")
+    if requested == "fp32":
+        return "fp32"
+    if requested == "int8" and device.type != "cpu":
+        raise InputError(f"precision int8 is for CPU scoring (dynamic int8 has no {device.type} kernels); on "
+                         f"{device} use precision auto or fp32")
+    if device.type == "cuda":
+        return "bf16"
+    if requested == "int8" and not mv.int8:
+        raise InputError(f"model {mv.version} does not score in int8: {mv.int8_reason}; use precision auto or "
+                         "fp32")
+    return "int8" if mv.int8 and device.type == "cpu" else "fp32"
+
+
+def token_batches(sorted_lengths: np.ndarray, budget: int, *, fixed_width: int | None = None) -> list[slice]:
+    """Consecutive batches of rows sorted by length (ascending) whose padded size, rows x the batch's longest
+    row (x ``fixed_width`` when every row is padded to it), stays within ``budget`` tokens; a row longer than
+    the budget is a batch alone. Short texts thus travel many to a batch, long ones few, and every batch costs
+    about the same memory and time. Rows of length 0 count as 1 (a model reads at least one position)."""
+    if budget < 1:
+        raise ValueError("token budget must be >= 1")
+    lengths = np.maximum(np.asarray(sorted_lengths, np.int64), 1)
+    if fixed_width is not None:
+        lengths = np.full(len(lengths), max(int(fixed_width), 1), np.int64)
+    cuts, start, n = [], 0, len(lengths)
+    while start < n:
+        window = lengths[start:start + max(budget // int(lengths[start]), 1)]     # no longer batch fits
+        cost = np.arange(1, len(window) + 1) * window           # rows so far x longest so far (sorted)
+        size = max(int(np.searchsorted(cost, budget, side="right")), 1)
+        cuts.append(slice(start, start + size))
+        start += size
+    return cuts
 
 
 _MIN_PART_TEXTS = 512           # fewer texts than this per thread: not worth a thread
@@ -300,6 +390,26 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         if workers not in _POOLS:
             _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reviewflow-predict")
         return _POOLS[workers]
+
+
+def _map_batches(score, cuts: list[slice], workers: int):
+    """``score(cut)`` for every batch, in order: on the calling thread when ``workers`` is 1 (or there is
+    one batch), else on ``workers`` pool threads that each run torch ops on one thread. The caller's torch
+    thread count is restored afterwards (``torch.set_num_threads`` also sets the count that threads new to
+    torch start with, so nothing outside this call sees the 1)."""
+    if workers <= 1 or len(cuts) <= 1:
+        return map(score, cuts)
+    threads = torch.get_num_threads()
+
+    def one_core(cut: slice):
+        torch.get_num_threads()         # a pool thread new to torch adopts the default first ...
+        torch.set_num_threads(1)        # ... then runs its batch's ops on its own core
+        return score(cut)
+
+    try:
+        return list(_pool(workers).map(one_core, cuts))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _joined(parts: list[Prediction]) -> Prediction:

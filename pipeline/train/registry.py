@@ -10,6 +10,11 @@ Each version is self-contained for inference::
     environment.json    device and library versions it was trained with
     eval_set.parquet    review ids + labels of the validation rows (promotion compares models on them)
 
+``config.json`` ``"int8"`` says whether CPU scoring quantizes the model to dynamic int8; it is decided here, at
+registration, from fp32 and int8 accuracy on the validation split and their measured speeds
+(:mod:`pipeline.train.quantize`; the measurements are ``metrics.json`` ``"int8"`` and in the model card).
+Versions registered before it have no entry and score in fp32.
+
 ``config.json`` records the calibration (``"calibration": {"temperature": T, ...}``: scores are
 ``sigmoid(logit / T)``; a version without the block scores with T = 1) and the SHA-256 of the weights,
 vocabulary, manifest and eval set (``checksums``); loading a version verifies them and refuses a mismatch.
@@ -40,10 +45,13 @@ import pyarrow.parquet as pq
 from pipeline.core.config import Warehouse, validate_name
 from pipeline.core.errors import IntegrityError, NotFoundError, ReviewflowError
 from pipeline.core.storage import atomic_dir, read_json, sha256_file, sweep_dead, write_json_atomic
+from pipeline.train import aliases
 from pipeline.train.coverage import DEFAULT_RULE
 from pipeline.train.config import TrainResult
-from pipeline.train.loader import load_split
+from pipeline.train.loader import SplitData, load_split
 from pipeline.train.model import ModelConfig
+from pipeline.train.quantize import Int8Rule, decide
+from pipeline.train.weights import load_model
 
 CHAMPION = "champion"          # the serving champion: what `champion` means for score / predict / sql
 CHAMPIONS = "champions"        # champions/<dataset>.json: the champion of each dataset
@@ -71,6 +79,23 @@ class ModelVersion:
     @property
     def weights(self) -> Path:
         return self.path / "model.safetensors"
+
+    @property
+    def int8(self) -> bool | None:
+        """Whether registration kept dynamic int8 for CPU scoring; None for a version registered before the
+        decision existed (it scores in fp32). A recorded value that is not a bool is an ``IntegrityError``."""
+        value = self.config.get("int8")
+        if value is not None and not isinstance(value, bool):
+            raise IntegrityError(f"model version {self.version}: config.json records int8 {value!r}, not true/false; "
+                                 "the file was modified: restore it or train again")
+        return value
+
+    @property
+    def int8_reason(self) -> str:
+        """Why int8 was or was not kept (the model card's words), or why there is no decision."""
+        if self.int8 is None:
+            return "registered before int8 was measured at registration"
+        return str((self.metrics.get("int8") or {}).get("reason", "no reason recorded"))
 
     @property
     def temperature(self) -> float:
@@ -187,6 +212,7 @@ def model_card(version: str, cfg: dict, metrics: dict, env: dict) -> str:
     if "test_accuracy" in f:
         lines += ["", f"Test accuracy: {f['test_accuracy']:.4f} (n={f.get('test_n')})"]
     lines += _trust_lines(f)
+    lines += _int8_lines(metrics.get("int8"))
     lines += ["", "## Use",
               f"    reviewflow predict \"a wonderful, moving film\" --model {version}",
               "", "## Limitations",
@@ -201,6 +227,23 @@ def _coverage_line(rule: dict | None) -> str:
         return ""
     return (f" A text with fewer than {rule.get('min_known')} known token(s), or under "
             f"{100 * float(rule.get('min_share', 0)):.0f}% known tokens, is labelled `unknown` with no score.")
+
+
+def _int8_lines(q: dict | None) -> list[str]:
+    """The model card's CPU int8 section, from the registration's measurements (``metrics["int8"]``)."""
+    if not q:
+        return []
+    lines = ["", "## CPU scoring precision (dynamic int8)",
+             f"- decision: **int8: {'true' if q['int8'] else 'false'}**: {q.get('reason', '')}"]
+    if "int8_val_accuracy" in q:
+        lines += [f"- validation accuracy ({q['val_rows']:,} rows): fp32 {q['fp32_val_accuracy']:.4f}, int8 "
+                  f"{q['int8_val_accuracy']:.4f} (delta {q['delta_points']:+.2f} points)",
+                  f"- speed on a fixed sample of {q['sample_rows']:,} validation rows ({q.get('threads')} core, "
+                  f"torch {q.get('torch')}): fp32 {q['fp32_rows_per_s']:,.0f} rows per CPU second, int8 "
+                  f"{q['int8_rows_per_s']:,.0f} ({q['speedup']:.2f}x)"]
+    lines.append("- CPU scoring follows this decision (a predictor loaded with `precision=\"fp32\"` ignores it); "
+                 "CUDA scores in bf16")
+    return lines
 
 
 def _trust_lines(f: dict) -> list[str]:
@@ -237,9 +280,8 @@ def _trust_lines(f: dict) -> list[str]:
 
 def _eval_set_table(prep_dir: Path) -> pa.Table | None:
     """(review_id, label) of the validation rows the version was selected on, or None without a val split."""
-    try:
-        val = load_split(prep_dir, "val", mmap=True)
-    except (NotFoundError, OSError):
+    val = _val_split(prep_dir)
+    if val is None:
         return None
     return pa.table({"review_id": pa.array(val.review_ids, pa.string()),
                      "label": pa.array(np.asarray(val.labels, np.int8), pa.int8())})
@@ -251,14 +293,36 @@ def eval_set_fingerprint(table) -> str:
     return hashlib.sha256("".join(f"{i}\t{y}\n" for i, y in rows).encode()).hexdigest()
 
 
+def _int8_decision(res: TrainResult, val: SplitData | None, rule: Int8Rule) -> dict:
+    """:func:`pipeline.train.quantize.decide` for the run's weights on its validation split; an architecture
+    torch cannot quantize or run in int8 is recorded as ``int8: false`` with torch's words, never a failed
+    registration."""
+    model = load_model(Path(res.weights), res.model_config, "cpu")
+    try:
+        return decide(model, val, rule)
+    except (RuntimeError, NotImplementedError, AssertionError, AttributeError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return {"int8": False, "reason": f"dynamic int8 does not run on this model ({first})"}
+
+
+def _val_split(prep_dir: Path) -> SplitData | None:
+    try:
+        return load_split(prep_dir, "val", mmap=True)
+    except (NotFoundError, OSError):
+        return None
+
+
 def register(wh: Warehouse, run: TrainResult | str | Path, *, preset: str = "custom", dataset: str | None = None,
-             prepare: dict | None = None, version: str | None = None) -> str:
+             prepare: dict | None = None, version: str | None = None, int8_rule: Int8Rule = Int8Rule()) -> str:
     """Publish a finished training run (``TrainResult`` or its ``out_dir``) as a new immutable version; the
     champion pointers are not touched (see :func:`pipeline.train.job.register_and_promote`).
 
     The version records the SHA-256 of its files (``config.json`` -> ``checksums``; loading verifies them) and
     the review ids + labels of the validation rows it was selected on (``eval_set.parquet``), so that promotion
     can compare models on the same data. Registering onto an existing version fails.
+
+    It also decides whether CPU scoring runs the model in dynamic int8 (``config.json`` ``"int8"``), from fp32
+    and int8 accuracy on the validation split and their speeds (``int8_rule``; :mod:`pipeline.train.quantize`).
     """
     res = run if isinstance(run, TrainResult) else TrainResult.load(run)
     sweep_dead(wh.models)     # half-built version folders of killed registrations
@@ -284,6 +348,8 @@ def register(wh: Warehouse, run: TrainResult | str | Path, *, preset: str = "cus
     metrics = {"final": res.metrics, "history": res.history, "stopped": res.stopped, "seconds": res.seconds,
                "device": res.device}
     eval_set = _eval_set_table(Path(res.prep_dir))
+    metrics["int8"] = _int8_decision(res, _val_split(Path(res.prep_dir)), int8_rule)
+    cfg["int8"] = metrics["int8"]["int8"]       # what CPU scoring reads; the measurements stay in metrics.json
     if eval_set is not None:
         metrics["eval_set"] = {"split": "val", "rows": eval_set.num_rows, "dataset": cfg["dataset"],
                                "sha256": eval_set_fingerprint(eval_set)}
@@ -410,8 +476,9 @@ def dataset_of(wh: Warehouse, version: str) -> str | None:
 
 
 def get(wh: Warehouse, version: str = CHAMPION) -> ModelVersion:
-    """A version by name, or the champion; ``NotFoundError`` says what exists."""
-    name = champion(wh) if version == CHAMPION else version
+    """A version by name, alias (:mod:`pipeline.train.aliases`) or the champion; ``NotFoundError`` says what
+    exists."""
+    name = champion(wh) if version == CHAMPION else (aliases.resolve(wh, version) or version)
     if name is None:
         raise NotFoundError("no champion model yet; train one with `reviewflow train --dataset NAME`")
     validate_name(name, "model version")
