@@ -29,7 +29,7 @@ def test_flow_run_completes_on_postgres_backend(tmp_path):
         dropped = drop_csv(wh, "to-postgres.csv", n=15, seed=13, id_prefix="pg")
         srv.wait_healthy(150)
         env = client_env(srv.api_url, home, REVIEWFLOW_WAREHOUSE=str(wh.root))
-        # a real inbox pass in its own process: the ingest and score subflows do real work
+        # a real inbox pass in its own process: its read/write tasks and the score subflow do real work
         r = subprocess.run([sys.executable, "-m", "flows.inbox", "--warehouse", str(wh.root)], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -41,19 +41,19 @@ def test_flow_run_completes_on_postgres_backend(tmp_path):
         runs = api(srv.api_url, lambda c: c.read_flow_runs(
             flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["ingest-and-score-inbox"]))))
         assert len(runs) == 1 and runs[0].state.is_completed(), runs
-        # ... and it is Postgres that holds the pass, its ingest and score subflows and their tasks
+        # ... and it is Postgres that holds the pass, its score subflow and their tasks
         parent = runs[0].id
         assert psql(db_url, f"SELECT state_type FROM flow_run WHERE id = '{parent}'") == "COMPLETED"
         subflows = psql(db_url, "SELECT f.name || ':' || r.state_type FROM flow_run r JOIN flow f ON f.id = r.flow_id "
                                 "JOIN task_run t ON t.id = r.parent_task_run_id "
                                 f"WHERE t.flow_run_id = '{parent}' ORDER BY f.name")
-        assert subflows.splitlines() == ["ingest:COMPLETED", "score:COMPLETED"], subflows
+        assert subflows.splitlines() == ["score:COMPLETED"], subflows       # files are read as the pass's own tasks
         tasks = psql(db_url, "SELECT f.name || ':' || count(*) FILTER (WHERE t.state_type = 'COMPLETED') || '/' || "
                              "count(*) FROM task_run t JOIN flow_run r ON r.id = t.flow_run_id "
                              "JOIN flow f ON f.id = r.flow_id GROUP BY f.name ORDER BY f.name")
         done = {flow: tuple(map(int, n.split("/"))) for flow, n in (row.split(":") for row in tasks.splitlines())}
-        assert set(done) == {"inbox", "ingest", "score"} and all(ok == n for ok, n in done.values()), tasks
-        assert done["ingest"][0] >= 2 and done["score"][0] >= 2, tasks     # reading + writing, model + scoring
+        assert set(done) == {"inbox", "score"} and all(ok == n for ok, n in done.values()), tasks
+        assert done["inbox"][0] >= 2 and done["score"][0] >= 2, tasks      # reading + writing, model + scoring
 
         # prefect.yaml: the same deployments for a process work pool
         for cmd in ([PREFECT, "work-pool", "create", "reviewflow-process", "--type", "process"],
@@ -63,7 +63,7 @@ def test_flow_run_completes_on_postgres_backend(tmp_path):
         deps = {d.name: d for d in api(srv.api_url, lambda c: c.read_deployments())}
         assert set(deps) == {"ingest-and-score", "score", "retrain"}
         assert all(d.work_pool_name == "reviewflow-process" for d in deps.values())
-        assert deps["ingest-and-score"].schedules[0].schedule.interval.total_seconds() == 60
+        assert deps["ingest-and-score"].schedules[0].schedule.interval.total_seconds() == 3600   # the fallback pass
         assert deps["retrain"].schedules[0].schedule.cron == "0 3 * * 0"
         assert deps["ingest-and-score"].pull_steps[0]["prefect.deployments.steps.set_working_directory"][
             "directory"] == str(ROOT)
