@@ -82,9 +82,15 @@ def child_local(args) -> dict:
     from pipeline.train.predictor import load_predictor
 
     torch.set_num_threads(args.threads)
-    db = fresh_db(args.n, f"local-{args.precision}")
-    kwargs = {} if args.precision == "auto" else {"precision": args.precision}
+    db = Path(args.db)
+    kwargs = {} if args.precision in ("auto", "int8") else {"precision": args.precision}
     predictor = load_predictor(Warehouse(Path(args.warehouse)), args.model, device=args.device, **kwargs)
+    if args.precision == "int8" and predictor.precision != "int8":
+        # measured whatever the card decided (a card from before the int8 decision says nothing): the same
+        # dynamic quantisation registration measures (pipeline.train.quantize)
+        from pipeline.train.quantize import quantize
+
+        predictor.model, predictor.precision = quantize(predictor.model), "int8"
     rep = score_table(db, "reviews", predictor)
     return {"rows_per_s": rep.rows_per_s, "seconds": rep.seconds, "rows": rep.rows_scored,
             "committer_rss_mib": vmhwm_mib(), "precision": getattr(predictor, "precision", None),
@@ -97,7 +103,7 @@ def child_dask(args) -> dict:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     from flows.score import score_flow
 
-    db = fresh_db(args.n, "dask")
+    db = Path(args.db)
     rep = score_flow(table="reviews", db=str(db), warehouse=args.warehouse, model=args.model, workers=args.workers,
                      rows_per_part=args.rows_per_part, scratch=str(SCRATCH / "parts"), device="cpu")
     return {"rows_per_s": rep["rows_per_s"], "seconds": rep["seconds"], "rows": rep["rows_scored"],
@@ -106,7 +112,8 @@ def child_dask(args) -> dict:
 
 def run_child(kind: str, args, **extra) -> dict:
     """One measurement in a fresh process: its JSON line."""
-    cmd = [sys.executable, __file__, "--child", kind, "--warehouse", args.warehouse, "--model", args.model,
+    db = fresh_db(extra["n"], f"{kind}-{extra.get('precision', 'auto')}")   # made here: not in the scorer's RSS
+    cmd = [sys.executable, __file__, "--child", kind, "--db", str(db), "--warehouse", args.warehouse, "--model", args.model,
            "--threads", str(args.threads), "--workers", str(args.workers), "--rows-per-part", str(args.rows_per_part)]
     for k, v in extra.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
@@ -122,22 +129,26 @@ def run_child(kind: str, args, **extra) -> dict:
 # --------------------------------------------------------------------------- report
 
 
-def amdahl(eng: dict, rows: int, seconds: float, workers: int) -> tuple[float, list[tuple[int, float, str]]]:
-    """Projected rows/s for W workers on ``rows`` rows. The committer exports (serial), the workers score
-    (parallel), the committer merges while they score (serial, overlapped), plus a fixed start-up (cluster,
-    model loads, Prefect task overhead: what the measured run took beyond the three):
-    T(W) = fixed + rows/export + max(rows/(W * per_worker), rows/merge). -> (fixed seconds, rows)."""
+def amdahl(eng: dict, rows: int, seconds: float, workers: int) -> tuple[float, list[tuple]]:
+    """Projected rows/s for W workers. The committer exports (serial), the workers score (parallel), the committer
+    merges while they score (serial, overlapped), plus a fixed start-up (cluster, model loads, Prefect: what the
+    measured run took beyond the three): T(W, N) = fixed + N/export + max(N/(W * per_worker), N/merge).
+    -> (fixed seconds, [(W, rows/s at ``rows``, rows/s at 100M rows, what binds at 100M)])."""
     export = rows / max(eng["export_seconds"], 1e-9)
     merge = eng["merge_rows_per_s"] or float("inf")
     per_worker = rows / max(eng["score_seconds_total"], 1e-9)
-    modelled = rows / export + max(rows / (workers * per_worker), rows / merge)
-    fixed = max(0.0, seconds - modelled)
+    fixed = max(0.0, seconds - (rows / export + max(rows / (workers * per_worker), rows / merge)))
     out = []
     for w in (workers, 8, 32, 128):
-        scoring = w * per_worker
-        rate = rows / (fixed + rows / export + max(rows / scoring, rows / merge))
-        binds = "workers (scoring)" if scoring < merge else "committer merge (UPDATE ... FROM part)"
-        out.append((w, rate, binds))
+        def rate(n):
+            return n / (fixed + n / export + max(n / (w * per_worker), n / merge))
+        terms = {"scoring (workers)": 1 / (w * per_worker), "merge (committer UPDATE)": 1 / merge,
+                 "export (committer read + Parquet write)": 1 / export}
+        serial = terms["export (committer read + Parquet write)"] + max(terms["merge (committer UPDATE)"],
+                                                                      terms["scoring (workers)"])
+        binds = max(terms, key=terms.get)
+        share = 100 * (terms["export (committer read + Parquet write)"] + terms["merge (committer UPDATE)"]) / serial
+        out.append((w, rate(rows), rate(100_000_000), f"{binds}; committer busy {min(share, 100):.0f} % of the time"))
     return fixed, out
 
 
@@ -152,11 +163,13 @@ def main() -> None:
     ap.add_argument("--rows-per-part", type=int, default=50_000)
     ap.add_argument("--int8-model", default=None, help="a model version (e.g. a GRU) for the int8 vs fp32 rows")
     ap.add_argument("--int8-rows", type=int, default=20_000)
+    ap.add_argument("--int8-warehouse", default=None, help="the warehouse of --int8-model (default --warehouse)")
     ap.add_argument("--skip", default="", help="comma-separated: local,dask,int8,cuda")
     ap.add_argument("--child", default=None)
     ap.add_argument("--n", type=int, default=0)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--db", default=None)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child_local(args) if args.child == "local" else child_dask(args)))
@@ -188,12 +201,14 @@ def main() -> None:
         print(f"\nAmdahl projection from the {args.rows:,}-row Dask run (export {eng['export_seconds']} s serial, "
               f"merge {eng['merge_rows_per_s']} rows/s serial, scoring {eng['score_seconds_total']} worker-s, "
               f"fixed start-up {fixed:.1f} s):")
-        print("| workers | projected rows/s | binds |\n|---:|---:|---|")
-        for w, rate, binds in projection:
-            print(f"| {w} | {rate:,.0f} | {binds} |")
+        print(f"| workers | rows/s at {args.rows:,} rows | rows/s at 100,000,000 rows | largest term at 100M |")
+        print("|---:|---:|---:|---|")
+        for w, small, large, binds in projection:
+            print(f"| {w} | {small:,.0f} | {large:,.0f} | {binds} |")
     if args.int8_model and "int8" not in skip:
-        a = run_child("local", args, n=args.int8_rows, precision="fp32", model=args.int8_model)
-        b = run_child("local", args, n=args.int8_rows, precision="int8", model=args.int8_model)
+        other = {"model": args.int8_model, "warehouse": args.int8_warehouse or args.warehouse}
+        a = run_child("local", args, n=args.int8_rows, precision="fp32", **other)
+        b = run_child("local", args, n=args.int8_rows, precision="int8", **other)
         print(f"\nint8 vs fp32, {args.int8_model}, {args.int8_rows:,} rows, one process x {args.threads} threads: "
               f"fp32 {a['rows_per_s']:,.0f} rows/s, int8 {b['rows_per_s']:,.0f} rows/s "
               f"({b['rows_per_s'] / a['rows_per_s']:.2f}x)")
