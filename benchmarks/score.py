@@ -192,8 +192,11 @@ def model_flops(pred, texts: list[str], batch_size: int) -> tuple[float, float]:
     from pipeline.score.writeback import predict_chunk
 
     arr = pa.array(texts, pa.string())
+    parallel = getattr(pred, "parallel_batches", False)
+    pred.parallel_batches = False         # FlopCounterMode counts this thread only: count with batches on it
     with FlopCounterMode(display=False) as fc:
         predict_chunk(pred, arr)
+    pred.parallel_batches = parallel
     t0 = time.perf_counter()
     predict_chunk(pred, arr)
     return fc.get_total_flops() / len(texts), time.perf_counter() - t0
