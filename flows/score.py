@@ -151,6 +151,10 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
     warehouse's object-store URL when ``warehouse`` is its local mirror (Dask workers pull the model from it)."""
     if shadow is not None and table is None:
         raise InputError("shadow scoring takes a table (--table), not a lake dataset")
+    if shadow is not None:          # a shadow model that does not exist fails now, not after the champion's run
+        from pipeline.train import registry
+
+        registry.get(Warehouse.from_env(warehouse), shadow)
     if (table is None) == (dataset is None):
         raise InputError("give exactly one of table= or dataset=")
     logger = get_run_logger()

@@ -30,7 +30,8 @@ from prefect.runtime import flow_run
 from pipeline.core.config import Warehouse
 from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT
 from pipeline.core.errors import InputError
-from pipeline.score.partitioned import DEFAULT_ROWS_PER_PART, PartResult, PartSpec, score_part, score_table_partitioned
+from pipeline.score.partitioned import (DEFAULT_ROWS_PER_PART, PartResult, PartSpec, preflight, score_part,
+                                        score_table_partitioned)
 from flows.artifacts import artifact_key
 from flows.retries import retry_unless_user_error
 
@@ -153,6 +154,8 @@ def run_distributed(*, table: str, db: str, model: str, warehouse: str, workers:
 
     wh = Warehouse.from_env(warehouse)
     version = registry.get(wh, model).version
+    preflight(db, table, **{k: options[k] for k in ("id_col", "text_col", "threshold", "rows_per_part", "blob_as_utf8",
+                                                     "lock_timeout") if k in options})
     runner = dask_runner(workers, dask_address)
     return distributed_score_flow.with_options(task_runner=runner)(
         table=table, db=db, version=version, warehouse=str(wh.root), scratch=scratch or str(wh.root / "scratch"),

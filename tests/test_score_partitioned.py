@@ -169,3 +169,19 @@ def test_bad_arguments_are_refused_before_anything_is_written(tiny, tmp_path):
             score_table_partitioned(db, "reviews", version, serial_map(predictor, 0.5),
                                     scratch=str(tmp_path / "s"), **kwargs)
     assert db.read_bytes() == before
+
+
+def test_preflight_refuses_a_bad_table_before_any_cluster_and_writes_nothing(tiny, tmp_path):
+    from pipeline.core.errors import NotFoundError
+    from pipeline.score.partitioned import preflight
+
+    db = make_review_db(tmp_path / "r.duckdb", n=20)
+    before = db.read_bytes()
+    preflight(db, "reviews")
+    with pytest.raises(NotFoundError, match="nope"):
+        preflight(db, "nope")
+    with pytest.raises(Exception, match="'body'"):
+        preflight(db, "reviews", text_col="body")
+    with pytest.raises(InputError, match="rows_per_part"):
+        preflight(db, "reviews", rows_per_part=0)
+    assert db.read_bytes() == before

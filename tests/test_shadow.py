@@ -111,3 +111,15 @@ def test_cli_alias_shadow_compare_and_a_promotion_that_logs_its_comparison(two_m
     last = json.loads((wh.models / "promotions.jsonl").read_text().splitlines()[-1])
     assert last["version"] == other and last["comparison"]["models"] == [champ, other]
     assert last["comparison"]["labelled"] == 120
+
+
+def test_an_unknown_shadow_model_is_refused_before_the_champion_scores(two_models, tmp_path):
+    from flows.cli import app
+
+    wh, champ, other = two_models
+    db = make_review_db(tmp_path / "r.duckdb", n=30)
+    before = db.read_bytes()
+    out = CliRunner().invoke(app, ["score", "--table", "reviews", "--db", str(db), "--no-prefect", "--shadow", "nope",
+                                   "--warehouse", str(wh.root)])
+    assert out.exit_code != 0 and "nope" in str(out.exception)
+    assert db.read_bytes() == before

@@ -51,9 +51,17 @@ def _shadow_here(wh, db_path: Path, table: str | None, model: str, opts: dict) -
                         threshold=opts["threshold"], lock_timeout=opts["lock_timeout"])
 
 
-def _check_engine(table: str | None, dataset: str | None, distributed: bool, no_prefect: bool) -> None:
+def _check_engine(wh, table: str | None, dataset: str | None, distributed: bool, no_prefect: bool,
+                  shadow: str | None) -> None:
     """Dask scoring takes a table and runs through Prefect. ``$REVIEWFLOW_DASK_ADDRESS`` alone applies to
-    ``--table`` runs only (a lake dataset is scored in one process)."""
+    ``--table`` runs only (a lake dataset is scored in one process). A ``--shadow`` model must exist before the
+    champion's run starts."""
+    if shadow is not None:
+        from pipeline.train import registry
+
+        if table is None:
+            raise typer.BadParameter("--shadow takes --table, not --dataset")
+        registry.get(wh, shadow)
     if distributed and dataset is not None:
         raise typer.BadParameter("scoring on Dask (--workers / --dask) takes --table, not --dataset")
     if (distributed or (table and os.environ.get("REVIEWFLOW_DASK_ADDRESS"))) and no_prefect:
@@ -145,7 +153,7 @@ def register(app: typer.Typer) -> None:
         from pipeline.train.device import pick_device      # deferred: torch; a device that is not here fails now
 
         pick_device(device)
-        _check_engine(table, dataset, workers is not None or dask is not None, no_prefect)
+        _check_engine(wh, table, dataset, workers is not None or dask is not None, no_prefect, shadow)
         if no_prefect:
             opts = dict(rescore=rescore, threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
                         lock_timeout=lock_timeout)

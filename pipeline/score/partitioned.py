@@ -299,6 +299,20 @@ def _part_profile(scored: pa.Table) -> Profile:
 MapParts = Callable[[list[PartSpec]], Iterable[PartResult]]
 
 
+def preflight(db_path: str | os.PathLike, table: str, *, id_col: str = "review_id", text_col: str = "text",
+              threshold: float = 0.5, rows_per_part: int = DEFAULT_ROWS_PER_PART, blob_as_utf8: bool = False,
+              lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+    """The checks a run makes before it writes anything (arguments, table, columns and their types), made
+    read-only and before a cluster is started for it: a typo costs a second, not a cluster start-up. The run
+    makes them again under its claim."""
+    from pipeline.core.duck import connection
+    from pipeline.score.inputs import check_table
+
+    db_path = check_arguments(db_path, table, id_col, text_col, threshold, rows_per_part=rows_per_part)
+    with connection(db_path, read_only=True, timeout=lock_timeout) as con:
+        check_table(con, db_path, table, id_col, text_col, blob_as_utf8)
+
+
 def serial_map(predictor: PredictorLike, threshold: float) -> MapParts:
     """Score the parts one after the other in this process (tests, and the reference for the engines)."""
     def run(parts: list[PartSpec]) -> Iterator[PartResult]:
