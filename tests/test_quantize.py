@@ -155,3 +155,16 @@ def test_sentiment_udf_device_refuses_cuda_where_there_is_none(runs, tmp_path):
     ok = subprocess.run([REVIEWFLOW, "sql", query, "--db", str(db), "--device", "auto", "--format", "csv",
                          "-w", str(wh.root)], capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0 and ok.stdout.split() == ["n", "20"], ok.stderr
+
+
+def test_damaged_weights_are_the_same_integrity_error_in_int8_as_in_fp32(runs):
+    """int8 kernels raise their own RuntimeError on NaN activations; the predictor says what it means."""
+    wh, gru, _ = runs
+    version = registry.register(wh, gru, preset="tiny", int8_rule=ALWAYS)
+    for precision in ("int8", "fp32"):
+        p = load_predictor(wh, version, precision=precision)
+        assert p.precision == precision
+        with torch.no_grad():
+            next(p.model.parameters()).fill_(float("nan"))
+        with pytest.raises(IntegrityError, match="non-finite"):
+            p.predict_proba(["a wonderful film", "awful"])

@@ -230,7 +230,7 @@ class Predictor:
             x, n = self._batch(encoded.padded(sel, width, self.preprocessor.pad_side), lengths[sel])
             with torch.inference_mode(), (autocast(self.torch_device) if self.precision == "bf16"
                                           else contextlib.nullcontext()):
-                logits = self.model(x, n)[0]
+                logits = self._forward(x, n)
             return sel, self._calibrated(logits, lengths[sel])
 
         workers = self._batch_workers()
@@ -264,6 +264,18 @@ class Predictor:
         bag = self.model.ngrams
         return (self.model_config.encoder == NGRAM_ONLY and isinstance(bag, NgramLogit) and not self.model.training
                 and not bag.training and self.torch_device.type == "cpu")
+
+    def _forward(self, x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """The model's logits. int8 kernels refuse non-finite activations with a RuntimeError of their own
+        ("ChooseQuantizationParams…") where fp32 returns NaN: both mean damaged weights, and both are the same
+        IntegrityError (:meth:`_calibrated`), whichever precision registration picked."""
+        try:
+            return self.model(x, n)[0]
+        except RuntimeError as exc:
+            if self.precision == "int8" and not all(torch.isfinite(p).all() for p in self.model.parameters()):
+                raise IntegrityError(f"model {self.version} has non-finite weights ({exc}): its weights are damaged; "
+                                     "retrain or promote another version") from None
+            raise
 
     def _calibrated(self, logits: torch.Tensor, lengths: np.ndarray) -> np.ndarray:
         """P(positive) = sigmoid(logit / T), T by the text's token count; a non-finite one is an IntegrityError."""
