@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from pipeline.core.config import Warehouse
-from pipeline.core.errors import NotFoundError
+from pipeline.core.errors import IntegrityError, NotFoundError
 from pipeline.score.drift import Thresholds, check_run, overall
 from flows.artifacts import artifact_key
 from flows.retries import retry_unless_user_error
@@ -36,8 +36,14 @@ def drift_task(rep: dict, warehouse: str, thresholds: Thresholds, lock_timeout: 
         model_dir = registry.get(wh, rep["model"]).path
     except NotFoundError:             # a predictor that is not a registered version (embedding the flow)
         return None
-    checked = check_run(rep["db_path"], rep["run_id"], rep["table"], rep["model"], model_dir, rep.get("profile"),
-                        thresholds, lock_timeout)
+    try:
+        checked = check_run(rep["db_path"], rep["run_id"], rep["table"], rep["model"], model_dir, rep.get("profile"),
+                            thresholds, lock_timeout)
+    except IntegrityError as exc:       # a damaged reference file: the scores are written and stay; say so loudly
+        logger.error("drift NOT measured for %s: %s", rep["table"], exc)
+        create_markdown_artifact(key=artifact_key("drift", rep["table"]),
+                                 markdown=f"### Drift of `{rep['table']}`: **not measured**\n\n{exc}")
+        return {"status": "error", "metrics": [], "plot": None, "error": str(exc)}
     if checked is None:
         logger.info("drift: no reference profile for %s, or no rows scored: not compared", rep["model"])
         return None

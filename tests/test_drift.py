@@ -135,3 +135,35 @@ def test_monitor_prints_the_trend_and_saves_a_plot(model, tmp_path):
     assert (wh.root / "plots" / "drift-trend-reviews.png").exists()
     empty = CliRunner().invoke(app, ["monitor", "--db", str(db), "--table", "other", "--warehouse", str(wh.root)])
     assert empty.exit_code == 0 and "no drift measured yet" in empty.output
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe not utf-8", b"[1, 2]", b'{"rows": "many"}', b"{", b""])
+def test_a_damaged_reference_profile_is_an_integrity_error(tmp_path, content):
+    (tmp_path / REFERENCE_FILE).write_bytes(content)
+    with pytest.raises(IntegrityError):
+        read_reference(tmp_path)
+
+
+def test_a_reference_with_negative_counts_is_refused(tmp_path):
+    good = Profile().add(np.array([0.5]), np.array([1]), np.array([10]), np.array([1.0])).to_dict()
+    import json
+
+    (tmp_path / REFERENCE_FILE).write_text(json.dumps(good | {"rows": -5}))
+    with pytest.raises(IntegrityError, match="negative"):
+        read_reference(tmp_path)
+
+
+def test_a_damaged_reference_leaves_the_scores_and_says_drift_was_not_measured(prefect_harness, model, tmp_path):
+    from flows.score import score_flow
+
+    wh, version, path, predictor = model
+    good = path.read_bytes()
+    db = tmp_path / "d.duckdb"
+    _table(db, make_reviews(250, seed=11).column("text").to_pylist())
+    try:
+        path.write_bytes(b"[not a profile]")
+        state = score_flow(table="reviews", db=str(db), warehouse=str(wh.root), device="cpu", return_state=True)
+    finally:
+        path.write_bytes(good)
+    assert state.is_completed() and state.result()["drift"] == "error"
+    assert query_rows(db, "SELECT count(sentiment_model) FROM reviews") == [(250,)]

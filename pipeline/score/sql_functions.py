@@ -14,7 +14,7 @@ scored in one batched call. Every model is loaded at most once per query, and a 
 :data:`MAX_MODELS` different ones (a model name is data: ``sentiment(text, review_id)`` must not load models
 until memory runs out). Model names are looked up in the registry only (names are validated: no paths).
 
-``sentiment_explain`` is occlusion: it scores the text once, then once without each of its first
+``sentiment_explain`` is occlusion: it scores the text (its first :data:`EXPLAIN_CHARS` characters) once, then once without each of its first
 :data:`EXPLAIN_WORDS` distinct words (all occurrences, case-folded), and reports the :data:`EXPLAIN_TOP` words
 whose removal changes P(positive) most, ``weight`` = P(text) - P(text without the word) (positive: the word
 pushes towards positive). It is model-agnostic and honest about what the model does, and costs
@@ -39,6 +39,7 @@ from pipeline.core.errors import InputError
 MAX_MODELS = 3
 EXPLAIN_WORDS = 48
 EXPLAIN_TOP = 5
+EXPLAIN_CHARS = 20_000          # sentiment_explain reads this much of a text (a long review is ~1,300 characters)
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?", re.UNICODE)
 _EXPLAIN_TYPE = pa.list_(pa.struct([("phrase", pa.string()), ("weight", pa.float64())]))
 FUNCTION_CALL = re.compile(r"\bsentiment(?:_label|_explain)?\s*\(", re.IGNORECASE)
@@ -103,6 +104,7 @@ def _label_values(predictor, texts: list) -> list:
 def explain(predictor, text: str, top: int = EXPLAIN_TOP) -> list[dict] | None:
     """The ``top`` words whose removal changes P(positive) most (see the module docstring); None when the model
     cannot score the text."""
+    text = text[:EXPLAIN_CHARS]             # each variant is a copy: a 10 MB text must not become 49 of them
     words = list(dict.fromkeys(w.lower() for w in _WORD.findall(text)))[:EXPLAIN_WORDS]
     if not words:
         return None

@@ -109,6 +109,12 @@ def read_reference(model_dir: str | Path) -> Profile | None:
     if not path.exists():
         return None
     try:
-        return Profile.from_dict(json.loads(path.read_text()))
-    except json.JSONDecodeError as exc:
-        raise IntegrityError(f"{path} is not JSON: {exc}") from None
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except ValueError as exc:              # not UTF-8, not JSON
+        raise IntegrityError(f"{path} is not a JSON profile: {exc}") from None
+    if not isinstance(data, dict):
+        raise IntegrityError(f"{path} is not a profile (a JSON {type(data).__name__}, not an object)")
+    profile = Profile.from_dict(data)
+    if profile.rows < 0 or min(profile.score_hist + profile.length_hist) < 0 or not 0 <= profile.unknown_tokens:
+        raise IntegrityError(f"{path} holds negative counts: it is not a profile this version wrote")
+    return profile
