@@ -32,7 +32,7 @@ The pipeline, step by step (each step is a Prefect flow; `run` chains them all):
   6. sql      "SELECT ..."            query scored reviews (with a sentiment(text) function)
 
 \b
-Everything lives under the warehouse root: --warehouse DIR or $REVIEWFLOW_WAREHOUSE (default ./warehouse).
+Everything lives under the warehouse root: --warehouse DIR (or s3://bucket/prefix) or $REVIEWFLOW_WAREHOUSE (default ./warehouse).
 Start with:  reviewflow run --source path/to/aclImdb_v1.tar.gz
 
 \b
