@@ -16,8 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import create_markdown_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, State
@@ -32,7 +31,7 @@ from pipeline.score.job import score_dataset
 from pipeline.score.partitioned import DEFAULT_ROWS_PER_PART
 from pipeline.score.sync import scored_table_name
 from pipeline.score.writeback import DEFAULT_CHUNK_ROWS, score_table
-from flows.artifacts import artifact_key
+from flows.artifacts import artifact_key, rows_progress
 from flows.drift import drift_task
 
 
@@ -77,13 +76,7 @@ def load_model(warehouse: str, model: str, batch_size: int, device: str = "auto"
 def score_task(label: str, db: str, table: str | None, dataset: str | None, warehouse: str, predictor,
                options: dict) -> dict:
     logger = get_run_logger()
-    art = create_progress_artifact(progress=0.0, key=artifact_key("score-progress", label),
-                                   description=f"Rows of {label} scored with {predictor.version}")
-
-    def progress(done: int, total: int) -> None:
-        pct = 100.0 if total == 0 else round(100.0 * done / total, 1)
-        update_progress_artifact(artifact_id=art, progress=pct)
-        logger.info("%s: %d/%d rows scored (%.1f%%)", label, done, total, pct)
+    art, progress = rows_progress(label, f"Rows of {label} scored with {predictor.version}", logger)
 
     # the audit row is keyed on this flow run's id: a retry of this task continues the same row
     options = options | {"run_id": flow_run.get_id(), "progress": progress, "on_wait": logger.info}

@@ -22,7 +22,6 @@ import os
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.runtime import flow_run
@@ -32,7 +31,7 @@ from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT
 from pipeline.core.errors import InputError
 from pipeline.score.partitioned import (DEFAULT_ROWS_PER_PART, PartResult, PartSpec, preflight, score_part,
                                         score_table_partitioned)
-from flows.artifacts import artifact_key
+from flows.artifacts import rows_progress
 from flows.retries import retry_unless_user_error
 
 #: what a LocalCluster's worker processes inherit from this one (Prefect's API and home, reviewflow settings)
@@ -115,13 +114,7 @@ def distributed_score_flow(table: str, db: str, version: str, warehouse: str, sc
     """Score ``table`` of ``db`` with model ``version`` in partitions on this flow's Dask task runner. ``store``:
     the warehouse's object-store URL, when it is on one (workers then pull the model from it)."""
     logger = get_run_logger()
-    art = create_progress_artifact(progress=0.0, key=artifact_key("score-progress", table),
-                                   description=f"Rows of {table} scored with {version} on Dask")
-
-    def progress(done: int, total: int) -> None:
-        pct = 100.0 if total == 0 else round(100.0 * done / total, 1)
-        update_progress_artifact(artifact_id=art, progress=pct)
-        logger.info("%s: %d/%d rows merged (%.1f%%)", table, done, total, pct)
+    _, progress = rows_progress(table, f"Rows of {table} scored with {version} on Dask", logger, verb="merged")
 
     def map_parts(parts: list[PartSpec]):
         logger.info("%d partition(s) of up to %d rows exported to %s", len(parts), rows_per_part, scratch)

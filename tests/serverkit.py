@@ -151,3 +151,23 @@ def wait_for(pred, timeout: float, interval: float = 1.0, what: str = "condition
 
 __all__ = ["postgres_cluster", "psql", "prefect_server", "client_env", "background", "api", "wait_for",
            "signal", "BIN", "ROOT"]
+
+
+@contextlib.contextmanager
+def moto_s3(monkeypatch) -> Iterator[None]:
+    """A real S3-compatible server (moto's) on loopback for the test; ``AWS_*`` point every process at it (workers
+    started later inherit them). Stopped on exit."""
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        yield
+    finally:
+        server.stop()

@@ -36,21 +36,14 @@ from pipeline.core.objectstore import PublishConflict, pull, push
 def s3(monkeypatch):
     """A real S3-compatible server (moto) on loopback, with a bucket; AWS_* point every process at it."""
     import s3fs
-    from moto.server import ThreadedMotoServer
+    from serverkit import moto_s3
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
-        monkeypatch.setenv(key, value)
     for key in ("REVIEWFLOW_WAREHOUSE", "REVIEWFLOW_SCRATCH", "REVIEWFLOW_CACHE", "REVIEWFLOW_DASK_ADDRESS"):
         monkeypatch.delenv(key, raising=False)
-    s3fs.S3FileSystem.clear_instance_cache()
-    bucket = f"reviewflow-wh-{uuid.uuid4().hex[:12]}"    # moto keeps buckets for the whole process: one per test
-    s3fs.S3FileSystem().mkdir(bucket)
-    yield f"s3://{bucket}/wh"
-    server.stop()
+    with moto_s3(monkeypatch):
+        bucket = f"reviewflow-wh-{uuid.uuid4().hex[:12]}"    # moto keeps buckets for the whole process: one per test
+        s3fs.S3FileSystem().mkdir(bucket)
+        yield f"s3://{bucket}/wh"
 
 
 def _fs():

@@ -41,18 +41,11 @@ def champion(tmp_path_factory):
 def s3(monkeypatch):
     """A real S3-compatible server (moto) on loopback, with a bucket; AWS_* point every process at it."""
     import s3fs
-    from moto.server import ThreadedMotoServer
+    from serverkit import moto_s3
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
-        monkeypatch.setenv(key, value)
-    s3fs.S3FileSystem.clear_instance_cache()
-    s3fs.S3FileSystem().mkdir("reviewflow-scratch")
-    yield "s3://reviewflow-scratch/scratch"
-    server.stop()
+    with moto_s3(monkeypatch):
+        s3fs.S3FileSystem().mkdir("reviewflow-scratch")
+        yield "s3://reviewflow-scratch/scratch"
 
 
 def _scored_rows(db) -> int:
