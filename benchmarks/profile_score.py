@@ -50,9 +50,9 @@ def predictors(args):
     """(fp32 predictor, int8 predictor, the version's int8 decision): int8 is built even where registration
     did not keep it, so that the benchmark can show why."""
     from pipeline.core.config import Warehouse
-    from pipeline.train import registry
-    from pipeline.train.predictor import load_predictor
-    from pipeline.train.quantize import quantize
+    from pipeline import registry
+    from pipeline.serve.predictor import load_predictor
+    from pipeline.model.quantize import quantize
 
     wh = Warehouse.from_env(args.warehouse)
     mv = registry.get(wh, args.model)
@@ -116,7 +116,7 @@ def model_seconds(model, batches, repeat: int, workers: int) -> float:
     torch threads (``workers`` 1), or ``workers`` batches at once on one core each, as the predictor runs them."""
     import torch
 
-    from pipeline.train.predictor import _map_batches
+    from pipeline.serve.predictor import _map_batches
 
     def run(batch):
         with torch.inference_mode():

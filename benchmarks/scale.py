@@ -79,7 +79,7 @@ def child_local(args) -> dict:
 
     from pipeline.core.config import Warehouse
     from pipeline.score.writeback import score_table
-    from pipeline.train.predictor import load_predictor
+    from pipeline.serve.predictor import load_predictor
 
     torch.set_num_threads(args.threads)
     db = Path(args.db)
@@ -87,8 +87,8 @@ def child_local(args) -> dict:
     predictor = load_predictor(Warehouse(Path(args.warehouse)), args.model, device=args.device, **kwargs)
     if args.precision == "int8" and predictor.precision != "int8":
         # measured whatever the card decided (a card from before the int8 decision says nothing): the same
-        # dynamic quantisation registration measures (pipeline.train.quantize)
-        from pipeline.train.quantize import quantize
+        # dynamic quantisation registration measures (pipeline.model.quantize)
+        from pipeline.model.quantize import quantize
 
         predictor.model, predictor.precision = quantize(predictor.model), "int8"
     rep = score_table(db, "reviews", predictor)

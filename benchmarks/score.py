@@ -59,7 +59,7 @@ def rss_peak_mib() -> float:
 def load_predictor_from(args):
     import torch
 
-    from pipeline.train.predictor import Predictor, load_predictor
+    from pipeline.serve.predictor import Predictor, load_predictor
 
     torch.set_num_threads(args.threads)
     if args.model_dir:
@@ -105,7 +105,7 @@ def child(args) -> None:
 def ensure_model(args) -> None:
     if args.model_dir:
         return
-    from pipeline.train import registry
+    from pipeline import registry
     from pipeline.core.config import Warehouse
     from pipeline.core.errors import NotFoundError
 
@@ -162,8 +162,8 @@ def baseline_loop(pred, texts: list[str], width: int = 512) -> float:
     import numpy as np
     import torch
 
-    from pipeline.train.loader import trim_padding
-    from pipeline.train.model import SentimentModel
+    from pipeline.prepare.text import trim_padding
+    from pipeline.model.network import SentimentModel
 
     cfg = dataclasses.replace(pred.model_config, exact_lengths=False, pad_side="left",
                               max_len=max(width, pred.model_config.max_len))

@@ -121,7 +121,7 @@ def scoring_rows_per_s(result, val_data) -> float:
     import torch
 
     from pipeline.train.loop import predict_logits
-    from pipeline.train.weights import load_model
+    from pipeline.model.weights import load_model
 
     model = load_model(result.weights, result.model_config, result.device)
     best = float("inf")

@@ -28,7 +28,7 @@ EVENT = "reviewflow.drift.detected"
       cache_policy=NO_CACHE)
 def drift_task(rep: dict, warehouse: str, thresholds: Thresholds, lock_timeout: float) -> dict | None:
     """Compare, record, publish. -> {status, metrics, plot} or None (no reference / nothing scored)."""
-    from pipeline.train import registry
+    from pipeline import registry
 
     logger = get_run_logger()
     wh = Warehouse.from_env(warehouse)

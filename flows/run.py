@@ -1,7 +1,7 @@
 """The main job: ingest -> prepare -> train -> score -> summary, one Prefect flow with the steps as subflows.
 
     reviewflow run --source ../shared/data/imdb/train.parquet
-    python -m flows.run --source /data/aclImdb_v1.tar.gz      # the same command
+    python -m flows.cli run --source /data/aclImdb_v1.tar.gz  # the same command
 
 Re-running is cheap: ingest skips review_ids the lake already holds, prepare reuses shards with the same
 prep id, training is skipped when the registry already holds a model of this preset trained on the same
@@ -114,11 +114,3 @@ def run_flow(source: str | None = None, dataset: str = "imdb", preset: str = "de
           f"{summary['val_accuracy']}, {summary['rows_scored']} rows scored into {db_path}:{table}")
     return summary
 
-
-if __name__ == "__main__":  # python -m flows.run ARGS == reviewflow run ARGS
-    import sys
-
-    from flows.cli import main
-
-    sys.argv[1:1] = ["run"]
-    main()

@@ -64,7 +64,7 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
 @task(name="load-model", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_user_error,
       cache_policy=NO_CACHE)
 def load_model(warehouse: str, model: str, batch_size: int, device: str = "auto"):
-    from pipeline.train.predictor import load_predictor      # deferred: torch, only when a model is loaded
+    from pipeline.serve.predictor import load_predictor      # deferred: torch, only when a model is loaded
 
     predictor = load_predictor(Warehouse.from_env(warehouse), model, batch_size=batch_size, device=device)
     get_run_logger().info("loaded model %s on %s", predictor.version, predictor.device)
@@ -145,7 +145,7 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
     if shadow is not None and table is None:
         raise InputError("shadow scoring takes a table (--table), not a lake dataset")
     if shadow is not None:          # a shadow model that does not exist fails now, not after the champion's run
-        from pipeline.train import registry
+        from pipeline import registry
 
         registry.get(Warehouse.from_env(warehouse), shadow)
     if (table is None) == (dataset is None):
@@ -186,7 +186,7 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
 def shadow_task(table: str, db: str, model: str, warehouse: str, id_col: str, text_col: str, threshold: float,
                 batch_size: int, lock_timeout: float) -> dict:
     from pipeline.score.shadow import score_shadow
-    from pipeline.train.predictor import load_predictor
+    from pipeline.serve.predictor import load_predictor
 
     predictor = load_predictor(Warehouse.from_env(warehouse), model, batch_size=batch_size, device="cpu")
     out = score_shadow(db, table, predictor, id_col=id_col, text_col=text_col, threshold=threshold,

@@ -47,7 +47,7 @@ def worker_predictor(warehouse: str, version: str, batch_size: int, device: str,
     ``store``: the warehouse's object-store URL when it lives on one (``s3://...``). A worker on another
     machine has no copy of the committer's mirror (``warehouse``), so it pulls ``models/<version>`` alone into
     its own mirror (``$REVIEWFLOW_CACHE``, else ~/.cache/reviewflow) and loads it from there."""
-    from pipeline.train.predictor import load_predictor      # deferred: torch, only on the workers
+    from pipeline.serve.predictor import load_predictor      # deferred: torch, only on the workers
 
     if store:
         from pipeline.core import objectstore
@@ -143,7 +143,7 @@ def _parent_run_id() -> str | None:
 def run_distributed(*, table: str, db: str, model: str, warehouse: str, workers: int | None, dask_address: str | None,
                     scratch: str | None, **options: Any) -> dict:
     """Resolve the model version once, then run :func:`distributed_score_flow` on a Dask task runner."""
-    from pipeline.train import registry
+    from pipeline import registry
 
     wh = Warehouse.from_env(warehouse)
     version = registry.get(wh, model).version

@@ -26,7 +26,8 @@ from flows.prepare import prepare_flow
 from flows.pretrain import run_pretrain
 from flows.retries import retry_unless_user_error
 from pipeline.core.config import Warehouse, validate_name
-from pipeline.train import job, registry
+from pipeline import registry
+from pipeline.train import job
 from pipeline.train.presets import resolve_preset
 from pipeline.train.rundir import discard_run_dir, run_lock
 

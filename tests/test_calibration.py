@@ -14,15 +14,16 @@ import torch
 
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import IntegrityError, ReviewflowError
-from pipeline.train import registry
-from pipeline.train.calibration import (T_MAX, T_MIN, calibrated_probs, calibration_report, cross_fitted_ece,
+from pipeline import registry
+from pipeline.train.register import register
+from pipeline.model.calibration import (T_MAX, T_MIN, calibrated_probs, calibration_report, cross_fitted_ece,
                                         expected_calibration_error, fit_temperature, nll, reliability_bins)
 from pipeline.train.config import TrainConfig
 from pipeline.train.loader import SplitData, load_split
 from pipeline.train.loop import evaluate, predict_logits, train
-from pipeline.train.predictor import Predictor
+from pipeline.serve.predictor import Predictor
 from pipeline.train.short_texts import shorten
-from pipeline.train.weights import load_model
+from pipeline.model.weights import load_model
 from pipeline.prepare.config import PrepareConfig
 from pipeline.prepare.job import prepare
 from synthetic import make_reviews, write_lake_dataset
@@ -190,7 +191,7 @@ def test_training_records_calibration_and_short_text_accuracy(calibrated):
 
 def test_registered_version_records_the_temperature_and_the_predictor_applies_it(calibrated):
     wh, _, res = calibrated
-    version = registry.register(wh, res, preset="cal", dataset="syn")
+    version = register(wh, res, preset="cal", dataset="syn")
     d = wh.models / version
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["calibration"]["temperature"] == res.metrics["temperature"]
@@ -222,7 +223,7 @@ def test_a_version_without_calibration_loads_with_temperature_one(calibrated):
     wh, _, res = calibrated
     old = dataclasses.replace(res, metrics={k: v for k, v in res.metrics.items()
                                             if k not in CALIBRATION_KEYS and "short" not in k})
-    version = registry.register(wh, old, preset="old", dataset="syn")
+    version = register(wh, old, preset="old", dataset="syn")
     d = wh.models / version
     assert "calibration" not in json.loads((d / "config.json").read_text())
     assert not (d / "reliability.png").exists() and (d / "training_curve.png").exists()
@@ -238,7 +239,7 @@ def test_a_version_without_calibration_loads_with_temperature_one(calibrated):
 @pytest.mark.parametrize("bad", [0, -1.5, "2", float("inf")])
 def test_a_damaged_temperature_is_refused_when_the_version_loads(calibrated, bad, field):
     wh, _, res = calibrated
-    version = registry.register(wh, res, preset="bad", dataset="syn")
+    version = register(wh, res, preset="bad", dataset="syn")
     path = wh.models / version / "config.json"
     cfg = json.loads(path.read_text())
     cfg["calibration"][field] = bad
@@ -253,7 +254,7 @@ def test_models_show_prints_the_calibration(calibrated):
     from flows.cli import app
 
     wh, _, res = calibrated
-    version = registry.register(wh, res, preset="show", dataset="syn")
+    version = register(wh, res, preset="show", dataset="syn")
     out = CliRunner().invoke(app, ["models", "show", version, "--warehouse", str(wh.root)])
     assert out.exit_code == 0, out.output
     m = res.metrics

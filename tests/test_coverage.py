@@ -25,12 +25,12 @@ from pipeline.core.config import Warehouse
 from pipeline.core.errors import IntegrityError
 from pipeline.score.sql import run_query
 from pipeline.score.writeback import score_table
-from pipeline.train import registry
+from pipeline import registry
 from pipeline.train.config import TrainConfig
-from pipeline.train.coverage import DEFAULT_RULE, CoverageRule, coverage_of, rule_from_config
+from pipeline.model.coverage import DEFAULT_RULE, CoverageRule, coverage_of, rule_from_config
 from pipeline.train.job import register_and_promote
 from pipeline.train.loop import train
-from pipeline.train.predictor import Predictor, load_predictor
+from pipeline.serve.predictor import Predictor, load_predictor
 from train_helpers import tiny_model, tiny_prep
 
 CHINESE = "这部电影很好看"              # one token, unknown to an English model

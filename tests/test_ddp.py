@@ -27,11 +27,12 @@ from pipeline.core.errors import InputError
 from pipeline.core.storage import read_json
 from pipeline.prepare.config import PrepareConfig
 from pipeline.prepare.job import prepare
-from pipeline.train import job, registry
+from pipeline import registry
+from pipeline.train import job
 from pipeline.train.config import CHECKPOINT, RESULT
 from pipeline.train.ddp_main import launch, rank_environment, torchrun_command
 from pipeline.train.loader import batch_order, iter_batches, load_split, rank_batch_order, steps_per_rank
-from pipeline.train.predictor import load_predictor
+from pipeline.serve.predictor import load_predictor
 from pipeline.train.presets import resolve_preset
 
 # 180 training rows in batches of 8: 23 batches, 12 steps per rank (one batch repeated to pad); dropout on,

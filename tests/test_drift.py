@@ -13,7 +13,7 @@ from synthetic import make_reviews
 from pipeline.core.errors import IntegrityError
 from pipeline.score.drift import DRIFT_TABLE, Thresholds, check_run, compare, overall, psi, trend
 from pipeline.score.writeback import score_table
-from pipeline.train.profile import REFERENCE_FILE, Profile, read_reference
+from pipeline.model.profile import REFERENCE_FILE, Profile, read_reference
 
 
 def test_psi_is_zero_for_the_same_shares_and_large_for_a_shift():
@@ -50,8 +50,8 @@ def model(tmp_path_factory):
     from ops_helpers import train_tiny_champion
 
     from pipeline.core.config import Warehouse
-    from pipeline.train.predictor import load_predictor
-    from pipeline.train import registry
+    from pipeline.serve.predictor import load_predictor
+    from pipeline import registry
 
     wh = Warehouse(tmp_path_factory.mktemp("drift") / "warehouse").ensure()
     version = train_tiny_champion(wh, n=800)

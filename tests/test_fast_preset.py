@@ -10,12 +10,12 @@ import torch
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import InputError
 from pipeline.score.writeback import score_table
-from pipeline.train import registry
+from pipeline import registry
 from pipeline.train.config import TrainConfig
 from pipeline.train.job import register_and_promote
 from pipeline.train.loop import train
-from pipeline.train.model import ModelConfig, SentimentModel
-from pipeline.train.predictor import load_predictor
+from pipeline.model.network import ModelConfig, SentimentModel
+from pipeline.serve.predictor import load_predictor
 from pipeline.train.presets import resolve_preset
 from score_helpers import make_review_db
 from train_helpers import padded, tiny_prep

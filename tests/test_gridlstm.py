@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pipeline.train.checkpoint import save_weights
-from pipeline.train.model import DepthCell, GridLSTMEncoder, ModelConfig, SentimentModel
-from pipeline.train.weights import load_model
+from pipeline.model.network import DepthCell, GridLSTMEncoder, ModelConfig, SentimentModel
+from pipeline.model.weights import load_model
 from train_helpers import padded
 
 VOCAB = 40

@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from pipeline.train.model import ENCODERS, POOLINGS, ModelConfig, SentimentModel
+from pipeline.model.network import ENCODERS, POOLINGS, ModelConfig, SentimentModel
 from train_helpers import padded
 
 VOCAB = 60
@@ -153,7 +153,7 @@ def signed64(x: int) -> int:
 
 @pytest.mark.parametrize("hash_", ["mix", "prime"])
 def test_nb_scale_is_the_smoothed_log_count_ratio_of_binarized_ngrams(hash_):
-    from pipeline.train.model import NgramLogit
+    from pipeline.model.network import NgramLogit
 
     bag = NgramLogit(vocab_size=8, buckets=5, hash=hash_)
     bucket = ((lambda a, b: 8 + signed64((a * 8 + b) * NgramLogit.MIX) % 5) if hash_ == "mix"

@@ -12,9 +12,9 @@ from pipeline.train.config import TrainConfig
 from pipeline.train.convex import design_matrix
 from pipeline.train.loader import SplitData
 from pipeline.train.loop import train
-from pipeline.train.model import ModelConfig, NgramLogit, SentimentModel
+from pipeline.model.network import ModelConfig, NgramLogit, SentimentModel
 from pipeline.train.presets import resolve_preset
-from pipeline.train.weights import load_model
+from pipeline.model.weights import load_model
 from train_helpers import tiny_model, tiny_prep
 
 
@@ -104,7 +104,7 @@ def test_fast_preset_is_nbsvm_fitted_by_lbfgs():
 def test_scoring_fast_path_gives_the_binary_bags_own_logits(n):
     """Scoring reads unpadded ids (``predictor.ngram_logits``); for a binary bag it must dedupe per row exactly
     as the model does, and never merge n-grams across rows."""
-    from pipeline.train.predictor import ngram_logits
+    from pipeline.serve.predictor import ngram_logits
 
     torch.manual_seed(n)
     bag = NgramLogit(300, 1009, n=n, pool="binary").eval()

@@ -13,7 +13,7 @@ from pipeline.ops.summary import build_summary, example_sql, summary_markdown, s
 from pipeline.score.sql import run_query
 from pipeline.score.job import score_dataset
 from pipeline.score.sync import scored_table_name, sync_dataset_table
-from pipeline.train.predictor import load_predictor
+from pipeline.serve.predictor import load_predictor
 from synthetic import make_reviews, write_lake_dataset
 
 

@@ -9,9 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipeline.train import promotion, registry
+from pipeline import registry
+from pipeline.train import promotion
 from pipeline.core.config import Warehouse
-from pipeline.train.predictor import load_predictor
+from pipeline.serve.predictor import load_predictor
 from pipeline.train.config import TrainConfig
 from pipeline.train.job import register_and_promote
 from pipeline.train.loop import train

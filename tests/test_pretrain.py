@@ -15,13 +15,13 @@ from pipeline.core.errors import IntegrityError, InputError
 from pipeline.prepare.config import PrepareConfig
 from pipeline.prepare.job import prepare
 from pipeline.prepare.manifest import read_manifest
-from pipeline.train import registry
+from pipeline import registry
 from pipeline.train.config import TrainConfig
 from pipeline.train.job import pretrain_dataset, train_dataset
 from pipeline.train.loop import train
 from pipeline.train.pretrain import (MANIFEST, VECTORS, PretrainConfig, corpus_lines, load_vectors,
                                      pretrain_word_vectors)
-from pipeline.train.weights import load_model
+from pipeline.model.weights import load_model
 from synthetic import make_reviews, write_lake_dataset
 from train_helpers import TINY_OVERRIDES, TINY_PREP, tiny_model
 

@@ -1,4 +1,4 @@
-"""Dynamic int8 for CPU scoring, decided at registration (pipeline/train/quantize.py, registry, predictor),
+"""Dynamic int8 for CPU scoring, decided at registration (pipeline/model/quantize.py, registry, predictor),
 token-budget batches for CUDA, and ``--device`` for the sentiment() UDF."""
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import torch
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import InputError, IntegrityError
 from pipeline.score.sql import sentiment_device
-from pipeline.train import registry
+from pipeline import registry
+from pipeline.train.register import register
 from pipeline.train.config import TrainConfig
 from pipeline.train.loop import train
-from pipeline.train.predictor import load_predictor, token_batches
-from pipeline.train.quantize import Int8Rule
+from pipeline.serve.predictor import load_predictor, token_batches
+from pipeline.train.precision import Int8Rule
 from score_helpers import make_review_db
 from synthetic import make_reviews
 from train_helpers import tiny_model, tiny_prep
@@ -48,7 +49,7 @@ def texts() -> list[str]:
 
 def test_registration_records_the_int8_decision_with_both_accuracies(runs):
     wh, gru, _ = runs
-    mv = registry.get(wh, registry.register(wh, gru, preset="tiny"))
+    mv = registry.get(wh, register(wh, gru, preset="tiny"))
     q = mv.metrics["int8"]
     assert q["layers"] == [f"encoder.layers.{i}.{d}" for i in (0, 1) for d in (0, 1)]
     assert 0.0 <= q["fp32_val_accuracy"] <= 1.0 and 0.0 <= q["int8_val_accuracy"] <= 1.0
@@ -66,7 +67,7 @@ def test_registration_records_the_int8_decision_with_both_accuracies(runs):
 
 def test_a_model_that_int8_moves_too_far_is_kept_fp32(runs):
     wh, gru, _ = runs
-    mv = registry.get(wh, registry.register(wh, gru, preset="tiny", int8_rule=NEVER))
+    mv = registry.get(wh, register(wh, gru, preset="tiny", int8_rule=NEVER))
     assert mv.int8 is False and mv.config["int8"] is False
     assert "outside -1.0 points" in mv.metrics["int8"]["reason"]
     p = load_predictor(wh, mv.version)
@@ -77,7 +78,7 @@ def test_a_model_that_int8_moves_too_far_is_kept_fp32(runs):
 
 def test_the_predictor_honours_the_card_and_int8_scores_stay_close_to_fp32(runs):
     wh, gru, _ = runs
-    version = registry.register(wh, gru, preset="tiny", int8_rule=ALWAYS)
+    version = register(wh, gru, preset="tiny", int8_rule=ALWAYS)
     int8 = load_predictor(wh, version)
     fp32 = load_predictor(wh, version, precision="fp32")
     assert (int8.device, int8.precision) == ("cpu", "int8") and (fp32.device, fp32.precision) == ("cpu", "fp32")
@@ -94,7 +95,7 @@ def test_the_predictor_honours_the_card_and_int8_scores_stay_close_to_fp32(runs)
 
 def test_an_ngram_model_records_int8_false_with_the_reason(runs):
     wh, _, bag = runs
-    mv = registry.get(wh, registry.register(wh, bag, preset="fast"))
+    mv = registry.get(wh, register(wh, bag, preset="fast"))
     assert mv.int8 is False and "no GRU/LSTM layer" in mv.metrics["int8"]["reason"]
     assert "n-gram bag alone" in mv.metrics["int8"]["reason"] and "int8_val_accuracy" not in mv.metrics["int8"]
     assert "int8: false" in (mv.path / "MODEL_CARD.md").read_text()
@@ -103,7 +104,7 @@ def test_an_ngram_model_records_int8_false_with_the_reason(runs):
 
 def test_a_version_registered_before_the_decision_scores_fp32(runs, tmp_path):
     wh, gru, _ = runs
-    mv = registry.get(wh, registry.register(wh, gru, preset="tiny", int8_rule=ALWAYS))
+    mv = registry.get(wh, register(wh, gru, preset="tiny", int8_rule=ALWAYS))
     old = Warehouse(tmp_path / "old").ensure()
     shutil.copytree(mv.path, old.models / mv.version)
     cfg = json.loads((mv.path / "config.json").read_text())
@@ -144,7 +145,7 @@ def test_sentiment_udf_device_refuses_cuda_where_there_is_none(runs, tmp_path):
     else:
         with pytest.raises(InputError, match="'cuda' does not exist on this machine.*cpu"):
             sentiment_device("cuda")
-    registry.set_champion(wh, registry.register(wh, gru, preset="tiny"))
+    registry.set_champion(wh, register(wh, gru, preset="tiny"))
     db = make_review_db(tmp_path / "r.duckdb", n=20)
     query = "SELECT count(sentiment(text)) AS n FROM reviews"
     bad = "tpu" if torch.cuda.is_available() else "cuda"
@@ -160,7 +161,7 @@ def test_sentiment_udf_device_refuses_cuda_where_there_is_none(runs, tmp_path):
 def test_damaged_weights_are_the_same_integrity_error_in_int8_as_in_fp32(runs):
     """int8 kernels raise their own RuntimeError on NaN activations; the predictor says what it means."""
     wh, gru, _ = runs
-    version = registry.register(wh, gru, preset="tiny", int8_rule=ALWAYS)
+    version = register(wh, gru, preset="tiny", int8_rule=ALWAYS)
     for precision in ("int8", "fp32"):
         p = load_predictor(wh, version, precision=precision)
         assert p.precision == precision

@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from pipeline.train import promotion, registry
+from pipeline import registry
+from pipeline.train.register import register
+from pipeline.train import promotion
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import NotFoundError, ReviewflowError
 from pipeline.train.config import TrainConfig
@@ -31,7 +33,7 @@ def with_accuracy(res, acc: float):
 
 
 def test_register_publishes_a_self_contained_version_and_leaves_the_champion_alone(trained, warehouse):
-    v = registry.register(warehouse, trained, preset="default", dataset="syn")
+    v = register(warehouse, trained, preset="default", dataset="syn")
     assert registry.champion(warehouse) is None and not promotion.history(warehouse)   # publishing only
     assert v.startswith("v0001-default-")
     d = warehouse.models / v
@@ -53,13 +55,13 @@ def test_register_publishes_a_self_contained_version_and_leaves_the_champion_alo
 
 
 def test_versions_are_monotonic_and_immutable(trained, warehouse):
-    v1 = registry.register(warehouse, trained, preset="default")
-    v2 = registry.register(warehouse, trained, preset="baseline")
+    v1 = register(warehouse, trained, preset="default")
+    v2 = register(warehouse, trained, preset="baseline")
     assert [v.version for v in registry.list_versions(warehouse)] == [v1, v2]
     assert v2.startswith("v0002-baseline-")
     before = (warehouse.models / v1 / "model.safetensors").read_bytes()
     with pytest.raises(ReviewflowError, match="immutable"):
-        registry.register(warehouse, with_accuracy(trained, 0.99), version=v1)
+        register(warehouse, with_accuracy(trained, 0.99), version=v1)
     assert (warehouse.models / v1 / "model.safetensors").read_bytes() == before
     assert not [p for p in warehouse.models.iterdir() if p.name.endswith(".tmp")]  # no half-built dirs left
 
@@ -86,7 +88,7 @@ def test_champion_moves_only_on_better_accuracy_or_promote(trained, warehouse):
 def test_missing_versions_are_clear_errors(warehouse, trained):
     with pytest.raises(NotFoundError, match="no champion"):
         registry.get(warehouse, "champion")
-    registry.register(warehouse, trained)
+    register(warehouse, trained)
     with pytest.raises(NotFoundError, match="not found.*known: v0001"):
         registry.get(warehouse, "v0099-nope-20260101000000")
     with pytest.raises(NotFoundError):

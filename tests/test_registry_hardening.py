@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline.train import promotion
-from pipeline.train import registry
+from pipeline import registry
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import IntegrityError
-from pipeline.train.predictor import Predictor, load_predictor
+from pipeline.serve.predictor import Predictor, load_predictor
 from pipeline.train.config import TrainConfig
 from pipeline.train.job import register_and_promote
 from pipeline.train.loop import train

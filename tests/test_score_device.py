@@ -16,7 +16,7 @@ from pipeline.score.writeback import score_table
 from pipeline.train.config import TrainConfig
 from pipeline.train.job import register_and_promote
 from pipeline.train.loop import train
-from pipeline.train.predictor import load_predictor
+from pipeline.serve.predictor import load_predictor
 from score_helpers import make_review_db, query_rows
 from synthetic import make_reviews
 from train_helpers import tiny_model, tiny_prep

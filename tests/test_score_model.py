@@ -1,4 +1,4 @@
-"""Scoring and SQL with a REAL registered model (tiny, trained here) loaded by pipeline.train.predictor."""
+"""Scoring and SQL with a REAL registered model (tiny, trained here) loaded by pipeline.serve.predictor."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def trained_wh(tmp_path_factory):
 
 
 def test_score_dataset_with_registered_champion(trained_wh):
-    from pipeline.train.predictor import load_predictor
+    from pipeline.serve.predictor import load_predictor
     from pipeline.score.job import score_dataset
 
     pred = load_predictor(trained_wh, "champion")

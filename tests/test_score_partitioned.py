@@ -28,7 +28,7 @@ def tiny(tmp_path_factory):
     from ops_helpers import train_tiny_champion
 
     from pipeline.core.config import Warehouse
-    from pipeline.train.predictor import load_predictor
+    from pipeline.serve.predictor import load_predictor
 
     wh = Warehouse(tmp_path_factory.mktemp("wh") / "warehouse").ensure()
     version = train_tiny_champion(wh)

@@ -16,12 +16,12 @@ from pipeline.core.errors import InputError
 from pipeline.prepare.text import kept_mask, pad_rows, tokenize, tokenize_reference
 from pipeline.score.writeback import score_table
 from pipeline.train.config import TrainConfig
-from pipeline.train.coverage import coverage_of, coverage_of_flat
+from pipeline.model.coverage import coverage_of, coverage_of_flat
 from pipeline.train.job import register_and_promote
-from pipeline.train.loader import trim_padding
+from pipeline.prepare.text import trim_padding
 from pipeline.train.loop import train
-from pipeline.train.model import ModelConfig, SentimentModel
-from pipeline.train.predictor import _numpy_bucket, load_predictor, ngram_logits
+from pipeline.model.network import ModelConfig, SentimentModel
+from pipeline.serve.predictor import _numpy_bucket, load_predictor, ngram_logits
 from score_helpers import BowPredictor, query_rows
 from train_helpers import tiny_model, tiny_prep
 

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from pipeline.core.errors import InputError, NotFoundError
 from pipeline.score.shadow import SHADOW_TABLE, compare_models, score_shadow
-from pipeline.train import aliases, registry
+from pipeline import registry
+from pipeline.registry import aliases
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_aliases_resolve_everywhere_and_refuse_what_would_be_ambiguous(two_model
 
 def test_shadow_scores_go_to_their_own_table_incrementally(two_models, tmp_path):
     from pipeline.score.writeback import score_table
-    from pipeline.train.predictor import load_predictor
+    from pipeline.serve.predictor import load_predictor
 
     wh, champ, other = two_models
     db = make_review_db(tmp_path / "r.duckdb", n=300)
@@ -72,7 +73,7 @@ def test_shadow_scores_go_to_their_own_table_incrementally(two_models, tmp_path)
 
 
 def test_compare_reports_agreement_accuracy_and_the_largest_disagreements(two_models, tmp_path):
-    from pipeline.train.predictor import load_predictor
+    from pipeline.serve.predictor import load_predictor
 
     wh, champ, other = two_models
     db = make_review_db(tmp_path / "r.duckdb", n=200)

@@ -17,7 +17,8 @@ def models(tmp_path_factory):
     from ops_helpers import train_tiny_champion
 
     from pipeline.core.config import Warehouse
-    from pipeline.train import aliases, promotion
+    from pipeline.registry import aliases
+    from pipeline.train import promotion
 
     wh = Warehouse(tmp_path_factory.mktemp("sqlfn") / "warehouse").ensure()
     champ = train_tiny_champion(wh, dataset="tiny", n=240)
@@ -28,7 +29,7 @@ def models(tmp_path_factory):
 
 
 def _run(wh, db, query, **kw):
-    from pipeline.train.predictor import load_predictor
+    from pipeline.serve.predictor import load_predictor
 
     return run_query(db, query, load_predictor=lambda: load_predictor(wh, "champion"),
                      load_model=lambda name: load_predictor(wh, name), **kw).to_pylist()

@@ -15,9 +15,9 @@ from pipeline.core.errors import ReviewflowError
 from pipeline.train.presets import PRESETS, resolve_preset
 from pipeline.train.checkpoint import save_weights
 from pipeline.train.config import BEST, CHECKPOINT, RESULT, TrainConfig, TrainResult
-from pipeline.train.device import pick_device
+from pipeline.model.device import pick_device
 from pipeline.train.loop import train
-from pipeline.train.weights import load_model
+from pipeline.model.weights import load_model
 from train_helpers import tiny_model, tiny_prep
 
 
@@ -168,7 +168,7 @@ def test_resume_after_sigkill(prep_dir, tmp_path):
 
 
 def test_pipeline_never_imports_prefect():
-    code = ("import sys, pipeline.train.job, pipeline.train.loop, pipeline.train.predictor, pipeline.train.promotion;"
+    code = ("import sys, pipeline.train.job, pipeline.train.loop, pipeline.serve.predictor, pipeline.train.promotion;"
             "bad = [m for m in sys.modules if m.split('.')[0] == 'prefect']; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
@@ -219,7 +219,7 @@ def test_best_checkpoint_follows_the_selection_metric(prep_dir, tmp_path, select
 
 @pytest.mark.parametrize("steps", [1, 2, 3, 9, 10, 11, 352])
 def test_onecycle_schedule_works_for_any_number_of_steps_and_per_group_peaks(steps):
-    from pipeline.train.model import ModelConfig, SentimentModel
+    from pipeline.model.network import ModelConfig, SentimentModel
     from pipeline.train.loop import make_optimizer, make_scheduler
 
     net = SentimentModel(ModelConfig(vocab_size=50, embed_dim=4, hidden=4, ngram_buckets=31))

@@ -9,7 +9,7 @@ import torch
 from pipeline.core.config import Warehouse
 from pipeline.train.config import TrainConfig
 from pipeline.train.loop import train
-from pipeline.train.weights import load_model
+from pipeline.model.weights import load_model
 from train_helpers import tiny_model, tiny_prep
 
 

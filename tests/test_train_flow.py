@@ -8,7 +8,7 @@ from train_helpers import TINY_OVERRIDES
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipeline.train import registry
+from pipeline import registry
 
 
 @pytest.mark.prefect

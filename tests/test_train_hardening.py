@@ -25,18 +25,18 @@ from safetensors.torch import load_file, save_file
 from ingest_helpers import snapshot
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import EXIT_TEMPORARY, InputError, IntegrityError, NotFoundError, TemporaryFailure
-from pipeline.train.model import ModelConfig
+from pipeline.model.network import ModelConfig
 from pipeline.prepare.config import PrepareConfig
 from pipeline.prepare.job import prepare
 from pipeline.prepare.manifest import manifest_digest
 from pipeline.train.presets import resolve_preset
 from pipeline.core.storage import read_json, sha256_file, write_json_atomic
 from pipeline.train.config import BEST, CHECKPOINT, RESULT, TrainConfig
-from pipeline.train.device import pick_device
+from pipeline.model.device import pick_device
 from pipeline.train.job import run_dir_for, train_dataset
 from pipeline.train.loop import train
 from pipeline.train.rundir import discard_run_dir, mark_registered, run_lock
-from pipeline.train.weights import load_model
+from pipeline.model.weights import load_model
 from synthetic import make_reviews, write_lake_dataset
 from train_helpers import TINY_OVERRIDES, tiny_model, tiny_prep
 
@@ -338,7 +338,7 @@ def _wait_for(condition, timeout: float, what: str) -> None:
 
 
 def _versions(wh: Warehouse) -> list[str]:
-    from pipeline.train import registry
+    from pipeline import registry
 
     return sorted(mv.version for mv in registry.list_versions(wh))
 
@@ -427,11 +427,11 @@ def test_whatever_a_crash_leaves_in_the_run_dir_the_next_run_succeeds(warehouse,
 
 
 def test_a_crash_between_register_and_cleanup_never_registers_the_run_twice(warehouse):
-    from pipeline.train import registry
+    from pipeline.train.register import register
 
     write_lake_dataset(warehouse, "syn", make_reviews(240, seed=0, max_words=30))
     out = _finished_run(warehouse, FAST)
-    first = registry.register(warehouse, out, preset="default", dataset="syn")
+    first = register(warehouse, out, preset="default", dataset="syn")
     mark_registered(out, first)                            # ...and the process died before discard_run_dir
     stale = read_json(out / RESULT)
     write_json_atomic(out / RESULT, stale | {"seconds": 12345.0})   # tells a re-registration from a fresh run

@@ -6,7 +6,8 @@ import pytest
 from filelock import FileLock
 
 from pipeline.core.errors import TemporaryFailure
-from pipeline.train import promotion, registry
+from pipeline import registry
+from pipeline.train import promotion
 from pipeline.train.config import TrainConfig
 from pipeline.train.job import plan, register_and_promote, reusable_version, train_dataset
 from pipeline.train.loop import train

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from pipeline.core.config import Warehouse
-from pipeline.train.model import ModelConfig
+from pipeline.model.network import ModelConfig
 from pipeline.prepare.config import PrepareConfig
 from pipeline.prepare.job import prepare
 from synthetic import make_reviews, write_lake_dataset

@@ -15,7 +15,7 @@ def comparison(wh, a: str, b: str, table: str, db: Path | None, label_col: str |
                limit: int | None, top: int = 10) -> dict:
     """Models ``a`` and ``b`` (versions or aliases) side by side on ``table`` (nothing written)."""
     from pipeline.score.shadow import compare_models
-    from pipeline.train.predictor import load_predictor
+    from pipeline.serve.predictor import load_predictor
 
     db_path = db if db is not None else wh.duckdb_path
     pa_, pb_ = (load_predictor(wh, m, device="cpu") for m in (a, b))
@@ -54,7 +54,8 @@ def register(models: typer.Typer) -> None:
                   reason: Annotated[str, typer.Option("--reason", help="why (kept in models/aliases.jsonl)")] = "",
                   warehouse: WarehouseOption = None) -> None:
         """Point alias NAME at VERSION. `champion` moves by promotion only: `reviewflow models promote`."""
-        from pipeline.train import aliases, registry
+        from pipeline import registry
+        from pipeline.registry import aliases
 
         wh = warehouse_from(warehouse, reads=("models",))
         record = aliases.set_alias(wh, name, registry.get(wh, version).version, reason)
@@ -63,7 +64,8 @@ def register(models: typer.Typer) -> None:
     @alias.command("list")
     def alias_list(warehouse: WarehouseOption = None) -> None:
         """Every alias and its version (champion first)."""
-        from pipeline.train import aliases, registry
+        from pipeline import registry
+        from pipeline.registry import aliases
 
         wh = warehouse_from(warehouse, reads=("models",))
         champ = registry.champion(wh)
@@ -76,7 +78,7 @@ def register(models: typer.Typer) -> None:
     @alias.command("rm")
     def alias_rm(name: Annotated[str, typer.Argument(help="alias name")], warehouse: WarehouseOption = None) -> None:
         """Remove alias NAME (the version stays)."""
-        from pipeline.train import aliases
+        from pipeline.registry import aliases
 
         aliases.remove_alias(warehouse_from(warehouse, reads=("models",)), name)
         typer.echo(f"removed alias {name}")
@@ -95,7 +97,7 @@ def register(models: typer.Typer) -> None:
         With --compare-table, the side-by-side comparison (`reviewflow models compare`) is printed and kept in
         models/promotions.jsonl with the decision."""
         from pipeline.train import promotion
-        from pipeline.train import registry
+        from pipeline import registry
 
         wh = warehouse_from(warehouse, reads=("models",) + (("lake",) if compare_table else ()))
         before = registry.champion(wh)

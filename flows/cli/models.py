@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
     @models.command("list")
     def list_cmd(warehouse: WarehouseOption = None) -> None:
         """Every version, oldest first; `*` marks the serving champion, `+` the champion of its dataset."""
-        from pipeline.train import registry       # deferred (as in every command): torch loads only when it runs
+        from pipeline import registry             # deferred (as in every command): torch loads only when it runs
 
         wh = warehouse_from(warehouse, reads=("models",))
         versions, champ = registry.list_versions(wh), registry.champion(wh)
@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
                  as_json: bool = typer.Option(False, "--json", help="print config + metrics as JSON"),
                  warehouse: WarehouseOption = None) -> None:
         """Config, final metrics and the per-epoch history of one version."""
-        from pipeline.train import registry
+        from pipeline import registry
 
         wh = warehouse_from(warehouse, reads=("models",))
         mv = registry.get(wh, version)

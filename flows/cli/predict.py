@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
           reviewflow predict "A wonderful, moving film." "Two hours I will never get back."
           reviewflow predict "Not bad at all" --model v0003-default-20260101120000
         """
-        from pipeline.train.predictor import load_predictor    # deferred: torch loads only when the command runs
+        from pipeline.serve.predictor import load_predictor    # deferred: torch loads only when the command runs
 
         p = load_predictor(warehouse_from(warehouse, reads=("models",)), model, device=device)
         pred = p.predict_with_coverage(texts)

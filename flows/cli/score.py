@@ -20,7 +20,7 @@ def _score_here(wh, db_path: Path, table: str | None, dataset: str | None, model
 
     from pipeline.score.job import score_dataset
     from pipeline.score.writeback import score_table
-    from pipeline.train.predictor import load_predictor
+    from pipeline.serve.predictor import load_predictor
 
     predictor = load_predictor(wh, model, batch_size=opts["batch_size"], device=device)
     bar = tqdm(unit="rows", desc=f"score {table or dataset}")
@@ -42,7 +42,7 @@ def _score_here(wh, db_path: Path, table: str | None, dataset: str | None, model
 def _shadow_here(wh, db_path: Path, table: str | None, model: str, opts: dict) -> dict:
     """``--shadow`` with ``--no-prefect``: the shadow model scores the table into sentiment_shadow."""
     from pipeline.score.shadow import score_shadow
-    from pipeline.train.predictor import load_predictor
+    from pipeline.serve.predictor import load_predictor
 
     if table is None:
         raise typer.BadParameter("--shadow takes --table, not --dataset")
@@ -57,7 +57,7 @@ def _check_engine(wh, table: str | None, dataset: str | None, distributed: bool,
     ``--table`` runs only (a lake dataset is scored in one process). A ``--shadow`` model must exist before the
     champion's run starts."""
     if shadow is not None:
-        from pipeline.train import registry
+        from pipeline import registry
 
         if table is None:
             raise typer.BadParameter("--shadow takes --table, not --dataset")
@@ -150,7 +150,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("give exactly one of --table NAME or --dataset NAME")
         wh = warehouse_from(warehouse, reads=("models", "lake") if dataset else ("models",))
         db_path = db if db is not None else wh.duckdb_path
-        from pipeline.train.device import pick_device      # deferred: torch; a device that is not here fails now
+        from pipeline.model.device import pick_device      # deferred: torch; a device that is not here fails now
 
         pick_device(device)
         _check_engine(wh, table, dataset, workers is not None or dask is not None, no_prefect, shadow)

@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
         limits = QueryLimits(memory_limit=memory_limit, **({"threads": threads} if threads else {}))
 
         def load(name: str = model):
-            from pipeline.train.predictor import load_predictor
+            from pipeline.serve.predictor import load_predictor
 
             return load_predictor(wh, name, device=device)
 

@@ -111,7 +111,7 @@ def plot_reliability(before: dict, after: dict, path: str | Path, temperature: f
                      title: str = "Calibration") -> Path:
     """Reliability diagram of a binary classifier, before and after temperature scaling. Returns ``path``.
 
-    ``before`` / ``after`` are per-bin tables as :func:`pipeline.train.calibration.reliability_bins` makes them
+    ``before`` / ``after`` are per-bin tables as :func:`pipeline.model.calibration.reliability_bins` makes them
     (``lower``, ``upper``, ``count``, ``confidence``, ``accuracy``; None in an empty bin). Left: each bin's
     accuracy against its mean confidence (a calibrated model lies on the diagonal; below it is
     overconfident), with the ECE of each in the legend. Right: how many predictions fall in each bin.
@@ -146,7 +146,7 @@ def plot_reliability(before: dict, after: dict, path: str | Path, temperature: f
 def drift_plot(reference: dict, run: dict, path: str | Path, title: str = "Scoring run vs reference") -> Path:
     """Two panels: the score histogram and the tokens-per-text histogram, each as shares, of the model's
     reference (its validation reviews) and of the run. ``reference``/``run``: profile dicts
-    (:class:`pipeline.train.profile.Profile`). Returns ``path``."""
+    (:class:`pipeline.model.profile.Profile`). Returns ``path``."""
     fig = _figure(figsize=(10, 4))
     for k, (key, label) in enumerate((("score_hist", "score"), ("length_hist", "tokens per text (bin)"))):
         ax = fig.add_subplot(1, 2, k + 1)

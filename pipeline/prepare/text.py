@@ -260,3 +260,9 @@ def pad_rows(flat_ids: np.ndarray, kept: np.ndarray, max_len: int, pad_side: str
         mask = cols >= (max_len - kept)[:, None]
     out[mask] = flat_ids
     return out
+
+
+def trim_padding(ids: np.ndarray, width: int, pad_side: str) -> np.ndarray:
+    """The ``width`` columns of padded rows ``ids`` [N, T] where their tokens are: the first ``width`` of
+    right-padded rows, the last ``width`` of left-padded ones (the one place pad-side trimming is written)."""
+    return ids[:, :width] if pad_side == "right" else ids[:, ids.shape[1] - width:]

@@ -1,6 +1,6 @@
 """Drift: does what a scoring run saw still look like what the model was validated on?
 
-A **profile** (:class:`pipeline.train.profile.Profile`) summarises scored rows: the score histogram, the label
+A **profile** (:class:`pipeline.model.profile.Profile`) summarises scored rows: the score histogram, the label
 shares, the histogram of tokens read per text and the unknown-token rate. The model stores the profile of its
 validation reviews when it is registered (its *reference*, ``reference_profile.json``); every scoring run
 computes the same profile over the rows it wrote and compares (:func:`compare`):
@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pipeline.train.profile import Profile
+from pipeline.model.profile import Profile
 
 DRIFT_TABLE = "sentiment_drift"
 _EPS = 1e-4
@@ -139,7 +139,7 @@ def check_run(db_path, run_id: str, table: str, model: str, model_dir, profile: 
     -> (rows, reference, run profile), or None when there is nothing to compare (a model without a reference
     profile, or a run that wrote nothing)."""
     from pipeline.core.duck import connection
-    from pipeline.train.profile import read_reference
+    from pipeline.model.profile import read_reference
 
     reference = read_reference(model_dir) if model_dir is not None else None
     if reference is None or not profile or not profile.get("rows"):

@@ -47,7 +47,7 @@ from pipeline.core.errors import InputError
 from pipeline.score import audit
 from pipeline.score.attach import Attached
 from pipeline.score.claim import table_claim
-from pipeline.train.profile import Profile
+from pipeline.model.profile import Profile
 from pipeline.score.inputs import refuse_invalid_utf8
 from pipeline.score.scratch import Scratch, ScratchIntegrityError, parquet_metadata
 from pipeline.score.writeback import (HIST_BINS, PredictorLike, ScoreReport, TableRun, check_arguments,

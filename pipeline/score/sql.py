@@ -88,7 +88,7 @@ def sentiment_device(device: str = "cpu") -> str:
     pay for importing torch."""
     if device == "cpu":
         return device
-    from pipeline.train.device import pick_device      # deferred: torch
+    from pipeline.model.device import pick_device      # deferred: torch
 
     return str(pick_device(device))
 

@@ -19,8 +19,8 @@ How a run works (and why):
   ``'unknown'``) or was produced by another model version (``--rescore``: every row with text). A second
   run with the same model finds 0.
 * **Never a confident guess on text the model cannot read.** A predictor with ``predict_with_coverage``
-  (:class:`pipeline.train.predictor.Predictor`) says which texts fall below its model's coverage rule
-  (too few known tokens, :mod:`pipeline.train.coverage`): those rows get the label ``'unknown'``, a NULL
+  (:class:`pipeline.serve.predictor.Predictor`) says which texts fall below its model's coverage rule
+  (too few known tokens, :mod:`pipeline.model.coverage`): those rows get the label ``'unknown'``, a NULL
   score, their coverage and the model version, and are counted as ``rows_unknown`` (report and audit
   row). Being labelled by this model they are up to date: the same model does not retry them, a new
   model version does.
@@ -62,8 +62,8 @@ How a run works (and why):
 The predictor is anything with ``.version: str`` and
 ``.predict_proba(list[str | None]) -> np.ndarray`` (float64 within 0..1; NaN only for a text with
 nothing to score), e.g.
-:class:`pipeline.train.predictor.Predictor`. When it also has ``.predict_with_coverage(texts)`` (returning
-``.score``, ``.coverage`` and ``.unknown`` arrays, see :class:`pipeline.train.predictor.Prediction`), that is
+:class:`pipeline.serve.predictor.Predictor`. When it also has ``.predict_with_coverage(texts)`` (returning
+``.score``, ``.coverage`` and ``.unknown`` arrays, see :class:`pipeline.serve.predictor.Prediction`), that is
 called instead and coverage is written; without it every text with tokens is scored and coverage stays
 NULL. Texts are passed through whole: truncating to the model's max length (head/tail as it was trained)
 is the predictor's job.
@@ -90,7 +90,7 @@ from pipeline.score import audit
 from pipeline.score.attach import Attached
 from pipeline.score.audit import RUNS_TABLE
 from pipeline.score.claim import table_claim
-from pipeline.train.profile import Profile
+from pipeline.model.profile import Profile
 from pipeline.score.inputs import SENTIMENT_COLUMNS, check_table, refuse_invalid_utf8
 _CHUNK_VIEW = "__reviewflow_score_chunk"
 HIST_BINS = 1000
@@ -194,7 +194,7 @@ def _has_scorable_content(text: str | None) -> bool:
 
 def _texts_for(predictor, texts: pa.Array | pa.ChunkedArray):
     """The chunk's texts as the predictor takes them: the Arrow array itself when it says it reads Arrow
-    (``accepts_arrow = True``, e.g. :class:`pipeline.train.predictor.Predictor`: no Python string per
+    (``accepts_arrow = True``, e.g. :class:`pipeline.serve.predictor.Predictor`: no Python string per
     row), else a list of str / None."""
     return texts if getattr(predictor, "accepts_arrow", False) is True else texts.to_pylist()
 

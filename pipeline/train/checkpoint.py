@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 from pipeline.core.errors import InputError, IntegrityError, ReviewflowError
 from pipeline.core.storage import atomic_path
 from pipeline.train.config import BEST, CHECKPOINT, RESULT, TrainConfig, TrainResult
-from pipeline.train.model import ModelConfig, SentimentModel
-from pipeline.train.weights import check_state, load_model
+from pipeline.model.network import ModelConfig, SentimentModel
+from pipeline.model.weights import check_state, load_model
 
 
 def say(progress: bool, message: str) -> None:

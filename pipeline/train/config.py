@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline.core.options import above, at_least, between, check_options, option_error
 from pipeline.core.storage import read_json
-from pipeline.train.model import ModelConfig
+from pipeline.model.network import ModelConfig
 
 CHECKPOINT = "checkpoint.pt"      # resumable state, rewritten atomically every epoch
 BEST = "best.safetensors"         # weights of the best epoch (``TrainConfig.select``)

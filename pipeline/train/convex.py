@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.train.loader import SplitData
-from pipeline.train.model import NgramLogit, to_right_padded
+from pipeline.model.network import NgramLogit, to_right_padded
 
 CHUNK = 2048          # reviews per feature-extraction step (bounds the [B, F] temporaries)
 

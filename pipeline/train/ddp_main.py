@@ -39,7 +39,7 @@ from pipeline.core.storage import write_json_atomic
 from pipeline.train.config import TrainConfig, TrainResult
 from pipeline.train.distributed import check_nproc, join_process_group, leave_process_group
 from pipeline.train.loop import epoch_line, train
-from pipeline.train.model import ModelConfig
+from pipeline.model.network import ModelConfig
 
 EPOCH_MARK = "@reviewflow-epoch "
 ENTRY = "pipeline.train.ddp_main"

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as tdist
 
 from pipeline.core.errors import InputError
-from pipeline.train.device import pick_device
+from pipeline.model.device import pick_device
 
 # Rank 0 evaluates and calibrates while the others wait: a long timeout, as a rank that dies is caught by
 # torchrun (it stops the whole group) rather than by this timeout.

@@ -32,10 +32,12 @@ from pipeline.core.config import Warehouse
 from pipeline.core.errors import NotFoundError
 from pipeline.prepare.config import PrepareConfig
 from pipeline.prepare.job import prepare
-from pipeline.train import promotion, registry
+from pipeline import registry
+from pipeline.train.register import register
+from pipeline.train import promotion
 from pipeline.train.config import NOT_IN_RESUME_KEY, TrainResult
 from pipeline.train.ddp_main import launch
-from pipeline.train.device import pick_device
+from pipeline.model.device import pick_device
 from pipeline.train.distributed import check_nproc
 from pipeline.train.loop import model_config_for, train
 from pipeline.train.pretrain import PretrainConfig, pretrain_word_vectors
@@ -143,11 +145,11 @@ def register_and_promote(wh: Warehouse, run: TrainResult | str | Path, *, preset
     False = never.
     """
     if isinstance(run, TrainResult):
-        version = registry.register(wh, run, preset=preset, dataset=dataset, prepare=prepare)
+        version = register(wh, run, preset=preset, dataset=dataset, prepare=prepare)
     else:
         version = registered_version(run)
         if version is None:
-            version = registry.register(wh, run, preset=preset, dataset=dataset, prepare=prepare)
+            version = register(wh, run, preset=preset, dataset=dataset, prepare=prepare)
             mark_registered(run, version)
     reference_profile(wh, version)
     if promote is True:
@@ -161,7 +163,7 @@ def reference_profile(wh: Warehouse, version: str, log=print) -> Path | None:
     """Store the version's reference profile for drift monitoring (:mod:`pipeline.train.reference`), once. A
     version whose validation texts are gone from the lake gets none (said, not fatal: scoring then skips the
     drift check)."""
-    from pipeline.train.profile import REFERENCE_FILE
+    from pipeline.model.profile import REFERENCE_FILE
     from pipeline.train.reference import write_reference
 
     target = registry.get(wh, version).path / REFERENCE_FILE

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from pipeline.core.errors import NotFoundError
 from pipeline.prepare.manifest import read_manifest
+from pipeline.prepare.text import trim_padding
 from pipeline.prepare.shards import ChecksumError, shard_paths, verify_shards
 
 
@@ -151,12 +152,6 @@ def rank_batch_order(lengths: np.ndarray, batch_size: int, rank: int, world: int
 def steps_per_rank(rows: int, batch_size: int, world: int = 1) -> int:
     """Optimizer steps of one epoch on each rank (:func:`rank_batch_order`); ``world=1``: batches per epoch."""
     return math.ceil(math.ceil(rows / batch_size) / world)
-
-
-def trim_padding(ids: np.ndarray, width: int, pad_side: str) -> np.ndarray:
-    """The ``width`` columns of padded rows ``ids`` [N, T] where their tokens are: the first ``width`` of
-    right-padded rows, the last ``width`` of left-padded ones (the one place pad-side trimming is written)."""
-    return ids[:, :width] if pad_side == "right" else ids[:, ids.shape[1] - width:]
 
 
 def iter_batches(data: SplitData, batch_size: int, *, shuffle: bool = False, seed: int = 0,

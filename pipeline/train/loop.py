@@ -1,7 +1,7 @@
 """One training loop for the sentiment models, readable in a sitting (nanoGPT-style).
 
 * device ``auto``: cuda, then mps, then cpu; on CUDA bf16 autocast, pinned memory, non-blocking copies
-  (:mod:`pipeline.train.device`);
+  (:mod:`pipeline.model.device`);
 * length-bucketed batches trimmed to their longest review (``pipeline.train.loader.iter_batches``);
 * ``Adam(fused=True)`` where the device supports it (falls back to the foreach implementation);
 * the model computes its own loss (``SentimentModel.forward(ids, lengths, labels)``); the loop steps;
@@ -15,7 +15,7 @@
 * seeded determinism on CPU, a tqdm progress bar, per-epoch metrics (loss, accuracy, seconds,
   tokens/s), and a ``max_seconds`` budget that stops cleanly between steps;
 * after the last epoch, the best checkpoint is calibrated: a temperature fitted on the validation logits
-  (:mod:`pipeline.train.calibration`; ECE before/after), and measured on short texts too (the validation
+  (:mod:`pipeline.model.calibration`; ECE before/after), and measured on short texts too (the validation
   reviews cut to their first and last 20 tokens, :mod:`pipeline.train.short_texts`).
 
 Multi-process (``reviewflow train --nproc N``): the same loop runs on every rank that ``torchrun`` starts
@@ -44,21 +44,21 @@ from pipeline.core.errors import InputError
 from pipeline.core.options import option_error
 from pipeline.core.storage import read_json, sha256_file, write_json_atomic
 from pipeline.prepare.manifest import read_manifest, verify_prep
-from pipeline.train.calibration import (calibrated_probs, calibration_report, expected_calibration_error,
+from pipeline.model.calibration import (calibrated_probs, calibration_report, expected_calibration_error,
                                         fit_temperature)
 from pipeline.train.checkpoint import (LoopState, reusable_result, restore, save_checkpoint, save_weights, say,
                                        usable_checkpoint)
 from pipeline.train.config import BEST, CHECKPOINT, RESULT, TrainConfig, TrainResult
 from pipeline.train.convex import design_matrix, lbfgs_epoch, make_lbfgs
-from pipeline.train.device import autocast, environment, pick_device, to_device
+from pipeline.model.device import autocast, environment, pick_device, to_device
 from pipeline.train.distributed import (DistContext, any_rank, barrier, seed_epoch, share_stop, sum_over_ranks,
                                         wrap_model, writer_first)
 from pipeline.train.loader import SplitData, iter_batches, load_split, steps_per_rank
-from pipeline.train.model import NGRAM_ONLY, ModelConfig, SentimentModel
+from pipeline.model.network import NGRAM_ONLY, ModelConfig, SentimentModel
 from pipeline.train.pretrain import load_vectors
 from pipeline.train.rundir import run_lock
 from pipeline.train.short_texts import SHORT_HEAD, SHORT_TAIL, shorten
-from pipeline.train.weights import load_model
+from pipeline.model.weights import load_model
 
 EVAL_BATCH = 256          # evaluation batch size at least (no gradients: larger batches are cheaper)
 LBFGS_ITERS_PER_EPOCH = 100

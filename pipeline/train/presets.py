@@ -33,7 +33,7 @@ from pipeline.core.errors import InputError
 from pipeline.core.options import option_error
 from pipeline.prepare.config import PrepareConfig
 from pipeline.train.config import TrainConfig
-from pipeline.train.model import ModelConfig
+from pipeline.model.network import ModelConfig
 
 PREPARE_FIELDS = tuple(f.name for f in dataclasses.fields(PrepareConfig))
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))

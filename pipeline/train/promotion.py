@@ -36,8 +36,8 @@ from filelock import FileLock, Timeout
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import ReviewflowError, TemporaryFailure
 from pipeline.ingest.lake import read_table
-from pipeline.train import registry
-from pipeline.train.predictor import Predictor
+from pipeline import registry
+from pipeline.serve.predictor import Predictor
 
 LOG = "promotions.jsonl"
 LOCK_TIMEOUT = 300.0    # seconds to wait for another registration's promotion decision

@@ -2,7 +2,7 @@
 
 Drift monitoring (:mod:`pipeline.score.drift`) compares every scoring run with this profile. It is taken from
 the version's own validation rows (``eval_set.parquet``: the review ids it was selected on), whose texts are
-read back from the lake and scored by a :class:`pipeline.train.predictor.Predictor` of the version on the CPU,
+read back from the lake and scored by a :class:`pipeline.serve.predictor.Predictor` of the version on the CPU,
 in the precision CPU scoring uses: the same tokenizer, truncation, coverage rule and calibration as a scoring
 run, so an unshifted sample compares as equal. Written once, atomically, as ``reference_profile.json`` beside
 the version's files (a version registered before profiles existed gets one with
@@ -22,8 +22,8 @@ from pipeline.core.config import Warehouse
 from pipeline.core.errors import NotFoundError
 from pipeline.core.storage import write_json_atomic
 from pipeline.ingest.lake import read_table
-from pipeline.train import registry
-from pipeline.train.profile import REFERENCE_FILE, Profile
+from pipeline import registry
+from pipeline.model.profile import REFERENCE_FILE, Profile
 
 
 def profile_texts(predictor, texts: pa.Array | list, threshold: float = 0.5) -> Profile:
@@ -55,7 +55,7 @@ def validation_texts(wh: Warehouse, mv: registry.ModelVersion) -> pa.Array:
 
 def write_reference(wh: Warehouse, version: str, threshold: float = 0.5) -> Path:
     """Take and store the version's reference profile. -> its path."""
-    from pipeline.train.predictor import load_predictor      # deferred: torch
+    from pipeline.serve.predictor import load_predictor      # deferred: torch
 
     mv = registry.get(wh, version)
     predictor = load_predictor(wh, mv.version, device="cpu")

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from pipeline.core.errors import IntegrityError, NotFoundError
-from pipeline.train.model import ModelConfig, SentimentModel
+from pipeline.model.network import ModelConfig, SentimentModel
 from pipeline.core.storage import sha256_file
 
 SHOWN_MISMATCHES = 4       # differences quoted in one error line

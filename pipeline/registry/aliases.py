@@ -4,7 +4,7 @@
 (:mod:`pipeline.train.promotion`): setting it is a promotion. Every other alias is one small JSON file,
 ``models/aliases/<name>.json`` (``{"alias", "version", "set_at", "reason"}``), written atomically, and each
 change is appended to ``models/aliases.jsonl``. Wherever a version is asked for (``--model``, ``--shadow``,
-``models compare``) an alias works: :func:`pipeline.train.registry.get` resolves it. An alias name must not
+``models compare``) an alias works: :func:`pipeline.registry.get` resolves it. An alias name must not
 look like a version (``v0001-...``), so a name always means one thing.
 """
 
@@ -57,7 +57,7 @@ def resolve(wh: Warehouse, name: str) -> str | None:
 
 def set_alias(wh: Warehouse, name: str, version: str, reason: str = "") -> dict:
     """Point alias ``name`` at ``version`` (a registered version: resolve names first with
-    :func:`pipeline.train.registry.get`). ``champion`` is refused here: promote instead."""
+    :func:`pipeline.registry.get`). ``champion`` is refused here: promote instead."""
     if name == CHAMPION:
         raise InputError("'champion' is set by promotion: reviewflow models promote VERSION")
     check_alias_name(name)
@@ -84,7 +84,7 @@ def remove_alias(wh: Warehouse, name: str) -> None:
 
 
 def list_aliases(wh: Warehouse) -> dict[str, str]:
-    """alias -> version (``champion`` is not among them: :func:`pipeline.train.registry.champion`)."""
+    """alias -> version (``champion`` is not among them: :func:`pipeline.registry.champion`)."""
     return {p.stem: v for p in sorted(alias_dir(wh).glob("*.json")) if (v := resolve(wh, p.stem)) is not None}
 
 

@@ -5,12 +5,12 @@
     >>> p.explain("A wonderful film.")                   # attention models: [("wonderful", 0.61), ...]
     >>> p.predict_with_coverage(["A wonderful film.", "这部电影很好看"]).score   # -> array([0.97, nan])
 
-Coverage (:mod:`pipeline.train.coverage`): the share of a text's tokens the model knows. A text below the
+Coverage (:mod:`pipeline.model.coverage`): the share of a text's tokens the model knows. A text below the
 version's coverage rule (``config.json`` ``"coverage"``, else the default rule) is not scored by
 :meth:`Predictor.predict_with_coverage`: never a confident guess on text the model cannot read.
 
 Precision (:attr:`Predictor.precision`): ``bf16`` autocast on CUDA; on CPU dynamic ``int8`` when registration
-recorded that it keeps validation accuracy (``config.json`` ``"int8": true``, :mod:`pipeline.train.quantize`),
+recorded that it keeps validation accuracy (``config.json`` ``"int8": true``, :mod:`pipeline.model.quantize`),
 else ``fp32``. On CUDA batches are cut by a token budget (:func:`token_batches`), on CPU by a row count.
 """
 
@@ -32,13 +32,13 @@ from pipeline.core.config import Warehouse
 from pipeline.core.errors import InputError, IntegrityError
 from pipeline.prepare.preprocess import load_preprocessor
 from pipeline.prepare.text import flat_ranges, pad_rows
-from pipeline.train import registry
-from pipeline.train.coverage import CoverageRule, coverage_of_flat, rule_from_config
-from pipeline.train.device import autocast, pick_device
-from pipeline.train.loader import trim_padding
-from pipeline.train.model import NGRAM_ONLY, NgramLogit
-from pipeline.train.quantize import quantize
-from pipeline.train.weights import load_model
+from pipeline import registry
+from pipeline.model.coverage import CoverageRule, coverage_of_flat, rule_from_config
+from pipeline.model.device import autocast, pick_device
+from pipeline.prepare.text import trim_padding
+from pipeline.model.network import NGRAM_ONLY, NgramLogit
+from pipeline.model.quantize import quantize
+from pipeline.model.weights import load_model
 
 PRECISIONS = ("auto", "fp32", "int8")
 #: padded tokens (rows x longest row) per CUDA batch: a GRU's steps run one after another, so the more rows

@@ -1,0 +1,142 @@
+"""The model card (``MODEL_CARD.md``) of a version: what it is, how it did, how to use it."""
+
+from __future__ import annotations
+
+import json
+
+
+def _pretrained_lines(t: dict, f: dict) -> list[str]:
+    """Where the embedding started, and how it was fine-tuned (discriminative lr, gradual unfreezing)."""
+    if not t.get("pretrained"):
+        return []
+    p = f.get("pretrained", {})
+    return [f"- embedding initialised from {t['pretrained']} vectors `{p.get('path', '?')}` (sha256 "
+            f"`{str(p.get('vectors_sha256', '?'))[:12]}`), fine-tuned at {t.get('embed_lr', 1.0)} x lr, frozen for "
+            f"the first {t.get('freeze_embed_epochs', 0)} epoch(s)"]
+
+
+def model_card(version: str, cfg: dict, metrics: dict, env: dict) -> str:
+    m, t, f = cfg["model"], cfg["train"], metrics["final"]
+    enc = m["encoder"].upper() if m["encoder"] != "transformer" else "Transformer"
+    direction = "bidirectional " if m["bidirectional"] and m["encoder"] != "transformer" else ""
+    cm = f.get("val_confusion", [[0, 0], [0, 0]])
+    grams = {1: "unigrams", 3: "unigrams + hashed bigrams and trigrams"}.get(m.get("ngram_n", 2),
+                                                                            "unigrams + hashed bigrams")
+    nb = f", NB log-count-ratio scaled (alpha {m['ngram_nb_alpha']})" if m.get("ngram_nb_alpha") else ""
+    if m["encoder"] == "none":
+        arch = [f"- n-grams only (NBSVM style): a linear bag of {m['vocab_size']:,} {grams} "
+                f"({m.get('ngram_buckets', 0):,} hash buckets){nb}, mean -> logit; no embedding or encoder",
+                f"- n-gram dropout {m.get('ngram_dropout', 0.0)}"]
+    else:
+        arch = [f"- embedding {m['vocab_size']} x {m['embed_dim']} (padding id 0) -> {m['layers']}-layer "
+                f"{direction}{enc} (hidden {m['hidden']}) -> {m['pooling']} pooling -> linear logit",
+                f"- dropout {m['dropout']}, embedding dropout {m['embed_dropout']}, "
+                f"orthogonal init {m['orthogonal_init']}"]
+    lines = [
+        f"# Model card: {version}",
+        "",
+        f"Binary sentiment classifier (P(positive) for review text), preset **{cfg['preset']}**.",
+        "",
+        "## Architecture",
+        arch[0],
+        f"- parameters: {f.get('params', '?'):,}" if isinstance(f.get("params"), int) else "- parameters: ?",
+        arch[1],
+        f"- input: up to {m['max_len']} tokens, {m['pad_side']}-padded"
+        + ("" if m.get("exact_lengths", True) else " (lineage: runs over its pads)"),
+    ]
+    if m.get("ngram_buckets") and m["encoder"] != "none":
+        lines += [
+            f"- n-gram half: a linear bag of {m['vocab_size']:,} {grams} ({m['ngram_buckets']:,} hash buckets){nb}"
+            + f"; logit = {1 - m['ngram_weight']:.2f} x encoder + {m['ngram_weight']:.2f} x n-grams",
+            f"- validation accuracy of each half alone: encoder {f.get('val_accuracy_encoder', float('nan')):.4f}, "
+            f"n-grams {f.get('val_accuracy_ngram', float('nan')):.4f}",
+        ]
+    lines += [
+        "",
+        "## Data",
+        f"- prepared shards `{cfg['prep_id']}` of dataset `{cfg.get('dataset', '?')}`; "
+        f"prepare params: `{json.dumps(cfg.get('prepare', {}), sort_keys=True)}`",
+        "",
+        "## Training",
+        f"- {len(metrics['history'])} epochs (stopped: {metrics.get('stopped')}), best epoch {f.get('best_epoch')}, "
+        f"{metrics.get('seconds', 0):.0f} s on {env.get('device', '?')} (torch {env.get('torch', '?')})",
+        f"- batch {t['batch_size']}, lr {t['lr']} ({t['lr_schedule']}), weight decay {t['weight_decay']}, "
+        f"grad clip {t['grad_clip']}, patience {t['patience']}",
+        *_pretrained_lines(t, f),
+        "",
+        "## Validation metrics (best checkpoint)",
+        "| accuracy | loss | F1 | n |",
+        "|---|---|---|---|",
+        f"| {f.get('val_accuracy', 0):.4f} | {f.get('val_loss', 0):.4f} | {f.get('val_f1', 0):.4f} | {f.get('val_n')} |",
+        "",
+        f"Confusion matrix (rows true neg/pos, columns predicted neg/pos): {cm}",
+    ]
+    if "test_accuracy" in f:
+        lines += ["", f"Test accuracy: {f['test_accuracy']:.4f} (n={f.get('test_n')})"]
+    lines += _trust_lines(f)
+    lines += _int8_lines(metrics.get("int8"))
+    lines += ["", "## Use",
+              f"    reviewflow predict \"a wonderful, moving film\" --model {version}",
+              "", "## Limitations",
+              "English movie reviews (IMDb-like); sarcasm, negation far from the cue word and other domains "
+              "degrade accuracy. Words outside the vocabulary map to `<unk>`."
+              + _coverage_line(cfg.get("coverage")), ""]
+    return "\n".join(lines)
+
+
+def _coverage_line(rule: dict | None) -> str:
+    if not rule:
+        return ""
+    return (f" A text with fewer than {rule.get('min_known')} known token(s), or under "
+            f"{100 * float(rule.get('min_share', 0)):.0f}% known tokens, is labelled `unknown` with no score.")
+
+
+def _int8_lines(q: dict | None) -> list[str]:
+    """The model card's CPU int8 section, from the registration's measurements (``metrics["int8"]``)."""
+    if not q:
+        return []
+    lines = ["", "## CPU scoring precision (dynamic int8)",
+             f"- decision: **int8: {'true' if q['int8'] else 'false'}**: {q.get('reason', '')}"]
+    if "int8_val_accuracy" in q:
+        lines += [f"- validation accuracy ({q['val_rows']:,} rows): fp32 {q['fp32_val_accuracy']:.4f}, int8 "
+                  f"{q['int8_val_accuracy']:.4f} (delta {q['delta_points']:+.2f} points)",
+                  f"- speed on a fixed sample of {q['sample_rows']:,} validation rows ({q.get('threads')} core, "
+                  f"torch {q.get('torch')}): fp32 {q['fp32_rows_per_s']:,.0f} rows per CPU second, int8 "
+                  f"{q['int8_rows_per_s']:,.0f} ({q['speedup']:.2f}x)"]
+    lines.append("- CPU scoring follows this decision (a predictor loaded with `precision=\"fp32\"` ignores it); "
+                 "CUDA scores in bf16")
+    return lines
+
+
+def _trust_lines(f: dict) -> list[str]:
+    """The model card's calibration and short-text section, from the final metrics (``f``)."""
+    lines = ["", "## Calibration and short texts"]
+    if f.get("temperature") is None:
+        lines.append("- not calibrated (trained before calibration existed): scores are sigmoid(logit), T = 1")
+    else:
+        n = f.get("val_n")
+        lines += [
+            f"- temperature T = {f['temperature']:.4f}, fitted on the {n:,} validation reviews by minimising their "
+            "NLL; scores are sigmoid(logit / T), so labels, accuracy and ranking do not change"
+            if isinstance(n, int) else f"- temperature T = {f['temperature']:.4f}",
+            f"- ECE (15 equal-width confidence bins): {f['val_ece_before']:.4f} before, {f['val_ece_after']:.4f} "
+            f"after scaling on the same rows"
+            + (f" ({f['val_ece_after_crossfit']:.4f} with T fitted on the other half of them)"
+               if f.get("val_ece_after_crossfit") is not None else ""),
+            "- reliability diagram: `reliability.png`"]
+    if f.get("val_accuracy_short") is not None:
+        head, tail = f.get("short_tokens", [20, 20])
+        lines.append(f"- short texts (validation reviews cut to their first {head} and last {tail} tokens): "
+                     f"accuracy {f['val_accuracy_short']:.4f}, against {f.get('val_accuracy', float('nan')):.4f} "
+                     "on the full reviews"
+                     + (f"; their ECE after scaling {f['val_ece_short']:.4f}" if f.get("val_ece_short") is not None
+                        else ""))
+        if f.get("temperature_short") is not None:
+            lines.append(f"- texts of at most {head + tail} tokens use their own temperature T = "
+                         f"{f['temperature_short']:.4f}, fitted on those cut reviews: their ECE "
+                         f"{f.get('val_ece_short_before', float('nan')):.4f} unscaled, "
+                         f"{f.get('val_ece_short_full_t', float('nan')):.4f} with the full-review T, "
+                         f"{f['val_ece_short']:.4f} with their own")
+    return lines
+
+
