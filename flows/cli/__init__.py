@@ -15,7 +15,7 @@ import traceback
 
 import typer
 
-from flows.cli import export, inbox, ingest, models, monitor, predict, prepare, pretrain, run, score, serve, sql, train
+from flows.cli import check, export, inbox, ingest, models, monitor, predict, prepare, pretrain, run, score, serve, sql, train
 from pipeline.core.errors import EXIT_TEMPORARY, ReviewflowError, TemporaryFailure
 from pipeline.core.settings import env_help, load
 
@@ -50,7 +50,7 @@ app = typer.Typer(help=HELP.format(env=env_help()), no_args_is_help=True, rich_m
                   context_settings={"help_option_names": ["-h", "--help"]})
 
 # the order of --help
-for _command in (ingest, prepare, pretrain, train, models, predict, score, monitor, sql, export, run, serve, inbox):
+for _command in (ingest, prepare, pretrain, train, models, predict, score, monitor, check, sql, export, run, serve, inbox):
     _command.register(app)
 
 
