@@ -4,7 +4,9 @@ Each waiting file is claimed (atomic rename into ``inbox/processing/``), ingeste
 ``dataset`` (default ``inbox``), then the dataset is scored with the champion model into the warehouse
 DuckDB table ``<dataset>_scored`` (only rows not scored yet). Files end in ``inbox/processed/``, or in
 ``inbox/failed/`` with ``<name>.error.txt`` beside them. A file whose content (SHA-256) was processed
-before is not ingested again. See pipeline/ops/inbox.py for the guarantees.
+before is not ingested again. An entry that is not a regular file (a symbolic link, a FIFO, a folder named
+``x.csv``) is never read or followed: it is moved to ``inbox/failed/`` as itself, the reason beside it.
+See pipeline/ops/inbox.py for the guarantees.
 
 The claimed files are read as concurrent tasks on the flow's task runner (``workers`` at once, default 1)
 and published one by one in claim order, one part file each (as ``flows.ingest.ingest_many``, with a column
@@ -51,7 +53,7 @@ def claim_files(warehouse: str, min_age_s: float, max_files: int, stale_after_s:
             logger.info(f"{path.name}: claimed by another run, skipping")
             continue
         claims.append({"name": c.name, "path": str(c.path), "sha256": c.sha256, "size": c.size,
-                       "sidecar": str(c.sidecar) if c.sidecar else None})
+                       "sidecar": str(c.sidecar) if c.sidecar else None, "refused": c.refused})
     logger.info(f"claimed {len(claims)} file(s): {', '.join(c['name'] for c in claims) or 'none'}")
     return claims
 
@@ -59,7 +61,7 @@ def claim_files(warehouse: str, min_age_s: float, max_files: int, stale_after_s:
 def _claim(d: dict) -> box.Claim:
     side = d.get("sidecar")
     return box.Claim(name=d["name"], path=Path(d["path"]), sha256=d["sha256"], size=d["size"],
-                     sidecar=Path(side) if side else None)
+                     sidecar=Path(side) if side else None, refused=d.get("refused"))
 
 
 def _result(c: box.Claim, status: str, to: Path, rows_added=0, error: str = "", columns: str = "") -> dict:
@@ -72,16 +74,18 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _ingest_each(todo: dict[str, tuple], dataset: str, warehouse: str, workers: int) -> list[FileOutcome]:
-    """``flows.ingest.ingest_many`` with a column map per file: ``todo`` is path -> (claim, ColumnChoice)."""
+def _ingest_each(todo: dict[str, tuple], dataset: str, warehouse: str, workers: int,
+                 within: str) -> list[FileOutcome]:
+    """``flows.ingest.ingest_many`` with a column map per file: ``todo`` is path -> (claim, ColumnChoice). Each
+    file is read confined to the inbox (``within``): a link swapped in after the claim is refused."""
     def publish_one(staged) -> dict:
         try:
             return write_task(staged, dataset, warehouse)
         finally:
             staged.discard()
 
-    return stage_and_publish(list(todo), lambda f: read_task.submit(f, dataset, warehouse, todo[f][1].mapping, False),
-                             publish_one, workers)
+    return stage_and_publish(list(todo), lambda f: read_task.submit(f, dataset, warehouse, todo[f][1].mapping, False,
+                                                                    within), publish_one, workers)
 
 
 def ingest_claims(wh: Warehouse, claims: list[dict], dataset: str, logger, workers: int = 1,
@@ -93,6 +97,11 @@ def ingest_claims(wh: Warehouse, claims: list[dict], dataset: str, logger, worke
     results: list[dict] = []
     todo: dict[str, tuple] = {}
     for c in map(_claim, claims):
+        if c.refused:     # a link, FIFO, folder...: never read, moved to failed/ as itself
+            to = box.fail(wh, c, c.refused)
+            logger.error(f"{c.name}: refused, not read: {c.refused} -> {to} (+ .error.txt)")
+            results.append(_result(c, "failed", to, error=c.refused))
+            continue
         prev = box.ledger_entry(wh, c.sha256)
         if prev is not None:
             to = box.complete(wh, c, {"skipped": "duplicate"}, duplicate_of=prev)
@@ -101,7 +110,7 @@ def ingest_claims(wh: Warehouse, claims: list[dict], dataset: str, logger, worke
             results.append(_result(c, "duplicate", to))
             continue
         try:
-            choice = box.choose_columns(c.path, columns or {}, c.sidecar)
+            choice = box.choose_columns(c.path, columns or {}, c.sidecar, within=wh.inbox)
         except Exception as exc:  # noqa: BLE001 - a bad sidecar or an unreadable file fails alone
             to = box.fail(wh, c, exc)
             logger.error(f"{c.name}: {exc} -> {to} (+ .error.txt)")
@@ -110,7 +119,7 @@ def ingest_claims(wh: Warehouse, claims: list[dict], dataset: str, logger, worke
         logger.info(f"{c.name}: columns {choice.describe() or 'the defaults (text, id/review_id, label)'}")
         todo[str(c.path)] = (c, choice)
     ingested: list[tuple[box.Claim, dict, str]] = []
-    for o in _ingest_each(todo, dataset, str(wh.root), workers):
+    for o in _ingest_each(todo, dataset, str(wh.root), workers, str(wh.inbox)):
         c, choice = todo[o.path]
         if o.error is not None:   # a bad file must not stop the others
             to = box.fail(wh, c, o.error)

@@ -26,6 +26,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 import time
+from pathlib import Path
 from typing import Optional
 
 from pipeline.core.config import Warehouse
@@ -51,10 +52,13 @@ DROP_EXPLANATIONS = {
 @task(name="read-source", task_run_name="read-{dataset}", retries=READ_RETRIES,
       retry_delay_seconds=READ_RETRY_DELAYS, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE,
       persist_result=False)
-def read_task(source: str, dataset: str, warehouse: str, mapping: dict, progress: bool) -> StagedIngest:
+def read_task(source: str, dataset: str, warehouse: str, mapping: dict, progress: bool,
+              within: str | None = None) -> StagedIngest:
+    """``within``: the folder ``source`` was found in (a folder of files, the inbox): read without following
+    a link (``pipeline.core.userfiles``)."""
     logger = get_run_logger()
     logger.info("reading %s", source)
-    staged = stage(Warehouse.from_env(warehouse), source, dataset, progress=progress, **mapping)
+    staged = stage(Warehouse.from_env(warehouse), source, dataset, progress=progress, within=within, **mapping)
     logger.info("%s source %s: %d rows read, %d new, %d already in the lake, %d repeated in the source, "
                 "dropped %s, %d rows with invalid UTF-8 repaired; columns %s",
                 staged.source.kind, staged.source.location, staged.rows_read, staged.rows_staged,
@@ -103,7 +107,8 @@ def publish_artifacts(report: dict) -> None:
 def ingest_many(files: list[str], dataset: str, warehouse: str, mapping: dict, progress: bool,
                 workers: int) -> list[FileOutcome]:
     """Read ``files`` as concurrent ``read`` tasks on the current flow's task runner (at most ``workers`` at
-    once) and publish each with a ``write`` task, in file order; one outcome per file (report or error)."""
+    once) and publish each with a ``write`` task, in file order; one outcome per file (report or error).
+    The files are entries of a folder (``folder_files``): each is read confined to it, never through a link."""
     logger = get_run_logger()
 
     def publish_one(staged: StagedIngest) -> dict:
@@ -114,7 +119,8 @@ def ingest_many(files: list[str], dataset: str, warehouse: str, mapping: dict, p
         logger.info("%s: %s", staged.source.location, IngestReport(**report).summary())
         return report
 
-    outcomes = stage_and_publish(files, lambda f: read_task.submit(f, dataset, warehouse, mapping, progress),
+    outcomes = stage_and_publish(files, lambda f: read_task.submit(f, dataset, warehouse, mapping, progress,
+                                                                   str(Path(f).parent)),
                                  publish_one, workers)
     for o in outcomes:
         if o.error is not None:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from pipeline.core.errors import InputError
 from pipeline.core.storage import atomic_path
+from pipeline.core.userfiles import open_user_file
 
 ACLIMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 USER_AGENT = "reviewflow/0.1 (+https://github.com/reviewflow)"
@@ -139,10 +140,13 @@ def open_url(url: str, *, timeout: float = 60.0, progress: bool = True,
 
 
 @contextlib.contextmanager
-def open_local(path: str | os.PathLike, *, progress: bool = True, desc: str | None = None) -> Iterator[BinaryIO]:
-    """Open a local file with the same progress bar as ``open_url``."""
+def open_local(path: str | os.PathLike, *, progress: bool = True, desc: str | None = None,
+               within: str | os.PathLike | None = None) -> Iterator[BinaryIO]:
+    """Open a user's local file (a tarball) with the same progress bar as ``open_url``: through
+    ``open_user_file`` (no link followed, regular files only; ``within``: the folder it was found in)."""
     path = Path(path)
-    with open(path, "rb") as raw, _byte_bar(raw, path.stat().st_size, desc or path.name, progress) as fh:
+    with io.BufferedReader(open_user_file(path, within=within), buffer_size=1 << 20) as raw, \
+            _byte_bar(raw, os.fstat(raw.fileno()).st_size, desc or path.name, progress) as fh:
         yield fh
 
 

@@ -43,10 +43,11 @@ import pyarrow.compute as pc
 from pipeline.core.config import Warehouse, validate_name
 from pipeline.core.errors import InputError, ReviewflowError, TemporaryFailure
 from pipeline.core.schema import LAKE_SCHEMA
+from pipeline.core.userfiles import folder_entries
 from pipeline.ingest import lake
 from pipeline.ingest.columns import ColumnMap
 from pipeline.ingest.dedupe import Deduper
-from pipeline.ingest.detect import COMPRESSION_SUFFIXES, FILE_KINDS, Source, detect, file_kind
+from pipeline.ingest.detect import COMPRESSION_SUFFIXES, FILE_KINDS, Source, detect
 from pipeline.ingest.labels import label_name
 from pipeline.ingest.readers import read_source
 from pipeline.ingest.readers.base import ReadStats
@@ -191,11 +192,14 @@ class _Stager:
 
 def stage(wh: Warehouse, source: str, dataset: str, *, text_col: str | None = None, label_col: str | None = None,
           id_col: str | None = None, rating_col: str | None = None, split_col: str | None = None,
-          split: str | None = None, group_col: str | None = None, progress: bool = True) -> StagedIngest:
-    """Read and validate ``source`` completely into a staging file (see module doc)."""
+          split: str | None = None, group_col: str | None = None, progress: bool = True,
+          within: str | os.PathLike | None = None) -> StagedIngest:
+    """Read and validate ``source`` completely into a staging file (see module doc). ``within``: the folder
+    ``source`` was found in (a folder of files, the inbox): then it must be a regular file reached from there
+    without a link (``pipeline.core.userfiles``); without it, a path the user typed is resolved once."""
     started = time.monotonic()
     _check_dataset(dataset)
-    src = detect(source)
+    src = detect(source, within=within)
     cols = _column_map(src, dict(text_col=text_col, label_col=label_col, id_col=id_col, rating_col=rating_col,
                                  split_col=split_col, split=split, group_col=group_col))
     wh.ensure()
@@ -252,8 +256,10 @@ def publish(wh: Warehouse, staged: StagedIngest) -> IngestReport:
 
 def ingest(wh: Warehouse, source: str, dataset: str, *, text_col: str | None = None, label_col: str | None = None,
            id_col: str | None = None, rating_col: str | None = None, split_col: str | None = None,
-           split: str | None = None, group_col: str | None = None, progress: bool = True) -> IngestReport:
-    """Ingest ``source`` (aclImdb folder / tarball / URL, CSV, JSONL, Parquet) into ``dataset``.
+           split: str | None = None, group_col: str | None = None, progress: bool = True,
+           within: str | os.PathLike | None = None) -> IngestReport:
+    """Ingest ``source`` (aclImdb folder / tarball / URL, CSV, JSONL, Parquet) into ``dataset``; ``within``
+    as in :func:`stage`.
 
     Example::
 
@@ -270,7 +276,7 @@ def ingest(wh: Warehouse, source: str, dataset: str, *, text_col: str | None = N
     """
     staged = stage(wh, source, dataset, text_col=text_col, label_col=label_col, id_col=id_col,
                    rating_col=rating_col, split_col=split_col, split=split, group_col=group_col,
-                   progress=progress)
+                   progress=progress, within=within)
     try:
         return publish(wh, staged)
     finally:
@@ -292,9 +298,12 @@ def folder_files(source: str) -> tuple[list[str], list[str]] | None:
     """(review files, "name (why)" of entries left out) of a folder of CSV/TSV/JSON lines/Parquet files, in
     name order; None for every other source (a file, a URL, an aclImdb folder: one source, read as today).
 
-    Only the folder's own entries count (no sub-folders); an entry that is not a regular file, or a link
-    leading out of the folder, is left out and named. A folder without review files is left to the aclImdb
-    reader, whose error says what a folder should hold."""
+    The folder the user named may be reached through a link (resolved once, like any path typed on the command
+    line); its entries are never followed. Only its own entries count (no sub-folders); an entry that is not a
+    regular file (a symbolic link wherever it points, a FIFO, socket, device or folder) is left out and named,
+    never opened (``pipeline.core.userfiles.folder_entries``). Each file is then read confined to this folder
+    (:func:`ingest_files`, ``within``). A folder without review files is left to the aclImdb reader, whose
+    error says what a folder should hold."""
     root = Path(source).expanduser()
     if not root.is_dir():
         return None
@@ -302,20 +311,16 @@ def folder_files(source: str) -> tuple[list[str], list[str]] | None:
         return None
     root = root.resolve()
     files, left_out = [], []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+    for entry in folder_entries(root):
         if entry.name.startswith("."):
             continue
-        real = Path(entry.path).resolve()
-        if entry.is_symlink() and not real.is_relative_to(root):
-            left_out.append(f"{entry.name} (symbolic link out of the folder)")
-        elif not real.exists():
-            left_out.append(f"{entry.name} (broken symbolic link)")
-        elif not stat.S_ISREG(mode := real.stat().st_mode):
-            left_out.append(f"{entry.name} ({file_kind(mode)})")
+        if not entry.regular:
+            link = stat.S_ISLNK(entry.lstat.st_mode)
+            left_out.append(f"{entry.name} ({entry.what}{', not followed' if link else ''})")
         elif not _review_file_name(entry.name):
             left_out.append(f"{entry.name} (not a .csv/.tsv/.jsonl/.ndjson/.json/.parquet file)")
         else:
-            files.append(str(real))
+            files.append(str(entry.path))
     return (files, left_out) if files else None
 
 
@@ -364,7 +369,9 @@ def stage_and_publish(files: Iterable[str], submit_stage: Callable[[str], Any],
 
 def ingest_files(wh: Warehouse, files: list[str], dataset: str, *, workers: int = 1, progress: bool = False,
                  **mapping) -> list[FileOutcome]:
-    """``ingest`` of many files without an orchestrator: ``workers`` threads stage, this thread publishes."""
+    """``ingest`` of many files without an orchestrator: ``workers`` threads stage, this thread publishes.
+    The files are entries of a folder (``folder_files``): each is read confined to its own folder
+    (``stage(within=...)``), so one that became a link or a FIFO since the listing is refused, not followed."""
     def publish_one(staged: StagedIngest) -> dict:
         try:
             return publish(wh, staged).to_dict()
@@ -372,7 +379,8 @@ def ingest_files(wh: Warehouse, files: list[str], dataset: str, *, workers: int 
             staged.discard()
 
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="ingest") as ex:
-        return stage_and_publish(files, lambda f: ex.submit(stage, wh, f, dataset, progress=progress, **mapping),
+        return stage_and_publish(files, lambda f: ex.submit(stage, wh, f, dataset, progress=progress,
+                                                            within=Path(f).parent, **mapping),
                                  publish_one, workers)
 
 

@@ -17,6 +17,13 @@ content, written atomically) records every file that was processed; a file whose
 in the ledger is moved to ``processed/`` without being ingested again. Files a crashed run left in
 ``processing/`` are put back into the inbox by :func:`recover_stale`.
 
+Nothing in the inbox is followed or trusted to be a file (``pipeline.core.userfiles``): every entry is
+``lstat``-ed, never ``stat``-ed; an entry with a review file's name that is not a regular file (a symbolic
+link wherever it points, a FIFO, socket, device or a folder named ``x.csv``) is claimed like any file and
+then moved to ``failed/`` as it is (the link itself, never its target) with ``<name>.error.txt`` saying what
+it is; its target is never opened. Files and sidecars are opened with ``open_user_file(within=inbox)``: no
+link followed on the way, not even a linked ``processing/``; the inbox's own folders must be real folders.
+
 :func:`new_complete_files` is what ``reviewflow serve``'s watcher asks every few seconds: is there a file a
 pass would take that it has not seen yet? Only then does it start a run (no run for an empty inbox).
 
@@ -26,8 +33,10 @@ No Prefect here: ``flows/inbox.py`` wraps these functions.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
+import stat
 import time
 import traceback
 from dataclasses import dataclass
@@ -35,7 +44,8 @@ from pathlib import Path
 
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import InputError, NotFoundError
-from pipeline.core.storage import read_json, sha256_file, write_bytes_atomic, write_json_atomic
+from pipeline.core.storage import read_json, write_bytes_atomic, write_json_atomic
+from pipeline.core.userfiles import describe, folder_entries, open_user_file, read_user_file
 from pipeline.ingest.columns import guess_text_column
 from pipeline.ingest.detect import detect, sample_strings
 
@@ -44,6 +54,7 @@ PROCESSING, PROCESSED, FAILED, LEDGER = "processing", "processed", "failed", ".l
 SIDECAR, ERROR = ".reviewflow.json", ".error.txt"   # what may sit beside a file: its column map, why it failed
 SIDECAR_KEYS = ("text", "id", "label")
 RETRIED = ".retried"                                 # failed/.retried/: error texts of files sent back
+SIDECAR_MAX_BYTES = 64 << 10                         # a column map is a few names: more is not a sidecar
 
 
 @dataclass(frozen=True)
@@ -55,15 +66,20 @@ class Claim:
     sha256: str
     size: int
     sidecar: Path | None = None   # its column-map sidecar, moved along (inside processing/)
+    refused: str | None = None    # why it cannot be read (a link, a FIFO...): the pass moves it to failed/
 
 
 def dirs(wh: Warehouse) -> dict[str, Path]:
-    """Create (if needed) and return the inbox folders."""
+    """Create (if needed) and return the inbox folders. A sub-folder that is a link (or not a folder) is
+    refused: files are renamed into these folders and read from them, never through a link."""
     out = {"inbox": wh.inbox}
     for sub in (PROCESSING, PROCESSED, FAILED, LEDGER):
         out[sub] = wh.inbox / sub
-    for p in out.values():
+    for name, p in out.items():
         p.mkdir(parents=True, exist_ok=True)
+        if name != "inbox" and not stat.S_ISDIR((st := os.lstat(p)).st_mode):
+            raise InputError(f"the inbox folder {name}/ is a {describe(p, st)}, not a folder; the inbox never "
+                             f"moves or reads files through a link: replace it with a real folder", path=str(p))
     return out
 
 
@@ -78,24 +94,23 @@ def is_review_file(p: Path) -> bool:
             and not name.endswith(ERROR))
 
 
-def pending(wh: Warehouse, min_age_s: float = 1.0, limit: int | None = None) -> list[Path]:
-    """Files waiting in the inbox, oldest first.
+def _entries(folder: Path) -> list:
+    """The review-file entries of ``folder`` (``lstat``-ed: a link is an entry, never its target)."""
+    return [e for e in folder_entries(folder) if is_review_file(e.path)]
 
-    Only regular files with a known suffix count; names starting with ``.`` (temp files being written)
-    are ignored, and so are files modified less than ``min_age_s`` ago (still being copied in).
+
+def pending(wh: Warehouse, min_age_s: float = 1.0, limit: int | None = None) -> list[Path]:
+    """Entries waiting in the inbox, oldest first.
+
+    Entries with a known suffix count; names starting with ``.`` (temp files being written) are ignored, and
+    so are entries modified less than ``min_age_s`` ago (still being copied in). One that is not a regular
+    file (a link, a FIFO, a folder named ``x.csv``) counts too, by its own ``lstat``: the pass moves it to
+    ``failed/`` saying what it is (module doc).
     """
     dirs(wh)
     now = time.time()
-    found = []
-    for p in wh.inbox.iterdir():
-        if not is_review_file(p) or not p.is_file():
-            continue
-        try:
-            st = p.stat()
-        except FileNotFoundError:  # claimed by someone else meanwhile
-            continue
-        if now - st.st_mtime >= min_age_s:
-            found.append((st.st_mtime, p.name, p))
+    found = [(e.lstat.st_mtime, e.name, e.path) for e in _entries(wh.inbox)
+             if now - e.lstat.st_mtime >= min_age_s]
     found.sort()
     paths = [p for _, _, p in found]
     return paths[:limit] if limit else paths
@@ -106,15 +121,29 @@ def claim(wh: Warehouse, path: str | os.PathLike) -> Claim | None:
     d = dirs(wh)
     src = Path(path)
     dst = d[PROCESSING] / src.name
-    if dst.exists():  # a same-named file is already being processed: wait for the next run
+    if os.path.lexists(dst):  # a same-named entry is already being processed: wait for the next run
         return None
     try:
-        os.rename(src, dst)
+        os.rename(src, dst)       # a link is moved as itself
     except FileNotFoundError:
         return None
-    os.utime(dst)  # the claim time, for recover_stale
+    os.utime(dst, follow_symlinks=False)  # the claim time, for recover_stale (a link's own time, not its target's)
     side = _move_sidecar(src, dst)
-    return Claim(name=src.name, path=dst, sha256=sha256_file(dst), size=dst.stat().st_size, sidecar=side)
+    try:
+        with open_user_file(dst, within=wh.inbox) as fh:
+            sha256, size = _hash(fh)
+    except InputError as exc:     # a link, FIFO, folder...: never read; the pass moves it to failed/
+        return Claim(name=src.name, path=dst, sha256="", size=0, sidecar=side, refused=str(exc))
+    return Claim(name=src.name, path=dst, sha256=sha256, size=size, sidecar=side)
+
+
+def _hash(fh, chunk: int = 1 << 20) -> tuple[str, int]:
+    """(SHA-256, size) of an open file's bytes."""
+    h, size = hashlib.sha256(), 0
+    while block := fh.read(chunk):
+        h.update(block)
+        size += len(block)
+    return h.hexdigest(), size
 
 
 def _move_sidecar(src: Path, dst: Path) -> Path | None:
@@ -126,11 +155,13 @@ def _move_sidecar(src: Path, dst: Path) -> Path | None:
     return sidecar_of(dst)
 
 
-def read_sidecar(path: Path) -> dict[str, str]:
+def read_sidecar(path: Path, within: Path | None = None) -> dict[str, str]:
     """The column map in a sidecar: ``{"text": ..., "id": ..., "label": ...}`` (each optional), checked so a
-    typo is an error naming the sidecar, not a silently ignored key."""
+    typo is an error naming the sidecar, not a silently ignored key. Read with ``open_user_file`` from
+    ``within`` (default: the sidecar's own folder): a linked or special sidecar is refused, never followed."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_user_file(path, within=within or path.parent, limit=SIDECAR_MAX_BYTES)
+                          .decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"column map sidecar is not valid JSON ({exc}); expected e.g. "
                          f'{{"text": "review", "id": "id"}}', path=str(path)) from None
@@ -176,17 +207,20 @@ class ColumnChoice:
         return "; ".join(f"{role}={self.mapping[ROLE_KEYS[role]]!r} ({how})" for role, how in self.how.items())
 
 
-def choose_columns(path: Path, given: dict[str, str | None], sidecar: Path | None = None) -> ColumnChoice:
+def choose_columns(path: Path, given: dict[str, str | None], sidecar: Path | None = None, *,
+                   within: Path | None = None) -> ColumnChoice:
     """The column map of one inbox file: the sidecar's entries win over ``given`` (the serve settings, role ->
     column); a text column nobody named is guessed (``guess_text_column``). Raises :class:`InputError` for a
-    bad sidecar or when no column can be told to hold the text."""
+    bad sidecar, a file or sidecar that is not a regular file reached from ``within`` (default: its own folder)
+    without a link, or when no column can be told to hold the text."""
+    within = within or path.parent
     chosen = {role: col for role, col in given.items() if col}
     how = {role: "serve setting" for role in chosen}
     if sidecar is not None:
-        for role, col in read_sidecar(sidecar).items():
+        for role, col in read_sidecar(sidecar, within).items():
             chosen[role], how[role] = col, f"sidecar {sidecar.name}"
     if "text" not in chosen:
-        sample = sample_strings(detect(path))
+        sample = sample_strings(detect(path, within=within))
         if sample is None:     # unreadable: ingest will say where, with the default text column
             return ColumnChoice({ROLE_KEYS[r]: c for r, c in chosen.items()}, how)
         names, strings = sample
@@ -203,11 +237,11 @@ def choose_columns(path: Path, given: dict[str, str | None], sidecar: Path | Non
 def _free_name(folder: Path, name: str) -> Path:
     """``folder/name``, or ``folder/<stem>.<n><suffix>`` if that is taken (never overwrite)."""
     target = folder / name
-    if not any((folder / f"{name}{extra}").exists() for extra in ("", ERROR, SIDECAR)):
+    if not any(os.path.lexists(folder / f"{name}{extra}") for extra in ("", ERROR, SIDECAR)):
         return target
     stem, suffix = Path(name).stem, Path(name).suffix
     n = 1
-    while (folder / f"{stem}.{n}{suffix}").exists():
+    while os.path.lexists(folder / f"{stem}.{n}{suffix}"):
         n += 1
     return folder / f"{stem}.{n}{suffix}"
 
@@ -240,7 +274,8 @@ def fail(wh: Warehouse, c: Claim, error: BaseException | str) -> Path:
         headline = f"{type(error).__name__}: {error}"
     else:
         detail, headline = "", str(error)
-    text = (f"file:      {c.name}\nsha256:    {c.sha256}\nfailed_at: {_now()}\nerror:     {headline}\n\n"
+    sha256 = c.sha256 or "(not read)"
+    text = (f"file:      {c.name}\nsha256:    {sha256}\nfailed_at: {_now()}\nerror:     {headline}\n\n"
             f"Fix the file and drop it into the inbox again (rows already ingested are skipped).\n\n{detail}")
     write_bytes_atomic(target.with_name(target.name + ERROR), text.encode())
     os.rename(c.path, target)
@@ -252,11 +287,11 @@ def recover_stale(wh: Warehouse, older_than_s: float = 3600.0) -> list[Path]:
     """Put files that a crashed run left in ``processing/`` for longer than ``older_than_s`` back in the inbox."""
     d = dirs(wh)
     now, moved = time.time(), []
-    for p in sorted(d[PROCESSING].iterdir()):
-        if p.is_file() and not p.name.endswith(SIDECAR) and now - p.stat().st_mtime >= older_than_s:
-            target = _free_name(d["inbox"], p.name)
-            os.rename(p, target)
-            _move_sidecar(p, target)
+    for e in _entries(d[PROCESSING]):          # lstat: a refused link or FIFO goes back as itself, to fail again
+        if now - e.lstat.st_mtime >= older_than_s:
+            target = _free_name(d["inbox"], e.name)
+            os.rename(e.path, target)
+            _move_sidecar(e.path, target)
             moved.append(target)
     return moved
 
@@ -264,7 +299,7 @@ def recover_stale(wh: Warehouse, older_than_s: float = 3600.0) -> list[Path]:
 def status(wh: Warehouse) -> dict:
     """Counts per folder (for logs and the CLI)."""
     d = dirs(wh)
-    count = lambda p: sum(1 for f in p.iterdir() if is_review_file(f) and f.is_file())  # noqa: E731
+    count = lambda p: len(_entries(p))  # noqa: E731
     return {"waiting": len(pending(wh, min_age_s=0)), "processing": count(d[PROCESSING]),
             "processed": count(d[PROCESSED]), "failed": count(d[FAILED]),
             "ledger": sum(1 for _ in d[LEDGER].glob("*.json"))}
@@ -285,9 +320,13 @@ class FileInfo:
 def _reason(path: Path) -> str:
     """The ``error:`` line of a failed file's ``.error.txt`` (what ``fail`` wrote)."""
     err = path.with_name(path.name + ERROR)
-    if not err.exists():
+    if not os.path.lexists(err):
         return "(no .error.txt beside it)"
-    for line in err.read_text(encoding="utf-8", errors="replace").splitlines():
+    try:
+        text = read_user_file(err, limit=1 << 20).decode("utf-8", errors="replace")
+    except InputError:
+        return "(the .error.txt beside it is not a regular file)"
+    for line in text.splitlines():
         if line.startswith("error:"):
             return line.split(":", 1)[1].strip()
     return "(no error line in .error.txt)"
@@ -299,14 +338,11 @@ def listing(wh: Warehouse) -> list[FileInfo]:
     for label, folder in (("waiting", d["inbox"]), (PROCESSING, d[PROCESSING]), (PROCESSED, d[PROCESSED]),
                           (FAILED, d[FAILED])):
         rows = []
-        for p in folder.iterdir():
-            try:
-                st = p.stat()
-            except FileNotFoundError:   # moved on meanwhile
-                continue
-            if is_review_file(p) and p.is_file():
-                rows.append((st.st_mtime, FileInfo(label, p.name, st.st_size, max(0.0, now - st.st_mtime),
-                                                   _reason(p) if label == FAILED else "", sidecar_of(p).exists())))
+        for e in _entries(folder):      # lstat: a refused link shows as itself, with its size
+            st, p = e.lstat, e.path
+            rows.append((st.st_mtime, FileInfo(label, p.name, st.st_size, max(0.0, now - st.st_mtime),
+                                               _reason(p) if label == FAILED else "",
+                                               os.path.lexists(sidecar_of(p)))))
         out.extend(info for _, info in sorted(rows, key=lambda r: (r[0], r[1].name)))
     return out
 
@@ -319,7 +355,10 @@ def _failed_file(wh: Warehouse, name: str) -> Path:
     if p.parent.resolve() != failed.resolve() or not is_review_file(p):
         raise InputError(f"{name!r} is not a file in {failed}: retry takes the name of a failed review file "
                          f"(see `reviewflow inbox status`)")
-    if not p.is_file() or p.is_symlink():
+    if os.path.lexists(p) and not stat.S_ISREG(os.lstat(p).st_mode):
+        raise InputError(f"{p.name} is a {describe(p, os.lstat(p))}, not a file: the inbox refused it and would "
+                         f"refuse it again; drop a copy of the data into the inbox instead", path=str(p))
+    if not p.is_file():
         raise NotFoundError(f"no failed file {p.name!r} in {failed}; failed files: "
                             f"{', '.join(f.name for f in listing(wh) if f.folder == FAILED) or 'none'}")
     return p
@@ -359,7 +398,7 @@ def new_complete_files(wh: Warehouse, seen: dict[str, tuple[int, int]],
     now: dict[str, tuple[int, int]] = {}
     for p in pending(wh, min_age_s=min_age_s):
         try:
-            st = p.stat()
+            st = os.lstat(p)
         except FileNotFoundError:
             continue
         now[p.name] = (st.st_size, st.st_mtime_ns)

@@ -10,7 +10,9 @@ aclimdb-*          :mod:`pipeline.ingest.readers.aclimdb` (folder; tarball from 
 =================  ==================================================
 
 Column mapping and coercion live in :mod:`pipeline.ingest.columns`; counters and located errors in
-:mod:`pipeline.ingest.readers.base`.
+:mod:`pipeline.ingest.readers.base`. Every local file is opened with
+:func:`pipeline.core.userfiles.open_user_file` (never a link, never a FIFO or device) and read through that
+open file object, never by path.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ def read_source(src: Source, cols: ColumnMap | None = None, stats: ReadStats | N
     elif src.kind == "aclimdb-folder":
         yield from read_aclimdb_folder(src, stats, progress)
     elif src.kind in ("aclimdb-tarball", "aclimdb-url"):
-        opener = open_url if src.kind == "aclimdb-url" else open_local
-        with opener(src.location, progress=progress) as fh:
+        opener = (open_url(src.location, progress=progress) if src.kind == "aclimdb-url" else
+                  open_local(src.location, progress=progress, within=src.within))
+        with opener as fh:
             yield from read_aclimdb_tar(fh, src.location, stats)
     else:  # pragma: no cover - detect() only returns KINDS
         raise ValueError(src.kind)

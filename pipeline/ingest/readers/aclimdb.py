@@ -6,11 +6,15 @@ Review ids follow the ``../shared/data/imdb`` convention: ``{split}_{pos|neg}_{i
 (``0`` in ``unsup`` means unknown -> null).
 
 Folder: no link is ever followed out of the folder (one that leads out refuses the whole folder; links
-inside it are followed). Entries that are not regular files (FIFOs, sockets, devices, sub-folders,
-broken links) are skipped, never opened, and reported by name in ``ReadStats.skipped``.
+inside it are followed: an aclImdb tree is the user's own copy, and the documented layout allows them).
+Entries that are not regular files (FIFOs, sockets, devices, sub-folders, broken links) are skipped, never
+opened, and reported by name in ``ReadStats.skipped``. Each review file is opened by its resolved path with
+``pipeline.core.userfiles.open_user_file(within=<the folder>)``: a link or special file swapped in after
+the listing is refused there, never followed or read.
 
 Tarball: read in tarfile stream mode over the stdlib gzip/bz2/xz reader, which notices a cut-off file;
-nothing is unpacked. Members that are not regular files (links, devices, FIFOs) are skipped and reported.
+nothing is unpacked (the tarball file itself is opened with ``open_user_file``, see ``readers/__init__``).
+Members that are not regular files (links, devices, FIFOs) are skipped and reported.
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from pipeline.core.errors import InputError
+from pipeline.core.userfiles import UnsafeFile, open_user_file
 from pipeline.ingest.columns import SOURCE_SCHEMA, ensure_utf8
 from pipeline.ingest.detect import Source, file_kind
-from pipeline.ingest.readers.base import ReadStats
+from pipeline.ingest.readers.base import ReadStats, bare_message
 
 # aclImdb member/file: optional top folder (aclImdb/), then split/class/<id>_<rating>.txt
 _ACL_RE = re.compile(r"^(?:[^/]+/)?(train|test)/(pos|neg|unsup)/(\d+)_(\d+)\.txt$")
@@ -119,10 +124,10 @@ def _review_files(root: Path, base: Path, stats: ReadStats) -> list[tuple]:
             d = base / split / cls
             if not d.is_dir():
                 continue
-            _within(d, root)
+            d_real = _within(d, root)     # the folder with its links (inside) resolved: opened from root below
             for entry in os.scandir(d):
                 shown = str(Path(entry.path).relative_to(root))
-                real = _within(Path(entry.path), root) if entry.is_symlink() else Path(entry.path)  # d: checked
+                real = _within(Path(entry.path), root) if entry.is_symlink() else d_real / entry.name
                 try:
                     mode = os.stat(real).st_mode
                 except FileNotFoundError:
@@ -135,14 +140,15 @@ def _review_files(root: Path, base: Path, stats: ReadStats) -> list[tuple]:
     return files
 
 
-def _read_regular(path: Path) -> bytes | None:
-    """The bytes of ``path`` if it is (still) a regular file; ``None`` if it turned into something else
-    since it was listed. Opened non-blocking and without following a link, so a FIFO cannot hang us."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return fh.read()
+def _read_regular(path: Path, root: Path) -> bytes | str:
+    """The bytes of ``path`` (every link on the way already resolved, inside ``root``) if it is still a regular
+    file reached from ``root`` without a link; else what it turned into since it was listed. Opened with
+    ``open_user_file``: no link followed (one swapped in meanwhile is refused), a FIFO cannot hang us."""
+    try:
+        with open_user_file(path, within=root) as fh:
+            return fh.readall()
+    except UnsafeFile as exc:
+        return exc.what
 
 
 def read_aclimdb_folder(src: Source, stats: ReadStats, progress: bool = True) -> Iterator[pa.RecordBatch]:
@@ -157,11 +163,13 @@ def read_aclimdb_folder(src: Source, stats: ReadStats, progress: bool = True) ->
     for split, cls, _, num, rating, real, shown in tqdm(files, desc=base.name, unit=" files", disable=not progress,
                                                         leave=False):
         try:
-            data = _read_regular(real)
+            data = _read_regular(real, root)
+        except InputError as exc:
+            raise InputError(f"cannot read review file {shown}: {bare_message(exc)}", path=str(root)) from None
         except OSError as exc:
             raise InputError(f"cannot read review file {shown}: {exc.strerror}", path=str(root)) from None
-        if data is None:
-            stats.skip(shown, "changed into a special file while being read")
+        if isinstance(data, str):
+            stats.skip(shown, f"changed into a {data} while being read")
             continue
         if (b := batcher.add(split, cls, num, rating, data, str(real))) is not None:
             yield b

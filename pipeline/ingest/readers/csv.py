@@ -3,6 +3,9 @@
 Every mapped column is read as raw bytes (no type inference: ``"2020-01-01"`` stays text) and then
 coerced by :mod:`pipeline.ingest.columns`. Errors name the **data row** (1 = the first row after the
 header) and the line it starts on (a quoted field may span lines).
+
+The file is opened with ``pipeline.core.userfiles.open_user_file`` (through ``detect.open_stream``): no link
+followed, regular files only, and pyarrow reads the open file, never the path.
 """
 
 from __future__ import annotations
@@ -17,14 +20,15 @@ import pyarrow.csv as pacsv
 
 from pipeline.core.errors import InputError
 from pipeline.ingest.columns import ColumnMap, resolve_columns
-from pipeline.ingest.detect import COMPRESSION_SUFFIXES, Source
+from pipeline.core.userfiles import open_user_file
+from pipeline.ingest.detect import COMPRESSION_SUFFIXES, Source, compression, open_stream
 from pipeline.ingest.readers.base import LocatedError, ReadStats, bare_message, normalize_batch, row_bar
 
 MAX_CSV_BLOCK = 256 << 20    # one CSV row (one review) may be at most this big
 
 
-def _header(path: str, delimiter: str) -> list[str]:
-    with pa.input_stream(path, compression="detect") as fh:
+def _header(path: str, delimiter: str, within: str | None) -> list[str]:
+    with open_stream(path, within) as fh:
         head = fh.read(1 << 20)
     if not head.strip():
         raise InputError("empty file: no rows", path=path)
@@ -35,13 +39,13 @@ def _header(path: str, delimiter: str) -> list[str]:
         raise InputError(f"cannot read the CSV header: {exc}", path=path) from None
 
 
-def _records(path: str, delimiter: str) -> Iterator[tuple[int, int, int]]:
+def _records(path: str, delimiter: str, within: str | None) -> Iterator[tuple[int, int, int]]:
     """(data row, line it starts on, number of fields) of each record after the header.
 
     Error path only (Python speed): Python's csv module, like pyarrow's reader here, lets a quoted
     field span lines and skips empty lines, so its counts match the rows pyarrow numbered."""
     csv.field_size_limit(MAX_CSV_BLOCK)
-    with pa.input_stream(path, compression="detect") as raw, \
+    with open_stream(path, within) as raw, \
             io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="") as fh:
         reader = csv.reader(fh, delimiter=delimiter)
         data_row, start = -1, 1  # the header is record 0
@@ -56,18 +60,19 @@ def _records(path: str, delimiter: str) -> Iterator[tuple[int, int, int]]:
             return
 
 
-def _value_error(exc: InputError, path: str, delimiter: str) -> InputError:
+def _value_error(exc: InputError, path: str, delimiter: str, within: str | None) -> InputError:
     """A bad value's error, re-pointed at 'data row N at line M'."""
     if exc.row is None:
         return exc
-    line = next((line for row, line, _ in _records(path, delimiter) if row == exc.row), None)
+    line = next((line for row, line, _ in _records(path, delimiter, within) if row == exc.row), None)
     return LocatedError(bare_message(exc), path=path, data_row=exc.row, line=line, column=exc.column)
 
 
-def _parse_error(msg: str, path: str, delimiter: str, ncols: int, rows_before: int, block: int) -> InputError:
+def _parse_error(msg: str, path: str, delimiter: str, within: str | None, ncols: int, rows_before: int,
+                 block: int) -> InputError:
     """pyarrow could not split the text into rows: find the first record with the wrong number of fields
     after the rows already read; else (an unclosed quote, a row bigger than a block) say what is likely."""
-    for row, line, nfields in _records(path, delimiter):
+    for row, line, nfields in _records(path, delimiter, within):
         if row > rows_before and nfields != ncols:
             return LocatedError(f"cannot parse CSV: expected {ncols} fields like the header, found {nfields} "
                                 f"(a stray delimiter or quote?)", path=path, data_row=row, line=line)
@@ -76,33 +81,44 @@ def _parse_error(msg: str, path: str, delimiter: str, ncols: int, rows_before: i
     return InputError(f"cannot parse CSV after data row {rows_before}: {msg}", path=path)
 
 
-def _block_size(path: str) -> int:
+def _block_size(path: str, size: int) -> int:
     """A block must hold a whole row: the file's size (room for big rows when compressed), within limits."""
-    size = os.path.getsize(path)
     if path.lower().endswith(COMPRESSION_SUFFIXES):
         size = 64 << 20  # decompressed size unknown
     return int(min(max(size + 1024, 1 << 20), MAX_CSV_BLOCK))
 
 
 def read_csv(src: Source, cols: ColumnMap, stats: ReadStats, progress: bool = True) -> Iterator[pa.RecordBatch]:
-    path = src.location
+    path, within = src.location, src.within
     delimiter = "\t" if src.kind == "tsv" else ","
-    names = _header(path, delimiter)
+    names = _header(path, delimiter, within)
     roles = resolve_columns(names, cols, path)
     stats.columns = {k: v for k, v in roles.items() if v}
     include = list(dict.fromkeys(v for v in roles.values() if v))
-    block = _block_size(path)
-    try:
-        reader = pacsv.open_csv(
-            pa.input_stream(path, compression="detect"),
-            read_options=pacsv.ReadOptions(block_size=block),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(include_columns=include,
-                                                 column_types={c: pa.binary() for c in include},
-                                                 strings_can_be_null=False),
-        )
-    except pa.ArrowInvalid as exc:
-        raise _parse_error(str(exc), path, delimiter, len(names), 0, block) from None
+    fh = open_user_file(path, within=within)
+    block = _block_size(path, os.fstat(fh.fileno()).st_size)
+    located = dict(path=path, delimiter=delimiter, within=within, ncols=len(names), block=block)
+    with pa.input_stream(fh, compression=compression(path)) as stream:
+        try:
+            reader = pacsv.open_csv(
+                stream,
+                read_options=pacsv.ReadOptions(block_size=block),
+                parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(include_columns=include,
+                                                     column_types={c: pa.binary() for c in include},
+                                                     strings_can_be_null=False),
+            )
+        except pa.ArrowInvalid as exc:
+            raise _parse_error(str(exc), rows_before=0, **located) from None
+        yield from _batches(reader, roles, cols, stats, progress, located)
+    if stats.rows_read == 0:
+        raise InputError("no rows (the file has a header but no data)", path=path)
+
+
+def _batches(reader, roles: dict, cols: ColumnMap, stats: ReadStats, progress: bool,
+             located: dict) -> Iterator[pa.RecordBatch]:
+    """``reader``'s batches as SOURCE_SCHEMA rows; a parse or value error re-pointed at its row and line."""
+    path = located["path"]
     with row_bar(path, progress) as bar:
         while True:
             try:
@@ -110,14 +126,12 @@ def read_csv(src: Source, cols: ColumnMap, stats: ReadStats, progress: bool = Tr
             except StopIteration:
                 break
             except pa.ArrowInvalid as exc:
-                raise _parse_error(str(exc), path, delimiter, len(names), stats.rows_read, block) from None
+                raise _parse_error(str(exc), rows_before=stats.rows_read, **located) from None
             if batch.num_rows:
                 raw = {role: (batch.column(name) if name else None) for role, name in roles.items()}
                 try:
                     out = normalize_batch(raw, batch.num_rows, roles, cols, stats, path)
                 except InputError as exc:
-                    raise _value_error(exc, path, delimiter) from None
+                    raise _value_error(exc, path, located["delimiter"], located["within"]) from None
                 bar.update(batch.num_rows)
                 yield out
-    if stats.rows_read == 0:
-        raise InputError("no rows (the file has a header but no data)", path=path)

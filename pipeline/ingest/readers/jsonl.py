@@ -3,6 +3,8 @@
 A chunk pyarrow refuses (mixed types in one key, bad syntax) is parsed again line by line with the
 ``json`` module, which finds the bad line or builds the columns by hand. Errors name the physical
 **line** of the file (1 = first line, blank lines counted): what an editor or ``sed -n 8p`` shows.
+The file is opened with ``detect.open_stream`` (``pipeline.core.userfiles``: no link followed, regular files
+only).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pyarrow.json as pajson
 
 from pipeline.core.errors import InputError
 from pipeline.ingest.columns import ColumnMap, resolve_columns
-from pipeline.ingest.detect import Source
+from pipeline.ingest.detect import Source, open_stream
 from pipeline.ingest.readers.base import LocatedError, ReadStats, bare_message, normalize_batch, row_bar
 
 JSON_CHUNK_BYTES = 16 << 20  # JSON lines are parsed in chunks of about this many bytes
@@ -41,10 +43,10 @@ def _refuse_json_array(chunk: bytes, path: str) -> None:
                          "line). Convert it with: jq -c '.[]' in.json > out.jsonl", path=path)
 
 
-def _line_chunks(path: str, stats: ReadStats) -> Iterator[tuple[list[bytes], list[int]]]:
+def _line_chunks(path: str, within: str | None, stats: ReadStats) -> Iterator[tuple[list[bytes], list[int]]]:
     """Non-blank lines in ~JSON_CHUNK_BYTES groups, invalid UTF-8 already replaced (and counted), with
     the physical line number (from 1, blank lines counted) of each."""
-    with pa.input_stream(path, compression="detect") as fh:
+    with open_stream(path, within) as fh:
         rest = b""
         first = True
         lines_before = 0  # physical lines in the chunks already yielded
@@ -165,7 +167,7 @@ def read_jsonl(src: Source, cols: ColumnMap, stats: ReadStats, progress: bool = 
     # text is always a string (never let inference turn "2020-01-01" into a timestamp)
     text_schema = pa.schema([(cols.text_col or "text", pa.string())])
     with row_bar(path, progress) as bar:
-        for lines, line_numbers in _line_chunks(path, stats):
+        for lines, line_numbers in _line_chunks(path, src.within, stats):
             columns, names = _parse_chunk(lines, line_numbers, text_schema, roles, path=path)
             if roles is None:
                 roles = resolve_columns(names, cols, path)

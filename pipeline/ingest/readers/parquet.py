@@ -1,6 +1,7 @@
 """Parquet files, streamed by record batch with pyarrow.parquet, reading only the mapped columns.
 
-Errors name the row (record number, from 1)."""
+Errors name the row (record number, from 1). The file is opened with ``pipeline.core.userfiles.open_user_file``
+(no link followed, regular files only) and pyarrow reads that open file, never the path."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.errors import InputError
+from pipeline.core.userfiles import open_user_file
 from pipeline.ingest.columns import ColumnMap, resolve_columns
 from pipeline.ingest.detect import Source
 from pipeline.ingest.readers.base import ReadStats, normalize_batch, row_bar
@@ -18,10 +20,16 @@ from pipeline.ingest.readers.base import ReadStats, normalize_batch, row_bar
 def read_parquet(src: Source, cols: ColumnMap, stats: ReadStats, progress: bool = True,
                  batch_size: int = 8192) -> Iterator[pa.RecordBatch]:
     path = src.location
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"not a readable Parquet file: {exc}", path=path) from None
+    with open_user_file(path, within=src.within) as fh:
+        try:
+            pf = pq.ParquetFile(fh)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"not a readable Parquet file: {exc}", path=path) from None
+        yield from _batches(pf, path, cols, stats, progress, batch_size)
+
+
+def _batches(pf: pq.ParquetFile, path: str, cols: ColumnMap, stats: ReadStats, progress: bool,
+             batch_size: int) -> Iterator[pa.RecordBatch]:
     roles = resolve_columns(pf.schema_arrow.names, cols, path)
     stats.columns = {k: v for k, v in roles.items() if v}
     include = list(dict.fromkeys(v for v in roles.values() if v))
