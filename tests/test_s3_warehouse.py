@@ -8,7 +8,7 @@ Against a real S3-compatible server (moto in server mode) on loopback:
 * a failed command publishes nothing (its mirror's new files go up with the next command that succeeds);
 * a pull leaves identical local files alone, replaces a changed one, keeps a local change not yet pushed, and
   skips a folder whose visibility file is not on the store yet; a push deletes nothing on the store and never
-  overwrites a champion pointer another machine moved.
+  overwrites a champion pointer another machine moved (races: tests/test_s3_conditional.py).
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def test_pull_leaves_identical_files_alone_and_push_deletes_nothing_on_the_store
     a = _mirror_with_files(tmp_path / "a")
     sent = push(a, s3)
     assert sorted(sent.transferred) == sorted(local_tree(a))
-    assert sent.transferred[-1] == "models/champion"            # the pointer goes up last
+    assert sent.transferred[-2:] == ["models/champion", "models/aliases.jsonl"]  # the pointer last, then the log
     assert ".promotion.lock" not in str(store_tree(s3)) and "reviews.duckdb" not in store_tree(s3)
     assert push(a, s3).transferred == []                        # unchanged since the last sync: nothing to send
 
@@ -218,7 +218,7 @@ def test_pull_skips_a_folder_being_published_and_builds_a_new_one_whole(s3, tmp_
     assert not [p for p in (tmp_path / "b" / "shards").iterdir() if p.name.startswith(".")]   # no temp left
 
 
-def test_publish_order_data_first_then_visibility_files_pointers_and_logs_champion_last():
+def test_publish_order_data_first_then_visibility_files_pointers_champion_last_then_logs():
     rels = ["models/champion", "models/v1/config.json", "models/champions/d.json", "models/v1/manifest.json",
             "shards/p/manifest.json", "models/v1/model.safetensors", "lake/reviews/dataset=d/part-1.parquet",
             "shards/p/train/shard-00000.ids.npy", "models/promotions.jsonl", "models/aliases/challenger.json",
@@ -226,8 +226,8 @@ def test_publish_order_data_first_then_visibility_files_pointers_and_logs_champi
     ordered = sorted(rels, key=lambda r: (objectstore.publish_rank(r), r))
     assert ordered == ["lake/reviews/dataset=d/part-1.parquet", "models/v1/model.safetensors",
                        "shards/p/train/shard-00000.ids.npy", "shards/p/manifest.json", "models/v1/manifest.json",
-                       "models/v1/config.json", "models/aliases.jsonl", "models/aliases/challenger.json",
-                       "models/champions/d.json", "models/promotions.jsonl", "models/champion"]
+                       "models/v1/config.json", "models/aliases/challenger.json", "models/champions/d.json",
+                       "models/champion", "models/aliases.jsonl", "models/promotions.jsonl"]   # logs record moves made
 
 
 def test_a_champion_moved_by_another_machine_is_not_overwritten(s3, tmp_path):
@@ -247,6 +247,8 @@ def test_a_champion_moved_by_another_machine_is_not_overwritten(s3, tmp_path):
     fs = _fs()
     assert fs.cat_file(f"{s3[5:]}/models/champion") == b'{"version": "v0002-from-b"}'
     assert fs.cat_file(f"{s3[5:]}/models/promotions.jsonl").decode().splitlines() == [
-        '{"by": "a", "n": 1}', '{"by": "b", "n": 2}', '{"by": "a", "n": 3}']     # the log keeps both lines
-    pull(s3, a)                                                 # the store's champion wins on the next pull
+        '{"by": "a", "n": 1}', '{"by": "b", "n": 2}']       # a's refused promotion is not logged as done ...
+    assert (a / "models/promotions.jsonl").read_bytes() == fs.cat_file(f"{s3[5:]}/models/promotions.jsonl")
+    assert (a / "models/champion").read_bytes() == b'{"version": "v0002-from-b"}'   # ... nor kept in a's mirror
+    pull(s3, a)                                                 # the store's champion stays on the next pull
     assert (a / "models/champion").read_bytes() == b'{"version": "v0002-from-b"}'

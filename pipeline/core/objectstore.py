@@ -10,31 +10,45 @@ Publish rules on the store (S3 has atomic single-object PUTs and nothing else):
 
 * data files (lake parts, shard files, model weights: write-once or content-addressed) go first, then the files
   that make them visible (:func:`publish_rank`): prep/pretrained ``manifest.json``, a model version's
-  ``manifest.json`` then ``config.json``, the per-dataset champions and aliases, ``models/champion`` last;
+  ``manifest.json`` then ``config.json``, the per-dataset champions and aliases, ``models/champion``, and last
+  the append-only logs (``models/*.jsonl``) that record those moves (a line never tells of a move not made);
 * nothing is ever deleted on the store: a file the mirror lacks may have been published by another machine;
-* a champion or alias pointer that another machine moved since this mirror last saw it is not overwritten
-  (:class:`PublishConflict`); the append-only logs (``models/*.jsonl``) are merged line by line.
+* pointers (champions, aliases) are moved by conditional PUTs (:mod:`pipeline.core.conditional`):
+  ``If-Match: <the ETag this mirror pulled>``, or ``If-None-Match: *`` for a new one, so of two machines that
+  move a pointer from the same state exactly one wins, whatever the timing. The loser's push publishes none of
+  its pointer moves (ones it already made in that push are put back; one it created stays, as nothing is deleted
+  on the store, and the error says so) and none of its log lines, the mirror takes the store's pointers and logs
+  again, and :class:`PublishConflict` (retry: exit 75) says who holds the pointer now;
+* a log is appended by a conditional replace of the whole object (re-read, re-merge, retry on a refusal), so the
+  lines of two machines appending at once both survive.
 
 A pull takes a prep, pretrained or model folder only once its visibility file is on the store, and builds a
 folder it lacks under a temp name before renaming it into place (readers on this machine see all or nothing).
 It never rewrites a local file whose bytes equal the store's: ``.objectstore.json`` in the mirror records each
 file's ETag, size and mtime when it was last synced, so an unchanged file costs one listing entry; without a
-record, the ETag (the MD5 of a single-PUT object) or, failing that, a downloaded copy is compared first.
+record, the ETag (the MD5 of a single-PUT object) or, failing that, a downloaded copy is compared first. A
+pointer is pulled with its ETag from one GET (the condition of this mirror's next write of it), and the caller's
+``verify_pointer_target`` (the registry's check of the version it names: this layer cannot import the registry)
+runs before it replaces the mirror's copy.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import posixpath
+import random
 import re
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
-from pipeline.core.errors import InputError, ReviewflowError, TemporaryFailure
+from pipeline.core.conditional import put_if, read_object
+from pipeline.core.errors import InputError, IntegrityError, ReviewflowError, TemporaryFailure
 from pipeline.core.storage import (atomic_dir, read_json, sha256_file, temp_prefix, write_bytes_atomic,
                                    write_json_atomic)
 
@@ -44,10 +58,14 @@ _UNIT_MARKERS = {"shards": "manifest.json", "pretrained": "manifest.json", "mode
 _POINTER_DIRS = ("models/champions/", "models/aliases/")   # small JSON pointers, not model versions
 _NOT_UNITS = {"champions", "aliases"}
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
+LOG_ATTEMPTS = 8        # conditional appends to one log before giving up (each refusal: another machine appended)
+
+VerifyPointer = Callable[[str], None]   # called with the version a pulled pointer names; raises to refuse it
 
 
-class PublishConflict(ReviewflowError):
-    """A pointer on the store was moved by another machine since this mirror synced it: not overwritten."""
+class PublishConflict(TemporaryFailure):
+    """A pointer on the store was moved by another machine since this mirror pulled it: this push's pointer moves
+    and log lines are not published. Retryable: the command run again pulls the new state and decides again."""
 
 
 @dataclass
@@ -59,6 +77,7 @@ class SyncReport:
     skipped: list[str] = field(default_factory=list)      # pull: units whose visibility file is not there yet
     pending: list[str] = field(default_factory=list)      # pull: changed here, not pushed yet (kept)
     conflicts: list[str] = field(default_factory=list)    # push: pointers moved on the store by another machine
+    left: list[str] = field(default_factory=list)         # push: refused push's moves that could not be put back
 
 
 def is_remote(location: str | os.PathLike | None) -> bool:
@@ -74,11 +93,14 @@ def mirror_dir(uri: str, cache_root: str | os.PathLike) -> Path:
 
 
 def publish_rank(rel: str) -> int:
-    """Upload order: 0 data, then the files that make data visible, the serving champion pointer last."""
+    """Upload order: 0 data, then the files that make data visible, the serving champion pointer, then the logs
+    that record the pointer moves."""
     parts = rel.split("/")
+    if is_log(rel):
+        return 6
     if rel == "models/champion":
         return 5
-    if is_log(rel) or is_pointer(rel):
+    if is_pointer(rel):
         return 4
     if len(parts) == 3 and parts[0] in _UNIT_MARKERS and parts[1] not in _NOT_UNITS:
         if parts[2] == "manifest.json":
@@ -89,7 +111,8 @@ def publish_rank(rel: str) -> int:
 
 
 def is_pointer(rel: str) -> bool:
-    """Champion and alias pointers: with the logs, the only files on the store ever replaced by other bytes."""
+    """Champion and alias pointers: with the logs, the only files on the store ever replaced by other bytes (and
+    so the only ones written under a condition)."""
     return rel == "models/champion" or rel.startswith(_POINTER_DIRS)
 
 
@@ -233,26 +256,32 @@ def _remote_listing(fs, root: str, prefixes: Iterable[str]) -> dict[str, tuple[s
     return found
 
 
-def pull(uri: str, local: str | os.PathLike, prefixes: Iterable[str] = SYNCED) -> SyncReport:
+def pull(uri: str, local: str | os.PathLike, prefixes: Iterable[str] = SYNCED, *,
+         verify_pointer_target: VerifyPointer | None = None) -> SyncReport:
     """Bring the store's files under ``prefixes`` into the mirror ``local`` (see the module doc). A prefix is a
     top folder of :data:`SYNCED` or one below it (a Dask worker needs only ``models/<version>``).
 
     Never deletes a local file; a local file the store has with other bytes is replaced (the store is the
     durable copy). A unit (prep, pretrained, model version) whose visibility file is not on the store yet is
-    skipped; one the mirror lacks is built under a temp name and renamed into place."""
+    skipped; one the mirror lacks is built under a temp name and renamed into place.
+
+    ``verify_pointer_target(version)`` is called for each champion/alias pointer taken from the store (after
+    the model versions are in the mirror), before it replaces the mirror's copy; what it raises stops the pull
+    and leaves the mirror's pointer as it was (the registry passes its version check here)."""
     local, prefixes = Path(local), tuple(prefixes)
     rep, state = SyncReport(), _State(local, uri)
     with _store_errors(uri, local, "pulling"):
         fs, root = _store(uri)
         listing = _remote_listing(fs, root, prefixes)
         try:
-            _pull_listing(fs, listing, local, state, rep)
+            _pull_listing(fs, listing, local, state, rep, verify_pointer_target)
         finally:
             state.save()
     return rep
 
 
-def _pull_listing(fs, listing: dict, local: Path, state: _State, rep: SyncReport) -> None:
+def _pull_listing(fs, listing: dict, local: Path, state: _State, rep: SyncReport,
+                  verify: VerifyPointer | None = None) -> None:
     """Loose data files (lake parts), then whole units, then the pointers and logs that refer to them."""
     units: dict[str, list[str]] = {}
     for rel in listing:
@@ -266,7 +295,56 @@ def _pull_listing(fs, listing: dict, local: Path, state: _State, rep: SyncReport
         else:
             _pull_unit(fs, listing, unit, sorted(rels, key=lambda r: (publish_rank(r), r)), local, state, rep)
     for rel in (r for r in loose if publish_rank(r) > 0):
-        _pull_file(fs, *listing[rel], rel, local / rel, state, rep)
+        if is_pointer(rel):
+            _pull_pointer(fs, *listing[rel], rel, local / rel, state, rep, verify)
+        else:
+            _pull_file(fs, *listing[rel], rel, local / rel, state, rep)
+
+
+def _pull_pointer(fs, path: str, info: dict, rel: str, local: Path, state: _State, rep: SyncReport,
+                  verify: VerifyPointer | None) -> None:
+    """A champion or alias pointer: its bytes and ETag from one GET (a listing's ETag and a later download may
+    be of two different writes, and the recorded ETag is the condition of this mirror's next write)."""
+    tag, rec = _tag(info), state.files.get(rel)
+    if rec is not None and rec["tag"] == tag and local.is_file() and not state.unchanged(rel, local):
+        rep.pending.append(rel)         # moved here since the last sync, not on the store: kept for the push
+        return
+    if state.unchanged(rel, local, tag):
+        rep.unchanged += 1
+        return
+    got = read_object(fs, path)
+    if got is None:
+        return                          # gone since the listing: nothing to take
+    if _take_pointer(rel, local, got, state, verify, f"s3://{path}"):
+        rep.transferred.append(rel)
+    else:
+        rep.unchanged += 1
+
+
+def _named_version(data: bytes, where: str) -> str | None:
+    """The version a pointer's bytes name (None: an alias tombstone)."""
+    try:
+        version = json.loads(data)["version"]
+        if version is None or isinstance(version, str):
+            return version
+    except (ValueError, TypeError, KeyError):
+        pass
+    raise IntegrityError(f"pointer {where} is damaged (no version in it): not taken into the local mirror; "
+                         f"set it again with `reviewflow models promote VERSION` or `reviewflow models alias`")
+
+
+def _take_pointer(rel: str, dest: Path, got: tuple[bytes, str], state: _State, verify: VerifyPointer | None,
+                  where: str) -> bool:
+    """Make ``dest`` hold the store's pointer ``got`` (bytes, ETag), after ``verify`` accepted the version it
+    names, and record the ETag. -> whether the local bytes changed."""
+    data, etag = got
+    if verify is not None and (version := _named_version(data, where)) is not None:
+        verify(version)
+    same = dest.is_file() and dest.read_bytes() == data
+    if not same:
+        write_bytes_atomic(dest, data)
+    state.record(rel, dest, etag)
+    return not same
 
 
 def _pull_unit(fs, listing: dict, unit: str, rels: list[str], local: Path, state: _State, rep: SyncReport) -> None:
@@ -298,74 +376,167 @@ def _local_files(local: Path, prefixes: tuple[str, ...]) -> list[str]:
     return found
 
 
-def _info(fs, path: str) -> dict | None:
-    try:
-        return fs.info(path)
-    except FileNotFoundError:
-        return None
+@dataclass
+class _Push:
+    """One push: the store, the mirror, its sync records and the report being filled."""
+
+    fs: object
+    root: str
+    uri: str
+    local: Path
+    state: _State
+    rep: SyncReport
+
+    def path(self, rel: str) -> str:
+        return posixpath.join(self.root, rel)
+
+    def where(self, rel: str) -> str:
+        return f"{self.uri.rstrip('/')}/{rel}"
 
 
-def _push_pointer(fs, path: str, rel: str, src: Path, state: _State, rep: SyncReport) -> bool:
-    """PUT a champion pointer unless another machine moved it since this mirror synced it. -> uploaded?"""
-    info = _info(fs, path)
-    if info is not None:
-        if fs.cat_file(path) == src.read_bytes():
-            state.record(rel, src, _tag(info))
-            return False
-        rec = state.files.get(rel)
-        if rec is None or rec["tag"] != _tag(info):
-            rep.conflicts.append(rel)
-            return False
-    fs.pipe_file(path, src.read_bytes())            # small: one PUT, atomic
-    return True
+def _push_data(p: _Push, rel: str) -> None:
+    """A data or visibility file: written once (or content-addressed), so a plain PUT."""
+    src, path = p.local / rel, p.path(rel)
+    p.fs.put_file(str(src), path)
+    p.state.record(rel, src, _tag(p.fs.info(path)))
+    p.rep.transferred.append(rel)
 
 
-def _push_log(fs, path: str, src: Path) -> bool:
-    """An append-only log: the store's lines, then this mirror's lines the store lacks."""
-    theirs = fs.cat_file(path).decode() if _info(fs, path) is not None else ""
-    ours = src.read_text()
-    known = set(theirs.splitlines())
-    merged = theirs + "".join(line + "\n" for line in ours.splitlines() if line not in known)
-    if merged != ours:
-        write_bytes_atomic(src, merged.encode())
-    if merged == theirs:
-        return False
-    fs.pipe_file(path, merged.encode())
-    return True
+def _push_pointers(p: _Push, rels: list[str]) -> str | None:
+    """Move the pointers ``rels`` on the store, each only from the state this mirror pulled (a conditional PUT).
+    All or none: at the first one refused, the ones already moved are put back. -> the refused one, or None."""
+    done: list[tuple[str, tuple[bytes, str] | None, str]] = []
+    for rel in rels:
+        src, path = p.local / rel, p.path(rel)
+        ours, rec = src.read_bytes(), p.state.files.get(rel)
+        seen = rec["tag"] if rec else None
+        now = read_object(p.fs, path)
+        if now is not None and now[0] == ours:      # already there (a lost record, an earlier push of this mirror)
+            p.state.record(rel, src, now[1])
+            continue
+        new = put_if(p.fs, path, ours, seen) if (now[1] if now else None) == seen else None
+        if new is None:
+            p.rep.conflicts.append(rel)
+            p.rep.left.extend(_put_back(p, done))
+            return rel
+        done.append((rel, now, new))
+        p.state.record(rel, src, new)
+        p.rep.transferred.append(rel)
+    return None
 
 
-def push(local: str | os.PathLike, uri: str, prefixes: Iterable[str] = SYNCED) -> SyncReport:
-    """Publish the mirror's new or changed files under ``prefixes`` to the store, data first, visibility
-    files after, ``models/champion`` last (see the module doc). Deletes nothing on the store. A pointer another
-    machine moved is left as it is and reported: :class:`PublishConflict` after everything else is up."""
+def _put_back(p: _Push, done: list[tuple[str, tuple[bytes, str] | None, str]]) -> list[str]:
+    """Undo this push's pointer moves, newest first, each only if nobody moved it since. -> those left moved
+    (one this push created stays: nothing is deleted on the store)."""
+    left = []
+    for rel, before, new in reversed(done):
+        if before is None or put_if(p.fs, p.path(rel), before[0], new) is None:
+            left.append(rel)
+        else:
+            p.rep.transferred.remove(rel)
+    return left
+
+
+def _restore(p: _Push, rels: list[str], verify: VerifyPointer | None) -> tuple[dict[str, bytes | None], list[str]]:
+    """After a refused push: the mirror's pointers and logs ``rels`` take the store's bytes again, so the mirror
+    never claims a move (or a log line) the store refused. -> ({rel: store bytes}, pointers whose store version
+    ``verify`` refused: removed from the mirror, the next pull tries again)."""
+    now_at, unverified = {}, []
+    for rel in rels:
+        dest, got = p.local / rel, read_object(p.fs, p.path(rel))
+        now_at[rel] = got[0] if got else None
+        try:
+            if got is None:
+                raise FileNotFoundError(rel)
+            if is_pointer(rel):
+                _take_pointer(rel, dest, got, p.state, verify, p.where(rel))
+            else:
+                write_bytes_atomic(dest, got[0])
+                p.state.record(rel, dest, got[1])
+        except (ReviewflowError, FileNotFoundError) as exc:
+            dest.unlink(missing_ok=True)
+            p.state.files.pop(rel, None)
+            if not isinstance(exc, FileNotFoundError):
+                unverified.append(rel)
+    return now_at, unverified
+
+
+def _merge(theirs: bytes, ours: bytes) -> bytes:
+    """An append-only log: the store's lines, then this mirror's lines the store lacks (order-free: appends from
+    two machines commute)."""
+    if theirs and not theirs.endswith(b"\n"):
+        theirs += b"\n"
+    known = set(theirs.split(b"\n"))
+    return theirs + b"".join(line + b"\n" for line in ours.split(b"\n") if line and line not in known)
+
+
+def _push_log(p: _Push, rel: str) -> None:
+    """Append this mirror's new lines by a conditional replace of the whole log; when another machine appended
+    first, re-read and re-merge (at most :data:`LOG_ATTEMPTS` times)."""
+    src, path = p.local / rel, p.path(rel)
+    ours = src.read_bytes()
+    for attempt in range(LOG_ATTEMPTS):
+        got = read_object(p.fs, path)
+        theirs, seen = got if got is not None else (b"", None)
+        merged = _merge(theirs, ours)
+        new = seen if merged == theirs else put_if(p.fs, path, merged, seen)
+        if new is not None or (merged == theirs and not merged):
+            if merged != ours:
+                write_bytes_atomic(src, merged)
+            if new is not None:
+                p.state.record(rel, src, new)
+            p.rep.transferred.extend([rel] if merged != theirs else [])
+            return
+        time.sleep(random.uniform(0, 0.02 * 2 ** attempt))
+    raise TemporaryFailure(f"appending to {p.where(rel)} was refused {LOG_ATTEMPTS} times in a row (other machines "
+                           f"kept appending); nothing of it was lost: run the command again")
+
+
+def push(local: str | os.PathLike, uri: str, prefixes: Iterable[str] = SYNCED, *,
+         verify_pointer_target: VerifyPointer | None = None) -> SyncReport:
+    """Publish the mirror's new or changed files under ``prefixes`` to the store: data first, visibility files
+    after, then the pointers (conditionally, ``models/champion`` last), then the logs (see the module doc).
+    Deletes nothing on the store. A pointer another machine moved since this mirror pulled it refuses this
+    push's pointer moves and log lines: the mirror takes the store's again (``verify_pointer_target`` as in
+    :func:`pull`) and :class:`PublishConflict` is raised, after the data files are up."""
     local, prefixes = Path(local), tuple(prefixes)
     rep, state = SyncReport(), _State(local, uri)
     with _store_errors(uri, local, "pushing"):
         fs, root = _store(uri)
         files = _local_files(local, prefixes)
-        changed = [r for r in files if not state.unchanged(r, local / r)]
+        changed = sorted((r for r in files if not state.unchanged(r, local / r)),
+                         key=lambda r: (publish_rank(r), r))
         rep.unchanged = len(files) - len(changed)
+        p = _Push(fs, root, uri, local, state, rep)
         try:
-            for rel in sorted(changed, key=lambda r: (publish_rank(r), r)):
-                src, path = local / rel, posixpath.join(root, rel)
-                if is_pointer(rel):
-                    sent = _push_pointer(fs, path, rel, src, state, rep)
-                elif is_log(rel):
-                    sent = _push_log(fs, path, src)
-                else:
-                    fs.put_file(str(src), path)
-                    sent = True
-                if rel in rep.conflicts:
-                    continue                        # not recorded: the next pull takes the store's
-                info = fs.info(path) if sent else _info(fs, path) if is_log(rel) else None
-                if info is not None:
-                    state.record(rel, src, _tag(info))
-                rep.transferred.extend([rel] if sent else [])
+            for rel in (r for r in changed if not is_pointer(r) and not is_log(r)):
+                _push_data(p, rel)
+            moves, logs = [r for r in changed if is_pointer(r)], [r for r in changed if is_log(r)]
+            refused = _push_pointers(p, moves)
+            if refused is not None:
+                now_at, unverified = _restore(p, moves + logs, verify_pointer_target)
+                raise PublishConflict(_refusal(p, refused, now_at.get(refused), unverified))
+            for rel in logs:
+                _push_log(p, rel)
         finally:
             state.save()
-    if rep.conflicts:
-        raise PublishConflict(
-            f"{', '.join(rep.conflicts)} on {uri} changed on another machine since this one last synced; kept "
-            f"the store's (everything else is published). Run the command again to work on the new state, "
-            f"or `reviewflow models promote VERSION` to choose the champion")
     return rep
+
+
+def _refusal(p: _Push, rel: str, now: bytes | None, unverified: list[str]) -> str:
+    """The one line a refused push says: which pointer, who holds it now, what to do."""
+    what = ("serving champion pointer" if rel == "models/champion" else
+            "dataset champion pointer" if rel.startswith("models/champions/") else "alias pointer")
+    try:
+        names = "nothing" if now is None else (_named_version(now, p.where(rel)) or "no version (removed)")
+    except IntegrityError:
+        names = "damaged bytes"
+    text = (f"{what} {p.where(rel)} was moved by another machine since this command read it (now names {names}); "
+            f"pull and retry (run the command again): none of this command's pointer moves or log lines were "
+            f"published, and the local mirror holds the store's pointers again")
+    if p.rep.left:
+        text += (f"; {', '.join(p.rep.left)} could not be put back (new on the store, or moved again since) and "
+                 f"name(s) what this command set")
+    if unverified:
+        text += f"; the store's {', '.join(unverified)} failed verification and were left out of the local mirror"
+    return text
