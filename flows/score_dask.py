@@ -29,6 +29,7 @@ from prefect.runtime import flow_run
 from pipeline.core.config import Warehouse
 from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT
 from pipeline.core.errors import InputError
+from pipeline.core.outputs import guard_output_dir
 from pipeline.score.partitioned import (DEFAULT_ROWS_PER_PART, PartResult, PartSpec, preflight, score_part,
                                         score_table_partitioned)
 from flows.artifacts import rows_progress
@@ -146,10 +147,13 @@ def run_distributed(*, table: str, db: str, model: str, warehouse: str, workers:
     from pipeline import registry
 
     wh = Warehouse.from_env(warehouse)
+    scratch = scratch or str(wh.root / "scratch")
+    if "://" not in scratch or scratch.startswith("file://"):   # a user-named folder: never a managed one
+        guard_output_dir(scratch.removeprefix("file://"), wh, allow="scratch")
     version = registry.get(wh, model).version
     preflight(db, table, **{k: options[k] for k in ("id_col", "text_col", "threshold", "rows_per_part", "blob_as_utf8",
                                                      "lock_timeout") if k in options})
     runner = dask_runner(workers, dask_address)
     return distributed_score_flow.with_options(task_runner=runner)(
-        table=table, db=db, version=version, warehouse=str(wh.root), scratch=scratch or str(wh.root / "scratch"),
+        table=table, db=db, version=version, warehouse=str(wh.root), scratch=scratch,
         workers=workers, dask_address=dask_address, **options)

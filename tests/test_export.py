@@ -15,6 +15,9 @@ from pipeline.score.export import export_table
 def test_export_writes_every_row_and_column_and_refuses_cleanly(tmp_path):
     db = make_review_db(tmp_path / "r.duckdb", n=57)
     out = tmp_path / "out" / "reviews.parquet"
+    with pytest.raises(InputError, match="does not exist; create it first"):     # a typo'd folder is not made
+        export_table(db, "reviews", out)
+    out.parent.mkdir()
     assert export_table(db, "reviews", out) == 57
     t = pq.read_table(out)
     assert t.num_rows == 57 and t.column_names[:3] == ["review_id", "text", "label"]

@@ -16,7 +16,7 @@ import traceback
 import typer
 
 from flows.cli import check, export, inbox, ingest, models, monitor, predict, prepare, pretrain, run, score, serve, sql, train
-from pipeline.core.errors import EXIT_TEMPORARY, ReviewflowError, TemporaryFailure
+from pipeline.core.errors import EXIT_TEMPORARY, ReviewflowError, TemporaryFailure, classify_os_error
 from pipeline.core.settings import env_help, load
 
 HELP = """\
@@ -76,7 +76,7 @@ class _UserErrorsWithoutTraceback(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, ReviewflowError):
+        if isinstance(_classified(exc), ReviewflowError):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -88,7 +88,21 @@ def _pop_debug(argv: list[str]) -> bool:
     return found or load().debug
 
 
+def _classified(exc: BaseException | None) -> BaseException | None:
+    """An OS failure (full disk, read-only mount, no permission, descriptor limit) as the ReviewflowError it is for
+    the user (pipeline.core.errors.classify_os_error); any other exception as it is. Looks through ``raise ...
+    from`` chains of exceptions that are not ReviewflowErrors (a wrapper must not hide a full disk)."""
+    seen, hops = exc, 0
+    while seen is not None and not isinstance(seen, ReviewflowError) and hops < 16:   # hops: a cyclic chain
+        found = classify_os_error(seen)
+        if found is not None:
+            return found
+        seen, hops = seen.__cause__, hops + 1
+    return exc
+
+
 def _exit_code(exc: BaseException) -> int:
+    exc = _classified(exc)
     if isinstance(exc, ReviewflowError):
         return exc.exit_code
     if isinstance(exc, _NETWORK_ERRORS) or type(exc).__module__.startswith("httpx"):
@@ -97,6 +111,7 @@ def _exit_code(exc: BaseException) -> int:
 
 
 def _message(exc: BaseException) -> str:
+    exc = _classified(exc)
     if isinstance(exc, TemporaryFailure) or not isinstance(exc, ReviewflowError):
         kind = "temporary failure, retry later" if _exit_code(exc) == EXIT_TEMPORARY else "internal error"
         detail = str(exc) if isinstance(exc, ReviewflowError) else f"{type(exc).__name__}: {exc}"

@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from pipeline.core.errors import naming_path
+
 
 _OWNER_RE = re.compile(r"\.rf-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-(?P<start>\d+)\.")
 
@@ -84,10 +86,11 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, target)
+        with naming_path(target):       # an ENOSPC from Arrow/NumPy/DuckDB writes carries no file name
+            yield tmp_path
+            with open(tmp_path, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -118,8 +121,9 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=target.parent))
     try:
-        yield tmp
-        os.rename(tmp, target)  # atomic; raises if target is a non-empty dir
+        with naming_path(target):
+            yield tmp
+            os.rename(tmp, target)  # atomic; raises if target is a non-empty dir
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

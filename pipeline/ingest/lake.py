@@ -40,7 +40,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline.core.config import Warehouse, validate_name
-from pipeline.core.errors import InputError, NotFoundError, TemporaryFailure
+from pipeline.core.errors import InputError, NotFoundError, TemporaryFailure, naming_path
 from pipeline.core.schema import LAKE_SCHEMA, to_lake_table
 from pipeline.core.storage import sha256_file
 from pipeline.ingest.dedupe import Deduper
@@ -172,15 +172,17 @@ class PartWriter:
 
     def flush(self) -> None:
         if self._buf:
-            self._writer.write_table(pa.Table.from_batches(self._buf, schema=LAKE_SCHEMA),
-                                     row_group_size=1 << 30)
+            with naming_path(self.path):        # Arrow reports a full disk without the file's name
+                self._writer.write_table(pa.Table.from_batches(self._buf, schema=LAKE_SCHEMA),
+                                         row_group_size=1 << 30)
             self._buf, self._nbytes = [], 0
 
     def close(self) -> None:
         self.flush()
-        self._writer.close()
-        with open(self.path, "rb") as fh:
-            os.fsync(fh.fileno())
+        with naming_path(self.path):
+            self._writer.close()
+            with open(self.path, "rb") as fh:
+                os.fsync(fh.fileno())
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
