@@ -15,6 +15,8 @@ import pytest
 
 REVIEWFLOW = str(Path(sys.executable).with_name("reviewflow"))
 
+pytestmark = pytest.mark.subprocess      # every test runs the CLI in a process
+
 
 def cli_env(tmp_path: Path) -> dict:
     env = dict(os.environ)

@@ -208,6 +208,8 @@ def passes(argv: list[str]) -> bool:
     return subprocess.run(argv, capture_output=True, timeout=30).returncode == 0
 
 
+@pytest.mark.subprocess
+@pytest.mark.dask
 def test_the_dask_healthchecks_pass_on_a_real_cluster_and_fail_without_the_worker(tmp_path: Path):
     services = resolved()["services"]
     port, dash, wdash = free_port(), free_port(), free_port()

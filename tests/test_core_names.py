@@ -26,6 +26,7 @@ def test_good_names_pass():
     assert validate_name("IMDb_2026-v1.2") == "IMDb_2026-v1.2"
 
 
+@pytest.mark.subprocess
 def test_a_bad_dataset_name_through_the_cli_is_one_line_exit_2(tmp_path):
     src = tmp_path / "r.csv"
     src.write_text("text,label\ngood film,1\n")

@@ -21,17 +21,12 @@ from score_helpers import make_review_db, query_rows
 from typer.testing import CliRunner
 
 from flows.cli import app
-from pipeline.core.config import Warehouse
 from pipeline.core.errors import IntegrityError
 from pipeline.score.sql import run_query
 from pipeline.score.writeback import score_table
 from pipeline import registry
-from pipeline.train.config import TrainConfig
 from pipeline.model.coverage import DEFAULT_RULE, CoverageRule, coverage_of, rule_from_config
-from pipeline.train.job import register_and_promote
-from pipeline.train.loop import train
 from pipeline.serve.predictor import Predictor, load_predictor
-from train_helpers import tiny_model, tiny_prep
 
 CHINESE = "这部电影很好看"              # one token, unknown to an English model
 GIBBERISH = "qzxv wqpz kkjt"           # three unknown tokens
@@ -40,14 +35,10 @@ MOSTLY_UNKNOWN = "wonderful qzxv wqpz"  # 1 of 3 known: below it
 
 
 @pytest.fixture(scope="module")
-def wh(tmp_path_factory):
-    root = tmp_path_factory.mktemp("coverage")
-    wh = Warehouse(root / "wh").ensure()
-    prep = tiny_prep(wh, n=240)
-    run = train(prep, TrainConfig(epochs=3, batch_size=16, lr=0.02, threads=1), root / "run", progress=False,
-                model=tiny_model())
-    register_and_promote(wh, run, preset="tiny", promote=True)
-    return wh
+def wh(model_shelf, tmp_path_factory):
+    from model_helpers import gru
+
+    return model_shelf.copy(gru, tmp_path_factory.mktemp("coverage") / "wh").wh
 
 
 @pytest.fixture(scope="module")
@@ -254,19 +245,21 @@ def test_sql_sentiment_is_null_for_text_the_model_cannot_read(tmp_path, predicto
 @pytest.mark.prefect
 def test_score_flow_reports_unknown_rows_in_its_artifacts(prefect_harness, wh, tmp_path, predictor):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     from flows.score import score_flow
 
     db = _db_with_unreadable_rows(tmp_path, n=20)
-    out = score_flow(table="reviews", db=str(db), warehouse=str(wh.root), predictor=predictor)
+    state = score_flow(table="reviews", db=str(db), warehouse=str(wh.root), predictor=predictor, return_state=True)
+    out, run_id = state.result(), state.state_details.flow_run_id
     assert (out["rows_scored"], out["rows_unknown"], out["label_counts"]["unknown"]) == (21, 3, 3)
     assert out["coverage_rule"] == {"min_known": 1, "min_share": 0.5}
 
     async def fetch():
         async with get_client() as client:
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["score-summary-reviews", "score-report-reviews"])))
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(   # this run's: the harness is shared
+                key=ArtifactFilterKey(any_=["score-summary-reviews", "score-report-reviews"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
 
     arts = {a.key: a for a in asyncio.run(fetch())}
     summary = {row["metric"]: row["value"] for row in json.loads(arts["score-summary-reviews"].data)}

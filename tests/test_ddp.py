@@ -126,6 +126,7 @@ def _version_files(wh: Warehouse, version: str) -> dict:
     return {name: read_json(folder / name) for name in ("config.json", "metrics.json", "environment.json")}
 
 
+@pytest.mark.ddp
 def test_two_gloo_ranks_register_one_model_by_the_single_process_rules(trained):
     wh1, one, _ = trained[1]
     wh2, two, lines = trained[2]
@@ -158,6 +159,7 @@ def test_two_gloo_ranks_register_one_model_by_the_single_process_rules(trained):
     assert probs[0] > 0.5 > probs[1]
 
 
+@pytest.mark.ddp
 def test_two_ranks_resume_after_a_kill_and_match_the_uninterrupted_run(trained, tmp_path):
     wh, two, _ = trained[2]
     spec = resolve_preset("default", DDP)
@@ -196,6 +198,7 @@ def test_two_ranks_resume_after_a_kill_and_match_the_uninterrupted_run(trained, 
         job.run_training(prep.prep_dir, other, out, device="cpu", nproc=2, progress=False)
 
 
+@pytest.mark.ddp
 def test_a_time_budget_stops_every_rank_at_the_same_step_and_keeps_the_best_epoch(trained, tmp_path):
     wh, _, _ = trained[2]
     spec = resolve_preset("default", DDP | {"epochs": 50, "max_minutes": 1e-9})
@@ -240,6 +243,7 @@ def _wait_for_epoch(out, proc: subprocess.Popen, at_least: int) -> int:
     raise AssertionError(f"no checkpoint of epoch {at_least + 1} while the ranks ran (exit {proc.poll()})")
 
 
+@pytest.mark.ddp
 @pytest.mark.prefect
 def test_the_train_flow_launches_torchrun_inside_its_gpu_tagged_task_and_logs_the_ranks(prefect_harness, warehouse):
     import asyncio

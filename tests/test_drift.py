@@ -44,17 +44,21 @@ def test_too_few_rows_are_not_judged():
     assert overall(compare(ref, run, Thresholds(min_rows=10))) == "drift"
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """A tiny champion trained on 800 synthetic reviews (200 validation rows), with its reference profile."""
+def champion_800(wh) -> dict:
+    """model_helpers.champion's recipe on 800 reviews: 200 validation rows for the reference profile."""
     from ops_helpers import train_tiny_champion
 
-    from pipeline.core.config import Warehouse
+    return {"champion": train_tiny_champion(wh, dataset="tiny", n=800)}
+
+
+@pytest.fixture(scope="module")
+def model(model_shelf, tmp_path_factory):
+    """A tiny champion trained on 800 synthetic reviews (200 validation rows), with its reference profile."""
     from pipeline.serve.predictor import load_predictor
     from pipeline import registry
 
-    wh = Warehouse(tmp_path_factory.mktemp("drift") / "warehouse").ensure()
-    version = train_tiny_champion(wh, n=800)
+    shelved = model_shelf.copy(champion_800, tmp_path_factory.mktemp("drift") / "warehouse")
+    wh, version = shelved.wh, shelved.champion
     path = registry.get(wh, version).path / REFERENCE_FILE      # stored by the registration itself
     assert path.exists()
     return wh, version, path, load_predictor(wh, version)

@@ -54,6 +54,7 @@ def _hold_lock(path, seconds):
     return p
 
 
+@pytest.mark.subprocess
 def test_connect_waits_for_writer_then_succeeds(tmp_path):
     db = tmp_path / "w.duckdb"
     duckdb.connect(str(db)).close()
@@ -68,6 +69,7 @@ def test_connect_waits_for_writer_then_succeeds(tmp_path):
     assert said and "waiting for the writer" in said[0]
 
 
+@pytest.mark.subprocess
 def test_connect_gives_up_after_bounded_wait(tmp_path):
     db = tmp_path / "w.duckdb"
     duckdb.connect(str(db)).close()

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline.ops import inbox
 
 TESTS = Path(__file__).parent
@@ -107,6 +109,7 @@ for name in sys.argv[3:]:
 """
 
 
+@pytest.mark.subprocess
 def test_racing_claimers_in_separate_processes_each_file_claimed_once(warehouse, tmp_path):
     """Four real processes claim the same 25 files at the same moment: every file has exactly one winner,
     the losers get None (no exception), and every file sits in processing/ unchanged."""

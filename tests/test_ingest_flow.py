@@ -103,6 +103,7 @@ def test_cli_ingest_no_prefect(tmp_path):
     assert (rep["rows_added"], rep["duplicates_in_lake"], rep["part_file"]) == (0, 9, None)
 
 
+@pytest.mark.subprocess
 def test_cli_reports_bad_input_without_traceback(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\nok,pos\n")

@@ -115,6 +115,7 @@ def test_old_parts_without_group_id_read_as_null_next_to_new_ones(warehouse, tmp
     assert lake.read_table(warehouse, "mixed").num_rows == 10
 
 
+@pytest.mark.subprocess
 def test_cli_group_col(warehouse, tmp_path):
     csv = tmp_path / "a.csv"
     csv.write_text("review_id,text,label,movie\nr1,good,pos,m1\nr2,bad,neg,m2\n")

@@ -158,6 +158,7 @@ def test_folder_special_entries_are_skipped_by_name_never_opened(warehouse, tmp_
     assert "aclImdb/train/pos/7_9.txt" in rep.summary()
 
 
+@pytest.mark.subprocess
 def test_skipped_names_are_capped_and_the_cli_lists_them(tmp_path):
     src = tmp_path / "src"
     base = write_aclimdb_folder(src, n_per_class=1, splits=("train",))
@@ -439,6 +440,7 @@ KILL_POINTS = {"reading a CSV": ("reading", _csv), "reading an aclImdb folder": 
                "staged, before publish": ("staged", _csv), "rewriting under the lock": ("rewriting", None)}
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("case", list(KILL_POINTS))
 def test_kill_9_leftovers_are_swept_by_the_next_ingest(populated, tmp_path, case):
     wh = populated
@@ -457,6 +459,7 @@ def test_kill_9_leftovers_are_swept_by_the_next_ingest(populated, tmp_path, case
     assert again.rows_added == 0 and _leftovers(wh) == []
 
 
+@pytest.mark.subprocess
 def test_a_dead_rewrite_is_swept_even_when_the_next_ingest_adds_nothing(populated, tmp_path):
     wh = populated
     _kill_9(_child(wh, "rewriting", _part_like(wh, tmp_path, range(0, 50))))
@@ -467,6 +470,7 @@ def test_a_dead_rewrite_is_swept_even_when_the_next_ingest_adds_nothing(populate
     assert rep.part_file is None and _leftovers(wh) == []
 
 
+@pytest.mark.subprocess
 def test_a_live_ingest_keeps_its_scratch_while_another_runs(populated, tmp_path):
     wh = populated
     proc = _child(wh, "reading", _csv(tmp_path / "slow.csv", range(0, 6000)))

@@ -237,6 +237,7 @@ def test_ten_megabyte_review_intact(warehouse, tmp_path):
     assert lake_rows(warehouse, "bigj")["big"]["text"] == big
 
 
+@pytest.mark.subprocess
 def test_ten_megabyte_review_memory_is_sane(tmp_path):
     """Peak RSS growth of a separate process ingesting one 10 MB review stays far below 'load it many times'."""
     big = "x" * (10 * 1024 * 1024)

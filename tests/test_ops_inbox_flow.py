@@ -7,7 +7,7 @@ import os
 import duckdb
 import pytest
 
-from ops_helpers import drop_bad_csv, drop_csv, train_tiny_champion
+from ops_helpers import drop_bad_csv, drop_csv
 from pipeline.ingest.lake import read_table
 from pipeline.ops import inbox as box
 
@@ -16,10 +16,10 @@ OLD = 2 * FRESH_FOR
 
 
 @pytest.mark.prefect
-def test_inbox_flow_processes_fails_and_skips_duplicates(prefect_harness, warehouse):
+def test_inbox_flow_processes_fails_and_skips_duplicates(prefect_harness, tiny_champion):
     from flows.inbox import inbox_flow
 
-    version = train_tiny_champion(warehouse)
+    warehouse, version = tiny_champion.wh, tiny_champion.champion
     good = drop_csv(warehouse, "batch-1.csv", n=20, age_s=OLD)
     dup_text = good.read_bytes()
     bad = drop_bad_csv(warehouse, age_s=OLD)
@@ -76,7 +76,7 @@ def test_inbox_flow_scoring_failure_moves_ingested_files_to_failed(prefect_harne
 
 
 @pytest.mark.prefect
-def test_inbox_flow_maps_columns_from_sidecar_settings_and_guess(prefect_harness, warehouse):
+def test_inbox_flow_maps_columns_from_sidecar_settings_and_guess(prefect_harness, tiny_champion):
     """A CSV exported as ``id,review`` just works (guessed, shown in the results); a sidecar names other columns;
     a bad sidecar fails its file alone, naming the sidecar."""
     import pyarrow as pa
@@ -85,7 +85,7 @@ def test_inbox_flow_maps_columns_from_sidecar_settings_and_guess(prefect_harness
     from flows.inbox import inbox_flow
     from synthetic import make_reviews
 
-    train_tiny_champion(warehouse)
+    warehouse = tiny_champion.wh
     t, u = make_reviews(12, seed=8, split=None, id_prefix="m"), make_reviews(12, seed=9, split=None, id_prefix="s")
     files = {"export.csv": (pa.table({"id": t["review_id"], "review": t["text"]}), None),
              "shop.csv": (pa.table({"sku": u["review_id"], "opinion": u["text"], "ok": u["label"]}),

@@ -62,6 +62,7 @@ def test_run_flow_end_to_end_then_cached(prefect_harness, warehouse, tmp_path):
     assert {"run-acl-summary", "run-acl-progress", "pretrain-acl"} <= keys, keys
 
 
+@pytest.mark.subprocess
 def test_cli_fails_fast_without_network(tmp_path):
     with socket.socket() as s:  # a loopback port nobody listens on stands in for "no network"
         s.bind(("127.0.0.1", 0))
@@ -75,6 +76,7 @@ def test_cli_fails_fast_without_network(tmp_path):
     assert not (tmp_path / "wh").exists(), "nothing may be written before the check"
 
 
+@pytest.mark.subprocess
 def test_cli_missing_local_source(tmp_path):
     r = subprocess.run([REVIEWFLOW, "run", "--source", str(tmp_path / "nope.parquet"), "--warehouse",
                         str(tmp_path / "wh")], capture_output=True, text=True, timeout=120)

@@ -7,7 +7,6 @@ import shlex
 import duckdb
 import pytest
 
-from ops_helpers import train_tiny_champion
 from pipeline.ingest.lake import split_counts
 from pipeline.ops.summary import build_summary, example_sql, summary_markdown, summary_text
 from pipeline.score.sql import run_query
@@ -55,10 +54,10 @@ def test_summary_text_markdown_and_runnable_sql(warehouse):
             assert shlex.split(line.strip())[2] in s["example_sql"]
 
 
-def test_example_queries_on_a_table_scored_by_a_real_model(warehouse):
+def test_example_queries_on_a_table_scored_by_a_real_model(tiny_champion):
     """The summary's SQL, run as `reviewflow sql` runs it (read-only connection, the real ``sentiment()``),
     on a table scored by a real tiny model; each answer is checked against the model's own predictions."""
-    version = train_tiny_champion(warehouse)
+    warehouse, version = tiny_champion.wh, tiny_champion.champion
     write_lake_dataset(warehouse, "fresh", make_reviews(60, seed=21, split="test", id_prefix="f"))
     predictor = load_predictor(warehouse)
     score_dataset(warehouse, "fresh", predictor, split="test")

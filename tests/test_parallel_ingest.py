@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -75,15 +74,26 @@ def test_concurrent_files_give_the_lake_of_one_by_one(tmp_path):
     want_wh, want_reports = one_by_one(tmp_path, files)
 
     wh = Warehouse(tmp_path / "concurrent")
-    lock, busy, peak, published = threading.Lock(), [0], [0], []
+    lock, busy, peak, published, finished = threading.Lock(), [0], [0], [], []
+    # gates, not sleeps: the first three stages wait for each other (the window of 3 really holds three at once,
+    # or the barrier breaks), and the first file finishes staging last, so publishing in file order is the code's
+    # doing, not the threads' luck
+    all_in, done = threading.Barrier(3, timeout=30), {f: threading.Event() for f in files}
 
     def staged(path: str):
         with lock:
             busy[0] += 1
             peak[0] = max(peak[0], busy[0])
         try:
-            time.sleep(0.2)          # every stage overlaps the others: the order of finishing is up to the threads
-            return stage(wh, path, "shop", progress=False)
+            if path in files[:3]:
+                all_in.wait()
+            if path == files[0]:
+                done[files[1]].wait(30)
+                done[files[2]].wait(30)
+            result = stage(wh, path, "shop", progress=False)
+            finished.append(Path(path).name)
+            done[path].set()
+            return result
         finally:
             with lock:
                 busy[0] -= 1
@@ -98,6 +108,7 @@ def test_concurrent_files_give_the_lake_of_one_by_one(tmp_path):
     with ThreadPoolExecutor(3) as ex:
         outcomes = stage_and_publish(files, lambda f: ex.submit(staged, f), publish_one, window=3)
     assert peak[0] == 3 and published == [Path(f).name for f in files]
+    assert finished.index(Path(files[0]).name) > finished.index(Path(files[2]).name), finished
     assert lake_rows(wh, "shop") == lake_rows(want_wh, "shop")
     got = [o.report for o in outcomes]
     strip = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "part_file")}  # noqa: E731

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 
 from pipeline.core.errors import EXIT_USER_ERROR
 from pipeline.prepare.config import PrepareConfig
@@ -22,6 +23,8 @@ from synthetic import make_reviews, with_groups, write_lake_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 REVIEWFLOW = [sys.executable, "-c", "from flows.cli import main; main()"]
+
+pytestmark = pytest.mark.subprocess      # every test runs the CLI in a process
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:

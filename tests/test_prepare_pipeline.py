@@ -168,6 +168,7 @@ def test_zero_token_reviews_are_dropped_and_counted(warehouse):
     assert lengths.tolist() == [0, 0, 0] and not ids.any()
 
 
+@pytest.mark.subprocess
 def test_huge_review_is_truncated_with_sane_memory(warehouse):
     big = ("word " * 2_100_000)[:10_000_000] + " THE END"
     t = rows([big, "small one", "another small", "tiny"], labels=[1, 0, 1, 0])

@@ -131,6 +131,7 @@ def test_train_dataset_pretrains_once_and_registers_where_it_started(warehouse: 
     assert len(list(warehouse.pretrained.iterdir())) == 1                 # reused, not pretrained twice
 
 
+@pytest.mark.subprocess
 def test_cli_pretrain_prints_where_the_vectors_are_and_what_they_learned(warehouse: Warehouse):
     import subprocess
     import sys

@@ -137,6 +137,7 @@ def test_token_batches_cut_sorted_rows_by_padded_tokens():
     assert token_batches(np.zeros(0, np.int64), 10) == []
 
 
+@pytest.mark.subprocess
 def test_sentiment_udf_device_refuses_cuda_where_there_is_none(runs, tmp_path):
     wh, gru, _ = runs
     assert sentiment_device("cpu") == "cpu"

@@ -137,6 +137,7 @@ def _move(mirror: Path, who: str, rels: list[str], log: str) -> str:
     return version
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_two_machines_moving_a_pointer_at_once_exactly_one_wins_every_time(bucket, tmp_path, family):
     before_pointers, moves, log = FAMILIES[family]
@@ -176,6 +177,7 @@ def test_two_machines_moving_a_pointer_at_once_exactly_one_wins_every_time(bucke
         assert store_tree(uri) == after
 
 
+@pytest.mark.slow
 def test_machines_appending_to_a_log_at_once_all_keep_their_lines(bucket, tmp_path):
     for n in range(ROUNDS):
         uri, root = f"s3://{bucket}/round{n}/wh", tmp_path / f"round{n}"

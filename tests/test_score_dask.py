@@ -21,20 +21,18 @@ from score_helpers import make_review_db, query_rows
 
 from pipeline.core.duck import connection
 
-pytestmark = [pytest.mark.prefect, pytest.mark.slow]
+pytestmark = [pytest.mark.prefect, pytest.mark.dask, pytest.mark.slow]
 
 N = 3000
 ROWS_PER_PART = 100
 
 
 @pytest.fixture(scope="module")
-def champion(tmp_path_factory):
-    from ops_helpers import train_tiny_champion
+def champion(model_shelf, tmp_path_factory):
+    import model_helpers
 
-    from pipeline.core.config import Warehouse
-
-    wh = Warehouse(tmp_path_factory.mktemp("dask") / "warehouse").ensure()
-    return wh, train_tiny_champion(wh)
+    shelved = model_shelf.copy(model_helpers.champion, tmp_path_factory.mktemp("dask") / "warehouse")
+    return shelved.wh, shelved.champion
 
 
 @pytest.fixture

@@ -10,29 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.core.config import Warehouse
 from pipeline.core.errors import InputError
 from pipeline.score.writeback import score_table
-from pipeline.train.config import TrainConfig
-from pipeline.train.job import register_and_promote
-from pipeline.train.loop import train
 from pipeline.serve.predictor import load_predictor
 from score_helpers import make_review_db, query_rows
 from synthetic import make_reviews
-from train_helpers import tiny_model, tiny_prep
 
 REVIEWFLOW = str(Path(sys.executable).with_name("reviewflow"))
 
 
 @pytest.fixture(scope="module")
-def wh(tmp_path_factory):
-    root = tmp_path_factory.mktemp("device")
-    wh = Warehouse(root / "wh").ensure()
-    prep = tiny_prep(wh, n=240)
-    res = train(prep, TrainConfig(epochs=2, batch_size=16, lr=0.02, threads=1), root / "run", progress=False,
-                model=tiny_model(ngram_buckets=97))
-    register_and_promote(wh, res, preset="tiny", promote=True)
-    return wh
+def wh(model_shelf, tmp_path_factory):
+    from model_helpers import gru
+
+    return model_shelf.copy(gru, tmp_path_factory.mktemp("device") / "wh").wh
 
 
 def texts() -> list[str]:
@@ -55,6 +46,7 @@ def test_a_device_that_is_not_here_is_refused_naming_the_ones_that_are(wh):
             load_predictor(wh, device=device)
 
 
+@pytest.mark.subprocess
 def test_cli_refuses_a_missing_device_before_touching_the_table(wh, tmp_path):
     db = tmp_path / "r.duckdb"
     make_review_db(db, n=30)

@@ -296,6 +296,7 @@ def _audit(db) -> list[tuple]:
     return query_rows(db, "SELECT pid, status, rows_scored, error FROM sentiment_runs ORDER BY started_at")
 
 
+@pytest.mark.subprocess
 def test_two_concurrent_runs_score_each_row_once(tmp_path):
     db = make_review_db(tmp_path / "c.duckdb", 4000, pk=True)
     gate = tmp_path / "go"
@@ -329,6 +330,7 @@ def test_two_concurrent_runs_score_each_row_once(tmp_path):
     assert score_table(db, "reviews", BowPredictor(), lock_timeout=0.3).rows_scored == 0
 
 
+@pytest.mark.subprocess
 def test_kill_9_of_the_claim_holder_lets_the_waiting_run_finish(tmp_path):
     db = make_review_db(tmp_path / "k.duckdb", 4000, pk=True)
     holder, holder_out = _scorer(db, 500, tmp_path / "never")

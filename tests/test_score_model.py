@@ -12,15 +12,12 @@ from typer.testing import CliRunner
 
 
 @pytest.fixture(scope="module")
-def trained_wh(tmp_path_factory):
-    from pipeline.core.config import Warehouse
-    from pipeline.train.job import train_dataset
+def trained_wh(model_shelf, tmp_path_factory):
+    """The shelf's tiny champion and a dataset 'syn' of 240 reviews it was not trained on."""
+    from model_helpers import champion
 
-    wh = Warehouse(tmp_path_factory.mktemp("scoremodel") / "wh").ensure()
+    wh = model_shelf.copy(champion, tmp_path_factory.mktemp("scoremodel") / "wh").wh
     write_lake_dataset(wh, "syn", make_reviews(240, seed=3))
-    res = train_dataset(wh, "syn", "default", overrides=dict(epochs=2, hidden=8, embed_dim=8, max_len=48),
-                        device="cpu", progress=False)
-    assert res["promoted"]
     return wh
 
 

@@ -23,15 +23,14 @@ N = 1200
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(model_shelf, tmp_path_factory):
     """A warehouse with a tiny trained champion, and its predictor."""
-    from ops_helpers import train_tiny_champion
+    from model_helpers import champion
 
-    from pipeline.core.config import Warehouse
     from pipeline.serve.predictor import load_predictor
 
-    wh = Warehouse(tmp_path_factory.mktemp("wh") / "warehouse").ensure()
-    version = train_tiny_champion(wh)
+    shelved = model_shelf.copy(champion, tmp_path_factory.mktemp("wh") / "warehouse")
+    wh, version = shelved.wh, shelved.champion
     return wh, version, load_predictor(wh, version, precision="fp32")   # int8: scores depend on the batch
 
 
@@ -163,9 +162,12 @@ def test_bad_arguments_are_refused_before_anything_is_written(tiny, tmp_path):
     wh, version, predictor = tiny
     db = make_review_db(tmp_path / "r.duckdb", n=50)
     before = db.read_bytes()
-    for kwargs, match in [({"rows_per_part": 0}, "rows_per_part"), ({"threshold": 2.0}, "threshold"),
-                          ({"text_col": "nope"}, "nope")]:
-        with pytest.raises(Exception, match=match):
+    from pipeline.core.errors import NotFoundError
+
+    for kwargs, error, match in [({"rows_per_part": 0}, InputError, "rows_per_part"),
+                                 ({"threshold": 2.0}, InputError, "threshold"),
+                                 ({"text_col": "nope"}, NotFoundError, "column 'nope' not found")]:
+        with pytest.raises(error, match=match):
             score_table_partitioned(db, "reviews", version, serial_map(predictor, 0.5),
                                     scratch=str(tmp_path / "s"), **kwargs)
     assert db.read_bytes() == before
@@ -180,7 +182,7 @@ def test_preflight_refuses_a_bad_table_before_any_cluster_and_writes_nothing(tin
     preflight(db, "reviews")
     with pytest.raises(NotFoundError, match="nope"):
         preflight(db, "nope")
-    with pytest.raises(Exception, match="'body'"):
+    with pytest.raises(NotFoundError, match="column 'body' not found"):
         preflight(db, "reviews", text_col="body")
     with pytest.raises(InputError, match="rows_per_part"):
         preflight(db, "reviews", rows_per_part=0)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pytest
 import numpy as np
 from score_helpers import BowPredictor, Lines, make_review_db
 
@@ -18,6 +19,8 @@ from pipeline.score.writeback import score_table
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = str(ROOT / "tests" / "score_helpers.py")
 REVIEWFLOW = [sys.executable, "-c", "from flows.cli import main; main()"]
+
+pytestmark = pytest.mark.subprocess      # every test runs the CLI or a scoring process
 
 
 def _writer(db, table, chunk_rows, gate: Path, at: str) -> tuple[subprocess.Popen, Lines]:

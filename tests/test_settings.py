@@ -18,6 +18,7 @@ REVIEWFLOW = str(Path(sys.executable).with_name("reviewflow"))
 ALL_VARS = [settings.env_var(name) for cls in settings.SETTINGS_CLASSES for name in cls.model_fields]
 
 
+@pytest.mark.subprocess
 def test_every_variable_is_documented_in_the_module_and_in_help():
     assert len(ALL_VARS) == 22
     for var in ALL_VARS:
@@ -44,6 +45,7 @@ def test_debug_values(monkeypatch, value, debug):
     assert settings.load().debug is debug
 
 
+@pytest.mark.subprocess
 def test_a_bad_value_is_a_user_error_naming_the_variable(monkeypatch):
     monkeypatch.setenv("REVIEWFLOW_DEBUG", "maybe")
     with pytest.raises(InputError, match="REVIEWFLOW_DEBUG='maybe'"):
@@ -55,6 +57,7 @@ def test_a_bad_value_is_a_user_error_naming_the_variable(monkeypatch):
         "unable to interpret input"]
 
 
+@pytest.mark.subprocess
 def test_the_cli_imports_no_prefect_before_main_sets_its_environment():
     """main() sets Prefect's start-up timeout in the environment; Prefect reads its settings once, when first
     imported, so importing the CLI (every command module) must not import Prefect."""

@@ -15,19 +15,12 @@ from pipeline.registry import aliases
 
 
 @pytest.fixture(scope="module")
-def two_models(tmp_path_factory):
+def two_models(model_shelf, tmp_path_factory):
     """A champion and a second version trained on other data (the challenger)."""
-    from ops_helpers import train_tiny_champion
+    from model_helpers import champion_and_other
 
-    from pipeline.core.config import Warehouse
-
-    wh = Warehouse(tmp_path_factory.mktemp("shadow") / "warehouse").ensure()
-    champ = train_tiny_champion(wh, dataset="tiny", n=240)
-    other = train_tiny_champion(wh, dataset="other", n=160)
-    from pipeline.train import promotion
-
-    promotion.promote(wh, champ, reason="test setup")
-    return wh, champ, other
+    shelved = model_shelf.copy(champion_and_other, tmp_path_factory.mktemp("shadow") / "warehouse")
+    return shelved.wh, shelved.champion, shelved.versions["other"]
 
 
 def test_aliases_resolve_everywhere_and_refuse_what_would_be_ambiguous(two_models):

@@ -7,23 +7,19 @@ import pytest
 from score_helpers import make_review_db
 from typer.testing import CliRunner
 
-from pipeline.core.errors import InputError, NotFoundError
+from pipeline.core.errors import ReviewflowError
 from pipeline.score.sql import run_query
 from pipeline.score.sql_functions import MAX_MODELS
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    from ops_helpers import train_tiny_champion
+def models(model_shelf, tmp_path_factory):
+    from model_helpers import champion_and_other
 
-    from pipeline.core.config import Warehouse
     from pipeline.registry import aliases
-    from pipeline.train import promotion
 
-    wh = Warehouse(tmp_path_factory.mktemp("sqlfn") / "warehouse").ensure()
-    champ = train_tiny_champion(wh, dataset="tiny", n=240)
-    other = train_tiny_champion(wh, dataset="other", n=200)
-    promotion.promote(wh, champ, reason="test")
+    shelved = model_shelf.copy(champion_and_other, tmp_path_factory.mktemp("sqlfn") / "warehouse")
+    wh, champ, other = shelved.wh, shelved.champion, shelved.versions["other"]
     aliases.set_alias(wh, "challenger", other)
     return wh, champ, other
 
@@ -59,12 +55,13 @@ def test_sentiment_with_a_model_label_and_explain(models, tmp_path):
 def test_unknown_models_and_too_many_models_fail_the_query_clearly(models, tmp_path):
     wh, champ, other = models
     db = make_review_db(tmp_path / "r.duckdb", n=5)
-    with pytest.raises(Exception, match="not found"):
+    # a UDF's error reaches the caller as the query's one-line ReviewflowError naming the UDF's own error
+    with pytest.raises(ReviewflowError, match="NotFoundError: model version 'nope' not found"):
         _run(wh, db, "SELECT sentiment('good', 'nope')")
-    with pytest.raises(Exception, match="invalid model version"):
+    with pytest.raises(ReviewflowError, match="InputError: invalid model version"):
         _run(wh, db, "SELECT sentiment('good', '../../etc/passwd')")
     names = ", ".join(f"sentiment('x', '{m}')" for m in [champ, other, "challenger", "champion"][: MAX_MODELS + 1])
-    with pytest.raises(Exception, match=f"at most {MAX_MODELS} models"):
+    with pytest.raises(ReviewflowError, match=f"InputError: one query may use at most {MAX_MODELS} models"):
         _run(wh, db, f"SELECT {names}")
 
 
@@ -79,7 +76,7 @@ def test_the_lake_is_a_view_and_files_stay_out_of_reach(models, tmp_path):
     import json
 
     counts = {r["dataset"]: r["n"] for r in map(json.loads, out.output.strip().splitlines())}
-    assert counts == {"other": 200, "tiny": 240}
+    assert counts == {"other": 160, "tiny": 200}
     refused = CliRunner().invoke(app, ["sql", f"SELECT * FROM read_parquet('{wh.lake}/*/*.parquet')", *w])
     assert refused.exit_code != 0 and "refused" in str(refused.exception)
     explain = CliRunner().invoke(app, ["sql", "SELECT unnest(sentiment_explain('boring awful film'), recursive := true)", *w])

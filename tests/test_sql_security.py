@@ -367,6 +367,7 @@ def test_a_bad_limit_is_an_input_error(site):
 # --------------------------------------------------------------------------- the real CLI
 
 
+@pytest.mark.subprocess
 def test_cli_refuses_a_copy_over_the_champion_with_one_line_and_exit_2(site):
     cli = Path(sys.executable).parent / "reviewflow"
     before = state(site)

@@ -21,12 +21,6 @@ from pipeline.model.weights import load_model
 from train_helpers import tiny_model, tiny_prep
 
 
-@pytest.fixture(scope="module")
-def prep_dir(tmp_path_factory):
-    wh = Warehouse(tmp_path_factory.mktemp("train") / "wh").ensure()
-    return tiny_prep(wh)
-
-
 def expected_auto_device() -> str:
     if torch.cuda.is_available():
         return "cuda"
@@ -37,8 +31,8 @@ def test_device_auto_is_cuda_where_there_is_one_else_cpu():
     assert pick_device("auto").type == expected_auto_device()      # cpu on this machine, cuda on a GPU box
 
 
-def test_learns_a_separable_dataset(prep_dir, tmp_path):
-    res = train(prep_dir, TrainConfig(epochs=6, batch_size=16, lr=0.02, threads=1), tmp_path / "run",
+def test_learns_a_separable_dataset(tiny_prep_dir, tmp_path):
+    res = train(tiny_prep_dir, TrainConfig(epochs=6, batch_size=16, lr=0.02, threads=1), tmp_path / "run",
                 progress=False, model=tiny_model())            # device "auto"
     assert res.device.split(":")[0] == expected_auto_device() and res.environment["device"] == res.device
     assert res.metrics["val_accuracy"] > 0.95, res.history
@@ -56,8 +50,8 @@ def test_learns_a_separable_dataset(prep_dir, tmp_path):
     assert m["val_accuracy_short"] == m["val_accuracy"]     # these reviews are all <= 32 tokens: the 20+20 cut keeps them
 
 
-def test_weights_round_trip_bit_exact(prep_dir, tmp_path):
-    res = train(prep_dir, TrainConfig(epochs=1, batch_size=32, threads=1), tmp_path / "run", progress=False,
+def test_weights_round_trip_bit_exact(tiny_prep_dir, tmp_path):
+    res = train(tiny_prep_dir, TrainConfig(epochs=1, batch_size=32, threads=1), tmp_path / "run", progress=False,
                 model=tiny_model(pooling="attention"))
     model = load_model(res.weights, res.model_config)
     save_weights(model, tmp_path / "again.safetensors")
@@ -72,54 +66,54 @@ def test_weights_round_trip_bit_exact(prep_dir, tmp_path):
     assert ckpt["epoch"] == 0 and all(torch.equal(ckpt["model"][k], a[k]) for k in a)
 
 
-def test_seeded_runs_are_identical_on_cpu(prep_dir, tmp_path):
+def test_seeded_runs_are_identical_on_cpu(tiny_prep_dir, tmp_path):
     cfg = TrainConfig(epochs=2, batch_size=32, seed=3, threads=1)
-    r1 = train(prep_dir, cfg, tmp_path / "a", progress=False, model=tiny_model(dropout=0.2, embed_dropout=0.2))
-    r2 = train(prep_dir, cfg, tmp_path / "b", progress=False, model=tiny_model(dropout=0.2, embed_dropout=0.2))
+    r1 = train(tiny_prep_dir, cfg, tmp_path / "a", progress=False, model=tiny_model(dropout=0.2, embed_dropout=0.2))
+    r2 = train(tiny_prep_dir, cfg, tmp_path / "b", progress=False, model=tiny_model(dropout=0.2, embed_dropout=0.2))
     a, b = load_file(str(r1.weights)), load_file(str(r2.weights))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [h["val_loss"] for h in r1.history] == [h["val_loss"] for h in r2.history]
 
 
-def test_time_budget_stops_cleanly_and_keeps_a_model(prep_dir, tmp_path):
-    res = train(prep_dir, TrainConfig(epochs=50, batch_size=8, max_seconds=1e-9, threads=1), tmp_path / "run",
+def test_time_budget_stops_cleanly_and_keeps_a_model(tiny_prep_dir, tmp_path):
+    res = train(tiny_prep_dir, TrainConfig(epochs=50, batch_size=8, max_seconds=1e-9, threads=1), tmp_path / "run",
                 progress=False, model=tiny_model())
     assert res.stopped == "time_budget"
     assert len(res.history) == 1 and res.history[0]["partial"]
     assert (tmp_path / "run" / BEST).exists()
 
 
-def test_early_stopping_on_validation_loss(prep_dir, tmp_path):
+def test_early_stopping_on_validation_loss(tiny_prep_dir, tmp_path):
     # lr=1e-30 (lr must be > 0): too small to move a float32 weight, so validation loss never improves after
     # the first epoch and patience=2 stops after epoch 3
-    res = train(prep_dir, TrainConfig(epochs=10, lr=1e-30, patience=2, threads=1), tmp_path / "run", progress=False,
-                model=tiny_model())
+    res = train(tiny_prep_dir, TrainConfig(epochs=10, lr=1e-30, patience=2, threads=1), tmp_path / "run",
+                progress=False, model=tiny_model())
     assert res.stopped == "early_stopping" and len(res.history) == 3
     assert res.metrics["best_epoch"] == 1
 
 
-def test_resume_continues_and_matches_an_uninterrupted_run(prep_dir, tmp_path):
+def test_resume_continues_and_matches_an_uninterrupted_run(tiny_prep_dir, tmp_path):
     cfg = TrainConfig(epochs=3, batch_size=32, threads=1)
     model = tiny_model(dropout=0.2, embed_dropout=0.1)
-    full = train(prep_dir, cfg, tmp_path / "full", progress=False, model=model)
+    full = train(tiny_prep_dir, cfg, tmp_path / "full", progress=False, model=model)
 
     def crash_after_epoch_2(rec):
         if rec["epoch"] == 2:
             raise RuntimeError("simulated crash")
 
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(prep_dir, cfg, tmp_path / "part", progress=False, model=model, on_epoch=crash_after_epoch_2)
+        train(tiny_prep_dir, cfg, tmp_path / "part", progress=False, model=model, on_epoch=crash_after_epoch_2)
     assert not (tmp_path / "part" / RESULT).exists()
     assert torch.load(tmp_path / "part" / CHECKPOINT, weights_only=True)["epoch"] == 1
     seen = []
-    resumed = train(prep_dir, cfg, tmp_path / "part", progress=False, model=model, on_epoch=seen.append)
+    resumed = train(tiny_prep_dir, cfg, tmp_path / "part", progress=False, model=model, on_epoch=seen.append)
     assert [r["epoch"] for r in seen] == [3]                     # only the missing epoch ran
     assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
     a, b = load_file(str(full.weights)), load_file(str(resumed.weights))
     assert all(torch.equal(a[k], b[k]) for k in a)               # bit-exact: RNG + optimizer state restored
     with pytest.raises(ReviewflowError, match="different configuration"):
         (tmp_path / "part" / RESULT).unlink()
-        train(prep_dir, dataclasses.replace(cfg, lr=0.5), tmp_path / "part", progress=False, model=model)
+        train(tiny_prep_dir, dataclasses.replace(cfg, lr=0.5), tmp_path / "part", progress=False, model=model)
 
 
 CHILD = """
@@ -132,14 +126,15 @@ print(json.dumps({{"stopped": res.stopped, "epochs": len(res.history)}}))
 """
 
 
-def test_resume_after_sigkill(prep_dir, tmp_path):
+@pytest.mark.subprocess
+def test_resume_after_sigkill(tiny_prep_dir, tmp_path):
     """A real training process killed mid-run resumes from its last saved epoch and finishes. Its output goes
     to files, never to pipes nobody reads (a full pipe would stall the child)."""
     out = tmp_path / "run"
     overrides = dict(epochs=40, hidden=16, embed_dim=16, batch_size=8, threads=1, max_seconds=None, patience=None,
                      ngram_buckets=997, pretrained=None)
     script = tmp_path / "child.py"
-    script.write_text(CHILD.format(overrides=overrides, prep=str(prep_dir), out=str(out)))
+    script.write_text(CHILD.format(overrides=overrides, prep=str(tiny_prep_dir), out=str(out)))
     with open(tmp_path / "first.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, str(script)], stdout=log, stderr=subprocess.STDOUT)
     import time
@@ -167,6 +162,7 @@ def test_resume_after_sigkill(prep_dir, tmp_path):
     assert [h["epoch"] for h in res.history] == list(range(1, 41))
 
 
+@pytest.mark.subprocess
 def test_pipeline_never_imports_prefect():
     code = ("import sys, pipeline.train.job, pipeline.train.loop, pipeline.serve.predictor, pipeline.train.promotion;"
             "bad = [m for m in sys.modules if m.split('.')[0] == 'prefect']; assert not bad, bad")
@@ -206,8 +202,8 @@ def test_baseline_preset_learns_on_front_padded_shards(tmp_path):
 
 
 @pytest.mark.parametrize("select", ["val_loss", "val_accuracy"])
-def test_best_checkpoint_follows_the_selection_metric(prep_dir, tmp_path, select):
-    res = train(prep_dir, TrainConfig(epochs=4, batch_size=16, lr=0.05, threads=1, patience=None, select=select),
+def test_best_checkpoint_follows_the_selection_metric(tiny_prep_dir, tmp_path, select):
+    res = train(tiny_prep_dir, TrainConfig(epochs=4, batch_size=16, lr=0.05, threads=1, patience=None, select=select),
                 tmp_path / "run", progress=False, model=tiny_model())
     if select == "val_loss":
         want = min(res.history, key=lambda r: r["val_loss"])
@@ -238,13 +234,13 @@ def test_onecycle_schedule_works_for_any_number_of_steps_and_per_group_peaks(ste
         assert seen[-1][0] < peak[0]        # it anneals
 
 
-def test_unknown_selection_metric_is_refused(prep_dir, tmp_path):
+def test_unknown_selection_metric_is_refused(tiny_prep_dir, tmp_path):
     with pytest.raises(ReviewflowError, match="select"):
-        train(prep_dir, TrainConfig(epochs=1, select="f1"), tmp_path / "run", progress=False, model=tiny_model())
+        train(tiny_prep_dir, TrainConfig(epochs=1, select="f1"), tmp_path / "run", progress=False, model=tiny_model())
 
 
-def test_wide_and_deep_model_learns_with_nb_scaled_ngrams(prep_dir, tmp_path):
-    res = train(prep_dir, TrainConfig(epochs=4, batch_size=16, lr=0.02, threads=1, ngram_lr=0.2, part_loss=0.5),
+def test_wide_and_deep_model_learns_with_nb_scaled_ngrams(tiny_prep_dir, tmp_path):
+    res = train(tiny_prep_dir, TrainConfig(epochs=4, batch_size=16, lr=0.02, threads=1, ngram_lr=0.2, part_loss=0.5),
                 tmp_path / "run", progress=False,
                 model=tiny_model(ngram_buckets=997, ngram_dropout=0.2, ngram_nb_alpha=1.0))
     assert res.metrics["val_accuracy"] > 0.9

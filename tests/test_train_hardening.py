@@ -38,7 +38,7 @@ from pipeline.train.loop import train
 from pipeline.train.rundir import discard_run_dir, mark_registered, run_lock
 from pipeline.model.weights import load_model
 from synthetic import make_reviews, write_lake_dataset
-from train_helpers import TINY_OVERRIDES, tiny_model, tiny_prep
+from train_helpers import TINY_OVERRIDES, tiny_model
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent
@@ -47,15 +47,9 @@ FAST = dict(TINY_OVERRIDES, threads=1)          # a few seconds of training per 
 
 
 @pytest.fixture(scope="module")
-def prep_dir(tmp_path_factory) -> Path:
-    wh = Warehouse(tmp_path_factory.mktemp("hardening") / "wh").ensure()
-    return tiny_prep(wh)
-
-
-@pytest.fixture(scope="module")
-def trained(prep_dir, tmp_path_factory):
+def trained(tiny_prep_dir, tmp_path_factory):
     """A finished tiny training run: (weights path, model config)."""
-    res = train(prep_dir, TrainConfig(epochs=1, batch_size=32, threads=1), tmp_path_factory.mktemp("run") / "r",
+    res = train(tiny_prep_dir, TrainConfig(epochs=1, batch_size=32, threads=1), tmp_path_factory.mktemp("run") / "r",
                 progress=False, model=tiny_model(ngram_buckets=31))
     return res.weights, res.model_config
 
@@ -109,6 +103,7 @@ def test_a_device_that_does_not_exist_is_an_input_error_listing_those_that_do(de
     assert pick_device("cpu").type == "cpu" and pick_device("auto").type in ("cpu", "cuda", "mps")
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("flags", [["--epochs", "0"], ["--lr", "0"], ["--batch-size", "0"], ["--dropout", "1.5"],
                                    ["--set", "epochs=abc"], ["--device", "cuda:99"], ["--max-minutes", "-1"]])
 def test_cli_refuses_bad_options_before_any_data_pass(tmp_path, flags):
@@ -235,10 +230,10 @@ TAMPERS = {
 
 
 @pytest.mark.parametrize("case", sorted(TAMPERS))
-def test_training_refuses_a_damaged_prep_naming_the_file(prep_dir, tmp_path, case):
+def test_training_refuses_a_damaged_prep_naming_the_file(tiny_prep_dir, tmp_path, case):
     tamper, words = TAMPERS[case]
-    prep = tmp_path / prep_dir.name
-    shutil.copytree(prep_dir, prep)
+    prep = tmp_path / tiny_prep_dir.name
+    shutil.copytree(tiny_prep_dir, prep)
     tamper(prep)
     before = {p: p.read_bytes() for p in sorted(prep.rglob("*")) if p.is_file()}
     with pytest.raises(IntegrityError) as err:
@@ -343,6 +338,7 @@ def _versions(wh: Warehouse) -> list[str]:
     return sorted(mv.version for mv in registry.list_versions(wh))
 
 
+@pytest.mark.subprocess
 def test_two_processes_one_trains_the_other_is_told_the_dir_is_in_use(warehouse, tmp_path):
     write_lake_dataset(warehouse, "syn", make_reviews(240, seed=0, max_words=30))
     overrides = dict(FAST, epochs=8, batch_size=8)
@@ -369,6 +365,7 @@ def test_two_processes_one_trains_the_other_is_told_the_dir_is_in_use(warehouse,
         pass                                               # and nobody holds its lock any more
 
 
+@pytest.mark.subprocess
 def test_a_run_killed_mid_training_resumes_and_leaves_no_stuck_state(warehouse, tmp_path):
     write_lake_dataset(warehouse, "syn", make_reviews(240, seed=0, max_words=30))
     overrides = dict(FAST, epochs=40, batch_size=8)
@@ -441,6 +438,7 @@ def test_a_crash_between_register_and_cleanup_never_registers_the_run_twice(ware
     assert not out.exists()
 
 
+@pytest.mark.subprocess
 def test_a_second_holder_of_a_run_dir_gets_a_temporary_failure(tmp_path):
     out = tmp_path / "runs" / "r"
     with run_lock(out):
