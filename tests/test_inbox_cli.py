@@ -141,6 +141,22 @@ def test_watcher_sees_only_new_complete_files(warehouse):
     assert inbox.new_complete_files(warehouse, seen, min_age_s=60)[0] == ["a.csv"]
 
 
+class _Looks(threading.Event):
+    """The watcher's stop event as a script, not a clock: ``wait`` (called once after every look) records how
+    many runs were triggered so far, runs the test's next step instead of sleeping, and ends the watch when the
+    steps run out, so the test knows exactly how many looks happened whatever the host's speed."""
+
+    def __init__(self, calls: list, steps: list):
+        super().__init__()
+        self.calls, self.steps, self.runs_after_look = calls, list(steps), []
+
+    def wait(self, timeout=None) -> bool:
+        self.runs_after_look.append(len(self.calls))
+        if self.steps:
+            self.steps.pop(0)()
+        return not self.steps
+
+
 def test_watch_loop_triggers_once_per_new_file_and_retries_a_failed_trigger(warehouse):
     calls: list[tuple[list[str], str]] = []
     failures = [RuntimeError("API not up yet")]
@@ -151,18 +167,9 @@ def test_watch_loop_triggers_once_per_new_file_and_retries_a_failed_trigger(ware
         calls.append((names, signature))
 
     _drop(warehouse, "a.csv")
-    stop = threading.Event()
-    t = threading.Thread(target=watch_inbox, args=(str(warehouse.root), 0.02, stop, trigger), daemon=True)
-    t.start()
-    deadline = time.monotonic() + 30
-    while not calls and time.monotonic() < deadline:
-        time.sleep(0.01)
-    _drop(warehouse, "b.csv")
-    while len(calls) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)                                                    # ~10 more looks: no further runs
-    stop.set()
-    t.join(5)
-    assert not t.is_alive() and not failures
+    # look 1: the trigger fails; look 2: a.csv again; then b.csv appears; look 3: b.csv; looks 4-13: no further runs
+    looks = _Looks(calls, [lambda: None, lambda: _drop(warehouse, "b.csv")] + [lambda: None] * 11)
+    watch_inbox(str(warehouse.root), 0.0, looks, trigger)         # in this thread: returns when the script ends
+    assert looks.runs_after_look == [0, 1] + [2] * 11 and not failures
     assert [names for names, _ in calls] == [["a.csv"], ["b.csv"]]
     assert len({sig for _, sig in calls}) == 2
