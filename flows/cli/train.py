@@ -8,22 +8,30 @@ import typer
 
 from flows.cli.common import WarehouseOption, echo_kv, warehouse_from
 
+# The names pipeline/model/network.py accepts (ENCODERS + NGRAM_ONLY, POOLINGS), written out here because importing
+# the network would load torch for every `reviewflow` call; tests/test_cli_train_help.py keeps the two equal.
+ENCODERS = ("rnn", "lstm", "gru", "gridlstm", "transformer")
+NGRAM_ONLY = "none"
+POOLINGS = ("last", "mean", "max", "maxmean", "attention")
+ENCODER_HELP = " | ".join(ENCODERS) + f" | {NGRAM_ONLY} (the n-gram half alone, as the fast preset)"
+POOLING_HELP = " | ".join(POOLINGS)
+
 
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train_cmd(
         dataset: str = typer.Option(..., "--dataset", "-d", help="lake dataset to train on (see `reviewflow ingest`)"),
         preset: str = typer.Option("default", "--preset", "-p",
-                                   help="baseline (lineage Elman RNN) | default (best CPU model, <= 15 min) | "
-                                        "best (GPU-sized)"),
+                                   help="baseline (lineage Elman RNN) | fast (NBSVM, ~1 min CPU) | default (best "
+                                        "CPU model, <= 15 min) | best (GPU-sized)"),
         epochs: Optional[int] = typer.Option(None, help="override the preset's epochs"),
         hidden: Optional[int] = typer.Option(None, help="RNN hidden size per direction"),
         embed_dim: Optional[int] = typer.Option(None, "--embed-dim", help="embedding size"),
-        encoder: Optional[str] = typer.Option(None, help="rnn | lstm | gru | transformer"),
+        encoder: Optional[str] = typer.Option(None, help=ENCODER_HELP),
         layers: Optional[int] = typer.Option(None, help="stacked layers"),
         bidirectional: Optional[bool] = typer.Option(None, "--bidirectional/--no-bidirectional",
                                                      help="run RNNs in both directions"),
-        pooling: Optional[str] = typer.Option(None, help="last | mean | max | maxmean | attention"),
+        pooling: Optional[str] = typer.Option(None, help=POOLING_HELP),
         dropout: Optional[float] = typer.Option(None, help="dropout between layers and before the output"),
         max_len: Optional[int] = typer.Option(None, "--max-len", help="tokens kept per review (re-prepares)"),
         truncate: Optional[str] = typer.Option(None, help="head | tail | head+tail: which tokens long reviews keep"),

@@ -18,7 +18,7 @@ metric                      value                                       watch at
 PSI (population stability index) = sum over bins of (run - ref) * ln(run / ref), shares smoothed by 1e-4 so an
 empty bin does not give infinity; 0.1 / 0.25 are the customary "watch" / "act" levels. A run of fewer than
 ``min_rows`` rows (default 200) is not judged (status ``too_few_rows``): PSI over a handful of rows is noise.
-The thresholds are a :class:`Thresholds` (``reviewflow score --drift-*`` flags, ``REVIEWFLOW_DRIFT_*``).
+The thresholds are a :class:`Thresholds` (set by the ``REVIEWFLOW_DRIFT_*`` variables; there are no flags).
 
 Results go into the table ``sentiment_drift`` (run id, table, model, metric, value, reference value,
 thresholds, status, measured_at), one row per metric per run, in the same database as the scored table.

@@ -5,8 +5,8 @@ the version's own validation rows (``eval_set.parquet``: the review ids it was s
 read back from the lake and scored by a :class:`pipeline.serve.predictor.Predictor` of the version on the CPU,
 in the precision CPU scoring uses: the same tokenizer, truncation, coverage rule and calibration as a scoring
 run, so an unshifted sample compares as equal. Written once, atomically, as ``reference_profile.json`` beside
-the version's files (a version registered before profiles existed gets one with
-``reviewflow models reference VERSION``).
+the version's files. A version registered before profiles existed has none, and its scoring runs are not
+compared (the drift step logs "no reference profile"); :func:`write_reference` gives it one.
 """
 
 from __future__ import annotations
