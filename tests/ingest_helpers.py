@@ -19,6 +19,16 @@ def snapshot(wh: Warehouse) -> dict[str, bytes]:
     return {str(p.relative_to(wh.root)): p.read_bytes() for p in sorted(wh.root.rglob("*")) if p.is_file()}
 
 
+def lake_parts(wh: Warehouse, dataset: str, drop=("ingested_at",)) -> list[list[dict]]:
+    """The dataset's rows part file by part file, in publish order, without the ingest timestamp (to compare two
+    lakes built in different ways)."""
+    import pyarrow.parquet as pq
+
+    from pipeline.ingest.lake import part_files
+
+    return [pq.read_table(p).drop_columns(list(drop)).to_pylist() for p in part_files(wh, dataset)]
+
+
 def tmp_files(wh: Warehouse) -> list[Path]:
     return [p for p in wh.tmp.rglob("*") if p.is_file()] if wh.tmp.exists() else []
 

@@ -14,6 +14,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from ingest_helpers import lake_parts
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import InputError
 from pipeline.ingest.job import (combine_reports, files_failed, folder_files, ingest, ingest_files, publish, stage,
@@ -42,11 +43,6 @@ def review_folder(root: Path, bad: bool = False) -> Path:
     (root / "README.txt").write_text("exported reviews\n")
     (root / ".05-e.csv.partial").write_text("review_id,text\n")
     return root
-
-
-def lake_rows(wh: Warehouse, dataset: str, drop=("ingested_at",)) -> list[list[dict]]:
-    """The dataset's rows part file by part file, in publish order, without the ingest timestamp."""
-    return [pq.read_table(p).drop_columns(list(drop)).to_pylist() for p in part_files(wh, dataset)]
 
 
 def one_by_one(tmp_path: Path, files: list[str]) -> tuple[Warehouse, list[dict]]:
@@ -109,7 +105,7 @@ def test_concurrent_files_give_the_lake_of_one_by_one(tmp_path):
         outcomes = stage_and_publish(files, lambda f: ex.submit(staged, f), publish_one, window=3)
     assert peak[0] == 3 and published == [Path(f).name for f in files]
     assert finished.index(Path(files[0]).name) > finished.index(Path(files[2]).name), finished
-    assert lake_rows(wh, "shop") == lake_rows(want_wh, "shop")
+    assert lake_parts(wh, "shop") == lake_parts(want_wh, "shop")
     got = [o.report for o in outcomes]
     strip = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "part_file")}  # noqa: E731
     assert [strip(r) for r in got] == [strip(r) for r in want_reports]
@@ -134,7 +130,7 @@ def test_a_bad_file_among_many_is_named_and_the_others_stay_published(tmp_path):
     assert len(part_files(wh, "shop")) == 4
     good = [f for f in files if "bad" not in Path(f).name]
     want_wh, _ = one_by_one(tmp_path, good)
-    assert lake_rows(wh, "shop") == lake_rows(want_wh, "shop")
+    assert lake_parts(wh, "shop") == lake_parts(want_wh, "shop")
     # fixed and ingested again: only the fixed file's rows are new
     (folder / "02x-bad.csv").write_text("review_id,text,label\nz1,fine,pos\nz2,odd,neg\n")
     again = ingest_files(wh, files, "shop", workers=3)
@@ -153,7 +149,7 @@ def test_ingest_flow_on_a_folder_and_inbox_flow_with_workers(prefect_harness, tm
     with pytest.raises(InputError, match=r"02x-bad\.csv: unknown label value 'sideways'.*other 4 were"):
         ingest_flow(source=str(folder), dataset="shop", warehouse=str(wh.root), workers=3)
     want_wh, _ = one_by_one(tmp_path, [f for f in files if "bad" not in Path(f).name])
-    assert lake_rows(wh, "shop") == lake_rows(want_wh, "shop")
+    assert lake_parts(wh, "shop") == lake_parts(want_wh, "shop")
 
     # the inbox: the same files dropped in (those it takes: not .gz), read 3 at once; no model yet, so scoring
     # fails after the ingest and every good file goes to failed/ with its rows in the lake
@@ -170,4 +166,4 @@ def test_ingest_flow_on_a_folder_and_inbox_flow_with_workers(prefect_harness, tm
     assert "sideways" in by_file["02x-bad.csv"]["error"] and by_file["01-a.csv"]["error"].startswith("scoring")
     want_box, _ = one_by_one(tmp_path / "box-want", [f for f in dropped if "bad" not in Path(f).name])
     no_source = ("ingested_at", "source")                      # the inbox reads from inbox/processing/
-    assert lake_rows(box, "inbox", no_source) == lake_rows(want_box, "shop", no_source)
+    assert lake_parts(box, "inbox", no_source) == lake_parts(want_box, "shop", no_source)

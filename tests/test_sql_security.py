@@ -90,7 +90,7 @@ def state(site: Site) -> dict:
     }
 
 
-def assert_refused(site: Site, sql: str, words: str, **kwargs) -> QueryRefused:
+def assert_query_refused(site: Site, sql: str, words: str, **kwargs) -> QueryRefused:
     """Run ``sql``; it must be refused with a one-line QueryRefused containing ``words``, and
     change nothing."""
     before = state(site)
@@ -168,18 +168,18 @@ SEVERAL = [
 @pytest.mark.parametrize("sql", COPY_TO + COPY_FROM + ATTACH_DETACH + EXPORT_IMPORT + EXTENSIONS + WRITES)
 def test_statements_that_write_or_leave_the_database_are_refused(site, sql):
     keyword = re.sub(r"^(/\*.*?\*/|EXPLAIN ANALYZE)\s*", "", sql).split()[0].upper()
-    err = assert_refused(site, site.fill(sql), "is not allowed")
+    err = assert_query_refused(site, site.fill(sql), "is not allowed")
     assert keyword in str(err) and "SELECT" in str(err)          # names the statement and what IS allowed
 
 
 @pytest.mark.parametrize("sql", SETTINGS)
 def test_settings_are_refused(site, sql):
-    assert_refused(site, site.fill(sql), "is not allowed")
+    assert_query_refused(site, site.fill(sql), "is not allowed")
 
 
 @pytest.mark.parametrize("sql", SEVERAL)
 def test_more_than_one_statement_is_refused_before_any_runs(site, sql):
-    assert_refused(site, site.fill(sql), "2 statements")
+    assert_query_refused(site, site.fill(sql), "2 statements")
 
 
 FILE_READERS = [
@@ -207,18 +207,18 @@ FILE_READERS = [
 
 @pytest.mark.parametrize("sql", FILE_READERS)
 def test_functions_that_read_files_are_refused(site, sql):
-    assert_refused(site, site.fill(sql), "cannot touch files")
+    assert_query_refused(site, site.fill(sql), "cannot touch files")
 
 
 @pytest.mark.parametrize("sql", ["FROM '/etc/passwd'", "SELECT * FROM '/etc/shadow'", "SELECT * FROM 'nosuch.csv'"])
 def test_replacement_scans_of_paths_are_refused(site, sql):
     """A quoted path that DuckDB cannot resolve is refused as a file, not reported as a missing table."""
-    err = assert_refused(site, sql, "file")
+    err = assert_query_refused(site, sql, "file")
     assert "cannot" in str(err) and "reviews" in str(err)
 
 
 def test_a_write_hidden_in_a_select_is_refused(site):
-    assert_refused(site, "WITH d AS (DELETE FROM reviews RETURNING *) SELECT count(*) FROM d",
+    assert_query_refused(site, "WITH d AS (DELETE FROM reviews RETURNING *) SELECT count(*) FROM d",
                    "cannot change settings or data")
 
 
@@ -249,13 +249,13 @@ SENTIMENT_ATTACKS = [
 @pytest.mark.parametrize("sql, words", SENTIMENT_ATTACKS)
 def test_sentiment_queries_get_the_same_guards(site, sql, words):
     predictor = FakePredictor()
-    assert_refused(site, site.fill(sql), words, predictor=predictor)
+    assert_query_refused(site, site.fill(sql), words, predictor=predictor)
     assert predictor.calls == 0                  # refused before any text reached the model
 
 
 def test_a_refused_statement_does_not_load_the_model(site):
     loads = []
-    assert_refused(site, "SELECT sentiment('x'); DROP TABLE reviews", "2 statements",
+    assert_query_refused(site, "SELECT sentiment('x'); DROP TABLE reviews", "2 statements",
                    load_predictor=lambda: loads.append(1) or FakePredictor())
     assert loads == []
 
