@@ -67,10 +67,22 @@ def warehouse_from(option: str | None, reads: Iterable[str] = objectstore.SYNCED
         raise RuntimeError("warehouse_from(s3://...) pushes when the command ends: call it inside a CLI command")
     cache = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "reviewflow"
     mirror = objectstore.mirror_dir(location, cache)
-    objectstore.pull(location, mirror, reads)
+    objectstore.pull(location, mirror, reads, verify_pointer_target=pointer_verifier(mirror))
     wh = Warehouse.from_env(mirror).ensure()
     ctx.with_resource(_push_after_success(wh.root, location))
     return wh
+
+
+def pointer_verifier(mirror: Path) -> objectstore.VerifyPointer:
+    """The registry's check of the version a pointer pulled from the store names, in the mirror ``mirror``: a
+    pointer onto a damaged or altered version is not taken (``IntegrityError``). A version registered before
+    checksums passes here (it was pointed at before; scoring with it works as it always did)."""
+    def verify(version: str) -> None:
+        from pipeline.registry import verify_version    # deferred: the registry loads torch
+
+        verify_version(Warehouse.from_env(mirror), version, unchecked_ok=True)
+
+    return verify
 
 
 def _current_context():
@@ -90,9 +102,9 @@ def _push_after_success(mirror: Path, uri: str) -> Iterator[None]:
         yield
     except typer.Exit as done:
         if done.exit_code == 0:
-            objectstore.push(mirror, uri)
+            objectstore.push(mirror, uri, verify_pointer_target=pointer_verifier(mirror))
         raise
-    objectstore.push(mirror, uri)
+    objectstore.push(mirror, uri, verify_pointer_target=pointer_verifier(mirror))
 
 
 def echo_kv(title: str, pairs: dict) -> None:

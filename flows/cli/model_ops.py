@@ -42,6 +42,11 @@ def print_comparison(rep: dict) -> None:
 
 
 def register(models: typer.Typer) -> None:
+    _alias_commands(models)
+    _promote_and_compare(models)
+
+
+def _alias_commands(models: typer.Typer) -> None:
     alias = typer.Typer(help="Named aliases for versions: champion, challenger, or any name.\n\n\b\nExamples:\n"
                              "  reviewflow models alias set challenger v0003-default-20260101120000\n"
                              "  reviewflow models alias list\n"
@@ -53,7 +58,10 @@ def register(models: typer.Typer) -> None:
                   version: Annotated[str, typer.Argument(help="a version, or another alias")],
                   reason: Annotated[str, typer.Option("--reason", help="why (kept in models/aliases.jsonl)")] = "",
                   warehouse: WarehouseOption = None) -> None:
-        """Point alias NAME at VERSION. `champion` moves by promotion only: `reviewflow models promote`."""
+        """Point alias NAME at VERSION once VERSION verifies (every registered file against its SHA-256, its config;
+        a damaged or altered version is refused, exit 2, nothing written). NAME: 1-64 ASCII letters, digits, '_',
+        '-', '.', not `champion` or a version-like name; `champion` moves by promotion only:
+        `reviewflow models promote`."""
         from pipeline import registry
         from pipeline.registry import aliases
 
@@ -83,6 +91,8 @@ def register(models: typer.Typer) -> None:
         aliases.remove_alias(warehouse_from(warehouse, reads=("models",)), name)
         typer.echo(f"removed alias {name}")
 
+
+def _promote_and_compare(models: typer.Typer) -> None:
     @models.command("promote")
     def promote_cmd(version: str = typer.Argument(..., help="the version (or alias) to make champion"),
                     compare_table: Optional[str] = typer.Option(None, "--compare-table", help="first compare it with "
@@ -95,7 +105,8 @@ def register(models: typer.Typer) -> None:
         whatever its accuracy: the explicit override of the automatic rule (a new version replaces the
         champion of its own dataset only when it is more accurate on the same evaluation data).
         With --compare-table, the side-by-side comparison (`reviewflow models compare`) is printed and kept in
-        models/promotions.jsonl with the decision."""
+        models/promotions.jsonl with the decision. VERSION must verify first (every registered file against its
+        SHA-256, its config): a damaged or altered version is refused (exit 2) and no pointer moves."""
         from pipeline.train import promotion
         from pipeline import registry
 

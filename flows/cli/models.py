@@ -70,6 +70,18 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  {r['epoch']:>5}  {r['train_loss']:>10.4f}  {r['val_loss']:>8.4f}  {r['val_accuracy']:>7.4f}"
                        f"  {r['seconds']:>7.1f}  {r['tokens_per_s']:>8.0f}")
 
+    @models.command("verify")
+    def verify_cmd(version: str = typer.Argument("champion", help="a version, alias, or `champion`"),
+                   warehouse: WarehouseOption = None) -> None:
+        """Check VERSION the way every pointer move does: a real folder, every registered file (weights, vocabulary,
+        manifest, eval set) against the SHA-256 recorded at registration, config.json and metrics.json. Exit 2
+        with one line naming the file when it fails."""
+        from pipeline import registry
+
+        wh = warehouse_from(warehouse, reads=("models",))
+        mv = registry.verify_version(wh, registry.get(wh, version).version)
+        typer.echo(f"{mv.version}: verified ({len(mv.config.get('checksums') or {})} files match their SHA-256)")
+
     from flows.cli import model_ops
 
     model_ops.register(models)

@@ -24,7 +24,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 def validate_name(name: str, what: str = "name") -> str:
     """Dataset names, model versions etc. become directory names: keep them boring."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:   # fullmatch: `$` lets "a\n" by
         raise InputError(
             f"invalid {what} {name!r}: use 1-64 letters, digits, '_', '-', '.', starting with a letter or digit"
         )

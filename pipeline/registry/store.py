@@ -159,12 +159,16 @@ def publish(wh: Warehouse, version: str, cfg: dict, metrics: dict, environment: 
 
 
 def read_version(path: Path) -> ModelVersion:
-    try:
-        cfg = read_json(path / "config.json")
-        metrics = read_json(path / "metrics.json")
-    except (OSError, ValueError) as exc:
-        raise IntegrityError(f"model version {path.name} is unreadable ({type(exc).__name__}: {exc}); "
-                             f"it was modified or damaged: restore it or train again") from None
+    """The version in folder ``path`` as recorded (no file checks: :func:`pipeline.registry.verify_version`)."""
+    found = {}
+    for name in ("config.json", "metrics.json"):
+        try:
+            found[name] = read_json(path / name)
+        except (OSError, ValueError) as exc:
+            raise IntegrityError(f"model version {path.name}: {name} is unreadable ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''}); it was modified or damaged: "
+                                 f"restore it or train again") from None
+    cfg, metrics = found["config.json"], found["metrics.json"]
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or not isinstance(metrics, dict):
         raise IntegrityError(f"model version {path.name}: config.json/metrics.json do not hold a model version")
     return ModelVersion(version=path.name, path=path, config=cfg, metrics=metrics, prep_id=cfg.get("prep_id", ""))

@@ -17,7 +17,12 @@ The rules:
    registration step) is left as it is, and no second decision is logged.
 
 Every decision is appended to ``models/promotions.jsonl`` (what was compared, on what, and the outcome), and
-decisions are taken under a file lock, so two registrations finishing together cannot interleave.
+decisions are taken under the registry's pointer lock (:func:`pipeline.registry.pointer_lock`), so two
+registrations finishing together cannot interleave. A version is verified whole
+(:func:`pipeline.registry.verify_version`: every checked file against its SHA-256, config, name, a real folder)
+inside that lock before it is decided on and again where the pointer moves
+(:func:`pipeline.registry.set_champion`): a damaged or altered version is refused with an ``IntegrityError``,
+no pointer moves and no decision is logged.
 """
 
 from __future__ import annotations
@@ -31,10 +36,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-from filelock import FileLock, Timeout
-
 from pipeline.core.config import Warehouse
-from pipeline.core.errors import ReviewflowError, TemporaryFailure
+from pipeline.core.errors import ReviewflowError
 from pipeline.ingest.lake import read_table
 from pipeline import registry
 from pipeline.serve.predictor import Predictor
@@ -59,13 +62,8 @@ class Decision:
 
 
 def _lock(wh: Warehouse):
-    lock = FileLock(str(wh.models / ".promotion.lock"))
-    try:
-        lock.acquire(timeout=LOCK_TIMEOUT)
-    except Timeout:
-        raise TemporaryFailure(f"another registration held {wh.models}/.promotion.lock for {LOCK_TIMEOUT:.0f} s; "
-                               "retry") from None
-    return lock
+    """The registry's pointer lock, waiting at most :data:`LOCK_TIMEOUT` s (then ``TemporaryFailure``, exit 75)."""
+    return registry.pointer_lock(wh, timeout=LOCK_TIMEOUT)
 
 
 def _log(wh: Warehouse, decision: Decision) -> None:
@@ -140,9 +138,10 @@ def _decide(wh: Warehouse, version: str) -> Decision:
 
 
 def maybe_promote(wh: Warehouse, version: str) -> Decision:
-    """Promote ``version`` if it beats its dataset's champion on the same evaluation data (module doc)."""
-    lock = _lock(wh)
-    try:
+    """Promote ``version`` if it beats its dataset's champion on the same evaluation data (module doc). A version
+    that does not verify is refused (``IntegrityError``) before anything is decided or logged."""
+    with _lock(wh):
+        registry.verify_version(wh, version)
         decision = _decide(wh, version)
         if decision.reason == ALREADY:
             return decision
@@ -150,23 +149,19 @@ def maybe_promote(wh: Warehouse, version: str) -> Decision:
             registry.set_champion(wh, version, serving=decision.serving, reason=decision.reason)
         _log(wh, decision)
         return decision
-    finally:
-        lock.release()
 
 
 def promote(wh: Warehouse, version: str, reason: str = "explicit", comparison: dict | None = None) -> Decision:
-    """Make ``version`` the serving champion and its dataset's champion, whatever its accuracy. ``comparison``
-    (from :func:`pipeline.score.shadow.compare_models`) is logged with the decision."""
-    lock = _lock(wh)
-    try:
+    """Make ``version`` (a version or alias) the serving champion and its dataset's champion, whatever its
+    accuracy, once it verifies. ``comparison`` (from :func:`pipeline.score.shadow.compare_models`) is logged with
+    the decision."""
+    with _lock(wh):
         mv = registry.get(wh, version)
-        decision = Decision(mv.version, mv.config.get("dataset"), True, True, reason, registry.champion(wh),
-                            comparison=comparison)
-        registry.set_champion(wh, mv.version, serving=True, reason=reason)
+        before = registry.champion(wh)
+        mv = registry.set_champion(wh, mv.version, serving=True, reason=reason)
+        decision = Decision(mv.version, mv.config.get("dataset"), True, True, reason, before, comparison=comparison)
         _log(wh, decision)
         return decision
-    finally:
-        lock.release()
 
 
 def history(wh: Warehouse) -> list[dict]:
