@@ -73,6 +73,22 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.prefect)
 
 
+_TORCH_THREADS: list[int] = []
+
+
+@pytest.fixture(autouse=True)
+def _same_torch_threads():
+    """Every test starts on the process's first torch thread count. Training with ``TrainConfig.threads`` sets the
+    count for the whole process and keeps it, and float results (so what registration decides, e.g. int8) vary
+    with it: without this a test's outcome would depend on which tests ran before it (or on its xdist worker)."""
+    import torch
+
+    if not _TORCH_THREADS:
+        _TORCH_THREADS.append(torch.get_num_threads())
+    torch.set_num_threads(_TORCH_THREADS[0])
+    yield
+
+
 @pytest.fixture
 def warehouse(tmp_path: Path) -> Warehouse:
     """An empty warehouse in a temp dir."""
