@@ -22,6 +22,7 @@ from train_helpers import TINY_OVERRIDES
 from typer.testing import CliRunner
 
 from flows.cli import app
+from pipeline.core import liveness
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import InputError
 from pipeline.core.storage import read_json
@@ -165,9 +166,10 @@ def test_two_ranks_resume_after_a_kill_and_match_the_uninterrupted_run(trained, 
     spec = resolve_preset("default", DDP)
     prep = prepare(wh, "syn", PrepareConfig(**spec.prepare))
     out = tmp_path / "run"
-    job_spec = {"prep_dir": str(prep.prep_dir), "out_dir": str(out), "device": "cpu", "vectors": None,
-                "train": asdict(spec.train), "model": spec.model.to_dict(), "launcher_pid": os.getpid()}
     (tmp_path / "errors").mkdir()
+    job_spec = {"prep_dir": str(prep.prep_dir), "out_dir": str(out), "device": "cpu", "vectors": None,
+                "train": asdict(spec.train), "model": spec.model.to_dict(),   # this process is the launcher
+                "launcher": {"owner": liveness.register(tmp_path / "errors"), "dir": str(tmp_path / "errors")}}
     with open(tmp_path / "first.log", "wb") as log:      # a file, never a pipe nobody reads
         proc = subprocess.Popen(torchrun_command(2, job_spec, tmp_path / "errors"), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True, env=rank_environment(2, "cpu"))

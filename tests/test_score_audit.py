@@ -1,28 +1,36 @@
 """The audit table ``sentiment_runs``: rows keyed on the flow-run id, and dead runs found without trusting
-a bare PID (a PID is reused once its process is gone)."""
+a bare PID (a PID is reused once its process is gone) nor reading ``/proc``: a run's process is alive while
+it holds its owner lock (pipeline.core.liveness) in the database's folder."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import pytest
-from score_helpers import BowPredictor, make_review_db, query_rows
+from score_helpers import BowPredictor, Lines, make_review_db, query_rows
 
-from pipeline.score.audit import process_start
+from pipeline.core import liveness
 from pipeline.score.writeback import score_table
 
+ROOT = Path(__file__).resolve().parents[1]
+HELPER = str(ROOT / "tests" / "score_helpers.py")
 
 
-
-def _add_running_row(db, run_id: str, table: str, pid: int, started: str = "now()") -> None:
+def _add_running_row(db, run_id: str, table: str, pid: int | None, started: str = "now()",
+                     owner: str | None = None) -> None:
     """What a scoring run killed by a signal leaves: its row still ``running``."""
     con = duckdb.connect(str(db))
     try:
-        con.execute(f"INSERT INTO sentiment_runs (run_id, table_name, model, started_at, status, host, pid) "
-                    f"VALUES (?, ?, 'bow-v1', {started}, 'running', ?, ?)", [run_id, table, socket.gethostname(), pid])
+        con.execute("ALTER TABLE sentiment_runs ADD COLUMN IF NOT EXISTS owner VARCHAR")
+        con.execute(f"INSERT INTO sentiment_runs (run_id, table_name, model, started_at, status, host, pid, owner) "
+                    f"VALUES (?, ?, 'bow-v1', {started}, 'running', ?, ?, ?)",
+                    [run_id, table, socket.gethostname(), pid, owner])
     finally:
         con.close()
 
@@ -36,6 +44,7 @@ def live_process():
     proc.wait(timeout=30)
 
 
+@pytest.mark.subprocess
 def test_dead_run_of_the_table_is_failed_even_when_its_pid_lives_again(tmp_path, live_process):
     db = make_review_db(tmp_path / "a.duckdb", 40)
     score_table(db, "reviews", BowPredictor(), chunk_rows=20)
@@ -47,22 +56,73 @@ def test_dead_run_of_the_table_is_failed_even_when_its_pid_lives_again(tmp_path,
     assert status == "failed" and "interrupted" in error and "claim on table 'reviews' was free" in error
 
 
-def test_dead_run_of_another_table_is_found_by_pid_and_start_time(tmp_path, live_process):
+OWNER = """
+import sys
+from pipeline.core import liveness
+print(liveness.register(sys.argv[1]), flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def live_owner(tmp_path):
+    """Another live process holding its owner lock in ``tmp_path`` (as a scoring run does beside its
+    database); -> (process, its tag)."""
+    proc = subprocess.Popen([sys.executable, "-c", OWNER, str(tmp_path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    yield proc, proc.stdout.readline().strip()
+    proc.stdin.close()
+    proc.wait(timeout=30)
+
+
+@pytest.mark.subprocess
+def test_runs_of_other_tables_are_judged_by_their_owner_lock(tmp_path, live_owner):
+    proc, tag = live_owner
     db = make_review_db(tmp_path / "b.duckdb", 40)
     score_table(db, "reviews", BowPredictor(), chunk_rows=20)
-    assert process_start(live_process.pid) is not None
-    # PID reused: the process with that PID started after the run did
-    _add_running_row(db, "reused-pid", "other", live_process.pid, "now() - INTERVAL 1 HOUR")
-    # gone: no process has that PID (one that has just ended)
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    _add_running_row(db, "gone", "other", int(ended.stdout))
-    # the same process (started before its row): maybe alive, left alone
-    _add_running_row(db, "alive", "other", live_process.pid, "now() + INTERVAL 1 HOUR")
+    host, pid, nonce = tag.removeprefix("rf-").rsplit("-", 2)
+    rows = {   # run_id -> (pid, owner, status expected after the next run)
+        "alive": (proc.pid, tag, "running"),                                  # its lock is held
+        "reused-pid": (proc.pid, f"rf-{host}-{pid}-n{'0' * 12}", "failed"),   # same pid, another process
+        "gone": (12345, f"rf-{host}-12345-n{'1' * 12}", "failed"),           # no lock file at all
+        "other-host": (proc.pid, f"rf-elsewhere-{pid}-n{'2' * 12}", "running"),  # not ours to judge
+        "no-owner": (proc.pid, None, "running"),          # written before owners: left to its table's next run
+        "not-a-tag": (proc.pid, "pid 4242 started at 17", "running"),
+    }
+    for run_id, (p, owner, _) in rows.items():
+        _add_running_row(db, run_id, "other", p, owner=owner)
+    (tmp_path / liveness.OWNERS / f"rf-{host}-{pid}-n{'0' * 12}.lock").touch()   # a free lock: its owner died
     score_table(db, "reviews", BowPredictor(version="bow-v2"), chunk_rows=20)
     got = dict(query_rows(db, "SELECT run_id, status FROM sentiment_runs WHERE table_name = 'other'"))
-    assert got == {"reused-pid": "failed", "gone": "failed", "alive": "running"}
-    (error,), = query_rows(db, "SELECT error FROM sentiment_runs WHERE run_id = 'reused-pid'")
-    assert f"process {live_process.pid} on {socket.gethostname()} is gone" in error
+    assert got == {run_id: want for run_id, (_, _, want) in rows.items()}
+    (error,), = query_rows(db, "SELECT error FROM sentiment_runs WHERE run_id = 'gone'")
+    assert "no longer holds its owner lock" in error and f"rf-{host}-12345-n{'1' * 12}" in error
+    assert sorted(p.name for p in (tmp_path / liveness.OWNERS).iterdir()) == [f"{tag}.lock"]   # the live one's
+
+
+@pytest.mark.subprocess
+def test_a_killed_scoring_run_of_another_table_is_failed_a_live_one_kept(tmp_path):
+    """Real scoring processes: one of table ``other`` paused mid-run (it holds its claim and its owner lock)
+    stays ``running`` through a run of ``reviews``; after ``kill -9`` the next run of ``reviews`` marks it."""
+    db = make_review_db(tmp_path / "k.duckdb", 600, table="other")
+    make_review_db(db, 40)
+    proc = subprocess.Popen([sys.executable, HELPER, str(db), "other", "200", "0", str(tmp_path / "never")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    try:
+        Lines(proc.stdout).wait_for("gated")
+        score_table(db, "reviews", BowPredictor(), chunk_rows=20)
+        assert query_rows(db, "SELECT status FROM sentiment_runs WHERE table_name = 'other'") == [("running",)]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    score_table(db, "reviews", BowPredictor(version="bow-v2"), chunk_rows=20)
+    (owner, status, error), = query_rows(db, "SELECT owner, status, error FROM sentiment_runs "
+                                             "WHERE table_name = 'other'")
+    assert status == "failed" and "no longer holds its owner lock" in error and f"-{proc.pid}-n" in owner
+    assert not (tmp_path / liveness.OWNERS / f"{owner}.lock").exists()     # the dead owner's lock file is swept
 
 
 def test_flow_run_id_keys_the_audit_row_and_a_retry_continues_it(tmp_path):

@@ -28,6 +28,7 @@ def run_and_get_killed(code: str) -> None:
     assert proc.returncode == -9, proc.stderr
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("kind", ["atomic_path", "atomic_dir"])
 def test_temps_of_a_killed_writer_are_swept_live_ones_kept(tmp_path, kind):
     target = tmp_path / "thing"
@@ -36,8 +37,9 @@ def test_temps_of_a_killed_writer_are_swept_live_ones_kept(tmp_path, kind):
         with {kind}({str(target)!r}) as tmp:
             die()
     """)
-    leftovers = [p.name for p in tmp_path.iterdir()]
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != ".rf-owners"]     # and its (free) lock
     assert len(leftovers) == 1 and leftovers[0].startswith(".thing.rf-")
+    assert len(list((tmp_path / ".rf-owners").iterdir())) == 1
     mine = tmp_path / f".other.{owner_tag()}.x.tmp"          # a live writer's temp (this process)
     mine.write_text("in progress")
     plain = tmp_path / ".no-owner.tmp"                        # not ours to judge
@@ -47,13 +49,14 @@ def test_temps_of_a_killed_writer_are_swept_live_ones_kept(tmp_path, kind):
 
 
 def test_a_reused_pid_does_not_pass_for_the_dead_owner(tmp_path):
-    """Same host and pid as this (live) process, another start time: the owner is gone."""
+    """Same host and pid as this (live) process, another nonce: another process, whose lock is not held."""
     host_pid = owner_tag().rsplit("-", 1)[0]
-    stale = tmp_path / f".x.{host_pid}-1.abc.tmp"
+    stale = tmp_path / f".x.{host_pid}-n{'0' * 12}.abc.tmp"
     stale.mkdir()
     assert sweep_dead(tmp_path) == [stale.name]
 
 
+@pytest.mark.subprocess
 def test_a_killed_prepare_leaves_nothing_after_the_next_run(warehouse):
     write_lake_dataset(warehouse, "syn", make_reviews(240, seed=1, max_words=30))
     run_and_get_killed(f"""

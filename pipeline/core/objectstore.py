@@ -49,7 +49,7 @@ from typing import Callable, Iterable, Iterator
 
 from pipeline.core.conditional import put_if, read_object
 from pipeline.core.errors import InputError, IntegrityError, ReviewflowError, TemporaryFailure
-from pipeline.core.storage import (atomic_dir, read_json, sha256_file, temp_prefix, write_bytes_atomic,
+from pipeline.core.storage import (atomic_dir, held_temp_prefix, read_json, sha256_file, write_bytes_atomic,
                                    write_json_atomic)
 
 SYNCED = ("lake", "shards", "pretrained", "models")
@@ -208,18 +208,19 @@ def _download(fs, path: str, local: Path) -> bool:
     """Fetch the object beside ``local`` and rename it into place, unless its bytes equal ``local``'s
     (then the local file is left untouched). -> whether ``local`` was replaced."""
     local.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(local.name), suffix=".tmp", dir=local.parent)
-    os.close(fd)
-    try:
-        fs.get_file(path, tmp)
-        if local.is_file() and sha256_file(tmp) == sha256_file(local):
-            return False
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, local)
-        return True
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with held_temp_prefix(local.name, local.parent) as prefix:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=local.parent)
+        os.close(fd)
+        try:
+            fs.get_file(path, tmp)
+            if local.is_file() and sha256_file(tmp) == sha256_file(local):
+                return False
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, local)
+            return True
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def _pull_file(fs, path: str, info: dict, rel: str, local: Path, state: _State, rep: SyncReport) -> None:

@@ -1,9 +1,11 @@
 """Atomic file writes: write to a temp file beside the target, fsync, then rename over it.
 
-Every temp file or folder made here carries its owner in its name (``.<target>.rf-<host>-<pid>-<start>.…``,
-``start`` being the process's start time, so a reused pid is not mistaken for the owner). A process killed
-with ``kill -9`` leaves its temp behind; :func:`sweep_dead` removes the ones whose owner is gone, and the
-stages call it when they start (prepare: shards + scratch, register: models), so leftovers never pile up.
+Every temp file or folder made here carries its owner in its name (``.<target>.rf-<host>-<pid>-n<nonce>.…``,
+the owner tag of :mod:`pipeline.core.liveness`), and the owner holds its owner lock in the temp's directory
+(``<dir>/.rf-owners/<tag>.lock``) while the temp exists. A process killed with ``kill -9`` leaves its temp
+behind and its lock free; :func:`sweep_dead` removes the temps whose owner's lock is free, and the stages
+call it when they start (prepare: shards + scratch, register: models), so leftovers never pile up. No PID
+is trusted and nothing is read from ``/proc``: a reused PID comes with another nonce, so another lock.
 """
 
 from __future__ import annotations
@@ -14,64 +16,65 @@ import json
 import os
 import re
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from pipeline.core import liveness
 from pipeline.core.errors import naming_path
 
-
-_OWNER_RE = re.compile(r"\.rf-(?P<host>[A-Za-z0-9_]+)-(?P<pid>\d+)-(?P<start>\d+)\.")
-
-
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
-
-
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), or None if it does not exist."""
-    try:
-        stat = open(f"/proc/{pid}/stat", "rb").read().decode(errors="replace")
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+_OWNER_RE = re.compile(r"\.(" + liveness.TAG_PATTERN + r")\.")
 
 
 def owner_tag() -> str:
-    """``rf-<host>-<pid>-<start>``: names this process in temp names (see module doc)."""
-    return f"rf-{_host()}-{os.getpid()}-{_start_time(os.getpid()) or 0}"
+    """``rf-<host>-<pid>-n<nonce>``: names this process in temp names (see :mod:`pipeline.core.liveness`)."""
+    return liveness.owner_tag()
 
 
-def owner_is_alive(name: str) -> bool:
-    """Is the process named in temp name ``name`` still running? Names without an owner, and owners on
-    another host, count as alive (never removed by :func:`sweep_dead`)."""
+def owner_is_alive(name: str, directory: str | os.PathLike) -> bool:
+    """Is the process named in temp name ``name`` (in ``directory``) still running? Names without an owner
+    tag, and owners on another host, count as alive (never removed by :func:`sweep_dead`)."""
     m = _OWNER_RE.search(name)
-    if m is None or m.group("host") != _host():
-        return True
-    started = _start_time(int(m.group("pid")))
-    return started is not None and (started == int(m.group("start")) or int(m.group("start")) == 0)
+    return m is None or liveness.owner_alive(m.group(1), directory)
 
 
 def sweep_dead(*directories: str | os.PathLike) -> list[str]:
-    """Remove the temp files/folders in ``directories`` whose owner process is gone; returns their names.
-    (A dead owner writes nothing more, so no age threshold is needed.)"""
+    """Remove the temp files/folders in ``directories`` whose owner process is gone, then those owners'
+    lock files; returns the temps' names. (A dead owner writes nothing more, so no age threshold is needed.)"""
     swept = []
     for d in map(Path, directories):
         if not d.is_dir():
             continue
         for p in d.iterdir():
-            if not p.name.startswith(".") or _OWNER_RE.search(p.name) is None or owner_is_alive(p.name):
+            if not p.name.startswith(".") or owner_is_alive(p.name, d):
                 continue
             with contextlib.suppress(OSError):
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
                 swept.append(p.name)
+        liveness.sweep_locks(d)
     return swept
 
 
-def temp_prefix(name: str) -> str:
-    """Prefix for a temp file/folder made for ``name`` by this process."""
-    return f".{name}.{owner_tag()}."
+def temp_prefix(name: str, directory: str | os.PathLike) -> str:
+    """Prefix for a temp file/folder made for ``name`` in ``directory`` by this process, which holds its
+    owner lock there until it exits (for temps made without :func:`atomic_path` / :func:`atomic_dir`)."""
+    return f".{name}.{liveness.register(directory)}."
+
+
+def remove_temp(path: str | os.PathLike) -> None:
+    """Remove a temp file/folder named with :func:`temp_prefix` and end this process's hold on its directory
+    (safe to call twice: the hold ends only with the temp's removal)."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+    liveness.release(path.parent)
+
+@contextlib.contextmanager
+def held_temp_prefix(name: str, directory: str | os.PathLike) -> Iterator[str]:
+    """:func:`temp_prefix` for a temp whose life is this block: the owner lock is held only while it runs."""
+    with liveness.holding(directory) as tag:
+        yield f".{name}.{tag}."
 
 
 @contextlib.contextmanager
@@ -82,18 +85,19 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        with naming_path(target):       # an ENOSPC from Arrow/NumPy/DuckDB writes carries no file name
-            yield tmp_path
-            with open(tmp_path, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp_path, target)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+    with liveness.holding(target.parent) as tag:     # our owner lock beside the temp while it exists
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{tag}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            with naming_path(target):       # an ENOSPC from Arrow/NumPy/DuckDB writes carries no file name
+                yield tmp_path
+                with open(tmp_path, "rb") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp_path, target)
+        except BaseException:
+            tmp_path.unlink(missing_ok=True)
+            raise
 
 
 def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> Path:
@@ -119,14 +123,15 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=target.parent))
-    try:
-        with naming_path(target):
-            yield tmp
-            os.rename(tmp, target)  # atomic; raises if target is a non-empty dir
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with liveness.holding(target.parent) as tag:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{tag}.", suffix=".tmp", dir=target.parent))
+        try:
+            with naming_path(target):
+                yield tmp
+                os.rename(tmp, target)  # atomic; raises if target is a non-empty dir
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -46,7 +46,6 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -62,7 +61,7 @@ import pyarrow.dataset as pads
 from pipeline.core.config import Warehouse, validate_name
 from pipeline.core.errors import InputError, IntegrityError
 from pipeline.core.schema import LAKE_SCHEMA
-from pipeline.core.storage import atomic_dir, sweep_dead, temp_prefix, write_json_atomic
+from pipeline.core.storage import atomic_dir, remove_temp, sweep_dead, temp_prefix, write_json_atomic
 from pipeline.ingest import lake
 from pipeline.prepare.config import PrepareConfig
 from pipeline.prepare.manifest import manifest_digest, read_manifest
@@ -256,7 +255,7 @@ def plan_prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig, partitions: in
         raise InputError(f"dataset {dataset!r} changed while being prepared")
     plan.partitions = with_assign(parts, plan.rows.assign)
     sweep_dead(wh.tmp, wh.shards)     # what killed prepares left behind
-    plan.scratch = Path(tempfile.mkdtemp(prefix=temp_prefix(f"prepare-{prep_id}"), dir=wh.tmp))
+    plan.scratch = Path(tempfile.mkdtemp(prefix=temp_prefix(f"prepare-{prep_id}", wh.tmp), dir=wh.tmp))
     plan.timings, plan.planned_at = run.timings, time.time()
     return plan
 
@@ -264,7 +263,7 @@ def plan_prepare(wh: Warehouse, dataset: str, cfg: PrepareConfig, partitions: in
 def discard_plan(plan: PrepPlan) -> None:
     """Remove the plan's scratch folder (the partitions' spilled tokens); safe to call twice."""
     if plan.scratch is not None:
-        shutil.rmtree(plan.scratch, ignore_errors=True)
+        remove_temp(plan.scratch)       # and our owner lock's hold on the scratch's folder
 
 
 def finish_prepare(plan: PrepPlan, results: list[PartitionTokens], progress: Progress | None = None, *,

@@ -9,21 +9,26 @@ The table migrates itself: :func:`ensure_table` creates it and adds columns intr
 (``ALTER TABLE ... ADD COLUMN IF NOT EXISTS``), so a database written by an older version keeps its rows.
 
 A run killed by a signal cannot write ``failed`` itself; the next run marks it, without ever guessing
-from a bare PID (a PID is reused once its process is gone):
+from a bare PID (a PID is reused once its process is gone) or reading ``/proc``:
 
 * rows of the table being scored: the new run holds the table's claim (:mod:`pipeline.score.claim`),
   which a live run of it would hold until its row is final, so every other ``running`` row of the
   table is certainly dead;
-* rows of other tables (their claims are not ours to take), run on this host: dead when no process has
-  that PID, or when the process that has it started after the row did (so it is another process).
+* rows of other tables (their claims are not ours to take): ``owner`` is the run's process's owner tag
+  (:mod:`pipeline.core.liveness`), and that process holds its owner lock in the database's folder for as
+  long as it holds a table's claim there. A row of this host whose owner's lock is free (or gone) is dead;
+  a row of another host, or one written before the ``owner`` column existed (``pid`` only), is left alone
+  until a run of its own table marks it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import socket
 import uuid
+from pathlib import Path
+
+from pipeline.core import liveness
 
 RUNS_TABLE = "sentiment_runs"
 RUNS_DDL = f"""
@@ -48,6 +53,7 @@ RUNS_MIGRATIONS = (
     f"ALTER TABLE {RUNS_TABLE} ADD COLUMN IF NOT EXISTS partitions INTEGER",   # dask: Parquet parts planned
     f"ALTER TABLE {RUNS_TABLE} ADD COLUMN IF NOT EXISTS device VARCHAR",       # cpu | cuda | cuda:N
     f"ALTER TABLE {RUNS_TABLE} ADD COLUMN IF NOT EXISTS precision VARCHAR",    # fp32 | int8 | bf16
+    f"ALTER TABLE {RUNS_TABLE} ADD COLUMN IF NOT EXISTS owner VARCHAR",        # the process's owner tag
 )
 
 
@@ -64,14 +70,17 @@ def new_run_id(flow_run_id: str | None = None) -> str:
 
 
 def start_run(con, run_id: str, table: str, model: str, rows_skipped: int) -> None:
-    """Record the run as ``running`` (inside the caller's transaction). The same ``run_id`` again (a retry
-    of the flow run's task) continues its row: rows scored so far are kept, the skipped rows recounted."""
+    """Record the run as ``running`` (inside the caller's transaction), owned by this process (its owner tag:
+    the caller holds its owner lock in the database's folder, see :mod:`pipeline.score.claim`). The same
+    ``run_id`` again (a retry of the flow run's task) continues its row: rows scored so far are kept, the
+    skipped rows recounted."""
     con.execute(
-        f"INSERT INTO {RUNS_TABLE} (run_id, table_name, model, rows_scored, rows_skipped, started_at, status, host, pid) "
-        f"VALUES (?, ?, ?, 0, ?, now(), 'running', ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
+        f"INSERT INTO {RUNS_TABLE} (run_id, table_name, model, rows_scored, rows_skipped, started_at, status, host, "
+        f"pid, owner) VALUES (?, ?, ?, 0, ?, now(), 'running', ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
         f"table_name = excluded.table_name, model = excluded.model, rows_skipped = excluded.rows_skipped, "
-        f"status = 'running', finished_at = NULL, error = NULL, host = excluded.host, pid = excluded.pid",
-        [run_id, table, model, rows_skipped, socket.gethostname(), os.getpid()])
+        f"status = 'running', finished_at = NULL, error = NULL, host = excluded.host, pid = excluded.pid, "
+        f"owner = excluded.owner",
+        [run_id, table, model, rows_skipped, socket.gethostname(), os.getpid(), liveness.owner_tag()])
 
 
 def record_engine(con, run_id: str, *, engine: str, workers: int | None = None, partitions: int | None = None,
@@ -94,40 +103,19 @@ def finish_run(con, run_id: str, error: str | None = None) -> None:
                 ["failed" if error is not None else "completed", error, run_id])
 
 
-def mark_dead_runs(con, claimed_table: str, own_run_id: str) -> None:
+def mark_dead_runs(con, claimed_table: str, own_run_id: str, db_dir: str | os.PathLike) -> None:
     """Mark ``failed`` the ``running`` rows whose process is gone (see the module docstring). Call it while
-    holding ``claimed_table``'s claim."""
-    host = socket.gethostname()
-    rows = con.execute(f"SELECT run_id, table_name, host, pid, started_at FROM {RUNS_TABLE} "
+    holding ``claimed_table``'s claim; ``db_dir`` is the database file's folder (where owners hold their lock;
+    the lock files of dead owners there are removed too)."""
+    rows = con.execute(f"SELECT run_id, table_name, owner FROM {RUNS_TABLE} "
                        f"WHERE status = 'running' AND run_id <> ?", [own_run_id]).fetchall()
-    for run_id, table, run_host, pid, started_at in rows:
+    for run_id, table, owner in rows:
         if table == claimed_table:
             why = f"its claim on table {table!r} was free"
-        elif run_host == host and pid is not None and not _same_process(pid, started_at):
-            why = f"process {pid} on {host} is gone"
+        elif owner and not liveness.owner_alive(owner, Path(db_dir)):
+            why = f"its process {owner} no longer holds its owner lock in {Path(db_dir) / liveness.OWNERS}"
         else:
             continue
         con.execute(f"UPDATE {RUNS_TABLE} SET status = 'failed', finished_at = now(), error = ? WHERE run_id = ?",
                     [f"interrupted: the run ended without finishing (killed?): {why}", run_id])
-
-
-def _same_process(pid: int, started_at: dt.datetime) -> bool:
-    """Is ``pid`` still the process that started a run at ``started_at``? It must exist and have started
-    before the run did (a reused PID belongs to a process started later)."""
-    if pid == os.getpid():
-        return True
-    began = process_start(pid)
-    return began is not None and began <= started_at.timestamp()
-
-
-def process_start(pid: int) -> float | None:
-    """When process ``pid`` started (Unix seconds, Linux ``/proc``), or None if there is no such process.
-    Never later than the true start: boot time is whole seconds, rounded down."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            ticks = int(f.read().decode(errors="replace").rsplit(")", 1)[1].split()[19])
-        with open("/proc/stat") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-    except (OSError, StopIteration, ValueError, IndexError):
-        return None
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
+    liveness.sweep_locks(db_dir)       # the lock files of dead owners (this process's own link stays)

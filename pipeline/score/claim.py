@@ -4,6 +4,10 @@ A run takes an OS file lock on ``<db>.score-<sha1(table)[:16]>.lock`` beside the
 and holds it to the end, its audit row's last update included. The OS drops the lock when the process
 dies, even by ``kill -9``, so the claim never stays stuck, and a claim that is free means no run of the
 table is alive. The lock file itself is left in place (empty; harmless).
+
+While it holds a claim, the process also holds its owner lock in the database's folder
+(:func:`pipeline.core.liveness.holding`): its audit rows name it by its owner tag, and a run of another
+table tells from that lock whether the process is still alive (:func:`pipeline.score.audit.mark_dead_runs`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Callable, Iterator
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
 
+from pipeline.core import liveness
 from pipeline.core.duck import LockTimeout
 
 
@@ -45,6 +50,7 @@ def table_claim(db_path: Path, table: str, timeout: float, on_wait: Callable[[st
                               f"scoring run of it in {db_path} kept it (lock {path}). Retry later or raise "
                               f"the wait limit (--lock-timeout)") from None
     try:
-        yield
+        with liveness.holding(Path(db_path).parent):
+            yield
     finally:
         lock.release()

@@ -427,7 +427,7 @@ def start_table_run(run: TableRun, report: ScoreReport, blob_as_utf8: bool) -> N
             if name not in cols:
                 con.execute(f"ALTER TABLE {T} ADD COLUMN {quote_ident(name)} {typ}")
         audit.ensure_table(con)
-        audit.mark_dead_runs(con, run.table, report.run_id)
+        audit.mark_dead_runs(con, run.table, report.run_id, run.db_path.parent)
         total, todo, no_text = con.execute(
             f"SELECT count(*), count(*) FILTER (WHERE {run.candidate}), "
             f"count(*) FILTER (WHERE NOT {_has_text(run.text)}) FROM {T}", run.params).fetchone()

@@ -15,7 +15,9 @@ and :func:`launch` raises the same ``ReviewflowError``; any other failure raises
 
 torchrun starts each rank in a session of its own, so killing torchrun (or the launcher, ``kill -9``) does
 not kill the ranks: a rank ends itself once either is gone (:func:`watch_parents`), so that no orphan
-keeps writing into a run directory that the next run resumes from.
+keeps writing into a run directory that the next run resumes from. The launcher's liveness is its owner
+lock (:mod:`pipeline.core.liveness`) in the error folder it hands the ranks: held while it runs, freed by
+the kernel however it dies; never its PID (reused once it is gone).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from pipeline.core import errors
+from pipeline.core import errors, liveness
 from pipeline.core.storage import write_json_atomic
 from pipeline.train.config import TrainConfig, TrainResult
 from pipeline.train.distributed import check_nproc, join_process_group, leave_process_group
@@ -86,9 +88,10 @@ def launch(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, *, nproc
     check_nproc(nproc, cfg.optimizer, device)
     model = model.to_dict() if isinstance(model, ModelConfig) else model
     job = {"prep_dir": str(prep_dir), "out_dir": str(out_dir), "device": device, "train": asdict(cfg),
-           "model": model, "vectors": None if vectors is None else str(vectors), "launcher_pid": os.getpid()}
+           "model": model, "vectors": None if vectors is None else str(vectors)}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="reviewflow-ddp-") as error_dir:
+    with tempfile.TemporaryDirectory(prefix="reviewflow-ddp-") as error_dir, liveness.holding(error_dir) as tag:
+        job["launcher"] = {"owner": tag, "dir": error_dir}
         proc = subprocess.Popen(torchrun_command(nproc, job, error_dir), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True,
                                 env=rank_environment(nproc, device))
@@ -148,34 +151,28 @@ def _raise_failure(code: int, error_dir: Path, tail: deque) -> None:
 
 
 # ------------------------------------------------------------------------------- the program on each rank
-def watch_parents(launcher_pid: int | None) -> None:
+def watch_parents(launcher: dict | None) -> None:
     """End this rank (exit code ``EXIT_ORPHANED``) as soon as torchrun (its parent) or the launching process
-    is gone: killed with ``kill -9``, they cannot stop it, and an orphan would go on writing checkpoints."""
+    is gone: killed with ``kill -9``, they cannot stop it, and an orphan would go on writing checkpoints.
+    ``launcher``: ``{"owner": tag, "dir": folder}``, the launcher's owner lock (module docstring)."""
     parent = os.getppid()
+
+    def launcher_gone() -> bool:
+        return launcher is not None and not liveness.owner_alive(launcher["owner"], launcher["dir"])
 
     def watch() -> None:
         while True:
             time.sleep(WATCH_SECONDS)
-            if os.getppid() != parent or (launcher_pid is not None and not _alive(launcher_pid)):
+            if os.getppid() != parent or launcher_gone():
                 os._exit(EXIT_ORPHANED)     # nothing half-written is left: every file is published atomically
 
     threading.Thread(target=watch, name="reviewflow-orphan-watch", daemon=True).start()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def run_rank(job: dict, error_dir: Path) -> None:
     """Join the group, train (rank 0 writes the run directory), leave; a ``ReviewflowError`` is written to
     ``error_dir/rank<r>.json`` for the launcher before it ends this rank."""
-    watch_parents(job.get("launcher_pid"))
+    watch_parents(job.get("launcher"))
     ctx = join_process_group(job["device"])
     try:
         writer = ctx.writer
