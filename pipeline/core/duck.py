@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -125,28 +126,150 @@ def quote_literal(value: str) -> str:
 
 
 def list_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Base tables and views in the current schema."""
+    """Base tables of the current schema (what scoring can write into); views are :func:`list_views`."""
     rows = con.execute(
         "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
-        "AND schema_name = current_schema() AND NOT temporary "
-        "UNION SELECT view_name FROM duckdb_views() WHERE database_name = current_database() "
-        "AND schema_name = current_schema() AND NOT internal ORDER BY 1"
+        "AND schema_name = current_schema() AND NOT temporary ORDER BY 1"
     ).fetchall()
     return [r[0] for r in rows]
 
 
+def list_views(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Views of the current schema (readable, but they cannot take columns or updates)."""
+    rows = con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE database_name = current_database() "
+        "AND schema_name = current_schema() AND NOT internal AND NOT temporary ORDER BY 1"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def describe_relations(con: duckdb.DuckDBPyConnection) -> str:
+    """``tables that exist: 'a', 'b'; views (read only): 'v'`` for error messages (views only when any)."""
+    tables = ", ".join(repr(t) for t in list_tables(con)) or "none"
+    views = ", ".join(repr(v) for v in list_views(con))
+    return f"tables that exist: {tables}" + (f"; views (read only): {views}" if views else "")
+
+
 def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    return con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
-        "AND schema_name = current_schema() AND table_name = ?", [table]
-    ).fetchone()[0] > 0
+    """Is ``table`` exactly the name of a base table of the current schema (see :func:`find_relation`)?"""
+    rel = find_relation(con, table)
+    return rel is not None and rel.kind == "table" and rel.name == table
+
+
+# --------------------------------------------------------------------------- what a name refers to
+
+
+@dataclass(frozen=True)
+class Relation:
+    """What DuckDB resolves a table name to: ``kind`` is ``table``, ``view``, ``temporary table`` or
+    ``temporary view``; ``name`` as the catalog spells it (DuckDB names ignore case)."""
+    kind: str
+    name: str
+    database: str
+    schema: str
+    read_only: bool
+    sql: str
+
+
+_RELATIONS = """
+SELECT kind, r.name, r.database_name, r.schema_name, coalesce(d.readonly, false), coalesce(r.sql, ''), temporary
+FROM (SELECT CASE WHEN temporary THEN 'temporary table' ELSE 'table' END AS kind, table_name AS name,
+             database_name, schema_name, temporary, sql FROM duckdb_tables()
+      UNION ALL
+      SELECT CASE WHEN temporary THEN 'temporary view' ELSE 'view' END, view_name, database_name, schema_name,
+             temporary, sql FROM duckdb_views() WHERE NOT internal) AS r
+LEFT JOIN duckdb_databases() AS d USING (database_name)
+"""
+
+
+def find_relation(con: duckdb.DuckDBPyConnection, name: str) -> Relation | None:
+    """The relation the quoted identifier ``name`` resolves to, as DuckDB resolves it: case-insensitively, a
+    temporary table or view first, then the current database's current schema. None when neither has it."""
+    rows = con.execute(
+        _RELATIONS + "WHERE lower(r.name) = lower(?) AND (temporary OR (r.database_name = current_database() "
+        "AND r.schema_name = current_schema())) ORDER BY temporary DESC, r.name = ? DESC", [name, name]).fetchall()
+    return Relation(*rows[0][:6]) if rows else None
+
+
+def relations_elsewhere(con: duckdb.DuckDBPyConnection, name: str) -> list[Relation]:
+    """Relations outside the current schema that ``name`` may mean: the same name in another schema or
+    database, or ``name`` written as ``schema.table`` / ``database.schema.table`` (one identifier here)."""
+    rows = con.execute(
+        _RELATIONS + "WHERE NOT temporary AND NOT (r.database_name = current_database() AND r.schema_name = "
+        "current_schema()) AND r.database_name NOT IN ('system', 'temp') AND lower(?) IN (lower(r.name), "
+        "lower(r.schema_name || '.' || r.name), lower(r.database_name || '.' || r.schema_name || '.' || r.name)) "
+        "ORDER BY 3, 4, 2", [name]).fetchall()
+    return [Relation(*r[:6]) for r in rows]
 
 
 def require_table(con: duckdb.DuckDBPyConnection, table: str, db_path: str | os.PathLike | None = None) -> None:
-    if not table_exists(con, table):
-        known = ", ".join(repr(t) for t in list_tables(con)) or "none"
-        where = f" in {db_path}" if db_path is not None else ""
-        raise NotFoundError(f"table {table!r} not found{where}; tables that exist: {known}")
+    """Refuse ``table`` unless it is exactly the name of a base table of the current schema, the kind of
+    relation that takes new columns and updates (what scoring writes). A view, a temporary table or a name
+    that matches only ignoring case, or a relation of another schema or attached database (read-only or not)
+    that ``table`` names: :class:`InputError` saying which and what to do instead (the SQL that makes a table
+    of it here). Nothing of that name: :class:`NotFoundError` listing the tables and views there are."""
+    where = f" in {db_path}" if db_path is not None else ""
+    rel = find_relation(con, table)
+    if rel is None:
+        _raise_not_found(con, table, where)
+    if rel.kind != "table":
+        raise InputError(_cannot_take_columns(rel, table, where))
+    if rel.name != table:
+        raise InputError(_case_differs(rel, table, where))
+
+
+def require_readable(con: duckdb.DuckDBPyConnection, table: str, db_path: str | os.PathLike | None = None) -> Relation:
+    """Refuse ``table`` unless it names a base table or a view of the current schema (what an export reads;
+    any case, as DuckDB resolves it); a temporary relation or none: as :func:`require_table`. -> it."""
+    where = f" in {db_path}" if db_path is not None else ""
+    rel = find_relation(con, table)
+    if rel is None:
+        _raise_not_found(con, table, where)
+    if rel.kind not in ("table", "view"):
+        raise InputError(_cannot_take_columns(rel, table, where))
+    return rel
+
+
+def _raise_not_found(con: duckdb.DuckDBPyConnection, table: str, where: str) -> None:
+    """:class:`NotFoundError` listing what there is; :class:`InputError` when ``table`` names a relation of
+    another schema or attached database (it exists, but not where reviewflow reads and writes)."""
+    message = f"table {table!r} not found{where}; {describe_relations(con)}"
+    others = relations_elsewhere(con, table)
+    if not others:
+        raise NotFoundError(message)
+    rel = others[0]
+    here, schema = con.execute("SELECT current_database(), current_schema()").fetchone()
+    parts = (rel.schema, rel.name) if rel.database == here else (rel.database, rel.schema, rel.name)
+    source = ".".join(quote_ident(x) for x in parts)
+    home = f"schema {rel.schema!r}" if rel.database == here else \
+        f"database {rel.database!r}{' (attached read-only)' if rel.read_only else ''}"
+    raise InputError(f"{table!r}{where} is not a table of schema {schema!r}, the one reviewflow reads and writes: "
+                     f"it is a {rel.kind} {rel.name!r} in {home}; {describe_relations(con)}. Copy it into "
+                     f"{schema!r} (CREATE TABLE {quote_ident(rel.name)} AS SELECT * FROM {source}) and pass "
+                     f"--table {rel.name}")
+
+
+def _one_line(sql: str, limit: int = 120) -> str:
+    text = " ".join(sql.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _cannot_take_columns(rel: Relation, table: str, where: str) -> str:
+    """Why ``rel`` cannot take the sentiment columns, and the SQL that makes a table of it."""
+    copy = f"{rel.name}_table"
+    make = f"CREATE TABLE {quote_ident(copy)} AS SELECT * FROM {quote_ident(rel.name)}; then --table {copy}"
+    if rel.kind == "view":
+        return (f"{table!r}{where} is a VIEW ({_one_line(rel.sql.rstrip().rstrip(';'))}), not a table: scoring adds columns to the "
+                f"table (ALTER TABLE ... ADD COLUMN) and writes scores into its rows, which a view cannot take. "
+                f"Score the table the view reads from, or make a table of it: {make}")
+    return (f"{table!r}{where} is a {rel.kind.upper()}: it lives only in the connection that made it (and "
+            f"hides any table of that name). Make a real table of it: {make}")
+
+
+def _case_differs(rel: Relation, table: str, where: str) -> str:
+    return (f"no table is named exactly {table!r}{where}; there is {rel.name!r}, which differs only in case. "
+            f"DuckDB ignores case in names, but reviewflow keys a table's claim and audit rows on the exact "
+            f"name: pass --table {rel.name}")
 
 
 def list_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:

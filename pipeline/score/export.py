@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from pipeline.core.config import Warehouse
-from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT, connection, list_tables, quote_ident, quote_literal, table_exists
+from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT, connection, quote_ident, quote_literal, require_readable
 from pipeline.core.errors import InputError, NotFoundError
 from pipeline.core.outputs import guard_output_path
 from pipeline.core.storage import atomic_path
@@ -35,8 +35,7 @@ def export_table(db_path: str | os.PathLike, table: str, target: str | os.PathLi
     if not Path(db_path).exists():
         raise NotFoundError(f"DuckDB database {db_path} does not exist")
     with connection(db_path, read_only=True, timeout=lock_timeout) as con:
-        if not table_exists(con, table):
-            raise NotFoundError(f"table {table!r} not found in {db_path} (tables: {', '.join(list_tables(con)) or 'none'})")
+        require_readable(con, table, db_path)      # a table or a view of the main schema (views export too)
         with atomic_path(target) as tmp:
             con.execute(f"COPY (SELECT * FROM {quote_ident(table)}) TO {quote_literal(str(tmp))} {fmt}")
         return int(con.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchall()[0][0])

@@ -1,5 +1,10 @@
 """Input types are checked before anything is written.
 
+The table must be a base table of the database's main schema, named exactly
+(:func:`pipeline.core.duck.require_table`): a view, a temporary table, a name that matches only ignoring case,
+or a table of another schema or attached database is an :class:`InputError` that says which it is and gives
+the SQL that makes a table to score (a view cannot take ``ALTER TABLE ... ADD COLUMN`` or ``UPDATE``).
+
 The text column must be VARCHAR (any collation); a BLOB column is decoded as UTF-8 only with
 ``blob_as_utf8=True`` (``--blob-as-utf8``), and a BLOB that is not valid UTF-8 is refused naming the id of
 its first bad row (no silent replacement characters). Anything else (INTEGER star ratings, DOUBLE, BOOLEAN,
@@ -31,7 +36,7 @@ SENTIMENT_COLUMNS: dict[str, str] = {
 
 
 def check_table(con, db_path: Path, table: str, id_col: str, text_col: str, blob_as_utf8: bool) -> dict[str, str]:
-    """Refuse a table scoring cannot write back into (see the module docstring); -> its column types."""
+    """Refuse a relation or table scoring cannot write back into (see the module docstring); -> its column types."""
     require_table(con, table, db_path)
     cols = require_columns(con, table, [id_col, text_col])
     for name, typ in SENTIMENT_COLUMNS.items():

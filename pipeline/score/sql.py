@@ -39,7 +39,7 @@ import pyarrow as pa
 
 import duckdb
 
-from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT, connection, list_tables, quote_literal
+from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT, connection, list_tables, list_views, quote_literal
 from pipeline.core.errors import InputError, NotFoundError, QueryRefused, ReviewflowError
 from pipeline.score.sql_functions import FUNCTION_CALL, Models
 from pipeline.score.sql_functions import register as register_functions
@@ -263,7 +263,7 @@ def _translate(exc: duckdb.Error, con: duckdb.DuckDBPyConnection, db_path) -> Re
     if "configuration has been locked" in message or "read-only mode" in message:
         return QueryRefused(f"refused: user SQL cannot change settings or data (DuckDB: {message})")
     if isinstance(exc, duckdb.CatalogException):
-        known = ", ".join(list_tables(con)) or "none"
+        known = ", ".join(list_tables(con) + [f"{v} (view)" for v in list_views(con)]) or "none"
         missing = _MISSING_TABLE.search(message)
         if missing and re.search(r"[/\\]|\.\w+$", missing.group(1)):    # FROM '/etc/passwd'
             return QueryRefused(f"refused: {missing.group(1)!r} looks like a file; user SQL "

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 
 from pipeline.core.config import validate_name
-from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT, connection, list_columns, quote_ident, table_exists
+from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT, connection, find_relation, list_columns, quote_ident, require_table
 from pipeline.core.errors import InputError
 from pipeline.core.schema import LAKE_SCHEMA, OPTIONAL_FIELDS, REVIEW_SCHEMA
 from pipeline.ingest.lake import open_dataset
@@ -47,8 +47,9 @@ def sync_dataset_table(wh, dataset: str, db_path: str | os.PathLike | None = Non
     with connection(db_path, timeout=lock_timeout, on_wait=on_wait) as con:
         con.execute("BEGIN")
         con.register(_LAKE_VIEW, lake)
-        if not table_exists(con, table):
+        if find_relation(con, table) is None:
             _create_table(con, T)
+        require_table(con, table, db_path)      # a view (or another case) of that name is refused, not written
         missing = [f.name for f in REVIEW_SCHEMA if f.name not in list_columns(con, table)]
         if missing:
             raise InputError(f"table {table!r} exists but lacks lake column(s) {missing}")
