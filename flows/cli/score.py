@@ -85,67 +85,118 @@ def _print_result(result: dict) -> None:
          if result.get("shadow") else {}))
 
 
+def _score_direct(wh, db_path: Path, table: str | None, dataset: str | None, model: str, shadow: str | None,
+                  device: str, opts: dict) -> dict:
+    """``--no-prefect``: the champion's run in this process, then the ``--shadow`` model's on the same table."""
+    result = _score_here(wh, db_path, table, dataset, model, opts, device)
+    if shadow is not None:
+        result["shadow"] = _shadow_here(wh, db_path, table, shadow, opts)
+    return result
+
+
+def _score_flow(warehouse: str | None, scratch: str | None, params: dict) -> dict:
+    """Through Prefect: the score flow with ``params``, its Dask scratch space and object store found from the
+    ``--warehouse`` given (the flag, else ``$REVIEWFLOW_WAREHOUSE``)."""
+    from flows.score import score_flow
+
+    return score_flow(**params, scratch=scratch or os.environ.get("REVIEWFLOW_SCRATCH") or remote_scratch(warehouse),
+                      store=remote_store(warehouse))
+
+
+SCORE_HELP = """Score a DuckDB table and write sentiment columns back, incrementally.
+
+\b
+Adds (if missing) sentiment_score DOUBLE, sentiment_label VARCHAR, sentiment_model VARCHAR,
+scored_at TIMESTAMPTZ, sentiment_coverage DOUBLE (share of the text's words the model knows).
+Only rows never scored, or scored by another model version, are scored (--rescore: all).
+Rows with NULL/empty text, or text with nothing to score (no letter or digit, e.g. "!!!"),
+stay NULL and are reported as skipped. Text the model cannot read (below the coverage rule
+recorded with it, by default fewer than 1 known word or under 50% known, e.g. Chinese for an
+English model) gets label 'unknown' and a NULL score, reported as unknown; a new model
+version tries it again. Each chunk is one transaction: an
+interrupted run loses nothing; run it again to finish. Every run is recorded in the table
+sentiment_runs. A model that returns anything but a score in 0..1 fails the run (nothing of
+that chunk is written).
+
+\b
+The text column must be VARCHAR (a BLOB of UTF-8 text with --blob-as-utf8); any other type
+(e.g. INTEGER star ratings) is refused before anything is written. One run scores a table at
+a time: a second one waits for it (up to --lock-timeout) and then scores what is left.
+
+\b
+On Dask (--workers N, --dask ADDRESS or $REVIEWFLOW_DASK_ADDRESS; --table only): the candidate
+rows are exported once as Parquet partitions into the scratch space, each partition is scored
+by a worker into a scored part, and each part is merged with one transaction as it finishes.
+A worker that dies has its partition run again; a run killed outright resumes from the parts
+it merged. sentiment_runs records the engine, the workers and the partitions.
+
+\b
+Examples:
+  reviewflow score --table reviews                       # warehouse reviews.duckdb, champion model
+  reviewflow score --table reviews --workers 4           # 4 local Dask worker processes
+  reviewflow score --table reviews --dask tcp://scheduler:8786 --scratch s3://bucket/scratch
+  reviewflow score --db shop.duckdb --table feedback --id-col id --text-col body
+  reviewflow score --dataset imdb                        # lake dataset -> table imdb_scored
+  reviewflow score --table reviews --model v0002-default-20260101120000 --rescore
+  reviewflow sql "SELECT sentiment_label, count(*) FROM reviews GROUP BY 1"
+"""
+
+# The longer flags of `score`, named here so that the command's signature reads as a list of its options.
+TableOption = Annotated[Optional[str], typer.Option(
+    "--table", "-t", help="Table to score (any name; quoted as an identifier).")]
+DatasetOption = Annotated[Optional[str], typer.Option(
+    "--dataset", "-d", help="Score lake dataset NAME into table NAME_scored instead of --table.")]
+ChunkRowsOption = Annotated[int, typer.Option("--chunk-rows", help="Rows per committed chunk (one transaction each).")]
+LockTimeoutOption = Annotated[float, typer.Option(
+    "--lock-timeout", help="Seconds to wait for another process's lock, or for another scoring run of the same "
+                           "table to finish.")]
+BlobOption = Annotated[bool, typer.Option(
+    "--blob-as-utf8", help="The text column is BLOB holding UTF-8 text: decode it (a row that is not valid UTF-8 is "
+                           "an error naming its id).")]
+DeviceOption = Annotated[str, typer.Option(
+    "--device", help="Where the model runs: auto (cuda when there is one, bf16), cpu, cuda, cuda:N.")]
+WorkersOption = Annotated[Optional[int], typer.Option(
+    "--workers", min=1, help="Score on Dask: start a local cluster of N worker processes (one thread each) for this "
+                             "run.")]
+DaskOption = Annotated[Optional[str], typer.Option(
+    "--dask", help="Score on the existing Dask cluster at ADDRESS (tcp://host:8786). Default: "
+                   "$REVIEWFLOW_DASK_ADDRESS.")]
+ScratchOption = Annotated[Optional[str], typer.Option(
+    "--scratch", help="On Dask: where partitions and scored parts go, a folder or s3://bucket/prefix that every "
+                      "worker sees. Default: $REVIEWFLOW_SCRATCH, else <warehouse>/scratch.")]
+RowsPerPartOption = Annotated[int, typer.Option(
+    "--rows-per-part", min=1, help="On Dask: rows per partition (one task each; one merge transaction each).")]
+ShadowOption = Annotated[Optional[str], typer.Option(
+    "--shadow", help="Then score the table with this model too (a version or alias, e.g. challenger) into the table "
+                     "sentiment_shadow, beside the champion's columns.")]
+NoPrefectOption = Annotated[bool, typer.Option(
+    "--no-prefect", help="Run directly (progress bar), without a Prefect flow run.")]
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("score")
+    @app.command("score", help=SCORE_HELP)
     def score(
-        table: Annotated[Optional[str], typer.Option("--table", "-t", help="Table to score (any name; quoted as an identifier).")] = None,
+        table: TableOption = None,
         db: Annotated[Optional[Path], typer.Option("--db", help="DuckDB file. Default: <warehouse>/reviews.duckdb")] = None,
-        dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Score lake dataset NAME into table NAME_scored instead of --table.")] = None,
+        dataset: DatasetOption = None,
         id_col: Annotated[str, typer.Option("--id-col", help="Unique, non-NULL id column.")] = "review_id",
         text_col: Annotated[str, typer.Option("--text-col", help="Column with the review text.")] = "text",
         model: Annotated[str, typer.Option("--model", "-m", help="Model version, or 'champion'.")] = "champion",
         batch_size: Annotated[int, typer.Option("--batch-size", help="Reviews per model call.")] = 256,
-        chunk_rows: Annotated[int, typer.Option("--chunk-rows", help="Rows per committed chunk (one transaction each).")] = 16_384,
+        chunk_rows: ChunkRowsOption = 16_384,
         rescore: Annotated[bool, typer.Option("--rescore", help="Score every row again, not just new/stale ones.")] = False,
         threshold: Annotated[float, typer.Option("--threshold", help="score >= threshold -> 'positive'.")] = 0.5,
-        lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait for another process's lock, or for another scoring run of the same table to finish.")] = DEFAULT_LOCK_TIMEOUT,
-        blob_as_utf8: Annotated[bool, typer.Option("--blob-as-utf8", help="The text column is BLOB holding UTF-8 text: decode it (a row that is not valid UTF-8 is an error naming its id).")] = False,
-        device: Annotated[str, typer.Option("--device", help="Where the model runs: auto (cuda when there is one, bf16), cpu, cuda, cuda:N.")] = "auto",
-        workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Score on Dask: start a local cluster of N worker processes (one thread each) for this run.")] = None,
-        dask: Annotated[Optional[str], typer.Option("--dask", help="Score on the existing Dask cluster at ADDRESS (tcp://host:8786). Default: $REVIEWFLOW_DASK_ADDRESS.")] = None,
-        scratch: Annotated[Optional[str], typer.Option("--scratch", help="On Dask: where partitions and scored parts go, a folder or s3://bucket/prefix that every worker sees. Default: $REVIEWFLOW_SCRATCH, else <warehouse>/scratch.")] = None,
-        rows_per_part: Annotated[int, typer.Option("--rows-per-part", min=1, help="On Dask: rows per partition (one task each; one merge transaction each).")] = 50_000,
-        shadow: Annotated[Optional[str], typer.Option("--shadow", help="Then score the table with this model too (a version or alias, e.g. challenger) into the table sentiment_shadow, beside the champion's columns.")] = None,
-        no_prefect: Annotated[bool, typer.Option("--no-prefect", help="Run directly (progress bar), without a Prefect flow run.")] = False,
+        lock_timeout: LockTimeoutOption = DEFAULT_LOCK_TIMEOUT,
+        blob_as_utf8: BlobOption = False,
+        device: DeviceOption = "auto",
+        workers: WorkersOption = None,
+        dask: DaskOption = None,
+        scratch: ScratchOption = None,
+        rows_per_part: RowsPerPartOption = 50_000,
+        shadow: ShadowOption = None,
+        no_prefect: NoPrefectOption = False,
         warehouse: WarehouseOption = None,
     ) -> None:
-        """Score a DuckDB table and write sentiment columns back, incrementally.
-
-        \b
-        Adds (if missing) sentiment_score DOUBLE, sentiment_label VARCHAR, sentiment_model VARCHAR,
-        scored_at TIMESTAMPTZ, sentiment_coverage DOUBLE (share of the text's words the model knows).
-        Only rows never scored, or scored by another model version, are scored (--rescore: all).
-        Rows with NULL/empty text, or text with nothing to score (no letter or digit, e.g. "!!!"),
-        stay NULL and are reported as skipped. Text the model cannot read (below the coverage rule
-        recorded with it, by default fewer than 1 known word or under 50% known, e.g. Chinese for an
-        English model) gets label 'unknown' and a NULL score, reported as unknown; a new model
-        version tries it again. Each chunk is one transaction: an
-        interrupted run loses nothing; run it again to finish. Every run is recorded in the table
-        sentiment_runs. A model that returns anything but a score in 0..1 fails the run (nothing of
-        that chunk is written).
-
-        \b
-        The text column must be VARCHAR (a BLOB of UTF-8 text with --blob-as-utf8); any other type
-        (e.g. INTEGER star ratings) is refused before anything is written. One run scores a table at
-        a time: a second one waits for it (up to --lock-timeout) and then scores what is left.
-
-        \b
-        On Dask (--workers N, --dask ADDRESS or $REVIEWFLOW_DASK_ADDRESS; --table only): the candidate
-        rows are exported once as Parquet partitions into the scratch space, each partition is scored
-        by a worker into a scored part, and each part is merged with one transaction as it finishes.
-        A worker that dies has its partition run again; a run killed outright resumes from the parts
-        it merged. sentiment_runs records the engine, the workers and the partitions.
-
-        \b
-        Examples:
-          reviewflow score --table reviews                       # warehouse reviews.duckdb, champion model
-          reviewflow score --table reviews --workers 4           # 4 local Dask worker processes
-          reviewflow score --table reviews --dask tcp://scheduler:8786 --scratch s3://bucket/scratch
-          reviewflow score --db shop.duckdb --table feedback --id-col id --text-col body
-          reviewflow score --dataset imdb                        # lake dataset -> table imdb_scored
-          reviewflow score --table reviews --model v0002-default-20260101120000 --rescore
-          reviewflow sql "SELECT sentiment_label, count(*) FROM reviews GROUP BY 1"
-        """
         if (table is None) == (dataset is None):
             raise typer.BadParameter("give exactly one of --table NAME or --dataset NAME")
         wh = warehouse_from(warehouse, reads=("models", "lake") if dataset else ("models",))
@@ -154,22 +205,14 @@ def register(app: typer.Typer) -> None:
 
         pick_device(device)
         _check_engine(wh, table, dataset, workers is not None or dask is not None, no_prefect, shadow)
-        if no_prefect:
-            opts = dict(rescore=rescore, threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
-                        lock_timeout=lock_timeout)
-            if dataset is None:
-                opts.update(id_col=id_col, text_col=text_col, blob_as_utf8=blob_as_utf8)
-            result = _score_here(wh, db_path, table, dataset, model, opts, device)
-            if shadow is not None:
-                result["shadow"] = _shadow_here(wh, db_path, table, shadow, opts)
+        opts = dict(rescore=rescore, threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
+                    lock_timeout=lock_timeout)
+        columns = dict(id_col=id_col, text_col=text_col, blob_as_utf8=blob_as_utf8)
+        if no_prefect:      # a lake dataset's columns are the lake's own
+            result = _score_direct(wh, db_path, table, dataset, model, shadow, device,
+                                   opts | (columns if dataset is None else {}))
         else:
-            from flows.score import score_flow
-
-            result = score_flow(table=table, db=str(db_path), dataset=dataset, model=model,
-                                warehouse=str(wh.root), id_col=id_col, text_col=text_col, rescore=rescore,
-                                threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
-                                lock_timeout=lock_timeout, blob_as_utf8=blob_as_utf8, device=device,
-                                workers=workers, dask_address=dask, rows_per_part=rows_per_part,
-                                scratch=scratch or os.environ.get("REVIEWFLOW_SCRATCH") or remote_scratch(warehouse),
-                                shadow=shadow, store=remote_store(warehouse))
+            result = _score_flow(warehouse, scratch, dict(
+                table=table, db=str(db_path), dataset=dataset, model=model, warehouse=str(wh.root), device=device,
+                workers=workers, dask_address=dask, rows_per_part=rows_per_part, shadow=shadow, **opts, **columns))
         _print_result(result)

@@ -18,39 +18,77 @@ WebhookOption = Annotated[Optional[str], typer.Option(
     help=f"Webhook the alert automations notify (failed/crashed runs, drift, failed inbox files). Env {ALERT_ENV}.")]
 
 
+SERVE_HELP = """Serve the scheduled deployments until Ctrl-C: ingest-and-score, score, retrain.
+
+\b
+Examples:
+  reviewflow server &                                   # a local Prefect server + UI
+  export PREFECT_API_URL=http://127.0.0.1:4200/api
+  reviewflow serve --score-table new_reviews
+  cp reviews.csv warehouse/inbox/                       # a pass starts within seconds
+  reviewflow inbox status                               # what is waiting, done, failed
+
+\b
+Inbox: CSV/JSONL/Parquet files in <warehouse>/inbox/ are ingested, scored into
+<warehouse>/reviews.duckdb (table <dataset>_scored) and moved to inbox/processed/;
+failures go to inbox/failed/ with <name>.error.txt beside them (`reviewflow inbox retry
+NAME` puts one back). Copy files in under a name starting with '.' and rename them when
+complete (or let them sit: files changed in the last 2 s wait). No run starts while the
+inbox is empty: a watcher looks every --inbox-watch seconds and starts a pass when a new
+file is complete; --inbox-interval is only the fallback schedule.
+Columns: the text column is the first named text/review/comment/body/content, else the
+one long string column; say otherwise with --inbox-text-col (every file) or a sidecar
+<file>.reviewflow.json dropped first, e.g. {"text": "body", "id": "sku", "label": "ok"}.
+Alerts: with --webhook-url (or REVIEWFLOW_ALERT_WEBHOOK) the server gets the alert automations
+(as `reviewflow server --webhook-url` creates them: what the compose stack uses).
+Every flag also reads a REVIEWFLOW_* env var (listed in `reviewflow --help`).
+"""
+
+
 def register(app: typer.Typer) -> None:
-    app.command("serve")(serve)
+    app.command("serve", help=SERVE_HELP)(serve)
     app.command("server")(server)
 
 
+# The longer flags of `serve`, named here so that its signature reads as a list of its options.
+InboxIntervalOption = Annotated[Optional[float], typer.Option(
+    help="Seconds between fallback inbox passes (0 = none); the watcher starts a pass when a file lands. "
+         "Env REVIEWFLOW_INBOX_INTERVAL. [default: 3600]", show_default=False)]
+InboxWatchOption = Annotated[Optional[float], typer.Option(
+    help="Seconds between looks into the inbox for new files (0 = no watcher: the schedule only). "
+         "Env REVIEWFLOW_INBOX_WATCH. [default: 5]", show_default=False)]
+InboxTextColOption = Annotated[Optional[str], typer.Option(
+    help="Column holding the review text in inbox files (a file's sidecar wins). [default: guessed]",
+    show_default=False)]
+InboxIdColOption = Annotated[Optional[str], typer.Option(
+    help="Id column of inbox files. [default: review_id, else id, else a content hash]", show_default=False)]
+InboxLabelColOption = Annotated[Optional[str], typer.Option(
+    help="Label column of inbox files. [default: label, if present]", show_default=False)]
+InboxDatasetOption = Annotated[Optional[str], typer.Option(
+    help="Lake dataset inbox files go into; scored into <name>_scored. [default: inbox]", show_default=False)]
+ScoreTableOption = Annotated[Optional[str], typer.Option(
+    help="Table the *score* deployment scores on schedule. Env REVIEWFLOW_SCORE_TABLE.")]
+ScoreDbOption = Annotated[Optional[str], typer.Option(
+    help="DuckDB file of --score-table. Default: <warehouse>/reviews.duckdb")]
+ScoreIntervalOption = Annotated[Optional[float], typer.Option(
+    help="Seconds between *score* runs when no --score-cron. [default: 900]", show_default=False)]
+RetrainCronOption = Annotated[Optional[str], typer.Option(
+    help="Cron for *retrain* ('' = unscheduled). Env REVIEWFLOW_RETRAIN_CRON. [default: '0 3 * * 0']",
+    show_default=False)]
+
+
 def serve(
-    inbox_interval: Annotated[Optional[float], typer.Option(
-        help="Seconds between fallback inbox passes (0 = none); the watcher starts a pass when a file lands. "
-             "Env REVIEWFLOW_INBOX_INTERVAL. [default: 3600]", show_default=False)] = None,
-    inbox_watch: Annotated[Optional[float], typer.Option(
-        help="Seconds between looks into the inbox for new files (0 = no watcher: the schedule only). "
-             "Env REVIEWFLOW_INBOX_WATCH. [default: 5]", show_default=False)] = None,
-    inbox_text_col: Annotated[Optional[str], typer.Option(
-        help="Column holding the review text in inbox files (a file's sidecar wins). [default: guessed]",
-        show_default=False)] = None,
-    inbox_id_col: Annotated[Optional[str], typer.Option(
-        help="Id column of inbox files. [default: review_id, else id, else a content hash]",
-        show_default=False)] = None,
-    inbox_label_col: Annotated[Optional[str], typer.Option(
-        help="Label column of inbox files. [default: label, if present]", show_default=False)] = None,
-    inbox_dataset: Annotated[Optional[str], typer.Option(
-        help="Lake dataset inbox files go into; scored into <name>_scored. [default: inbox]",
-        show_default=False)] = None,
-    score_table: Annotated[Optional[str], typer.Option(
-        help="Table the *score* deployment scores on schedule. Env REVIEWFLOW_SCORE_TABLE.")] = None,
-    score_db: Annotated[Optional[str], typer.Option(
-        help="DuckDB file of --score-table. Default: <warehouse>/reviews.duckdb")] = None,
+    inbox_interval: InboxIntervalOption = None,
+    inbox_watch: InboxWatchOption = None,
+    inbox_text_col: InboxTextColOption = None,
+    inbox_id_col: InboxIdColOption = None,
+    inbox_label_col: InboxLabelColOption = None,
+    inbox_dataset: InboxDatasetOption = None,
+    score_table: ScoreTableOption = None,
+    score_db: ScoreDbOption = None,
     score_cron: Annotated[Optional[str], typer.Option(help="Cron for *score*, e.g. '*/15 * * * *'.")] = None,
-    score_interval: Annotated[Optional[float], typer.Option(
-        help="Seconds between *score* runs when no --score-cron. [default: 900]", show_default=False)] = None,
-    retrain_cron: Annotated[Optional[str], typer.Option(
-        help="Cron for *retrain* ('' = unscheduled). Env REVIEWFLOW_RETRAIN_CRON. [default: '0 3 * * 0']",
-        show_default=False)] = None,
+    score_interval: ScoreIntervalOption = None,
+    retrain_cron: RetrainCronOption = None,
     retrain_dataset: Annotated[Optional[str], typer.Option(help="Dataset *retrain* trains on. [default: imdb]",
                                                            show_default=False)] = None,
     retrain_preset: Annotated[Optional[str], typer.Option(help="Preset *retrain* uses. [default: default]",
@@ -60,34 +98,9 @@ def serve(
     webhook_url: WebhookOption = None,
     warehouse: WarehouseOption = None,
 ) -> None:
-    """Serve the scheduled deployments until Ctrl-C: ingest-and-score, score, retrain.
-
-    \b
-    Examples:
-      reviewflow server &                                   # a local Prefect server + UI
-      export PREFECT_API_URL=http://127.0.0.1:4200/api
-      reviewflow serve --score-table new_reviews
-      cp reviews.csv warehouse/inbox/                       # a pass starts within seconds
-      reviewflow inbox status                               # what is waiting, done, failed
-
-    \b
-    Inbox: CSV/JSONL/Parquet files in <warehouse>/inbox/ are ingested, scored into
-    <warehouse>/reviews.duckdb (table <dataset>_scored) and moved to inbox/processed/;
-    failures go to inbox/failed/ with <name>.error.txt beside them (`reviewflow inbox retry
-    NAME` puts one back). Copy files in under a name starting with '.' and rename them when
-    complete (or let them sit: files changed in the last 2 s wait). No run starts while the
-    inbox is empty: a watcher looks every --inbox-watch seconds and starts a pass when a new
-    file is complete; --inbox-interval is only the fallback schedule.
-    Columns: the text column is the first named text/review/comment/body/content, else the
-    one long string column; say otherwise with --inbox-text-col (every file) or a sidecar
-    <file>.reviewflow.json dropped first, e.g. {"text": "body", "id": "sku", "label": "ok"}.
-    Alerts: with --webhook-url (or REVIEWFLOW_ALERT_WEBHOOK) the server gets the alert automations
-    (as `reviewflow server --webhook-url` creates them: what the compose stack uses).
-    Every flag also reads a REVIEWFLOW_* env var (listed in `reviewflow --help`).
-    """
+    """``reviewflow serve`` (help: :data:`SERVE_HELP`): the deployments of the warehouse, each flag over its env var."""
     # deferred: Prefect reads its settings when first imported, which main() must precede (flows/cli/__init__.py)
     from flows.serve import ServeConfig, describe, serve_all
-    from prefect.settings import PREFECT_API_URL
 
     wh = warehouse_from(warehouse, long_running=True)
     cfg = ServeConfig.from_env(warehouse=str(wh.root), inbox_interval=inbox_interval, inbox_dataset=inbox_dataset,
@@ -99,15 +112,23 @@ def serve(
     typer.secho(f"serving reviewflow deployments for warehouse {cfg.warehouse}", bold=True)
     for name, sched in describe(cfg):
         typer.echo(f"  {name:<28} {sched}")
-    if not PREFECT_API_URL.value():
-        typer.secho("PREFECT_API_URL is not set: using an ephemeral API inside this process (no UI). "
-                    "Start `reviewflow server` and export PREFECT_API_URL=http://127.0.0.1:4200/api.",
-                    fg=typer.colors.YELLOW, err=True)
-        if webhook_url or os.environ.get(ALERT_ENV):
-            typer.secho("alerts: not set up (they need a server: PREFECT_API_URL)", fg=typer.colors.YELLOW, err=True)
-    else:
-        _setup_alerts(PREFECT_API_URL.value(), webhook_url)
+    _serve_alerts(webhook_url)
     serve_all(cfg, setup_limits=setup_limits)
+
+
+def _serve_alerts(webhook_url: str | None) -> None:
+    """``serve``'s alerts: set up on the server at ``$PREFECT_API_URL``; without one, say what is missing (an
+    ephemeral API in this process has no UI and takes no automations)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        _setup_alerts(PREFECT_API_URL.value(), webhook_url)
+        return
+    typer.secho("PREFECT_API_URL is not set: using an ephemeral API inside this process (no UI). "
+                "Start `reviewflow server` and export PREFECT_API_URL=http://127.0.0.1:4200/api.",
+                fg=typer.colors.YELLOW, err=True)
+    if webhook_url or os.environ.get(ALERT_ENV):
+        typer.secho("alerts: not set up (they need a server: PREFECT_API_URL)", fg=typer.colors.YELLOW, err=True)
 
 
 def server(
