@@ -16,72 +16,105 @@ def _pretrained_lines(t: dict, f: dict) -> list[str]:
 
 
 def model_card(version: str, cfg: dict, metrics: dict, env: dict) -> str:
-    m, t, f = cfg["model"], cfg["train"], metrics["final"]
-    enc = m["encoder"].upper() if m["encoder"] != "transformer" else "Transformer"
-    direction = "bidirectional " if m["bidirectional"] and m["encoder"] != "transformer" else ""
-    cm = f.get("val_confusion", [[0, 0], [0, 0]])
+    """The Markdown card of ``version``, one section builder per heading, from what registration recorded: its
+    config (``cfg``), metrics (``metrics``) and training environment (``env``)."""
+    f = metrics["final"]
+    lines = [f"# Model card: {version}", "",
+             f"Binary sentiment classifier (P(positive) for review text), preset **{cfg['preset']}**.", ""]
+    lines += _architecture_lines(cfg["model"], f)
+    lines += _data_lines(cfg)
+    lines += _training_lines(cfg["train"], metrics, env)
+    lines += _validation_lines(f)
+    lines += _trust_lines(f)
+    lines += _int8_lines(metrics.get("int8"))
+    lines += _use_lines(version, cfg.get("coverage"))
+    return "\n".join(lines)
+
+
+def _ngram_bag(m: dict) -> str:
+    """What the linear n-gram bag counts: its n-grams and, when they are NB-scaled, the smoothing alpha."""
     grams = {1: "unigrams", 3: "unigrams + hashed bigrams and trigrams"}.get(m.get("ngram_n", 2),
                                                                             "unigrams + hashed bigrams")
     nb = f", NB log-count-ratio scaled (alpha {m['ngram_nb_alpha']})" if m.get("ngram_nb_alpha") else ""
+    return f"{grams} ({m.get('ngram_buckets', 0):,} hash buckets){nb}"
+
+
+def _encoder_lines(m: dict) -> list[str]:
+    """The network's shape and its regularisation: an n-gram bag alone, or embedding -> encoder -> pooling."""
     if m["encoder"] == "none":
-        arch = [f"- n-grams only (NBSVM style): a linear bag of {m['vocab_size']:,} {grams} "
-                f"({m.get('ngram_buckets', 0):,} hash buckets){nb}, mean -> logit; no embedding or encoder",
+        return [f"- n-grams only (NBSVM style): a linear bag of {m['vocab_size']:,} {_ngram_bag(m)}, mean -> logit; "
+                "no embedding or encoder",
                 f"- n-gram dropout {m.get('ngram_dropout', 0.0)}"]
-    else:
-        arch = [f"- embedding {m['vocab_size']} x {m['embed_dim']} (padding id 0) -> {m['layers']}-layer "
-                f"{direction}{enc} (hidden {m['hidden']}) -> {m['pooling']} pooling -> linear logit",
-                f"- dropout {m['dropout']}, embedding dropout {m['embed_dropout']}, "
-                f"orthogonal init {m['orthogonal_init']}"]
+    enc = m["encoder"].upper() if m["encoder"] != "transformer" else "Transformer"
+    direction = "bidirectional " if m["bidirectional"] and m["encoder"] != "transformer" else ""
+    return [f"- embedding {m['vocab_size']} x {m['embed_dim']} (padding id 0) -> {m['layers']}-layer "
+            f"{direction}{enc} (hidden {m['hidden']}) -> {m['pooling']} pooling -> linear logit",
+            f"- dropout {m['dropout']}, embedding dropout {m['embed_dropout']}, "
+            f"orthogonal init {m['orthogonal_init']}"]
+
+
+def _architecture_lines(m: dict, f: dict) -> list[str]:
+    """The Architecture section: the network, its size, its input and, for a hybrid, the n-gram half beside it."""
+    shape, regularisation = _encoder_lines(m)
     lines = [
-        f"# Model card: {version}",
-        "",
-        f"Binary sentiment classifier (P(positive) for review text), preset **{cfg['preset']}**.",
-        "",
         "## Architecture",
-        arch[0],
+        shape,
         f"- parameters: {f.get('params', '?'):,}" if isinstance(f.get("params"), int) else "- parameters: ?",
-        arch[1],
+        regularisation,
         f"- input: up to {m['max_len']} tokens, {m['pad_side']}-padded"
         + ("" if m.get("exact_lengths", True) else " (lineage: runs over its pads)"),
     ]
     if m.get("ngram_buckets") and m["encoder"] != "none":
         lines += [
-            f"- n-gram half: a linear bag of {m['vocab_size']:,} {grams} ({m['ngram_buckets']:,} hash buckets){nb}"
+            f"- n-gram half: a linear bag of {m['vocab_size']:,} {_ngram_bag(m)}"
             + f"; logit = {1 - m['ngram_weight']:.2f} x encoder + {m['ngram_weight']:.2f} x n-grams",
             f"- validation accuracy of each half alone: encoder {f.get('val_accuracy_encoder', float('nan')):.4f}, "
             f"n-grams {f.get('val_accuracy_ngram', float('nan')):.4f}",
         ]
-    lines += [
-        "",
-        "## Data",
-        f"- prepared shards `{cfg['prep_id']}` of dataset `{cfg.get('dataset', '?')}`; "
-        f"prepare params: `{json.dumps(cfg.get('prepare', {}), sort_keys=True)}`",
-        "",
-        "## Training",
-        f"- {len(metrics['history'])} epochs (stopped: {metrics.get('stopped')}), best epoch {f.get('best_epoch')}, "
-        f"{metrics.get('seconds', 0):.0f} s on {env.get('device', '?')} (torch {env.get('torch', '?')})",
-        f"- batch {t['batch_size']}, lr {t['lr']} ({t['lr_schedule']}), weight decay {t['weight_decay']}, "
-        f"grad clip {t['grad_clip']}, patience {t['patience']}",
-        *_pretrained_lines(t, f),
-        "",
-        "## Validation metrics (best checkpoint)",
-        "| accuracy | loss | F1 | n |",
-        "|---|---|---|---|",
-        f"| {f.get('val_accuracy', 0):.4f} | {f.get('val_loss', 0):.4f} | {f.get('val_f1', 0):.4f} | {f.get('val_n')} |",
-        "",
-        f"Confusion matrix (rows true neg/pos, columns predicted neg/pos): {cm}",
-    ]
+    return lines
+
+
+def _data_lines(cfg: dict) -> list[str]:
+    """The Data section: which prepared shards of which dataset, with the parameters that made them."""
+    return ["", "## Data",
+            f"- prepared shards `{cfg['prep_id']}` of dataset `{cfg.get('dataset', '?')}`; "
+            f"prepare params: `{json.dumps(cfg.get('prepare', {}), sort_keys=True)}`"]
+
+
+def _training_lines(t: dict, metrics: dict, env: dict) -> list[str]:
+    """The Training section: how long it ran and where, its optimiser settings, its pretrained start if any."""
+    f = metrics["final"]
+    return ["", "## Training",
+            f"- {len(metrics['history'])} epochs (stopped: {metrics.get('stopped')}), best epoch "
+            f"{f.get('best_epoch')}, {metrics.get('seconds', 0):.0f} s on {env.get('device', '?')} "
+            f"(torch {env.get('torch', '?')})",
+            f"- batch {t['batch_size']}, lr {t['lr']} ({t['lr_schedule']}), weight decay {t['weight_decay']}, "
+            f"grad clip {t['grad_clip']}, patience {t['patience']}",
+            *_pretrained_lines(t, f)]
+
+
+def _validation_lines(f: dict) -> list[str]:
+    """The Validation metrics section (best checkpoint), its confusion matrix, and the test accuracy if measured."""
+    cm = f.get("val_confusion", [[0, 0], [0, 0]])
+    lines = ["", "## Validation metrics (best checkpoint)",
+             "| accuracy | loss | F1 | n |",
+             "|---|---|---|---|",
+             f"| {f.get('val_accuracy', 0):.4f} | {f.get('val_loss', 0):.4f} | {f.get('val_f1', 0):.4f} "
+             f"| {f.get('val_n')} |",
+             "",
+             f"Confusion matrix (rows true neg/pos, columns predicted neg/pos): {cm}"]
     if "test_accuracy" in f:
         lines += ["", f"Test accuracy: {f['test_accuracy']:.4f} (n={f.get('test_n')})"]
-    lines += _trust_lines(f)
-    lines += _int8_lines(metrics.get("int8"))
-    lines += ["", "## Use",
-              f"    reviewflow predict \"a wonderful, moving film\" --model {version}",
-              "", "## Limitations",
-              "English movie reviews (IMDb-like); sarcasm, negation far from the cue word and other domains "
-              "degrade accuracy. Words outside the vocabulary map to `<unk>`."
-              + _coverage_line(cfg.get("coverage")), ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _use_lines(version: str, coverage: dict | None) -> list[str]:
+    """The Use and Limitations sections (the coverage rule says which texts get no score); ends the card."""
+    return ["", "## Use",
+            f"    reviewflow predict \"a wonderful, moving film\" --model {version}",
+            "", "## Limitations",
+            "English movie reviews (IMDb-like); sarcasm, negation far from the cue word and other domains "
+            "degrade accuracy. Words outside the vocabulary map to `<unk>`." + _coverage_line(coverage), ""]
 
 
 def _coverage_line(rule: dict | None) -> str:
