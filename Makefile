@@ -28,9 +28,11 @@ lint: setup
 # target and CI; PYTEST_ARGS passes more options (e.g. make test-fast PYTEST_ARGS="-x tests/test_sql.py")
 PYTEST  := PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -q
 
-# the whole suite (CI, the README's command), with the 25 slowest tests listed at the end
+# the whole suite (CI, the README's command), with the 25 slowest tests listed at the end; on 2 pytest-xdist
+# workers (TEST_WORKERS=0: one process): 8.5 min -> measured in docs/benchmarks.md "test suite"
+TEST_WORKERS ?= 2
 test: lint
-	$(PYTEST) --durations=25 $(PYTEST_ARGS)
+	$(PYTEST) -n $(TEST_WORKERS) --durations=25 $(PYTEST_ARGS)
 
 # before every commit: the pure-library tests (no servers, no Python child processes, no Prefect flows, no Dask,
 # no torchrun, nothing marked slow), under 2 minutes on 2 cores. Markers: pyproject.toml, tests/conftest.py.
