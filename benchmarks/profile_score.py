@@ -2,7 +2,7 @@
 
 Prints, all measured in this one run, on --rows reviews drawn from --source (IMDb unsup by default):
 
-* rows/s of ``Predictor.predict_proba`` (tokenize + model) in fp32 and in dynamic int8, interleaved, best of
+* rows/s of ``Predictor.predict_proba`` (tokenize + model) in fp32 and in static int8, interleaved, best of
   --repeat, and their ratio; the model's registered int8 decision next to it;
 * before/after of the predictor's CPU batch scheduling: one batch at a time on --threads torch threads (as
   it was) against whole batches in parallel, one core each (``Predictor.parallel_batches``, the default
@@ -34,7 +34,8 @@ from pathlib import Path
 from common import IMDB, sample
 
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "quantized::linear_dynamic",
-            "quantized::linear_prepack", "aten::quantized_gru", "aten::fbgemm_linear_int8_weight_fp32_activation")
+            "quantized::linear_prepack", "aten::quantized_gru", "aten::fbgemm_linear_int8_weight_fp32_activation",
+            "quantized::linear_with_input_q_dq_qweight_dq_output_fp32")
 STEP_OPS = ("aten::sigmoid_", "aten::sigmoid", "aten::tanh_", "aten::tanh", "aten::add_", "aten::add",
             "aten::sub", "aten::mul", "aten::mul_", "aten::copy_", "aten::unsafe_chunk", "aten::unsafe_split",
             "aten::narrow", "aten::slice", "aten::select", "aten::stack", "aten::empty", "aten::as_strided")
@@ -47,18 +48,17 @@ def load_texts(source: Path, rows: int, seed: int = 0) -> list[str]:
 
 
 def predictors(args):
-    """(fp32 predictor, int8 predictor, the version's int8 decision): int8 is built even where registration
-    did not keep it, so that the benchmark can show why."""
+    """(fp32 predictor, static int8 predictor, the version's int8 decision): int8 is built even where
+    registration did not keep it, so that the benchmark can show why."""
     from pipeline.core.config import Warehouse
     from pipeline import registry
     from pipeline.serve.predictor import load_predictor
-    from pipeline.model.quantize import quantize
+    from pipeline.train.precision import int8_predictor
 
     wh = Warehouse.from_env(args.warehouse)
     mv = registry.get(wh, args.model)
     fp32 = load_predictor(wh, mv.version, batch_size=args.batch_size, precision="fp32")
-    int8 = load_predictor(wh, mv.version, batch_size=args.batch_size, precision="fp32")
-    int8.model, int8.precision = quantize(int8.model), "int8"
+    int8 = int8_predictor(wh, mv.version, batch_size=args.batch_size)
     return fp32, int8, {"int8": mv.int8, "reason": mv.int8_reason, "version": mv.version}
 
 
@@ -112,11 +112,11 @@ def analytic_flops(cfg, batches) -> float:
 
 
 def model_seconds(model, batches, repeat: int, workers: int) -> float:
-    """Best wall seconds of the model alone over ``batches`` (no tokenizing): one batch at a time on all
-    torch threads (``workers`` 1), or ``workers`` batches at once on one core each, as the predictor runs them."""
+    """Best wall seconds of the model alone over ``batches`` (no tokenizing): one batch at a time (``workers``
+    1) or ``workers`` batches at once, each on one torch thread, as the predictor runs them."""
     import torch
 
-    from pipeline.serve.predictor import _map_batches
+    from pipeline.serve.workers import map_in_order
 
     def run(batch):
         with torch.inference_mode():
@@ -125,7 +125,7 @@ def model_seconds(model, batches, repeat: int, workers: int) -> float:
     best = float("inf")
     for rep in range(repeat + 1):
         t0 = time.perf_counter()
-        list(_map_batches(run, batches, workers))
+        list(map_in_order(run, batches, workers))
         if rep:
             best = min(best, time.perf_counter() - t0)
     return best

@@ -9,8 +9,8 @@ fresh ids, with one registered model (``--warehouse``, ``--model``):
 * each at ``--small-rows`` and ``--rows``, every measurement in its own process on a fresh table; it reports
   rows/s (the scoring run, claim to audit row), the peak RSS of the committer and of every worker (flat
   from the small to the large table is the memory target), and the committer's export and merge throughput;
-* ``--int8-model``: the same local run with that model in fp32 and in int8 (dynamic quantisation), at
-  ``--int8-rows``;
+* ``--int8-model``: the same local run with that model in fp32 and in static int8 (ranges fixed at
+  registration), at ``--int8-rows``;
 * CUDA when there is one (else said so).
 
 From the large Dask run it projects rows/s for 8, 32 and 128 workers (Amdahl, with the measured serial export
@@ -86,11 +86,11 @@ def child_local(args) -> dict:
     kwargs = {} if args.precision in ("auto", "int8") else {"precision": args.precision}
     predictor = load_predictor(Warehouse(Path(args.warehouse)), args.model, device=args.device, **kwargs)
     if args.precision == "int8" and predictor.precision != "int8":
-        # measured whatever the card decided (a card from before the int8 decision says nothing): the same
-        # dynamic quantisation registration measures (pipeline.model.quantize)
-        from pipeline.model.quantize import quantize
+        # measured whatever the card decided: the static int8 registration measures (pipeline.model.quantize),
+        # with the recorded ranges or ranges calibrated as registration does
+        from pipeline.train.precision import int8_predictor
 
-        predictor.model, predictor.precision = quantize(predictor.model), "int8"
+        predictor = int8_predictor(Warehouse(Path(args.warehouse)), args.model)
     rep = score_table(db, "reviews", predictor)
     return {"rows_per_s": rep.rows_per_s, "seconds": rep.seconds, "rows": rep.rows_scored,
             "committer_rss_mib": vmhwm_mib(), "precision": getattr(predictor, "precision", None),

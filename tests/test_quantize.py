@@ -1,5 +1,6 @@
-"""Dynamic int8 for CPU scoring, decided at registration (pipeline/model/quantize.py, registry, predictor),
-token-budget batches for CUDA, and ``--device`` for the sentiment() UDF."""
+"""Static int8 for CPU scoring, calibrated and decided at registration (pipeline/model/quantize.py, int8.py,
+train/precision.py, serve/precision.py), versions from the dynamic-int8 days scoring in fp32, token-budget batches
+for CUDA, and ``--device`` for the sentiment() UDF."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from pipeline.train.register import register
 from pipeline.train.config import TrainConfig
 from pipeline.train.loop import train
 from pipeline.serve.predictor import load_predictor, token_batches
+from pipeline.model.int8 import Int8GRU, Int8Linear
+from pipeline.model.quantize import SCHEME, fingerprint
 from pipeline.train.precision import Int8Rule
 from score_helpers import make_review_db
 from synthetic import make_reviews
@@ -58,7 +61,11 @@ def test_registration_records_the_int8_decision_with_both_accuracies(runs):
     assert q["speedup"] == pytest.approx(q["int8_rows_per_s"] / q["fp32_rows_per_s"]) and q["speedup"] > 0
     assert q["val_rows"] == mv.metrics["eval_set"]["rows"] and q["sample_rows"] == min(1024, q["val_rows"])
     assert q["int8"] is (abs(q["delta_points"]) <= 0.3 and q["speedup"] >= 1.0)       # the default rule
-    assert mv.config["int8"] is q["int8"] and mv.int8 is q["int8"]
+    assert mv.config["int8"] is q["int8"] and mv.int8 is q["int8"] and q["mode"] == SCHEME
+    static = mv.config.get("int8_static")
+    assert (static is not None) is q["int8"] and "static" not in q          # the ranges live in config.json
+    if static is not None:
+        assert static["sha256"] == fingerprint(static["ranges"], mv.config["checksums"]["model.safetensors"])
     card = (mv.path / "MODEL_CARD.md").read_text()
     assert f"int8: {str(q['int8']).lower()}" in card and f"{q['int8_val_accuracy']:.4f}" in card
     registry.verify_files(mv, registry.CHECKED_FILES)            # every hashed file still matches its hash
@@ -72,7 +79,7 @@ def test_a_model_that_int8_moves_too_far_is_kept_fp32(runs):
     assert "outside -1.0 points" in mv.metrics["int8"]["reason"]
     p = load_predictor(wh, mv.version)
     assert (p.device, p.precision) == ("cpu", "fp32")
-    with pytest.raises(InputError, match=f"{mv.version} does not score in int8: int8 accuracy outside"):
+    with pytest.raises(InputError, match=f"{mv.version} does not score in int8: static int8 accuracy outside"):
         load_predictor(wh, mv.version, precision="int8")
 
 
@@ -82,9 +89,12 @@ def test_the_predictor_honours_the_card_and_int8_scores_stay_close_to_fp32(runs)
     int8 = load_predictor(wh, version)
     fp32 = load_predictor(wh, version, precision="fp32")
     assert (int8.device, int8.precision) == ("cpu", "int8") and (fp32.device, fp32.precision) == ("cpu", "fp32")
-    grus = [type(m) for m in int8.model.modules() if type(m).__name__ == "GRU"]
-    assert len(grus) == 4 and all(t is torch.ao.nn.quantized.dynamic.GRU for t in grus)
-    assert all(type(m) is torch.nn.GRU for m in fp32.model.modules() if type(m).__name__ == "GRU")
+    assert sum(isinstance(m, Int8GRU) for m in int8.model.modules()) == 4          # 2 layers x 2 directions
+    assert any(isinstance(m, Int8Linear) for m in int8.model.modules())
+    assert sum(type(m) is torch.nn.GRU for m in fp32.model.modules()) == 4
+    ranges = registry.get(wh, version).config["int8_static"]["ranges"]
+    assert set(ranges) >= {f"encoder.layers.{i}.{d}" for i in (0, 1) for d in (0, 1)}
+    assert all(lo <= 0.0 <= hi for r in ranges.values() for lo, hi in r.values())
     a, b = int8.predict_proba(texts()), fp32.predict_proba(texts())
     assert np.isfinite(a).sum() > 50 and np.array_equal(np.isnan(a), np.isnan(b))
     assert np.nanmax(np.abs(a - b)) < 0.05
@@ -118,6 +128,48 @@ def test_a_version_registered_before_the_decision_scores_fp32(runs, tmp_path):
     (old.models / mv.version / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(IntegrityError, match="int8 'yes'"):
         load_predictor(old, mv.version)
+
+
+def _copy_version(wh, mv, dest: Warehouse, edit) -> None:
+    shutil.copytree(mv.path, dest.models / mv.version)
+    cfg = json.loads((mv.path / "config.json").read_text())
+    edit(cfg)
+    (dest.models / mv.version / "config.json").write_text(json.dumps(cfg))
+
+
+def test_a_version_registered_with_dynamic_int8_scores_fp32(runs, tmp_path):
+    """"int8": true without calibrated ranges is what dynamic int8 left: batch-dependent, so fp32 now."""
+    wh, gru, _ = runs
+    mv = registry.get(wh, register(wh, gru, preset="tiny", int8_rule=ALWAYS))
+    old = Warehouse(tmp_path / "old").ensure()
+    _copy_version(wh, mv, old, lambda cfg: cfg.pop("int8_static"))
+    p = load_predictor(old, mv.version)
+    assert p.precision == "fp32" and not any(isinstance(m, Int8GRU) for m in p.model.modules())
+    with pytest.raises(InputError, match="registered with dynamic int8.*scores in fp32"):
+        load_predictor(old, mv.version, precision="int8")
+    np.testing.assert_array_equal(p.predict_proba(texts()),
+                                  load_predictor(wh, mv.version, precision="fp32").predict_proba(texts()))
+
+
+@pytest.mark.parametrize("tamper", ["range", "sha256", "scheme"])
+def test_int8_ranges_that_do_not_match_their_hash_are_refused(runs, tmp_path, tamper):
+    wh, gru, _ = runs
+    mv = registry.get(wh, register(wh, gru, preset="tiny", int8_rule=ALWAYS))
+    other = Warehouse(tmp_path / tamper).ensure()
+
+    def edit(cfg):
+        block = cfg["int8_static"]
+        if tamper == "range":
+            block["ranges"]["head"]["x"][1] *= 2
+        elif tamper == "sha256":
+            block["sha256"] = "0" * 64
+        else:
+            block["scheme"] = "dynamic"
+
+    _copy_version(wh, mv, other, edit)
+    with pytest.raises(IntegrityError, match="int8_static does not match its SHA-256"):
+        load_predictor(other, mv.version)
+    assert load_predictor(other, mv.version, precision="fp32").precision == "fp32"     # fp32 does not read them
 
 
 def test_token_batches_cut_sorted_rows_by_padded_tokens():

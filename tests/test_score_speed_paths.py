@@ -1,7 +1,7 @@
 """The fast scoring paths give the same answers as the reference paths they replace (issue 11, `fast` preset
 at >= 20,000 rows/s): the byte-level tokenizer, unpadded encoding and coverage, the n-gram bag read from
-unpadded ids (``ngram_logits``), its numpy hash, a chunk split over threads, Arrow input, the pipelined
-write-back and the blank-text test in SQL. Behaviour only: no timing is asserted here."""
+unpadded ids (``pipeline.serve.ngram``, hashing with the model's own function), a chunk split over threads,
+Arrow input, the pipelined write-back and the blank-text test in SQL. Behaviour only: no timing is asserted here."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from pipeline.model.coverage import coverage_of, coverage_of_flat
 from pipeline.train.job import register_and_promote
 from pipeline.prepare.text import trim_padding
 from pipeline.train.loop import train
-from pipeline.model.network import ModelConfig, SentimentModel
-from pipeline.serve.predictor import _numpy_bucket, load_predictor, ngram_logits
+from pipeline.model.network import ModelConfig, SentimentModel, ngram_bucket_ids
+from pipeline.serve.ngram import kgram_ids, ngram_logits, position_terms, term_table
+from pipeline.serve.predictor import load_predictor
 from score_helpers import BowPredictor, query_rows
 from train_helpers import tiny_model, tiny_prep
 
@@ -134,10 +135,9 @@ def test_a_chunk_split_over_threads_changes_nothing(models):
         torch.set_num_threads(threads)
     for field in ("known", "tokens", "coverage", "readable"):
         np.testing.assert_array_equal(getattr(three, field), getattr(one, field))
-    # torch's vectorised sigmoid may round a value 1 ulp apart depending on where it sits in its array
-    np.testing.assert_allclose(three.score, one.score, atol=1e-6, rtol=1e-6)
+    np.testing.assert_array_equal(three.score, one.score)          # bit for bit: the sigmoid is per score
     readable = one.readable
-    np.testing.assert_allclose(proba[readable], one.score[readable], atol=1e-6, rtol=1e-6)
+    np.testing.assert_array_equal(proba[readable], one.score[readable])
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
@@ -160,20 +160,54 @@ def test_ngram_logits_are_the_bags_output_on_padded_rows(n, hash_name):
     np.testing.assert_allclose(ngram_logits(model.ngrams, flat, lengths), want, atol=1e-6, rtol=0)
 
 
-def test_the_numpy_hash_is_the_bags_hash_or_is_not_used():
-    fields = {"ngram_hash": "mix"} if "ngram_hash" in ModelConfig.__dataclass_fields__ else {}
+@pytest.mark.parametrize("hash_name", ["mix", "prime"])
+def test_the_fast_path_hashes_with_the_models_own_function(hash_name):
+    """One hash for training and scoring: numpy ids through ``ngram_bucket_ids`` are the bag's torch buckets,
+    bit for bit, extreme ids (wrapping past 2^63) included."""
     bag = SentimentModel(ModelConfig(vocab_size=51_066, encoder="none", ngram_buckets=2_000_003, ngram_n=3,
-                                     **fields)).ngrams
+                                     ngram_hash=hash_name)).ngrams
     rng = np.random.default_rng(0)
-    grams = [rng.integers(0, 51_066, 10_000).astype(np.int64) for _ in range(3)]
-    bucket = _numpy_bucket(bag)
+    grams = [np.concatenate([[0, 1, 51_065, 51_065], rng.integers(0, 51_066, 10_000)]).astype(np.int64)
+             for _ in range(3)]
     for k in (2, 3):
         want = bag.bucket(*(torch.from_numpy(g) for g in grams[:k])).numpy()
-        np.testing.assert_array_equal(bucket(*grams[:k]), want)
-    # a bag whose hash this module does not know (or that disagrees on the probe) is hashed by torch itself
-    bag.hash = "something-new"
-    bag.bucket = lambda *g: bag.vocab_size + (g[0] * 7 + g[1]) % bag.buckets
-    np.testing.assert_array_equal(_numpy_bucket(bag)(*grams[:2]), bag.bucket(*(torch.from_numpy(g) for g in grams[:2])))
+        got = ngram_bucket_ids(grams[:k], bag.vocab_size, bag.buckets, bag.hash)
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == np.int64 and got.min() >= bag.vocab_size
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("hash_name", ["mix", "prime"])
+def test_the_fast_path_is_the_models_forward_bit_for_bit(n, hash_name):
+    """Row by row, the fast path reads exactly the model's n-grams (``NgramLogit.features``: ids and mask) and
+    terms (``NgramLogit.terms``); summed in float64 in the fast path's order (each position's uni-, bi-, trigram,
+    then the row), the model's own terms give the fast path's logits bit for bit."""
+    torch.manual_seed(n)
+    model = SentimentModel(ModelConfig(vocab_size=300, encoder="none", ngram_buckets=1009, ngram_n=n,
+                                       ngram_hash=hash_name)).eval()
+    torch.nn.init.normal_(model.ngrams.weight.weight)
+    model.ngrams.scale.uniform_(-2, 2)
+    bag = model.ngrams
+    lengths = np.array([1, 2, 3, 4, 1, 50, 2, 7, 3, 1, 120], np.int64)
+    flat = np.random.default_rng(n).integers(0, 300, int(lengths.sum())).astype(np.int64)
+    grams = {k: (ids, inside) for k, ids, inside in kgram_ids(bag, flat, lengths)}
+    got = ngram_logits(bag, flat, lengths)
+    for r, (start, length) in enumerate(zip(np.cumsum(lengths) - lengths, lengths)):
+        row = torch.from_numpy(flat[start:start + length]).unsqueeze(0)
+        feats, real = bag.features(row, torch.tensor([int(length)]))
+        mine = [flat[start:start + length]] + [grams[k][0][start:start + length - k + 1] for k in range(2, n + 1)
+                                               if length >= k]
+        assert all(grams[k][1][start:start + length - k + 1].all() for k in range(2, n + 1) if length >= k)
+        np.testing.assert_array_equal(np.concatenate(mine), feats[real].numpy())      # the same n-gram ids
+        terms = bag.terms(feats, real)[0].detach().double().numpy()
+        by_position = terms[:length].copy()          # the model's terms, added as the fast path adds them
+        for k in range(2, n + 1):
+            if length >= k:
+                at = length + sum(length - j + 1 for j in range(2, k))
+                by_position[:length - k + 1] += terms[at:at + length - k + 1]
+        want = np.float32(np.add.reduce(by_position) / int(real.sum()))
+        assert got[r].tobytes() == want.tobytes(), r
+    np.testing.assert_array_equal(position_terms(bag, term_table(bag), flat, lengths).shape, flat.shape)
 
 
 def test_unpadded_encoding_and_coverage_are_the_padded_ones(models):

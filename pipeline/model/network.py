@@ -305,6 +305,26 @@ class AttentionPooling(nn.Module):
         return (weights.unsqueeze(-1).to(h.dtype) * h).sum(1), weights
 
 
+NGRAM_PRIME = 1_000_003                 # legacy hash ("prime"): (a * PRIME + b) % buckets
+NGRAM_MIX = -0x61C8864680B583EB         # 0x9E3779B97F4A7C15 (Fibonacci hashing) as a signed int64
+
+
+def ngram_bucket_ids(grams, vocab_size: int, buckets: int, hash: str = "mix"):
+    """Bucket ids (offset past the vocabulary) of the n-grams whose token ids are ``grams`` (n int64 arrays of
+    one shape): the one definition of the n-gram hash, for training (:meth:`NgramLogit.bucket`, torch tensors)
+    and the serving fast path (:mod:`pipeline.serve.ngram`, numpy arrays). Only ``*``, ``+`` and ``%`` on int64
+    operands are used, which wrap past 2^63 and take the floor modulo alike in torch and numpy, so the two
+    cannot hash an n-gram differently (see :meth:`NgramLogit.bucket` for the two hashes)."""
+    key = grams[0]
+    if hash == "prime":
+        for g in grams[1:]:
+            key = key * NGRAM_PRIME + g
+        return vocab_size + key % buckets
+    for g in grams[1:]:
+        key = key * vocab_size + g
+    return vocab_size + (key * NGRAM_MIX) % buckets
+
+
 class NgramLogit(nn.Module):
     """A linear bag of n-grams (the "wide" half of wide & deep; NBSVM / fastText in spirit).
 
@@ -323,8 +343,8 @@ class NgramLogit(nn.Module):
     features, which ``pipeline.train.convex`` fits exactly (L-BFGS, L2) instead of by noisy minibatches.
     """
 
-    PRIME = 1_000_003                 # legacy hash ("prime"): (a * PRIME + b) % buckets
-    MIX = -0x61C8864680B583EB         # 0x9E3779B97F4A7C15 (Fibonacci hashing) as a signed int64
+    PRIME = NGRAM_PRIME
+    MIX = NGRAM_MIX
 
     def __init__(self, vocab_size: int, buckets: int, dropout: float = 0.0, n: int = 2, hash: str = "mix",
                  pool: str = "mean"):
@@ -345,15 +365,7 @@ class NgramLogit(nn.Module):
         spread evenly over all buckets. ``prime`` (models saved before ``ngram_hash`` existed) is kept so they
         score as trained; it is weak: (a, b) and (a + 2, b - 3) share a bucket whenever ``buckets`` is
         2 x PRIME - 3, so 2M buckets held IMDb's bigrams in ~250k distinct values (NB-LR 89.3 % vs 91.9 %)."""
-        if self.hash == "prime":
-            key = grams[0]
-            for g in grams[1:]:
-                key = key * self.PRIME + g
-            return self.vocab_size + key % self.buckets
-        key = grams[0]
-        for g in grams[1:]:
-            key = key * self.vocab_size + g
-        return self.vocab_size + (key * self.MIX) % self.buckets
+        return ngram_bucket_ids(grams, self.vocab_size, self.buckets, self.hash)
 
     def features(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids [B, T] right-padded -> (n-gram ids [B, F] with pads as 0, real-n-gram mask [B, F]): the

@@ -128,7 +128,8 @@ def _int8_lines(q: dict | None) -> list[str]:
     """The model card's CPU int8 section, from the registration's measurements (``metrics["int8"]``)."""
     if not q:
         return []
-    lines = ["", "## CPU scoring precision (dynamic int8)",
+    mode = "static int8" if q.get("mode") else "dynamic int8: retired, this version scores in fp32"
+    lines = ["", f"## CPU scoring precision ({mode})",
              f"- decision: **int8: {'true' if q['int8'] else 'false'}**: {q.get('reason', '')}"]
     if "int8_val_accuracy" in q:
         lines += [f"- validation accuracy ({q['val_rows']:,} rows): fp32 {q['fp32_val_accuracy']:.4f}, int8 "
@@ -138,6 +139,8 @@ def _int8_lines(q: dict | None) -> list[str]:
                   f"{q['int8_rows_per_s']:,.0f} ({q['speedup']:.2f}x)"]
     lines.append("- CPU scoring follows this decision (a predictor loaded with `precision=\"fp32\"` ignores it); "
                  "CUDA scores in bf16")
+    lines.append("- a CPU score depends only on its text and this version, in fp32 and in int8 (activation "
+                 "ranges fixed at registration, in `config.json` `int8_static`): never on the texts scored with it")
     return lines
 
 

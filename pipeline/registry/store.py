@@ -63,7 +63,8 @@ class ModelVersion:
 
     @property
     def int8(self) -> bool | None:
-        """Whether registration kept dynamic int8 for CPU scoring; None for a version registered before the
+        """Whether registration kept int8 for CPU scoring (static int8, its ranges in ``"int8_static"``; true
+        without them: dynamic int8 from before, which scores in fp32); None for a version registered before the
         decision existed (it scores in fp32). A recorded value that is not a bool is an ``IntegrityError``."""
         value = self.config.get("int8")
         if value is not None and not isinstance(value, bool):

@@ -9,41 +9,49 @@ Coverage (:mod:`pipeline.model.coverage`): the share of a text's tokens the mode
 version's coverage rule (``config.json`` ``"coverage"``, else the default rule) is not scored by
 :meth:`Predictor.predict_with_coverage`: never a confident guess on text the model cannot read.
 
-Precision (:attr:`Predictor.precision`): ``bf16`` autocast on CUDA; on CPU dynamic ``int8`` when registration
-recorded that it keeps validation accuracy (``config.json`` ``"int8": true``, :mod:`pipeline.model.quantize`),
-else ``fp32``. On CUDA batches are cut by a token budget (:func:`token_batches`), on CPU by a row count.
+A CPU score depends on its text and its model only: never on the texts it is scored with, their order, the
+chunk or part it travels in, the batch size, or how many threads or workers score (bit for bit, fp32 and int8;
+tests/test_batch_independence.py). How: every batch runs on one torch thread (:mod:`pipeline.serve.workers`),
+with at least ``MIN_ROWS`` rows and row-exact layers (:mod:`pipeline.serve.rowwise`), and the final sigmoid is
+taken per score in float64 (:func:`calibrated_proba`). Precision (:mod:`pipeline.serve.precision`): ``bf16``
+autocast on CUDA; static ``int8`` on CPU where registration kept it, else ``fp32``. CUDA scores are not made
+batch-independent (bf16 kernels are another story): CPU is the reference.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import torch
 
-from pipeline.core.config import Warehouse
-from pipeline.core.errors import InputError, IntegrityError
-from pipeline.prepare.preprocess import load_preprocessor
-from pipeline.prepare.text import flat_ranges, pad_rows
 from pipeline import registry
+from pipeline.core.config import Warehouse
+from pipeline.core.errors import IntegrityError
 from pipeline.model.coverage import CoverageRule, coverage_of_flat, rule_from_config
 from pipeline.model.device import autocast, pick_device
-from pipeline.prepare.text import trim_padding
 from pipeline.model.network import NGRAM_ONLY, NgramLogit
 from pipeline.model.quantize import quantize
 from pipeline.model.weights import load_model
+from pipeline.prepare.preprocess import load_preprocessor
+from pipeline.prepare.text import trim_padding
+from pipeline.serve.batching import WIDTH_STEP, Encoded, filled, row_batches, token_batches, width_classes
+from pipeline.serve.ngram import ngram_logits
+from pipeline.serve.precision import PRECISIONS, int8_ranges, resolve_precision
+from pipeline.serve.rowwise import ngram_bag, row_independent
+from pipeline.serve.workers import map_in_order, one_thread_pool
 
-PRECISIONS = ("auto", "fp32", "int8")
+__all__ = ["CUDA_TOKEN_BUDGET", "PRECISIONS", "Prediction", "Predictor", "calibrated_proba", "load_predictor",
+           "resolve_precision", "token_batches"]
+
 #: padded tokens (rows x longest row) per CUDA batch: a GRU's steps run one after another, so the more rows
 #: each step carries the better, up to what a GPU's memory holds easily (~1 KiB of activations per token)
 CUDA_TOKEN_BUDGET = 1 << 18
+_MIN_PART_TEXTS = 512           # n-gram models: fewer texts than this per thread is not worth a thread
 
 
 @dataclass(frozen=True)
@@ -67,37 +75,6 @@ class Prediction:
     def unknown(self) -> np.ndarray:
         """Texts with tokens that the model cannot read: labelled ``'unknown'``, never scored."""
         return (self.tokens > 0) & ~self.readable
-
-
-@dataclass(frozen=True)
-class _Encoded:
-    """The texts with tokens among ``n``: their positions ``rows``, their kept token ids unpadded, one text
-    after another (``flat``), and their token counts ``lengths`` (all > 0). Rows are padded per batch only
-    (:meth:`padded`), and an n-gram-only model never pads them."""
-
-    n: int
-    rows: np.ndarray
-    flat: np.ndarray
-    lengths: np.ndarray
-
-    @property
-    def starts(self) -> np.ndarray:
-        starts = np.zeros(len(self.lengths), np.int64)
-        np.cumsum(self.lengths[:-1], out=starts[1:])
-        return starts
-
-    def subset(self, mask: np.ndarray) -> "_Encoded":
-        if mask.all():
-            return self
-        sel = np.flatnonzero(mask)
-        lengths = self.lengths[sel]
-        return _Encoded(self.n, self.rows[sel], self.flat[flat_ranges(self.starts[sel], lengths)], lengths)
-
-    def padded(self, sel: np.ndarray, width: int, pad_side: str) -> np.ndarray:
-        """Rows ``sel`` as ids [len(sel), width] padded with 0 on ``pad_side`` (what ``Preprocessor.encode``
-        gives, trimmed to ``width`` columns)."""
-        lengths = self.lengths[sel]
-        return pad_rows(self.flat[flat_ranges(self.starts[sel], lengths)], lengths, width, pad_side)
 
 
 class Predictor:
@@ -138,24 +115,32 @@ class Predictor:
         self.parallel_batches = True
         self.preprocessor = load_preprocessor(self.model_dir)
         self.max_len = int(self.preprocessor.max_len)
-        self.model = load_model(self.model_dir / "model.safetensors", self.model_config, self.torch_device,
-                                sha256=(mv.config.get("checksums") or {}).get("model.safetensors"))
+        model = load_model(self.model_dir / "model.safetensors", self.model_config, self.torch_device,
+                           sha256=(mv.config.get("checksums") or {}).get("model.safetensors"))
         if self.precision == "int8":
-            self.model = quantize(self.model)
+            model = quantize(model, int8_ranges(mv))
+        #: the scoring copy: on CPU with row-exact layers (:mod:`pipeline.serve.rowwise`)
+        self.model = row_independent(model) if self.torch_device.type == "cpu" else model
 
     @property
     def has_attention(self) -> bool:
         return self.model.attention is not None          # encoder "none" has no attention, whatever its pooling
 
-    def _batch(self, ids: np.ndarray, lengths: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoded rows as model input: trimmed to their longest row, except for the lineage baseline
-        (``exact_lengths=False``), whose output depends on its full padded width."""
-        T = max(int(lengths.max()), 1) if self.model_config.exact_lengths else ids.shape[1]
-        ids = trim_padding(ids, T, self.preprocessor.pad_side)
+    @property
+    def has_ngrams(self) -> bool:
+        return ngram_bag(self.model) is not None
+
+    def _batch(self, ids: np.ndarray, lengths: np.ndarray,
+               width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoded rows as model input, ``width`` columns: by default trimmed to their longest row, except for
+        the lineage baseline (``exact_lengths=False``), whose output depends on its full padded width."""
+        if width is None:
+            width = max(int(lengths.max()), 1) if self.model_config.exact_lengths else ids.shape[1]
+        ids = trim_padding(ids, width, self.preprocessor.pad_side)
         return (torch.from_numpy(np.ascontiguousarray(ids)).long().to(self.torch_device),
                 torch.from_numpy(lengths).long().to(self.torch_device))
 
-    def _encode_rows(self, texts: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> _Encoded:
+    def _encode_rows(self, texts: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> Encoded:
         """Encode the texts that have tokens, once (coverage and the model read the same ids). ``texts``: a
         sequence (None, non-strings and blank texts have no tokens) or an Arrow string array (NULL: none)."""
         if isinstance(texts, (pa.Array, pa.ChunkedArray)):
@@ -165,13 +150,12 @@ class Predictor:
             n = len(texts)
             keep = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
             if not keep:
-                return _Encoded(n, np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int32))
+                return Encoded.empty(n)
             texts = [texts[i] for i in keep] if len(keep) < n else texts
         flat, lengths = self.preprocessor.encode_flat(texts)
         lengths = lengths.astype(np.int32)
         rows = np.arange(n) if keep is None else np.asarray(keep)
-        encoded = _Encoded(n, rows, flat, lengths)
-        return encoded.subset(lengths > 0)     # blank or punctuation-only texts: no tokens, no score
+        return Encoded(n, rows, flat, lengths).subset(lengths > 0)   # no tokens (blank, punctuation): no score
 
     def predict_proba(self, texts: Sequence[str | None] | pa.Array) -> np.ndarray:
         """P(positive) per text, in input order: the model's output for every text with tokens, whatever its
@@ -196,10 +180,9 @@ class Predictor:
 
     def _in_parts(self, texts, answer, join):
         """``answer(texts)``; for an n-gram-only model, ``answer`` of consecutive slices of the texts on up to
-        ``torch.get_num_threads()`` threads at once, joined in input order. Its numpy and Arrow work releases
-        the GIL, so one call uses every core the caller gave torch, and a text's answer does not depend on the
-        texts it comes with (up to torch's sigmoid rounding a value 1 ulp apart by its place in the array).
-        Torch models run their batches in parallel instead (:meth:`_batch_workers`)."""
+        ``torch.get_num_threads()`` threads at once, joined in input order (its numpy and Arrow work releases
+        the GIL; a text's answer does not depend on the slice it is in). Torch models run their batches in
+        parallel instead (:meth:`_batch_workers`)."""
         parts = min(torch.get_num_threads(), len(texts) // _MIN_PART_TEXTS) if self._flat_ngrams() else 1
         if parts <= 1:
             return answer(texts)
@@ -207,40 +190,64 @@ class Predictor:
             texts = list(texts)
         cuts = np.linspace(0, len(texts), parts + 1).astype(int)
         slices = [texts[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
-        return join(list(_pool(parts).map(answer, slices)))
+        return join(list(one_thread_pool(parts).map(answer, slices)))
 
-    @torch.inference_mode()
-    def _proba(self, encoded: _Encoded) -> np.ndarray:
-        """P(positive) of the encoded rows, placed at their positions (NaN elsewhere). Rows are sorted by token
-        count and batched, so that a batch carries little padding: callers pass texts in any order (this is
-        the one place rows are sorted). An n-gram-only model reads the unpadded ids in one pass instead
-        (:func:`ngram_logits`, the same logits without padding every text to ``max_len``)."""
+    def _proba(self, encoded: Encoded) -> np.ndarray:
+        """P(positive) of the encoded rows, placed at their positions (NaN elsewhere). An n-gram-only model
+        reads the unpadded ids in one pass (:func:`pipeline.serve.ngram.ngram_logits`); other models read
+        batches of rows sorted by token count (:meth:`_model_logits`): callers pass texts in any order."""
         out = np.full(encoded.n, np.nan, dtype=np.float64)
-        if self._flat_ngrams():
-            if len(encoded.rows):
-                logits = torch.from_numpy(ngram_logits(self.model.ngrams, encoded.flat, encoded.lengths))
-                out[encoded.rows] = self._calibrated(logits, encoded.lengths)
+        if not len(encoded.rows):
             return out
-        keep, lengths = encoded.rows, encoded.lengths
+        if self._flat_ngrams():
+            logits = ngram_logits(ngram_bag(self.model), encoded.flat, encoded.lengths)
+            out[encoded.rows] = self._calibrated(logits, encoded.lengths)
+            return out
+        lengths = encoded.lengths
         order = np.argsort(lengths, kind="stable")
+        workers = self._batch_workers()
 
         def scored(cut: slice) -> tuple[np.ndarray, np.ndarray]:
             sel = order[cut]
-            width = max(int(lengths[sel].max()), 1) if self.model_config.exact_lengths else self.max_len
-            x, n = self._batch(encoded.padded(sel, width, self.preprocessor.pad_side), lengths[sel])
-            with torch.inference_mode(), (autocast(self.torch_device) if self.precision == "bf16"
-                                          else contextlib.nullcontext()):
-                logits = self._forward(x, n)
-            return sel, self._calibrated(logits, lengths[sel])
+            return sel, self._model_logits(encoded, sel)
 
-        workers = self._batch_workers()
-        for sel, probs in _map_batches(scored, self._batches(lengths[order], workers), workers):
-            out[keep[sel]] = probs
+        cuts = self._batches(lengths[order], workers)
+        batches = map_in_order(scored, cuts, workers) if self.torch_device.type == "cpu" else map(scored, cuts)
+        for sel, logits in batches:
+            out[encoded.rows[sel]] = self._calibrated(logits, lengths[sel])
         return out
+
+    @torch.inference_mode()
+    def _model_logits(self, encoded: Encoded, sel: np.ndarray) -> np.ndarray:
+        """float32 logits of rows ``sel`` (one batch): on CPU run with at least ``MIN_ROWS`` rows
+        (:func:`~pipeline.serve.batching.filled`) at the width :meth:`_width` gives."""
+        run = filled(sel) if self.torch_device.type == "cpu" else sel
+        lengths = encoded.lengths[run]
+        width = self._width(lengths)
+        x, n = self._batch(encoded.padded(run, width, self.preprocessor.pad_side), lengths, width)
+        with autocast(self.torch_device) if self.precision == "bf16" else contextlib.nullcontext():
+            logits = self._forward(x, n)
+        return logits[:len(sel)].float().cpu().numpy()
+
+    def _width(self, lengths: np.ndarray) -> int:
+        """A batch's padded width: ``max_len`` for the lineage baseline, the longest row's width class for a
+        Transformer (a function of each row's own length: its rows are never mixed across classes), else the
+        longest row."""
+        if not self.model_config.exact_lengths:
+            return self.max_len
+        longest = max(int(lengths.max()), 1)
+        step = self._width_step()
+        return longest if step is None else int(width_classes(np.array([longest]), step, self.max_len)[0])
+
+    def _width_step(self) -> int | None:
+        """``WIDTH_STEP`` for a Transformer on CPU (its attention rounds with the padded width), else None."""
+        if self.model_config.encoder == "transformer" and self.torch_device.type == "cpu":
+            return WIDTH_STEP
+        return None
 
     def _batch_workers(self) -> int:
         """Batches scored at once, each on one core: ``torch.get_num_threads()`` for a torch model on the CPU
-        (when :attr:`parallel_batches`), else 1 (one batch at a time, on all of torch's threads).
+        (when :attr:`parallel_batches`), else 1 (one batch at a time, still on one torch thread).
 
         Why: a recurrent layer runs its steps one after another, each a [B, H] x [H, 3H] GEMM and a dozen
         element-wise gate ops on [B, H]; split over 2 threads, every one of those small ops ends in a barrier,
@@ -256,31 +263,29 @@ class Predictor:
         if self.torch_device.type == "cuda":
             width = None if self.model_config.exact_lengths else self.max_len
             return token_batches(sorted_lengths, self.token_budget, fixed_width=width)
-        size = max(min(self.batch_size, -(-len(sorted_lengths) // workers)), 1)
-        return [slice(s, s + size) for s in range(0, len(sorted_lengths), size)]
+        return row_batches(sorted_lengths, self.batch_size, workers, self._width_step(), self.max_len)
 
     def _flat_ngrams(self) -> bool:
-        """Whether the model is the n-gram bag alone, in eval mode: then :func:`ngram_logits` is its output."""
-        bag = self.model.ngrams
+        """Whether the model is the n-gram bag alone, in eval mode, on CPU: then its output is
+        :func:`~pipeline.serve.ngram.ngram_logits`."""
+        bag = ngram_bag(self.model)
         return (self.model_config.encoder == NGRAM_ONLY and isinstance(bag, NgramLogit) and not self.model.training
                 and not bag.training and self.torch_device.type == "cpu")
 
     def _forward(self, x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        """The model's logits. int8 kernels refuse non-finite activations with a RuntimeError of their own
-        ("ChooseQuantizationParams…") where fp32 returns NaN: both mean damaged weights, and both are the same
-        IntegrityError (:meth:`_calibrated`), whichever precision registration picked."""
+        """The model's logits. An int8 layer refuses non-finite activations (quantizing NaN would give a
+        number) where fp32 returns NaN: both mean damaged weights, and both are the same IntegrityError
+        (:meth:`_calibrated`), whichever precision registration picked."""
         try:
             return self.model(x, n)[0]
-        except RuntimeError as exc:
-            if self.precision == "int8" and not all(torch.isfinite(p).all() for p in self.model.parameters()):
-                raise IntegrityError(f"model {self.version} has non-finite weights ({exc}): its weights are damaged; "
-                                     "retrain or promote another version") from None
-            raise
+        except FloatingPointError as exc:
+            raise IntegrityError(f"model {self.version} has non-finite weights or activations ({exc}): its weights "
+                                 "are damaged; retrain or promote another version") from None
 
-    def _calibrated(self, logits: torch.Tensor, lengths: np.ndarray) -> np.ndarray:
+    def _calibrated(self, logits: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """P(positive) = sigmoid(logit / T), T by the text's token count; a non-finite one is an IntegrityError."""
         t = np.where(lengths <= self.short_max_tokens, self.short_temperature, self.temperature)
-        probs = torch.sigmoid(logits.float().cpu() / torch.from_numpy(t).float()).numpy()
+        probs = calibrated_proba(logits, t)
         if not np.isfinite(probs).all():
             raise IntegrityError(f"model {self.version} produced {int((~np.isfinite(probs)).sum())} non-finite "
                                  f"score(s) for {len(lengths)} texts: its weights are damaged; retrain or promote "
@@ -314,10 +319,6 @@ class Predictor:
         pairs = sorted(zip(words, weights.tolist()), key=lambda p: -p[1])
         return [(wd, float(v)) for wd, v in pairs[:top_k]]
 
-    @property
-    def has_ngrams(self) -> bool:
-        return self.model.ngrams is not None
-
     @torch.inference_mode()
     def explain_phrases(self, text: str, top_k: int = 5) -> list[tuple[str, float]]:
         """Wide & deep and n-gram-only models: the ``top_k`` words and word pairs (and triples) that moved the
@@ -330,7 +331,7 @@ class Predictor:
         n = int(lengths[0])
         row = trim_padding(ids, n, self.preprocessor.pad_side)[0]
         x = torch.from_numpy(row.astype(np.int64)).unsqueeze(0).to(self.torch_device)
-        bag = self.model.ngrams
+        bag = ngram_bag(self.model)
         feats, real = bag.features(x, torch.tensor([n], device=self.torch_device))
         share = bag.terms(feats, real)[0] / real.sum()
         share = (share * self.model_config.ngram_weight).cpu().numpy()
@@ -352,187 +353,17 @@ def load_predictor(wh: Warehouse, model: str = "champion", device: str = "cpu", 
     return Predictor(mv.path, version=mv.version, device=device, batch_size=batch_size, precision=precision)
 
 
-def resolve_precision(requested: str, device: torch.device, mv: registry.ModelVersion) -> str:
-    """The precision a version runs in on ``device``: ``bf16`` on CUDA (``fp32`` when asked for); on CPU (and
-    mps) ``int8`` when asked for or when ``auto`` and the version's registration kept it, else ``fp32``. int8
-    on a version whose registration did not keep it, or on a GPU, is an ``InputError`` saying why."""
-    if requested not in PRECISIONS:
-        raise InputError(f"precision {requested!r} is not one of {', '.join(PRECISIONS)}")
-    if requested == "fp32":
-        return "fp32"
-    if requested == "int8" and device.type != "cpu":
-        raise InputError(f"precision int8 is for CPU scoring (dynamic int8 has no {device.type} kernels); on "
-                         f"{device} use precision auto or fp32")
-    if device.type == "cuda":
-        return "bf16"
-    if requested == "int8" and not mv.int8:
-        raise InputError(f"model {mv.version} does not score in int8: {mv.int8_reason}; use precision auto or "
-                         "fp32")
-    return "int8" if mv.int8 and device.type == "cpu" else "fp32"
-
-
-def token_batches(sorted_lengths: np.ndarray, budget: int, *, fixed_width: int | None = None) -> list[slice]:
-    """Consecutive batches of rows sorted by length (ascending) whose padded size, rows x the batch's longest
-    row (x ``fixed_width`` when every row is padded to it), stays within ``budget`` tokens; a row longer than
-    the budget is a batch alone. Short texts thus travel many to a batch, long ones few, and every batch costs
-    about the same memory and time. Rows of length 0 count as 1 (a model reads at least one position)."""
-    if budget < 1:
-        raise ValueError("token budget must be >= 1")
-    lengths = np.maximum(np.asarray(sorted_lengths, np.int64), 1)
-    if fixed_width is not None:
-        lengths = np.full(len(lengths), max(int(fixed_width), 1), np.int64)
-    cuts, start, n = [], 0, len(lengths)
-    while start < n:
-        window = lengths[start:start + max(budget // int(lengths[start]), 1)]     # no longer batch fits
-        cost = np.arange(1, len(window) + 1) * window           # rows so far x longest so far (sorted)
-        size = max(int(np.searchsorted(cost, budget, side="right")), 1)
-        cuts.append(slice(start, start + size))
-        start += size
-    return cuts
-
-
-_MIN_PART_TEXTS = 512           # fewer texts than this per thread: not worth a thread
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ``workers`` threads for :meth:`Predictor._in_parts` (made once, reused)."""
-    with _POOLS_LOCK:
-        if workers not in _POOLS:
-            _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="reviewflow-predict")
-        return _POOLS[workers]
-
-
-def _map_batches(score, cuts: list[slice], workers: int):
-    """``score(cut)`` for every batch, in order: on the calling thread when ``workers`` is 1 (or there is
-    one batch), else on ``workers`` pool threads that each run torch ops on one thread. The caller's torch
-    thread count is restored afterwards (``torch.set_num_threads`` also sets the count that threads new to
-    torch start with, so nothing outside this call sees the 1)."""
-    if workers <= 1 or len(cuts) <= 1:
-        return map(score, cuts)
-    threads = torch.get_num_threads()
-
-    def one_core(cut: slice):
-        torch.get_num_threads()         # a pool thread new to torch adopts the default first ...
-        torch.set_num_threads(1)        # ... then runs its batch's ops on its own core
-        return score(cut)
-
-    try:
-        return list(_pool(workers).map(one_core, cuts))
-    finally:
-        torch.set_num_threads(threads)
+def calibrated_proba(logits: np.ndarray, temperature: np.ndarray | float) -> np.ndarray:
+    """sigmoid(logit / T) per score, float64, in numpy: element by element the same arithmetic wherever a score
+    sits in its array (torch's float32 sigmoid rounds the last elements of an array, its scalar tail, apart
+    from the rest: a score moved by 1 ulp with its place in the batch)."""
+    z = np.asarray(logits, np.float64) / np.asarray(temperature, np.float64)
+    with np.errstate(invalid="ignore"):
+        e = np.exp(-np.abs(z))                         # <= 1: no overflow
+        return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def _joined(parts: list[Prediction]) -> Prediction:
     """The predictions of consecutive slices of texts as one, in order."""
     return Prediction(**{f: np.concatenate([getattr(p, f) for p in parts])
                          for f in ("score", "known", "tokens", "coverage", "readable")})
-
-
-def ngram_logits(bag: NgramLogit, flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The logit of ``bag`` (the n-gram bag alone, eval mode) for unpadded rows: ``flat`` their token ids one
-    row after another, ``lengths`` [m] their counts (> 0). float32 [m]: the numbers ``bag(ids, lengths)``
-    gives for the same rows padded (the mean of ``weight * scale`` over the row's real n-grams), up to float
-    rounding (sums are taken in float64), without padding every text to ``max_len``.
-
-    Each position's terms (its unigram, and the bigram and trigram that start there and stay within its row)
-    are added up in place, then each row's are summed (``reduceat``). The bag's hash runs on every
-    position; the few k-grams that would cross into the next row are zeroed instead of masked out."""
-    lengths = np.asarray(lengths, np.int64)
-    if bag.pool == "binary":
-        return binary_ngram_logits(bag, flat, lengths)
-    table, bucket = _ngram_plan(bag)
-    ids = np.asarray(flat, np.int64)
-    terms = table[ids].astype(np.float64)
-    ends = np.cumsum(lengths)
-    count = lengths.copy()
-    for k in range(2, bag.n + 1):
-        span = len(ids) - k + 1                          # every k consecutive tokens, rows or not ...
-        if span <= 0:
-            break
-        part = table[bucket(*(ids[j:j + span] for j in range(k)))]
-        terms[:span] += np.where(_within_rows(ends, lengths, span, k), part, 0.0)
-        count += np.maximum(lengths - (k - 1), 0)
-    sums = np.zeros(len(lengths), np.float64)
-    has = lengths > 0                                    # each row summed on its own: no other row changes it
-    if has.any():
-        sums[has] = np.add.reduceat(terms, (ends - lengths)[has])
-    return (sums / np.maximum(count, 1)).astype(np.float32)
-
-
-def _within_rows(ends: np.ndarray, lengths: np.ndarray, span: int, k: int) -> np.ndarray:
-    """[span] bool: which of the flat positions' k-grams stay inside their row (those starting in a row's
-    last k-1 tokens run into the next row: they are no n-gram)."""
-    inside = np.ones(span, bool)
-    for j in range(1, k):
-        cut = ends - j
-        inside[cut[(cut >= ends - lengths) & (cut < span)]] = False
-    return inside
-
-
-def binary_ngram_logits(bag: NgramLogit, flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """:func:`ngram_logits` of a binary bag (``pool="binary"``): each row's distinct n-grams, found with one
-    hash-based ``pandas.unique`` over (row, feature id) keys instead of a sort per row; their ``weight *
-    scale`` summed per row (``bincount``), plus the bias."""
-    table, bucket = _ngram_plan(bag)
-    ids = np.asarray(flat, np.int64)
-    row = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
-    ends = np.cumsum(lengths)
-    keys = [row * (len(table) + 1) + ids]
-    for k in range(2, bag.n + 1):
-        span = len(ids) - k + 1
-        if span <= 0:
-            break
-        grams = bucket(*(ids[j:j + span] for j in range(k)))
-        keys.append((row[:span] * (len(table) + 1) + grams)[_within_rows(ends, lengths, span, k)])
-    distinct = pd.unique(np.concatenate(keys))
-    sums = np.bincount(distinct // (len(table) + 1), weights=table[distinct % (len(table) + 1)],
-                       minlength=len(lengths))
-    return (sums + float(bag.bias.detach())).astype(np.float32)
-
-
-_PLANS: dict = {}
-
-
-def _ngram_plan(bag: NgramLogit):
-    """(each feature id's ``weight * scale`` as float32 numpy, the bag's bucket hash on int64 numpy arrays),
-    cached per bag while its weights are unchanged."""
-    key = (id(bag), bag.weight.weight._version, bag.scale._version)
-    plan = _PLANS.get(key)
-    if plan is None or plan[0] is not bag:
-        table = (bag.weight.weight.detach().squeeze(-1).float() * bag.scale.float()).cpu().numpy()
-        _PLANS.clear()                                    # one model at a time: no stale tables kept alive
-        plan = _PLANS[key] = (bag, table, _numpy_bucket(bag))
-    return plan[1], plan[2]
-
-
-def _numpy_bucket(bag: NgramLogit):
-    """``bag.bucket`` on numpy int64 arrays: the same arithmetic (int64, wrapping, floor modulo) in numpy,
-    several times faster than torch's integer kernels here, used only if it gives exactly the bag's buckets
-    on a probe of n-grams (extreme ids included); else torch's ``bag.bucket`` itself."""
-    def via_torch(*grams):
-        return bag.bucket(*(torch.from_numpy(np.ascontiguousarray(g)) for g in grams)).numpy()
-
-    V, B, h = int(bag.vocab_size), int(bag.buckets), getattr(bag, "hash", "prime")
-    mult, mix = (bag.PRIME, None) if h == "prime" else (V, getattr(bag, "MIX", None))
-    if h not in ("prime", "mix") or (h == "mix" and mix is None):
-        return via_torch
-
-    def via_numpy(*grams):
-        key = grams[0] * mult if len(grams) > 1 else grams[0].copy()      # in place from here: 1 array
-        for i, g in enumerate(grams[1:], 1):
-            key += g
-            if i + 1 < len(grams):
-                key *= mult
-        if mix is not None:
-            key *= mix
-        np.remainder(key, B, out=key)
-        key += V
-        return key
-
-    rng = np.random.default_rng(0)
-    probe = [np.concatenate([[0, 1, V - 1, V - 1], rng.integers(0, V, 4096)]).astype(np.int64) for _ in range(3)]
-    with torch.inference_mode():
-        same = all(np.array_equal(via_numpy(*probe[:k]), via_torch(*probe[:k])) for k in range(2, bag.n + 1))
-    return via_numpy if same else via_torch

@@ -38,10 +38,11 @@ def _int8_decision(res: TrainResult, val: SplitData | None, rule: Int8Rule) -> d
     registration."""
     model = load_model(Path(res.weights), res.model_config, "cpu")
     try:
-        return decide(model, val, rule)
-    except (RuntimeError, NotImplementedError, AssertionError, AttributeError, TypeError) as exc:
+        return decide(model, val, rule, weights_sha256=sha256_file(res.weights))
+    except (RuntimeError, NotImplementedError, AssertionError, AttributeError, TypeError, ValueError,
+            FloatingPointError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        return {"int8": False, "reason": f"dynamic int8 does not run on this model ({first})"}
+        return {"int8": False, "reason": f"static int8 does not run on this model ({first})"}
 
 
 def _val_split(prep_dir: Path) -> SplitData | None:
@@ -60,8 +61,8 @@ def register(wh: Warehouse, run: TrainResult | str | Path, *, preset: str = "cus
     the review ids + labels of the validation rows it was selected on (``eval_set.parquet``), so that promotion
     can compare models on the same data. Registering onto an existing version fails.
 
-    It also decides whether CPU scoring runs the model in dynamic int8 (``config.json`` ``"int8"``), from fp32
-    and int8 accuracy on the validation split and their speeds (``int8_rule``; :mod:`pipeline.train.precision`).
+    It also decides whether CPU scoring runs the model in static int8 (``config.json`` ``"int8"``, and its
+    calibrated ranges ``"int8_static"``), from fp32 and int8 accuracy on the validation split and their speeds (``int8_rule``; :mod:`pipeline.train.precision`).
     """
     res = run if isinstance(run, TrainResult) else TrainResult.load(run)
     if not Path(res.weights).is_file():
@@ -83,6 +84,8 @@ def register(wh: Warehouse, run: TrainResult | str | Path, *, preset: str = "cus
     eval_set = _eval_set_table(Path(res.prep_dir))
     metrics["int8"] = _int8_decision(res, _val_split(Path(res.prep_dir)), int8_rule)
     cfg["int8"] = metrics["int8"]["int8"]       # what CPU scoring reads; the measurements stay in metrics.json
+    if "static" in metrics["int8"]:             # kept: its calibrated ranges, hashed with the weights
+        cfg["int8_static"] = metrics["int8"].pop("static")
     if eval_set is not None:
         metrics["eval_set"] = {"split": "val", "rows": eval_set.num_rows, "dataset": cfg["dataset"],
                                "sha256": registry.eval_set_fingerprint(eval_set)}
