@@ -169,6 +169,11 @@ def test_int8_ranges_that_do_not_match_their_hash_are_refused(runs, tmp_path, ta
     _copy_version(wh, mv, other, edit)
     with pytest.raises(IntegrityError, match="int8_static does not match its SHA-256"):
         load_predictor(other, mv.version)
+    with pytest.raises(IntegrityError, match="int8_static does not match its SHA-256"):
+        registry.verify_version(other, mv.version)              # ... and no pointer may move onto it
+    with pytest.raises(IntegrityError, match="int8_static does not match its SHA-256"):
+        registry.set_champion(other, mv.version)
+    assert not (other.models / registry.CHAMPION).exists()
     assert load_predictor(other, mv.version, precision="fp32").precision == "fp32"     # fp32 does not read them
 
 

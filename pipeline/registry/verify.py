@@ -11,7 +11,7 @@ and a pointer taken from an object store. What it checks:
 * ``config.json`` and ``metrics.json`` are regular files that parse, the model block builds a
   :class:`~pipeline.model.network.ModelConfig`, the int8 and calibration fields are valid;
 * every file of :data:`~pipeline.registry.store.CHECKED_FILES` recorded in ``config.json`` ``checksums`` is a
-  regular file (not a link) with that SHA-256; the weights must be recorded; a checked file present but not
+  regular file (not a link) with that SHA-256; static int8 ranges (``int8_static``) match their SHA-256; the weights must be recorded; a checked file present but not
   recorded was added after registration and is refused too.
 
 A version registered before checksums existed cannot be verified: pointers are not moved onto it (train it again),
@@ -29,6 +29,7 @@ from pipeline.core.config import Warehouse, validate_name
 from pipeline.core.errors import InputError, IntegrityError, NotFoundError
 from pipeline.core.storage import read_json, sha256_file
 from pipeline.model.network import ModelConfig
+from pipeline.model.quantize import SCHEME, fingerprint
 from pipeline.registry.store import CHECKED_FILES, ModelVersion, list_versions
 
 WEIGHTS = "model.safetensors"
@@ -93,7 +94,7 @@ def _check_config(mv: ModelVersion) -> None:
     except (InputError, TypeError, ValueError) as exc:
         raise _refuse(mv.version, "config.json", f"holds an invalid model block ({str(exc).splitlines()[0]})") \
             from None
-    _ = (mv.int8, mv.temperature, mv.short_temperature)    # each raises IntegrityError when invalid
+    _ = (mv.int8, mv.temperature, mv.short_temperature, int8_ranges(mv))    # each raises IntegrityError when invalid
     dataset = mv.config.get("dataset")
     if dataset is not None:
         try:
@@ -141,3 +142,19 @@ def verify_version(wh: Warehouse, name: str, *, unchecked_ok: bool = False) -> M
     _check_config(mv)
     _check_files(mv, unchecked_ok)
     return mv
+
+
+def int8_ranges(mv: ModelVersion) -> dict | None:
+    """The static int8 ranges registration recorded (``config.json`` ``"int8_static"``), checked against their
+    SHA-256 (which also binds them to the weights' SHA-256); None when there are none (fp32, or dynamic int8
+    from before). Ranges that do not match their hash are an ``IntegrityError``."""
+    block = mv.config.get("int8_static")
+    if block is None:
+        return None
+    weights = (mv.config.get("checksums") or {}).get("model.safetensors", "")
+    ok = (isinstance(block, dict) and block.get("scheme") == SCHEME and isinstance(block.get("ranges"), dict)
+          and block.get("sha256") == fingerprint(block["ranges"], weights))
+    if not ok:
+        raise IntegrityError(f"model version {mv.version}: config.json int8_static does not match its SHA-256 (or "
+                             "these weights); the file was modified: restore it or train again")
+    return block["ranges"]

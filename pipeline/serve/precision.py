@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from pipeline import registry
-from pipeline.core.errors import InputError, IntegrityError
-from pipeline.model.quantize import SCHEME, fingerprint
+from pipeline.core.errors import InputError
+from pipeline.registry.verify import int8_ranges
 
 PRECISIONS = ("auto", "fp32", "int8")
 DYNAMIC_RETIRED = ("registered with dynamic int8, which made a score depend on the texts batched with it: it "
@@ -41,19 +41,3 @@ def resolve_precision(requested: str, device: torch.device, mv: registry.ModelVe
         reason = DYNAMIC_RETIRED if mv.int8 else mv.int8_reason
         raise InputError(f"model {mv.version} does not score in int8: {reason}; use precision auto or fp32")
     return "int8" if kept and device.type == "cpu" else "fp32"
-
-
-def int8_ranges(mv: registry.ModelVersion) -> dict | None:
-    """The static int8 ranges registration recorded (``config.json`` ``"int8_static"``), checked against their
-    SHA-256 (which also binds them to the weights' SHA-256); None when there are none (fp32, or dynamic int8
-    from before). Ranges that do not match their hash are an ``IntegrityError``."""
-    block = mv.config.get("int8_static")
-    if block is None:
-        return None
-    weights = (mv.config.get("checksums") or {}).get("model.safetensors", "")
-    ok = (isinstance(block, dict) and block.get("scheme") == SCHEME and isinstance(block.get("ranges"), dict)
-          and block.get("sha256") == fingerprint(block["ranges"], weights))
-    if not ok:
-        raise IntegrityError(f"model version {mv.version}: config.json int8_static does not match its SHA-256 (or "
-                             "these weights); the file was modified: restore it or train again")
-    return block["ranges"]

@@ -18,7 +18,7 @@ from pipeline.model.device import pick_device
 from pipeline.model.network import SentimentModel
 from pipeline.model.quantize import SCHEME, calibrate, fingerprint, quantizable, quantize
 from pipeline.model.weights import load_model
-from pipeline.serve.precision import int8_ranges
+from pipeline.registry.verify import int8_ranges
 from pipeline.serve.predictor import Predictor, load_predictor
 from pipeline.serve.rowwise import row_independent
 from pipeline.train.loader import SplitData, iter_batches, load_split
