@@ -67,3 +67,22 @@ def serve_dir(directory: Path) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def deadline(fn, *args, seconds: float = 20, **kw):
+    """``fn(*args, **kw)`` in a thread; fails the test (instead of hanging it) if it blocks, e.g. on a FIFO."""
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = fn(*args, **kw)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test below
+            out["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"{getattr(fn, '__name__', fn)} still running after {seconds}s (blocked on a FIFO?)"
+    if "error" in out:
+        raise out["error"]
+    return out.get("value")

@@ -12,12 +12,11 @@ import socket
 import subprocess
 import sys
 import tarfile
-import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from ingest_helpers import snapshot, tmp_files
+from ingest_helpers import deadline, snapshot, tmp_files
 from synthetic import write_aclimdb_folder
 
 from pipeline.ingest import lake
@@ -37,21 +36,7 @@ def lake_texts(wh: Warehouse, name: str) -> dict[str, str]:
 
 def ingest_with_deadline(wh: Warehouse, source: str, dataset: str, seconds: float = 30, **kw):
     """``ingest`` in a thread; fails the test (instead of hanging it) if it blocks, e.g. on opening a FIFO."""
-    outcome: dict = {}
-
-    def run():
-        try:
-            outcome["report"] = ingest(wh, source, dataset, progress=False, **kw)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test below
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(seconds)
-    assert not worker.is_alive(), f"ingest of {source} still running after {seconds}s (blocked on a FIFO?)"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["report"]
+    return deadline(ingest, wh, source, dataset, seconds=seconds, progress=False, **kw)
 
 
 def assert_refused(wh: Warehouse, source: str, pattern: str, dataset: str = "ds", **kw) -> InputError:

@@ -20,14 +20,13 @@ import re
 import shutil
 import socket
 import stat
-import threading
 import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from ingest_helpers import make_tarball
+from ingest_helpers import deadline, make_tarball
 from synthetic import write_aclimdb_folder
 
 from pipeline.core.config import Warehouse
@@ -42,25 +41,6 @@ pytestmark = pytest.mark.timeout(120)
 SECRET = "root:x:0:0:the secret the lake must never hold"
 GOOD = "review_id,text\ng1,a fine film with a good cast\ng2,dull and far too long\n"
 OLD = 3600.0
-
-
-def deadline(fn, *args, seconds: float = 20, **kw):
-    """``fn(*args, **kw)`` in a thread; fails the test (instead of hanging it) if it blocks, e.g. on a FIFO."""
-    out: dict = {}
-
-    def run():
-        try:
-            out["value"] = fn(*args, **kw)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test below
-            out["error"] = exc
-
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(seconds)
-    assert not worker.is_alive(), f"{getattr(fn, '__name__', fn)} still running after {seconds}s (blocked on a FIFO?)"
-    if "error" in out:
-        raise out["error"]
-    return out.get("value")
 
 
 def lake_hashes(wh: Warehouse) -> dict[str, str]:
