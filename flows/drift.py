@@ -38,7 +38,7 @@ def drift_task(rep: dict, warehouse: str, thresholds: Thresholds, lock_timeout: 
         return None
     try:
         checked = check_run(rep["db_path"], rep["run_id"], rep["table"], rep["model"], model_dir, rep.get("profile"),
-                            thresholds, lock_timeout)
+                            thresholds, lock_timeout, outputs=rep.get("max_error") is None)   # see drift.compare
     except IntegrityError as exc:       # a damaged reference file: the scores are written and stay; say so loudly
         logger.error("drift NOT measured for %s: %s", rep["table"], exc)
         create_markdown_artifact(key=artifact_key("drift", rep["table"]),

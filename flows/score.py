@@ -24,7 +24,7 @@ from prefect.states import Completed, State
 from pipeline.core.config import Warehouse
 from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT, LockTimeout
 from pipeline.core.errors import InputError, ReviewflowError, TemporaryFailure
-from pipeline.core.settings import DriftSettings, ScaleSettings
+from pipeline.core.settings import DriftSettings, ScaleSettings, ScoreSettings
 from pipeline.core.settings import load as load_settings
 from pipeline.score.drift import Thresholds
 from pipeline.score.job import score_dataset
@@ -63,11 +63,14 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
 
 @task(name="load-model", retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_user_error,
       cache_policy=NO_CACHE)
-def load_model(warehouse: str, model: str, batch_size: int, device: str = "auto"):
-    from pipeline.serve.predictor import load_predictor      # deferred: torch, only when a model is loaded
+def load_model(warehouse: str, model: str, batch_size: int, device: str = "auto", max_error: float | None = None):
+    """The version to score with, resolved now; its weights load (torch, SHA-256 checks) only when the table holds
+    rows to score (:class:`pipeline.serve.lazy.LazyPredictor`): a re-run with nothing to score loads none."""
+    from pipeline.serve.lazy import lazy_predictor
 
-    predictor = load_predictor(Warehouse.from_env(warehouse), model, batch_size=batch_size, device=device)
-    get_run_logger().info("loaded model %s on %s", predictor.version, predictor.device)
+    predictor = lazy_predictor(Warehouse.from_env(warehouse), model, batch_size=batch_size, device=device,
+                               max_error=max_error)
+    get_run_logger().info("model %s (%s): loads when there are rows to score", predictor.version, device)
     return predictor
 
 
@@ -100,6 +103,7 @@ def _summary_rows(rep: dict) -> list[dict[str, Any]]:
         {"metric": "negative", "value": rep["label_counts"]["negative"]},
         {"metric": "unknown", "value": rep["label_counts"]["unknown"]},
         {"metric": "coverage rule", "value": _rule_text(rep.get("coverage_rule"))},
+        {"metric": "max error (unsure texts: unknown)", "value": rep.get("max_error") or "off"},
         {"metric": "seconds", "value": round(rep["seconds"], 2)},
         {"metric": "rows/s", "value": round(rep["rows_per_s"], 1)},
         {"metric": "chunks", "value": rep["chunks"]},
@@ -130,7 +134,7 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
                predictor: Any = None, device: str = "auto", workers: int | None = None,
                dask_address: str | None = None, scratch: str | None = None,
                rows_per_part: int = DEFAULT_ROWS_PER_PART, shadow: str | None = None,
-               store: str | None = None) -> dict:
+               store: str | None = None, max_error: float | None = None) -> dict:
     """Score ``table`` in DuckDB file ``db`` (default: the warehouse's reviews.duckdb), or the lake
     ``dataset`` (or only its ``split``) into ``<dataset>[_<split>]_scored``, with model ``model`` (a version or "champion").
     ``blob_as_utf8`` lets a BLOB text column be decoded as UTF-8 (``table`` only).
@@ -141,15 +145,11 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
     scratch space ``scratch`` (default ``REVIEWFLOW_SCRATCH``, else ``<warehouse>/scratch``).
     ``shadow`` (a version or alias, e.g. "challenger"): afterwards that model scores the table too, into
     ``sentiment_shadow`` (:mod:`pipeline.score.shadow`), never into the table's columns. ``store``: the
-    warehouse's object-store URL when ``warehouse`` is its local mirror (Dask workers pull the model from it)."""
-    if shadow is not None and table is None:
-        raise InputError("shadow scoring takes a table (--table), not a lake dataset")
-    if shadow is not None:          # a shadow model that does not exist fails now, not after the champion's run
-        from pipeline import registry
-
-        registry.get(Warehouse.from_env(warehouse), shadow)
-    if (table is None) == (dataset is None):
-        raise InputError("give exactly one of table= or dataset=")
+    warehouse's object-store URL when ``warehouse`` is its local mirror (Dask workers pull the model from it).
+    ``max_error`` (default ``REVIEWFLOW_MAX_ERROR``, else off): texts the model is unsure of at that stated error
+    rate get the label 'unknown' (:mod:`pipeline.model.abstain`; labels at 0.5 only)."""
+    _check_params(table, dataset, shadow, warehouse)
+    max_error = _max_error(max_error, threshold, predictor)
     logger = get_run_logger()
     wh = Warehouse.from_env(warehouse)
     db_path = str(db) if db is not None else str(wh.duckdb_path)
@@ -165,11 +165,11 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
                               scratch=scale.scratch, id_col=id_col,
                               text_col=text_col, rescore=rescore, threshold=threshold, batch_size=batch_size,
                               rows_per_part=rows_per_part, lock_timeout=lock_timeout, blob_as_utf8=blob_as_utf8,
-                              device="cpu" if device == "auto" else device, store=store)
-        return _with_shadow(_publish(rep, wh, db_path, threshold, logger, lock_timeout), shadow, table, db_path,
-                            wh, id_col, text_col, threshold, batch_size, lock_timeout)
+                              device="cpu" if device == "auto" else device, store=store, max_error=max_error)
+        return _with_shadow(_publish(rep | {"max_error": max_error}, wh, db_path, threshold, logger, lock_timeout),
+                            shadow, table, db_path, wh, id_col, text_col, threshold, batch_size, lock_timeout)
     if predictor is None:
-        predictor = load_model(str(wh.root), model, batch_size, device)
+        predictor = load_model(str(wh.root), model, batch_size, device, max_error)
     options = dict(rescore=rescore, threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
                    lock_timeout=lock_timeout)
     if dataset is None:
@@ -177,8 +177,35 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
     else:
         options.update(split=split)
     rep = score_task(table or scored_table_name(dataset, split), db_path, table, dataset, str(wh.root), predictor, options)
-    return _with_shadow(_publish(rep, wh, db_path, threshold, logger, lock_timeout), shadow, table, db_path, wh,
-                        id_col, text_col, threshold, batch_size, lock_timeout)
+    return _with_shadow(_publish(rep | {"max_error": max_error}, wh, db_path, threshold, logger, lock_timeout), shadow,
+                        table, db_path, wh, id_col, text_col, threshold, batch_size, lock_timeout)
+
+
+def _check_params(table: str | None, dataset: str | None, shadow: str | None, warehouse: str | None) -> None:
+    """Exactly one of table and dataset; a shadow model takes a table and must exist (it fails now, not after
+    the champion's run)."""
+    if shadow is not None and table is None:
+        raise InputError("shadow scoring takes a table (--table), not a lake dataset")
+    if shadow is not None:
+        from pipeline import registry
+
+        registry.get(Warehouse.from_env(warehouse), shadow)
+    if (table is None) == (dataset is None):
+        raise InputError("give exactly one of table= or dataset=")
+
+
+def _max_error(max_error: float | None, threshold: float, predictor: Any) -> float | None:
+    """The run's ``max_error``: the parameter, else ``REVIEWFLOW_MAX_ERROR``, else None (off). Its margins were
+    chosen for labels at 0.5, so another threshold is refused; so is an embedded predictor with another one."""
+    if max_error is None:
+        max_error = load_settings(ScoreSettings).max_error
+    if max_error is not None and threshold != 0.5:
+        raise InputError(f"--max-error states an error rate of the labels at 0.5; it cannot be combined with "
+                         f"--threshold {threshold}")
+    if predictor is not None and getattr(predictor, "max_error", None) != max_error:
+        raise InputError(f"the predictor given scores with max_error {getattr(predictor, 'max_error', None)}, "
+                         f"the run asks for {max_error}")
+    return max_error
 
 
 @task(name="shadow-score", retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_on_lock, cache_policy=NO_CACHE,
@@ -241,7 +268,8 @@ def _artifacts(rep: dict, wh: Warehouse, db_path: str, threshold: float, logger)
         markdown=(f"### Scored `{label}` with `{rep['model']}`\n\n"
                   f"{rep['rows_scored']} rows scored, {rep['rows_skipped']} skipped (no text to score), "
                   f"{rep['rows_unknown']} unknown (too few words the model knows: label 'unknown', no score; "
-                  f"rule {_rule_text(rep.get('coverage_rule'))}), "
+                  f"rule {_rule_text(rep.get('coverage_rule'))}"
+                  + (f"; or unsure at --max-error {rep['max_error']:g}" if rep.get("max_error") else "") + "), "
                   f"{rep['rows_up_to_date']} already up to date, {rep['rows_per_s']:.0f} rows/s.\n\n"
                   + (f"Score histogram: `{plot}`\n\n" if plot else "")
                   + f"Query it: `reviewflow sql \"SELECT sentiment_label, count(*) FROM {label} GROUP BY 1\"`"),
@@ -250,5 +278,5 @@ def _artifacts(rep: dict, wh: Warehouse, db_path: str, threshold: float, logger)
                 rep["rows_skipped"], rep["rows_unknown"], rep["seconds"])
     return {k: rep[k] for k in ("run_id", "table", "db_path", "model", "rows_scored", "rows_skipped", "rows_unknown",
                                 "rows_up_to_date", "label_counts", "deciles", "seconds", "rows_per_s", "status",
-                                "coverage_rule")} | {"engine": rep.get("engine"),
+                                "coverage_rule")} | {"engine": rep.get("engine"), "max_error": rep.get("max_error"),
         "histogram_png": str(plot) if plot else None}

@@ -9,7 +9,9 @@ progress artifact. Every worker process loads the model once (by exact version: 
 * ``workers=N``: a ``distributed.LocalCluster`` of N processes, one thread each, started for the run;
 * ``dask_address="tcp://host:8786"`` (or ``REVIEWFLOW_DASK_ADDRESS``): an existing cluster. Its workers must
   run the same reviewflow and see the warehouse's models and the scratch URI (an object store such as
-  ``s3://bucket/prefix``, or a shared volume mounted at the same path).
+  ``s3://bucket/prefix``, or a shared volume mounted at the same path), and share this process's
+  ``PREFECT_API_URL`` (else each worker starts a temporary Prefect server of its own: the parts still score
+  and merge, but their task runs are recorded where nobody looks; the run logs a warning).
 
 A worker that dies mid-part: Dask runs the part again on another worker (its ``allowed-failures``); a part
 whose scoring fails for a reason of ours (a broken model) fails the run at once.
@@ -42,7 +44,8 @@ _INHERITED = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_HOME", "PREFECT_SER
 
 
 @functools.lru_cache(maxsize=2)
-def worker_predictor(warehouse: str, version: str, batch_size: int, device: str, store: str | None = None):
+def worker_predictor(warehouse: str, version: str, batch_size: int, device: str, store: str | None = None,
+                     max_error: float | None = None):
     """The model, loaded once per worker process (and per version): later parts on the worker reuse it.
 
     ``store``: the warehouse's object-store URL when it lives on one (``s3://...``). A worker on another
@@ -57,14 +60,15 @@ def worker_predictor(warehouse: str, version: str, batch_size: int, device: str,
         mirror = objectstore.mirror_dir(store, cache)
         objectstore.pull(store, mirror, [f"models/{version}"])
         warehouse = str(mirror)
-    return load_predictor(Warehouse.from_env(warehouse), version, batch_size=batch_size, device=device)
+    return load_predictor(Warehouse.from_env(warehouse), version, batch_size=batch_size, device=device,
+                          max_error=max_error)
 
 
 @task(name="score-part", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error,
       cache_policy=NO_CACHE, task_run_name="part-{part.index}")
 def score_part_task(part: PartSpec, warehouse: str, threshold: float, batch_size: int, device: str,
                     store: str | None = None) -> PartResult:
-    predictor = worker_predictor(warehouse, part.version, batch_size, device, store)
+    predictor = worker_predictor(warehouse, part.version, batch_size, device, store, part.max_error)
     return score_part(part, predictor, threshold)
 
 
@@ -111,9 +115,11 @@ def distributed_score_flow(table: str, db: str, version: str, warehouse: str, sc
                            dask_address: str | None = None, id_col: str = "review_id", text_col: str = "text",
                            rescore: bool = False, threshold: float = 0.5, batch_size: int = 256,
                            rows_per_part: int = DEFAULT_ROWS_PER_PART, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
-                           blob_as_utf8: bool = False, device: str = "cpu", store: str | None = None) -> dict:
+                           blob_as_utf8: bool = False, device: str = "cpu", store: str | None = None,
+                           max_error: float | None = None) -> dict:
     """Score ``table`` of ``db`` with model ``version`` in partitions on this flow's Dask task runner. ``store``:
-    the warehouse's object-store URL, when it is on one (workers then pull the model from it)."""
+    the warehouse's object-store URL, when it is on one (workers then pull the model from it). ``max_error``:
+    every part is scored with that ``--max-error`` (it travels in the part's spec)."""
     logger = get_run_logger()
     _, progress = rows_progress(table, f"Rows of {table} scored with {version} on Dask", logger, verb="merged")
 
@@ -131,7 +137,7 @@ def distributed_score_flow(table: str, db: str, version: str, warehouse: str, sc
                                   rescore=rescore, threshold=threshold, rows_per_part=rows_per_part,
                                   lock_timeout=lock_timeout, on_wait=logger.info, progress=progress,
                                   blob_as_utf8=blob_as_utf8, run_id=_parent_run_id(), engine="dask",
-                                  workers=n_workers)
+                                  workers=n_workers, max_error=max_error)
     return rep.to_dict()
 
 
@@ -150,9 +156,19 @@ def run_distributed(*, table: str, db: str, model: str, warehouse: str, workers:
     scratch = scratch or str(wh.root / "scratch")
     if "://" not in scratch or scratch.startswith("file://"):   # a user-named folder: never a managed one
         guard_output_dir(scratch.removeprefix("file://"), wh, allow="scratch")
-    version = registry.get(wh, model).version
+    mv = registry.get(wh, model)
+    version = mv.version
+    if options.get("max_error") is not None:       # an error rate the version did not record fails before a cluster
+        from pipeline.model.abstain import margin_for
+
+        margin_for(mv.config, options["max_error"], version)
     preflight(db, table, **{k: options[k] for k in ("id_col", "text_col", "threshold", "rows_per_part", "blob_as_utf8",
                                                      "lock_timeout") if k in options})
+    if dask_address and not os.environ.get("PREFECT_API_URL"):
+        get_run_logger().warning(
+            "scoring on the cluster at %s without PREFECT_API_URL: each worker records its part task runs in a "
+            "temporary Prefect server of its own, which nobody sees; give this process and the workers the same "
+            "PREFECT_API_URL (compose does) to watch the parts in the UI", dask_address)
     runner = dask_runner(workers, dask_address)
     return distributed_score_flow.with_options(task_runner=runner)(
         table=table, db=db, version=version, warehouse=str(wh.root), scratch=scratch,

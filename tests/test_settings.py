@@ -20,7 +20,7 @@ ALL_VARS = [settings.env_var(name) for cls in settings.SETTINGS_CLASSES for name
 
 @pytest.mark.subprocess
 def test_every_variable_is_documented_in_the_module_and_in_help():
-    assert len(ALL_VARS) == 22
+    assert len(ALL_VARS) == 23
     for var in ALL_VARS:
         assert f"``{var}``" in settings.__doc__, var
     out = subprocess.run([REVIEWFLOW, "--help"], capture_output=True, text=True, timeout=120).stdout

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import typer
 
@@ -17,6 +17,9 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", "--device", help="where the model runs: cpu, cuda, cuda:N, auto"),
         threshold: float = typer.Option(0.5, help="P(positive) at or above which the label is positive"),
         top_k: int = typer.Option(5, "--top-k", help="tokens (attention) or phrases (n-gram half) to show"),
+        max_error: Optional[float] = typer.Option(
+            None, "--max-error", help="stated error rate (one the model recorded: 0.01, 0.02, 0.05, 0.1): a text "
+                                      "scored too close to 0.5 for it is 'unknown', as `score --max-error` labels it"),
         warehouse: WarehouseOption = None,
     ) -> None:
         """Score sentences with the champion (or --model VERSION): P(positive), label, coverage, and why.
@@ -25,6 +28,8 @@ def register(app: typer.Typer) -> None:
         Coverage: how many of the text's words the model knows. Below the rule recorded with the model
         (by default at least 1 known word and 50% of the words known) the label is 'unknown' and there
         is no score, as in the scored tables: the model does not guess at text it cannot read.
+        --max-error A: also 'unknown' when the score is too close to 0.5 for the error rate A on the
+        validation reviews (the margin recorded with the model, see its MODEL_CARD.md).
         Why: attention models list the tokens they attended to most; models with an n-gram half (the
         default preset) list the words and word pairs that pushed the logit most, signed (+ = positive).
         Examples:
@@ -33,7 +38,9 @@ def register(app: typer.Typer) -> None:
         """
         from pipeline.serve.predictor import load_predictor    # deferred: torch loads only when the command runs
 
-        p = load_predictor(warehouse_from(warehouse, reads=("models",)), model, device=device)
+        if max_error is not None and threshold != 0.5:
+            raise typer.BadParameter("--max-error states an error rate of the labels at 0.5; drop --threshold")
+        p = load_predictor(warehouse_from(warehouse, reads=("models",)), model, device=device, max_error=max_error)
         pred = p.predict_with_coverage(texts)
         typer.echo(f"model {p.version}")
         for i, text in enumerate(texts):
@@ -44,6 +51,11 @@ def register(app: typer.Typer) -> None:
             if not pred.readable[i]:
                 typer.echo(f"      -  unknown   {text!r}  {known}")
                 typer.echo(f"         not scored: the model needs {p.coverage_rule.describe()}")
+                continue
+            if pred.unsure is not None and pred.unsure[i]:
+                typer.echo(f"      -  unknown   {text!r}  {known}")
+                typer.echo(f"         unsure: at --max-error {max_error:g} the model labels only scores >= "
+                           f"{0.5 + p.abstain_margin:.3f} or <= {0.5 - p.abstain_margin:.3f}")
                 continue
             prob = float(pred.score[i])
             label = "positive" if prob >= threshold else "negative"

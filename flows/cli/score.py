@@ -13,30 +13,36 @@ from pipeline.core.duck import DEFAULT_LOCK_TIMEOUT
 
 
 def _score_here(wh, db_path: Path, table: str | None, dataset: str | None, model: str, opts: dict,
-                device: str = "auto") -> dict:
-    """``--no-prefect``: load the model and run the same scoring in this process, with a progress bar."""
-    # deferred: tqdm, torch, pyarrow and duckdb load when the command runs, not for every `reviewflow --help`
+                device: str = "auto", max_error: float | None = None) -> dict:
+    """``--no-prefect``: the same scoring in this process, with a progress bar. The model loads only when the
+    table holds something to score (:class:`pipeline.serve.lazy.LazyPredictor`)."""
+    # deferred: tqdm, pyarrow and duckdb load when the command runs, not for every `reviewflow --help`
     from tqdm import tqdm
 
-    from pipeline.score.job import score_dataset
     from pipeline.score.writeback import score_table
-    from pipeline.serve.predictor import load_predictor
+    from pipeline.serve.lazy import lazy_predictor
 
-    predictor = load_predictor(wh, model, batch_size=opts["batch_size"], device=device)
-    bar = tqdm(unit="rows", desc=f"score {table or dataset}")
+    predictor = lazy_predictor(wh, model, batch_size=opts["batch_size"], device=device, max_error=max_error)
+    bars: list[tqdm] = []          # drawn from the first progress report on: a refused input draws no bar
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        if not bars and total == 0:
+            return                 # nothing to score: no bar
+        if not bars:
+            bars.append(tqdm(unit="rows", desc=f"score {table or dataset}", total=total))
+        bars[0].total, bars[0].n = total, done
+        bars[0].refresh()
 
     opts = opts | {"progress": progress, "on_wait": tqdm.write}
     try:
         if dataset is not None:
+            from pipeline.score.job import score_dataset      # deferred: the lake (pyarrow.dataset) for a dataset only
+
             return score_dataset(wh, dataset, predictor, db_path=db_path, **opts).to_dict()
         return score_table(db_path, table, predictor, **opts).to_dict()
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
 
 
 def _shadow_here(wh, db_path: Path, table: str | None, model: str, opts: dict) -> dict:
@@ -86,9 +92,9 @@ def _print_result(result: dict) -> None:
 
 
 def _score_direct(wh, db_path: Path, table: str | None, dataset: str | None, model: str, shadow: str | None,
-                  device: str, opts: dict) -> dict:
+                  device: str, opts: dict, max_error: float | None = None) -> dict:
     """``--no-prefect``: the champion's run in this process, then the ``--shadow`` model's on the same table."""
-    result = _score_here(wh, db_path, table, dataset, model, opts, device)
+    result = _score_here(wh, db_path, table, dataset, model, opts, device, max_error)
     if shadow is not None:
         result["shadow"] = _shadow_here(wh, db_path, table, shadow, opts)
     return result
@@ -117,6 +123,14 @@ version tries it again. Each chunk is one transaction: an
 interrupted run loses nothing; run it again to finish. Every run is recorded in the table
 sentiment_runs. A model that returns anything but a score in 0..1 fails the run (nothing of
 that chunk is written).
+
+\b
+--max-error A (or $REVIEWFLOW_MAX_ERROR; off by default): texts the model is unsure of get
+label 'unknown' and a NULL score too: those scored closer to 0.5 than the margin the model
+recorded for the stated error rate A (0.01, 0.02, 0.05 or 0.1; see its MODEL_CARD.md), chosen
+on its validation reviews so that labelled texts like them are wrong at most a share A of the
+time (95% confidence). Labels at 0.5 only (no --threshold). Rows this model already labelled
+are not scored again: changing --max-error on a scored table needs --rescore.
 
 \b
 The text column must be VARCHAR (a BLOB of UTF-8 text with --blob-as-utf8); any other type
@@ -169,6 +183,10 @@ RowsPerPartOption = Annotated[int, typer.Option(
 ShadowOption = Annotated[Optional[str], typer.Option(
     "--shadow", help="Then score the table with this model too (a version or alias, e.g. challenger) into the table "
                      "sentiment_shadow, beside the champion's columns.")]
+MaxErrorOption = Annotated[Optional[float], typer.Option(
+    "--max-error", envvar="REVIEWFLOW_MAX_ERROR", show_envvar=False,
+    help="Stated error rate (0.01, 0.02, 0.05, 0.1): texts the model is unsure of at it get 'unknown'. Changing it "
+         "on a scored table needs --rescore. Default: $REVIEWFLOW_MAX_ERROR, else off.")]
 NoPrefectOption = Annotated[bool, typer.Option(
     "--no-prefect", help="Run directly (progress bar), without a Prefect flow run.")]
 
@@ -195,24 +213,31 @@ def register(app: typer.Typer) -> None:
         rows_per_part: RowsPerPartOption = 50_000,
         shadow: ShadowOption = None,
         no_prefect: NoPrefectOption = False,
+        max_error: MaxErrorOption = None,
         warehouse: WarehouseOption = None,
     ) -> None:
         if (table is None) == (dataset is None):
             raise typer.BadParameter("give exactly one of --table NAME or --dataset NAME")
+        if max_error is not None and threshold != 0.5:
+            raise typer.BadParameter("--max-error states an error rate of the labels at 0.5; drop --threshold")
         wh = warehouse_from(warehouse, reads=("models", "lake") if dataset else ("models",))
         db_path = db if db is not None else wh.duckdb_path
-        from pipeline.model.device import pick_device      # deferred: torch; a device that is not here fails now
+        from pipeline.serve.lazy import LAZY_DEVICES
 
-        pick_device(device)
+        if device not in LAZY_DEVICES:       # cpu and auto are on every machine: no torch needed to say so
+            from pipeline.model.device import pick_device      # deferred: torch; a device that is not here fails now
+
+            pick_device(device)
         _check_engine(wh, table, dataset, workers is not None or dask is not None, no_prefect, shadow)
         opts = dict(rescore=rescore, threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,
                     lock_timeout=lock_timeout)
         columns = dict(id_col=id_col, text_col=text_col, blob_as_utf8=blob_as_utf8)
         if no_prefect:      # a lake dataset's columns are the lake's own
             result = _score_direct(wh, db_path, table, dataset, model, shadow, device,
-                                   opts | (columns if dataset is None else {}))
+                                   opts | (columns if dataset is None else {}), max_error)
         else:
             result = _score_flow(warehouse, scratch, dict(
                 table=table, db=str(db_path), dataset=dataset, model=model, warehouse=str(wh.root), device=device,
-                workers=workers, dask_address=dask, rows_per_part=rows_per_part, shadow=shadow, **opts, **columns))
+                workers=workers, dask_address=dask, rows_per_part=rows_per_part, shadow=shadow, max_error=max_error,
+                **opts, **columns))
         _print_result(result)

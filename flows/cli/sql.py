@@ -42,6 +42,8 @@ The database is opened read-only; while a scoring run is writing a chunk the que
   sentiment_explain(text [, model])  the words that move the score most,
                                      LIST(STRUCT(phrase VARCHAR, weight DOUBLE))
 model: a version or alias ('challenger'); default --model (the champion), on --device.
+--max-error A: texts a model is unsure of at the stated error rate A get a NULL score and the
+label 'unknown', exactly as `score --max-error A` writes them (every model used must record A).
 The lake is the view reviews_lake (every ingested review; column dataset).
 
 \b
@@ -67,6 +69,9 @@ MemoryLimitOption = Annotated[str, typer.Option(
                            "temp folder.")]
 ThreadsOption = Annotated[Optional[int], typer.Option(
     "--threads", min=1, help="Threads the query may use. Default: min(4, CPU count).")]
+MaxErrorOption = Annotated[Optional[float], typer.Option(
+    "--max-error", help="Stated error rate (0.01, 0.02, 0.05, 0.1): sentiment()/sentiment_label() leave texts the "
+                        "model is unsure of NULL / 'unknown', as score --max-error does. Default: off.")]
 DeviceOption = Annotated[str, typer.Option(
     "--device", help="Where sentiment(text) runs its model: cpu (default), auto (cuda when there is one, bf16), "
                      "cuda, cuda:N.")]
@@ -84,6 +89,7 @@ def register(app: typer.Typer) -> None:
         memory_limit: MemoryLimitOption = "4GB",
         threads: ThreadsOption = None,
         device: DeviceOption = "cpu",
+        max_error: MaxErrorOption = None,
         warehouse: WarehouseOption = None,
     ) -> None:
         if fmt not in FORMATS:
@@ -98,7 +104,7 @@ def register(app: typer.Typer) -> None:
         def load(name: str = model):
             from pipeline.serve.predictor import load_predictor
 
-            return load_predictor(wh, name, device=device)
+            return load_predictor(wh, name, device=device, max_error=max_error)
 
         def on_wait(msg: str) -> None:
             typer.echo(msg, err=True)

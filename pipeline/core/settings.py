@@ -22,6 +22,7 @@ variable                                default          what it sets
 ``REVIEWFLOW_DASK_ADDRESS``             none             ``score``: Dask scheduler to score on (tcp://host:8786)
 ``REVIEWFLOW_SCRATCH``                  ``<wh>/scratch`` ``score`` on Dask: partitions' folder or s3:// URL
 ``REVIEWFLOW_CACHE``                    ~/.cache/...     where an s3:// warehouse's local mirror lives
+``REVIEWFLOW_MAX_ERROR``                off              ``score``: stated error rate; unsure texts 'unknown'
 ``REVIEWFLOW_DRIFT_PSI_WATCH``          0.1              ``score``: PSI from which a drift metric is 'watch'
 ``REVIEWFLOW_DRIFT_PSI_DRIFT``          0.25             ``score``: PSI from which it is 'drift'
 ``REVIEWFLOW_DRIFT_MIN_ROWS``           200              ``score``: fewer rows in a run are not judged
@@ -88,6 +89,12 @@ class ScaleSettings(_Env):
                                                    "(none: ~/.cache/reviewflow)")
 
 
+class ScoreSettings(_Env):
+    """What every scoring run reads (also a flag of ``reviewflow score``)."""
+    max_error: Optional[float] = Field(None, gt=0, lt=1, description="score: stated error rate (0.01, 0.02, 0.05, "
+                                       "0.1): texts the model is unsure of get 'unknown' (none: off)")
+
+
 class DriftSettings(_Env):
     """The drift thresholds every scoring run is judged by (pipeline/score/drift.py has the others)."""
     drift_psi_watch: float = Field(0.10, ge=0, description="score: PSI from which a drift metric is 'watch'")
@@ -95,7 +102,7 @@ class DriftSettings(_Env):
     drift_min_rows: int = Field(200, ge=1, description="score: fewer rows in a run are not judged for drift")
 
 
-SETTINGS_CLASSES = (Settings, ServeSettings, ScaleSettings, DriftSettings)
+SETTINGS_CLASSES = (Settings, ServeSettings, ScaleSettings, ScoreSettings, DriftSettings)
 
 
 def load(cls: type[_Env] = Settings, **given) -> _Env:

@@ -26,6 +26,7 @@ def model_card(version: str, cfg: dict, metrics: dict, env: dict) -> str:
     lines += _training_lines(cfg["train"], metrics, env)
     lines += _validation_lines(f)
     lines += _trust_lines(f)
+    lines += _abstain_lines(cfg.get("abstain"))
     lines += _int8_lines(metrics.get("int8"))
     lines += _use_lines(version, cfg.get("coverage"))
     return "\n".join(lines)
@@ -122,6 +123,30 @@ def _coverage_line(rule: dict | None) -> str:
         return ""
     return (f" A text with fewer than {rule.get('min_known')} known token(s), or under "
             f"{100 * float(rule.get('min_share', 0)):.0f}% known tokens, is labelled `unknown` with no score.")
+
+
+def _abstain_lines(rec: dict | None) -> list[str]:
+    """The ``--max-error`` section: per stated error rate, the margin chosen on validation, the share of rows it
+    still labels and their error rate there (``config.json`` ``"abstain"``, :mod:`pipeline.model.abstain`)."""
+    if not rec:
+        return []
+    conf = 1 - float(rec.get("delta", 0.05))
+    how = (f"With `--max-error A` a text whose score is closer to 0.5 than the margin below is labelled `unknown` "
+           f"with no score. Each margin is the smallest of {rec.get('candidates', '?')} fixed candidates whose "
+           f"one-sided Clopper-Pearson bound on the error rate of the validation rows it keeps, at "
+           f"{conf:.0%} confidence shared over the candidates (Bonferroni), is at most A; "
+           f"{rec.get('rows', 0):,} labelled validation rows ({rec.get('errors', 0):,} wrong at 0.5 with every "
+           "row labelled). They also chose the checkpoint and the temperature: the bound is a little optimistic.")
+    lines = ["", "## Unsure texts (`--max-error`, off by default)", how,
+             "", "| stated error (A) | margin | labels when P >= | coverage | validation error | bound |",
+             "|---|---|---|---|---|---|"]
+    for key, t in sorted(rec.get("max_error", {}).items(), key=lambda kv: float(kv[0])):
+        if t.get("margin") is None:
+            lines.append(f"| {key} | none met it | - | 0 | - | - |")
+            continue
+        lines.append(f"| {key} | {t['margin']:.4f} | {0.5 + t['margin']:.4f} or <= {0.5 - t['margin']:.4f} "
+                     f"| {t['coverage']:.1%} | {t['val_error']:.4f} | {t['error_bound']:.4f} |")
+    return lines
 
 
 def _int8_lines(q: dict | None) -> list[str]:

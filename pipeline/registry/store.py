@@ -29,12 +29,14 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from pipeline.core.config import Warehouse, validate_name
 from pipeline.core.errors import IntegrityError, NotFoundError, ReviewflowError
 from pipeline.core.storage import atomic_dir, read_json, sha256_file, sweep_dead, write_json_atomic
-from pipeline.model.network import ModelConfig
+
+if TYPE_CHECKING:
+    from pipeline.model.network import ModelConfig
 
 EVAL_SET = "eval_set.parquet"  # (review_id, label) of the validation rows a version was selected on
 CHECKED_FILES = ("model.safetensors", "vocab.txt", "manifest.json", EVAL_SET)
@@ -50,7 +52,9 @@ class ModelVersion:
     prep_id: str
 
     @property
-    def model_config(self) -> ModelConfig:
+    def model_config(self) -> "ModelConfig":
+        from pipeline.model.network import ModelConfig   # deferred: torch loads to build a model, not to read a version
+
         return ModelConfig.from_dict(self.config["model"])
 
     @property

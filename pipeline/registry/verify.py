@@ -9,7 +9,8 @@ and a pointer taken from an object store. What it checks:
 
 * the name is a version name (``v0001-...``) and ``models/<name>`` is a real directory, not a symbolic link;
 * ``config.json`` and ``metrics.json`` are regular files that parse, the model block builds a
-  :class:`~pipeline.model.network.ModelConfig`, the int8 and calibration fields are valid;
+  :class:`~pipeline.model.network.ModelConfig`, the int8, calibration and ``abstain`` (``--max-error``
+  margins: :mod:`pipeline.model.abstain`) fields are valid;
 * every file of :data:`~pipeline.registry.store.CHECKED_FILES` recorded in ``config.json`` ``checksums`` is a
   regular file (not a link) with that SHA-256; static int8 ranges (``int8_static``) match their SHA-256; the weights must be recorded; a checked file present but not
   recorded was added after registration and is refused too.
@@ -28,8 +29,7 @@ from pathlib import Path
 from pipeline.core.config import Warehouse, validate_name
 from pipeline.core.errors import InputError, IntegrityError, NotFoundError
 from pipeline.core.storage import read_json, sha256_file
-from pipeline.model.network import ModelConfig
-from pipeline.model.quantize import SCHEME, fingerprint
+from pipeline.model.abstain import read_record as abstain_record
 from pipeline.registry.store import CHECKED_FILES, ModelVersion, list_versions
 
 WEIGHTS = "model.safetensors"
@@ -87,6 +87,8 @@ def _json(version: str, path: Path) -> dict:
 
 def _check_config(mv: ModelVersion) -> None:
     """The model block builds, the scoring fields are valid (the ModelVersion properties raise otherwise)."""
+    from pipeline.model.network import ModelConfig  # deferred (torch): reading a version's pointer needs none
+
     if not isinstance(mv.config.get("model"), dict):
         raise _refuse(mv.version, "config.json", "has no model block")
     try:
@@ -95,6 +97,10 @@ def _check_config(mv: ModelVersion) -> None:
         raise _refuse(mv.version, "config.json", f"holds an invalid model block ({str(exc).splitlines()[0]})") \
             from None
     _ = (mv.int8, mv.temperature, mv.short_temperature, int8_ranges(mv))    # each raises IntegrityError when invalid
+    try:
+        abstain_record(mv.config, "config.json")         # the --max-error margins, when recorded
+    except IntegrityError as exc:
+        raise _refuse(mv.version, "config.json", f"holds an invalid --max-error record ({exc})") from None
     dataset = mv.config.get("dataset")
     if dataset is not None:
         try:
@@ -151,6 +157,8 @@ def int8_ranges(mv: ModelVersion) -> dict | None:
     block = mv.config.get("int8_static")
     if block is None:
         return None
+    from pipeline.model.quantize import SCHEME, fingerprint  # deferred (torch): only a version with int8 ranges
+
     weights = (mv.config.get("checksums") or {}).get("model.safetensors", "")
     ok = (isinstance(block, dict) and block.get("scheme") == SCHEME and isinstance(block.get("ranges"), dict)
           and block.get("sha256") == fingerprint(block["ranges"], weights))

@@ -20,6 +20,10 @@ empty bin does not give infinity; 0.1 / 0.25 are the customary "watch" / "act" l
 ``min_rows`` rows (default 200) is not judged (status ``too_few_rows``): PSI over a handful of rows is noise.
 The thresholds are a :class:`Thresholds` (set by the ``REVIEWFLOW_DRIFT_*`` variables; there are no flags).
 
+A run scored with ``--max-error`` (:mod:`pipeline.model.abstain`) leaves the texts its model is unsure of
+``'unknown'``, which the reference (scored without it) does not: its score histogram and label shares are not
+comparable, so only the input metrics (``psi_length``, ``unknown_token_rate_delta``) are judged for it.
+
 Results go into the table ``sentiment_drift`` (run id, table, model, metric, value, reference value,
 thresholds, status, measured_at), one row per metric per run, in the same database as the scored table.
 """
@@ -95,8 +99,13 @@ def _status(value: float | None, watch: float, drift: float, rows: int, t: Thres
     return "drift" if magnitude >= drift else "watch" if magnitude >= watch else "ok"
 
 
-def compare(reference: Profile, run: Profile, t: Thresholds = Thresholds()) -> list[DriftRow]:
-    """One :class:`DriftRow` per metric (see the module docstring)."""
+#: the metrics of what the model answered (not of its input): not judged for a run with --max-error
+OUTPUT_METRICS = ("psi_score", "positive_share_delta", "unknown_label_delta")
+
+
+def compare(reference: Profile, run: Profile, t: Thresholds = Thresholds(), outputs: bool = True) -> list[DriftRow]:
+    """One :class:`DriftRow` per metric (see the module docstring); ``outputs=False`` leaves out
+    :data:`OUTPUT_METRICS` (a run scored with ``--max-error``)."""
     def delta(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else a - b
 
@@ -111,7 +120,7 @@ def compare(reference: Profile, run: Profile, t: Thresholds = Thresholds()) -> l
          reference.share("unknown"), t.unknown_label),
     ]
     return [DriftRow(name, value, ref, watch, drift, _status(value, watch, drift, run.rows, t))
-            for name, value, ref, (watch, drift) in rows]
+            for name, value, ref, (watch, drift) in rows if outputs or name not in OUTPUT_METRICS]
 
 
 def overall(rows: list[DriftRow]) -> str:
@@ -133,11 +142,11 @@ def record(con, run_id: str, table: str, model: str, rows: list[DriftRow], n_row
 
 
 def check_run(db_path, run_id: str, table: str, model: str, model_dir, profile: dict | None,
-              thresholds: Thresholds = Thresholds(),
-              lock_timeout: float = 60.0) -> tuple[list[DriftRow], "Profile", "Profile"] | None:
+              thresholds: Thresholds = Thresholds(), lock_timeout: float = 60.0,
+              outputs: bool = True) -> tuple[list[DriftRow], "Profile", "Profile"] | None:
     """Compare a finished run's ``profile`` with the model's reference and record the rows in ``sentiment_drift``.
     -> (rows, reference, run profile), or None when there is nothing to compare (a model without a reference
-    profile, or a run that wrote nothing)."""
+    profile, or a run that wrote nothing). ``outputs``: as :func:`compare` takes it."""
     from pipeline.core.duck import connection
     from pipeline.model.profile import read_reference
 
@@ -145,7 +154,7 @@ def check_run(db_path, run_id: str, table: str, model: str, model_dir, profile: 
     if reference is None or not profile or not profile.get("rows"):
         return None
     run = Profile.from_dict(profile)
-    rows = compare(reference, run, thresholds)
+    rows = compare(reference, run, thresholds, outputs)
     with connection(db_path, timeout=lock_timeout) as con:
         record(con, run_id, table, model, rows, run.rows)
     return rows, reference, run

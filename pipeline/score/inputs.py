@@ -35,8 +35,10 @@ SENTIMENT_COLUMNS: dict[str, str] = {
 }
 
 
-def check_table(con, db_path: Path, table: str, id_col: str, text_col: str, blob_as_utf8: bool) -> dict[str, str]:
-    """Refuse a relation or table scoring cannot write back into (see the module docstring); -> its column types."""
+def check_schema(con, db_path: Path, table: str, id_col: str, text_col: str, blob_as_utf8: bool) -> dict[str, str]:
+    """The catalog half of :func:`check_table` (no row is read): the relation is a base table scoring can write
+    back into, with an id and a text column of usable types and no clashing sentiment column; -> its column
+    types."""
     require_table(con, table, db_path)
     cols = require_columns(con, table, [id_col, text_col])
     for name, typ in SENTIMENT_COLUMNS.items():
@@ -44,6 +46,13 @@ def check_table(con, db_path: Path, table: str, id_col: str, text_col: str, blob
             raise InputError(f"table {table!r} already has a column {name!r} of type {cols[name]}; "
                              f"scoring writes {typ} there", column=name)
     _check_text_column(table, text_col, cols[text_col], cols, blob_as_utf8)
+    _check_id_type(table, id_col, cols[id_col])
+    return cols
+
+
+def check_table(con, db_path: Path, table: str, id_col: str, text_col: str, blob_as_utf8: bool) -> dict[str, str]:
+    """Refuse a relation or table scoring cannot write back into (see the module docstring); -> its column types."""
+    cols = check_schema(con, db_path, table, id_col, text_col, blob_as_utf8)
     _check_id_column(con, table, id_col, cols[id_col])
     T, ID = quote_ident(table), quote_ident(id_col)
     null_ids = con.execute(f"SELECT count(*) FROM {T} WHERE {ID} IS NULL").fetchone()[0]
@@ -91,8 +100,8 @@ _DATETIME_TYPES = {"DATE", "TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAM
 _PLAIN_ID_TYPES = _INTEGER_TYPES | _FLOAT_TYPES | _DATETIME_TYPES | {"VARCHAR", "UUID", "BLOB", "TIME"}
 
 
-def _check_id_column(con, table: str, column: str, typ: str) -> None:
-    """Refuse id types and values that do not survive keyset paging + the UPDATE join exactly."""
+def _check_id_type(table: str, column: str, typ: str) -> None:
+    """Refuse id types that do not survive keyset paging + the UPDATE join exactly."""
     if typ not in _PLAIN_ID_TYPES and not typ.startswith("DECIMAL("):
         raise InputError(
             f"id column {column!r} of table {table!r} has type {typ}, which cannot serve as a row id for "
@@ -100,6 +109,11 @@ def _check_id_column(con, table: str, column: str, typ: str) -> None:
             f"BLOB, DATE, TIME or TIMESTAMP up to microseconds). Pick another --id-col, or add one: "
             f"ALTER TABLE {quote_ident(table)} ADD COLUMN row_id BIGINT; UPDATE {quote_ident(table)} "
             f"SET row_id = rowid; then --id-col row_id", column=column)
+
+
+def _check_id_column(con, table: str, column: str, typ: str) -> None:
+    """Refuse id values that do not survive keyset paging + the UPDATE join exactly (NaN, infinite or
+    out-of-range dates)."""
     T, ID = quote_ident(table), quote_ident(column)
     if typ in _FLOAT_TYPES:
         bad, why = f"isnan({ID})", "NaN"

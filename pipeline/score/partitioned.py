@@ -9,7 +9,9 @@ DuckDB has one writer, so the work is split around it:
    name is the hash of its bytes, under a folder named after the database, the table and the model version.
 2. **Score (anywhere, in parallel).** :func:`score_part` (a task on a worker) reads one part, scores it with
    the model and writes the scored part ``(id, score, label, coverage)`` beside it, atomically, named after
-   the input's hash. A scored part that is already there is reused: scoring a part again is a no-op.
+   the input's hash. A scored part that is already there is reused: scoring a part again is a no-op. The run's
+   ``--max-error`` (:mod:`pipeline.model.abstain`) travels in the part's spec; the worker's predictor must have
+   it, the scored part's metadata records it, and a scored part of another one is neither reused nor merged.
 3. **Merge (the committer, part by part, as they finish).** Each scored part is read back, verified by its
    hash and its model, and written into the table with ONE ``UPDATE ... FROM part`` in its own transaction,
    together with the audit row's counts. The file is open only for that step, so readers get in between.
@@ -71,6 +73,7 @@ class PartSpec:
     scratch: str          # the scratch URI (workers open it themselves)
     version: str          # the model version every row of the run is scored with
     table: str
+    max_error: float | None = None   # the run's --max-error (pipeline.model.abstain); None: off
 
 
 @dataclass
@@ -106,7 +109,8 @@ def run_folder(scratch: Scratch, db_path: Path, table: str, version: str) -> str
 # --------------------------------------------------------------------------- 1. export
 
 
-def export_parts(run: TableRun, scratch: Scratch, rows_per_part: int, blob_as_utf8: bool) -> list[PartSpec]:
+def export_parts(run: TableRun, scratch: Scratch, rows_per_part: int, blob_as_utf8: bool,
+                 max_error: float | None = None) -> list[PartSpec]:
     """Write the run's candidates, in id order, as Parquet parts of ``rows_per_part`` rows. -> the parts, in order.
 
     Two reads, so that memory holds one part, never the whole table: first the candidates' ids alone, sorted, cut
@@ -125,11 +129,12 @@ def export_parts(run: TableRun, scratch: Scratch, rows_per_part: int, blob_as_ut
             first, last = ids[lo].as_py(), ids[min(lo + rows_per_part, len(ids)) - 1].as_py()
             rows = con.sql(f"SELECT {ID} AS id, {run.text} AS text FROM {T} WHERE {ID} >= ? AND {ID} <= ? AND "
                            f"{run.candidate} ORDER BY {ID}", params=[first, last] + run.params).to_arrow_table()
-            parts.append(_write_part(run, scratch, folder, len(parts), rows))
+            parts.append(_write_part(run, scratch, folder, len(parts), rows, max_error))
     return parts
 
 
-def _write_part(run: TableRun, scratch: Scratch, folder: str, index: int, rows: pa.Table) -> PartSpec:
+def _write_part(run: TableRun, scratch: Scratch, folder: str, index: int, rows: pa.Table,
+                max_error: float | None = None) -> PartSpec:
     """Write one input part; its name is its content's hash (the same rows give the same file)."""
     import io
 
@@ -146,7 +151,7 @@ def _write_part(run: TableRun, scratch: Scratch, folder: str, index: int, rows: 
     ids = rows.column("id")
     return PartSpec(index=index, rows=rows.num_rows, first_id=ids[0].as_py(), last_id=ids[-1].as_py(),
                     input_path=path, input_sha256=digest, scored_path=scored, scratch=scratch.uri,
-                    version=run.version, table=run.table)
+                    version=run.version, table=run.table, max_error=max_error)
 
 
 # --------------------------------------------------------------------------- 2. score (on a worker)
@@ -162,6 +167,9 @@ def score_part(part: PartSpec, predictor: PredictorLike, threshold: float = 0.5)
     if str(predictor.version) != part.version:
         raise InputError(f"partition {part.index} is to be scored with model {part.version}, "
                          f"not {predictor.version}")
+    if getattr(predictor, "max_error", None) != part.max_error:
+        raise InputError(f"partition {part.index} is to be scored with --max-error {part.max_error}, not "
+                         f"{getattr(predictor, 'max_error', None)}")
     scratch = Scratch(part.scratch)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     engine = dict(device=_attr(predictor, "device"), precision=_attr(predictor, "precision"),
@@ -177,7 +185,8 @@ def score_part(part: PartSpec, predictor: PredictorLike, threshold: float = 0.5)
     sha = scratch.write_parquet(scored.out, part.scored_path,
                                 metadata={"reviewflow.model": part.version,
                                           "reviewflow.input_sha256": part.input_sha256,
-                                          "reviewflow.rows": str(part.rows)})
+                                          "reviewflow.rows": str(part.rows),
+                                          "reviewflow.max_error": max_error_tag(part.max_error)})
     return PartResult(part.index, part.scored_path, sha, False, worker, time.perf_counter() - t0, **engine,
                       peak_rss_mib=peak_rss_mib())
 
@@ -201,8 +210,14 @@ def _rule(predictor) -> dict | None:
     return rule.to_dict() if hasattr(rule, "to_dict") else None
 
 
+def max_error_tag(max_error: float | None) -> str:
+    """A scored part's ``reviewflow.max_error`` metadata: ``""`` for off, else the rate's repr."""
+    return "" if max_error is None else repr(float(max_error))
+
+
 def _scored_part_ok(data: bytes, part: PartSpec) -> bool:
-    """A scored part left by an earlier try: reusable when it parses and names this part's input and model."""
+    """A scored part left by an earlier try: reusable when it parses and names this part's input, model and
+    ``--max-error`` (a part scored before without the tag was scored without it)."""
     from pipeline.score.scratch import read_parquet_bytes
 
     try:
@@ -210,7 +225,8 @@ def _scored_part_ok(data: bytes, part: PartSpec) -> bool:
     except ScratchIntegrityError:
         return False
     return (meta.get("reviewflow.model") == part.version
-            and meta.get("reviewflow.input_sha256") == part.input_sha256)
+            and meta.get("reviewflow.input_sha256") == part.input_sha256
+            and meta.get("reviewflow.max_error", "") == max_error_tag(part.max_error))
 
 
 # --------------------------------------------------------------------------- 3. merge (the committer)
@@ -247,9 +263,10 @@ def merge_part(run: TableRun, report: ScoreReport, part: PartSpec, result: PartR
     t0 = time.perf_counter()
     scored = Scratch(part.scratch).read_parquet(result.scored_path, result.scored_sha256)
     meta = parquet_metadata(scored)
-    if meta.get("reviewflow.model") != run.version or meta.get("reviewflow.input_sha256") != part.input_sha256:
+    if (meta.get("reviewflow.model") != run.version or meta.get("reviewflow.input_sha256") != part.input_sha256
+            or meta.get("reviewflow.max_error", "") != max_error_tag(part.max_error)):
         raise ScratchIntegrityError(f"scored part {result.scored_path} was not made from partition {part.index} "
-                                    f"by model {run.version}; it is not merged")
+                                    f"by model {run.version} with --max-error {part.max_error}; it is not merged")
     scores = scored.column("score")
     written = pc.fill_null(scores, np.nan).to_numpy(zero_copy_only=False)
     unknown = int(pc.sum(pc.equal(scored.column("label"), "unknown")).as_py() or 0)
@@ -327,14 +344,15 @@ def score_table_partitioned(db_path: str | os.PathLike, table: str, version: str
                             rows_per_part: int = DEFAULT_ROWS_PER_PART, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
                             on_wait: Callable[[str], None] | None = None,
                             progress: Callable[[int, int], None] | None = None, blob_as_utf8: bool = False,
-                            run_id: str | None = None, engine: str = "dask", workers: int | None = None
-                            ) -> ScoreReport:
+                            run_id: str | None = None, engine: str = "dask", workers: int | None = None,
+                            max_error: float | None = None) -> ScoreReport:
     """Score ``table`` of ``db_path`` with model ``version`` in partitions (see the module docstring).
 
     ``map_parts(parts)`` scores the parts somewhere (a Dask cluster through Prefect, or :func:`serial_map`)
     and yields each :class:`PartResult` as it finishes; each is merged at once. ``scratch`` is the scratch
     URI. Same checks, columns, audit row and report as :func:`pipeline.score.writeback.score_table`; the
-    audit row also records the engine, the worker count and the partitions."""
+    audit row also records the engine, the worker count and the partitions. ``max_error``: the ``--max-error``
+    every part must be scored with (its predictor's ``max_error``; a part's metadata records it)."""
     db_path = check_arguments(db_path, table, id_col, text_col, threshold, rows_per_part=rows_per_part)
     space = Scratch(scratch)
     run = TableRun(db_path, table, id_col, text_col, str(version), rescore, lock_timeout, on_wait,
@@ -346,7 +364,8 @@ def score_table_partitioned(db_path: str | os.PathLike, table: str, version: str
         t0 = time.perf_counter()
         start_table_run(run, report, blob_as_utf8)
         try:
-            merged = _export_score_merge(run, report, space, rows_per_part, blob_as_utf8, map_parts, progress)
+            merged = _export_score_merge(run, report, space, rows_per_part, blob_as_utf8, map_parts, progress,
+                                         max_error)
         except BaseException as exc:
             fail_run(run, report, exc, t0)
             raise
@@ -357,9 +376,9 @@ def score_table_partitioned(db_path: str | os.PathLike, table: str, version: str
 
 
 def _export_score_merge(run: TableRun, report: ScoreReport, space: Scratch, rows_per_part: int,
-                        blob_as_utf8: bool, map_parts: MapParts, progress) -> _Merged:
+                        blob_as_utf8: bool, map_parts: MapParts, progress, max_error: float | None = None) -> _Merged:
     t0 = time.perf_counter()
-    parts = export_parts(run, space, rows_per_part, blob_as_utf8)
+    parts = export_parts(run, space, rows_per_part, blob_as_utf8, max_error)
     merged, done, by_index = _Merged(export_seconds=time.perf_counter() - t0), 0, {p.index: p for p in parts}
     _record_engine(run, report, parts, None)
     if progress is not None:

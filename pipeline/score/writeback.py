@@ -91,7 +91,7 @@ from pipeline.score.attach import Attached
 from pipeline.score.audit import RUNS_TABLE
 from pipeline.score.claim import table_claim
 from pipeline.model.profile import Profile
-from pipeline.score.inputs import SENTIMENT_COLUMNS, check_table, refuse_invalid_utf8
+from pipeline.score.inputs import SENTIMENT_COLUMNS, check_schema, check_table, refuse_invalid_utf8
 _CHUNK_VIEW = "__reviewflow_score_chunk"
 HIST_BINS = 1000
 _HTML_TAG = re.compile(r"<[^<>]*>")
@@ -154,6 +154,9 @@ def _has_text(expr: str) -> str:
     regular-expression full match stops at the first other character, where trim copied every text (1.8 s
     for 50,000 IMDb reviews, once at the start and again for every page)."""
     return f"({expr} IS NOT NULL AND NOT regexp_full_match({expr}, {_BLANK_RE}))"
+
+
+_STALE_COLUMNS = ("sentiment_model", "sentiment_score", "sentiment_label")     # what _stale_sql reads
 
 
 def _stale_sql(rescore: bool) -> tuple[str, bool]:
@@ -319,16 +322,54 @@ def score_table(db_path: str | os.PathLike, table: str, predictor: PredictorLike
     with table_claim(db_path, table, lock_timeout, on_wait), Attached(db_path, timeout=lock_timeout,
                                                                       on_wait=on_wait) as run.attached:
         t0 = time.perf_counter()
-        start_table_run(run, report, blob_as_utf8)
+        cols, has_candidates = survey_table(run, blob_as_utf8)
+        if has_candidates:
+            build_model(run, predictor)     # a lazily loaded model is built (and verified) before anything is written
+        start_table_run(run, report, blob_as_utf8, surveyed=cols)
         if progress is not None:
             progress(0, report.rows_to_score)
         try:
             tally = _score_chunks(run, report, predictor, batch_size, chunk_rows, progress, after_chunk)
+            if take_model_facts(run, predictor):     # rows came in after the survey: record what it picked
+                with run.connect() as con:
+                    audit.record_engine(con, report.run_id, **run.engine)
         except BaseException as exc:
             fail_run(run, report, exc, t0)
             raise
         complete_run(run, report, tally.hist, t0, tally.profile)
     return report
+
+
+def survey_table(run: "TableRun", blob_as_utf8: bool) -> tuple[dict[str, str], bool]:
+    """Read only: validate the table (nothing written if refused) and say whether it holds a row to score. ->
+    (the column types, whether there is a candidate). Run before the model is loaded, so a run with nothing to
+    score never loads one (:class:`pipeline.serve.lazy.LazyPredictor`)."""
+    with run.connect() as con:
+        cols = check_table(con, run.db_path, run.table, run.id_col, run.text_col, blob_as_utf8)
+        text = f"decode({quote_ident(run.text_col)})" if cols[run.text_col] == "BLOB" else quote_ident(run.text_col)
+        stale, takes_model = _stale_sql(run.rescore or not set(_STALE_COLUMNS) <= set(cols))
+        T, params = quote_ident(run.table), [run.version] if takes_model else []
+        # the sentiment columns first: a scored table answers without reading (decompressing) one text
+        found = con.execute(f"SELECT EXISTS (SELECT 1 FROM {T} WHERE {stale})", params).fetchone()[0] and \
+            con.execute(f"SELECT EXISTS (SELECT 1 FROM {T} WHERE {stale} AND {_has_text(text)})", params).fetchone()[0]
+    return cols, bool(found)
+
+
+def build_model(run: "TableRun", predictor: PredictorLike) -> None:
+    """Build a lazily loaded predictor (``.load()``, ``.loaded``) that has not been built yet, and take the device
+    and precision it picked into the run's engine facts."""
+    load = getattr(predictor, "load", None)
+    if callable(load) and not getattr(predictor, "loaded", True):
+        load()
+    take_model_facts(run, predictor)
+
+
+def take_model_facts(run: "TableRun", predictor: PredictorLike) -> bool:
+    """The predictor's device and precision into the run's engine facts; -> whether they changed."""
+    facts = {k: v for k, v in engine_of(predictor).items() if k in ("device", "precision")}
+    changed = any(run.engine.get(k) != v for k, v in facts.items())
+    run.engine.update(facts)
+    return changed
 
 
 def check_arguments(db_path: str | os.PathLike, table: str, id_col: str, text_col: str, threshold: float,
@@ -407,12 +448,14 @@ class TableRun:
         return connection(self.db_path, timeout=self.lock_timeout, on_wait=self.on_wait)
 
 
-def start_table_run(run: TableRun, report: ScoreReport, blob_as_utf8: bool) -> None:
+def start_table_run(run: TableRun, report: ScoreReport, blob_as_utf8: bool, surveyed: dict | None = None) -> None:
     """Validate (nothing written if refused), then in one transaction: add the sentiment columns, mark
-    dead runs, write the audit row and count the candidates."""
+    dead runs, write the audit row and count the candidates. ``surveyed``: the column types a
+    :func:`survey_table` of this run found (its row checks are not repeated; the catalog is checked again)."""
     T = quote_ident(run.table)
+    check = check_table if surveyed is None else check_schema
     with run.connect() as con:
-        cols = check_table(con, run.db_path, run.table, run.id_col, run.text_col, blob_as_utf8)
+        cols = check(con, run.db_path, run.table, run.id_col, run.text_col, blob_as_utf8)
         run.is_blob = cols[run.text_col] == "BLOB"
         TX = quote_ident(run.text_col)
         run.text = f"decode({TX})" if run.is_blob else TX

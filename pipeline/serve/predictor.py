@@ -8,6 +8,9 @@
 Coverage (:mod:`pipeline.model.coverage`): the share of a text's tokens the model knows. A text below the
 version's coverage rule (``config.json`` ``"coverage"``, else the default rule) is not scored by
 :meth:`Predictor.predict_with_coverage`: never a confident guess on text the model cannot read.
+Unsure texts (:mod:`pipeline.model.abstain`, off by default): with ``max_error=A`` a readable text whose score
+is closer to 0.5 than the margin the version recorded for the stated error rate ``A`` is left unknown the
+same way (``Prediction.unsure``; NaN score), in :meth:`Predictor.predict_with_coverage` only.
 
 A CPU score depends on its text and its model only: never on the texts it is scored with, their order, the
 chunk or part it travels in, the batch size, or how many threads or workers score (bit for bit, fp32 and int8;
@@ -32,6 +35,7 @@ import torch
 from pipeline import registry
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import IntegrityError
+from pipeline.model.abstain import margin_for, unsure
 from pipeline.model.coverage import CoverageRule, coverage_of_flat, rule_from_config
 from pipeline.model.device import autocast, pick_device
 from pipeline.model.network import NGRAM_ONLY, NgramLogit
@@ -58,11 +62,14 @@ _MIN_PART_TEXTS = 512           # n-gram models: fewer texts than this per threa
 class Prediction:
     """What the model makes of each text, in input order (all arrays of the texts' length):
 
-    ``score``    P(positive) for a readable text; NaN for a text below the coverage rule or with no tokens
+    ``score``    P(positive) for a readable text; NaN for a text below the coverage rule, with no tokens, or
+                 unsure
     ``known``    tokens the model knows (after truncation to its ``max_len``)
     ``tokens``   tokens the model reads (after truncation); 0 for None, blank or punctuation-only text
     ``coverage`` ``known / tokens``; NaN when there are no tokens
-    ``readable`` the coverage rule holds (so ``score`` is a number)
+    ``readable`` the coverage rule holds (so ``score`` is a number, unless the text is ``unsure``)
+    ``unsure``   readable, but its score was closer to 0.5 than the ``max_error`` margin (None, or all False,
+                 when the predictor has no ``max_error``)
     """
 
     score: np.ndarray
@@ -70,11 +77,14 @@ class Prediction:
     tokens: np.ndarray
     coverage: np.ndarray
     readable: np.ndarray
+    unsure: np.ndarray | None = None
 
     @property
     def unknown(self) -> np.ndarray:
-        """Texts with tokens that the model cannot read: labelled ``'unknown'``, never scored."""
-        return (self.tokens > 0) & ~self.readable
+        """Texts with tokens that the model cannot read, or (``max_error``) is unsure of: labelled
+        ``'unknown'``, never scored."""
+        out = (self.tokens > 0) & ~self.readable
+        return out if self.unsure is None else out | self.unsure
 
 
 class Predictor:
@@ -90,13 +100,16 @@ class Predictor:
     accepts_arrow = True
 
     def __init__(self, model_dir: str | Path, version: str | None = None, device: str = "cpu",
-                 batch_size: int = 256, precision: str = "auto", token_budget: int = CUDA_TOKEN_BUDGET):
+                 batch_size: int = 256, precision: str = "auto", token_budget: int = CUDA_TOKEN_BUDGET,
+                 max_error: float | None = None):
         """``device``: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda, then mps, then cpu); a device this machine
         lacks is an ``InputError`` listing the ones it has. ``precision``: ``auto`` (bf16 autocast on CUDA; on
         CPU int8 when the version's registration kept it, else fp32), ``fp32``, or ``int8`` (CPU only, and only
         for a version whose registration kept it). ``batch_size`` rows per batch on CPU; ``token_budget``
         padded tokens per batch on CUDA. :attr:`device` (``"cpu"``, ``"cuda:0"``) and :attr:`precision`
-        (``"fp32"``, ``"int8"``, ``"bf16"``) say what was picked, for the run's audit record."""
+        (``"fp32"``, ``"int8"``, ``"bf16"``) say what was picked, for the run's audit record. ``max_error``
+        (None: off): a stated error rate the version recorded a margin for (:mod:`pipeline.model.abstain`);
+        another value, or a version without the record, is an ``InputError`` listing the ones it has."""
         self.model_dir = Path(model_dir)
         mv = registry.read_version(self.model_dir)
         self.version = version or mv.version
@@ -106,6 +119,9 @@ class Predictor:
         self.short_temperature, self.short_max_tokens = mv.short_temperature   # texts of <= that many tokens
         #: texts below it are 'unknown' (versions without a "coverage" entry: the default rule)
         self.coverage_rule: CoverageRule = rule_from_config(mv.config, self.model_dir / "config.json")
+        #: the stated error rate and its recorded margin: readable texts scored within it of 0.5 are 'unknown'
+        self.max_error = None if max_error is None else float(max_error)
+        self.abstain_margin = None if max_error is None else margin_for(mv.config, max_error, self.version)
         self.torch_device = pick_device(device)
         self.device = str(self.torch_device)
         self.precision = resolve_precision(precision, self.torch_device, mv)
@@ -176,7 +192,9 @@ class Predictor:
         tokens[encoded.rows] = encoded.lengths
         readable = self.coverage_rule.readable(known, share)
         score = self._proba(encoded.subset(readable[encoded.rows]))
-        return Prediction(score=score, known=known, tokens=tokens, coverage=share, readable=readable)
+        unsure_ = np.zeros(encoded.n, bool) if self.abstain_margin is None else unsure(score, self.abstain_margin)
+        score[unsure_] = np.nan
+        return Prediction(score=score, known=known, tokens=tokens, coverage=share, readable=readable, unsure=unsure_)
 
     def _in_parts(self, texts, answer, join):
         """``answer(texts)``; for an n-gram-only model, ``answer`` of consecutive slices of the texts on up to
@@ -346,11 +364,12 @@ class Predictor:
 
 
 def load_predictor(wh: Warehouse, model: str = "champion", device: str = "cpu", batch_size: int = 256,
-                   precision: str = "auto") -> Predictor:
-    """A Predictor for a registered version (or the champion); ``device`` and ``precision`` as
+                   precision: str = "auto", max_error: float | None = None) -> Predictor:
+    """A Predictor for a registered version (or the champion); ``device``, ``precision`` and ``max_error`` as
     :class:`Predictor` takes them (``precision="auto"``: what the version's registration decided)."""
     mv = registry.get(wh, model)
-    return Predictor(mv.path, version=mv.version, device=device, batch_size=batch_size, precision=precision)
+    return Predictor(mv.path, version=mv.version, device=device, batch_size=batch_size, precision=precision,
+                     max_error=max_error)
 
 
 def calibrated_proba(logits: np.ndarray, temperature: np.ndarray | float) -> np.ndarray:
@@ -366,4 +385,4 @@ def calibrated_proba(logits: np.ndarray, temperature: np.ndarray | float) -> np.
 def _joined(parts: list[Prediction]) -> Prediction:
     """The predictions of consecutive slices of texts as one, in order."""
     return Prediction(**{f: np.concatenate([getattr(p, f) for p in parts])
-                         for f in ("score", "known", "tokens", "coverage", "readable")})
+                         for f in ("score", "known", "tokens", "coverage", "readable", "unsure")})

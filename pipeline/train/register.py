@@ -16,10 +16,15 @@ from pipeline import registry
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import IntegrityError, NotFoundError
 from pipeline.core.storage import read_json, sha256_file
-from pipeline.model.coverage import DEFAULT_RULE
+from pipeline.model import abstain
+from pipeline.model.coverage import DEFAULT_RULE, coverage_of, rule_from_config
+from pipeline.model.device import pick_device
+from pipeline.model.quantize import quantize
 from pipeline.model.weights import load_model
+from pipeline.serve.predictor import calibrated_proba
 from pipeline.train.config import TrainResult
 from pipeline.train.loader import SplitData, load_split
+from pipeline.train.loop import predict_logits
 from pipeline.train.precision import Int8Rule, decide
 
 
@@ -45,6 +50,28 @@ def _int8_decision(res: TrainResult, val: SplitData | None, rule: Int8Rule) -> d
         return {"int8": False, "reason": f"static int8 does not run on this model ({first})"}
 
 
+def _abstain_record(res: TrainResult, cfg: dict, val: SplitData | None) -> dict | None:
+    """The ``--max-error`` margins (:func:`pipeline.model.abstain.fit`) on the labelled validation rows the
+    version reads (its coverage rule), scored as CPU scoring scores them: the precision registration kept
+    (static int8 with its ranges, else fp32), then sigmoid(logit / T) with the short-text T for short rows.
+    None without a validation split or labelled rows."""
+    if val is None or not len(val):
+        return None
+    model = load_model(Path(res.weights), res.model_config, "cpu")
+    if cfg.get("int8") and isinstance(cfg.get("int8_static"), dict):
+        model = quantize(model, cfg["int8_static"]["ranges"])
+    logits, labels = predict_logits(model, val, 256, pick_device("cpu"))
+    mv = registry.ModelVersion(version="(registering)", path=Path(res.out_dir), config=cfg, metrics={}, prep_id="")
+    t_short, short_max = mv.short_temperature
+    lengths = np.asarray(val.lengths)
+    probs = calibrated_proba(logits, np.where(lengths <= short_max, t_short, mv.temperature))
+    known, share = coverage_of(np.asarray(val.ids), lengths)
+    rows = (labels >= 0) & (lengths > 0) & rule_from_config(cfg).readable(known, share)
+    if not rows.any():
+        return None
+    return abstain.fit(probs[rows], labels[rows]).to_dict()
+
+
 def _val_split(prep_dir: Path) -> SplitData | None:
     try:
         return load_split(prep_dir, "val", mmap=True)
@@ -62,7 +89,9 @@ def register(wh: Warehouse, run: TrainResult | str | Path, *, preset: str = "cus
     can compare models on the same data. Registering onto an existing version fails.
 
     It also decides whether CPU scoring runs the model in static int8 (``config.json`` ``"int8"``, and its
-    calibrated ranges ``"int8_static"``), from fp32 and int8 accuracy on the validation split and their speeds (``int8_rule``; :mod:`pipeline.train.precision`).
+    calibrated ranges ``"int8_static"``), from fp32 and int8 accuracy on the validation split and their speeds (``int8_rule``; :mod:`pipeline.train.precision`),
+    and records the confidence margins of ``--max-error`` on the validation split (``"abstain"``:
+    :mod:`pipeline.model.abstain`).
     """
     res = run if isinstance(run, TrainResult) else TrainResult.load(run)
     if not Path(res.weights).is_file():
@@ -86,6 +115,9 @@ def register(wh: Warehouse, run: TrainResult | str | Path, *, preset: str = "cus
     cfg["int8"] = metrics["int8"]["int8"]       # what CPU scoring reads; the measurements stay in metrics.json
     if "static" in metrics["int8"]:             # kept: its calibrated ranges, hashed with the weights
         cfg["int8_static"] = metrics["int8"].pop("static")
+    unsure = _abstain_record(res, cfg, _val_split(Path(res.prep_dir)))
+    if unsure is not None:                      # scoring's --max-error margins (pipeline.model.abstain)
+        cfg["abstain"] = unsure
     if eval_set is not None:
         metrics["eval_set"] = {"split": "val", "rows": eval_set.num_rows, "dataset": cfg["dataset"],
                                "sha256": registry.eval_set_fingerprint(eval_set)}
