@@ -22,10 +22,12 @@ TRAIN_BOUNDS = {"epochs": at_least(1), "batch_size": at_least(1), "lr": above(0)
                 "grad_clip": above(0), "patience": at_least(1), "seed": between(0, 2**32 - 1),
                 "max_seconds": above(0), "threads": at_least(1), "ngram_lr": above(0), "part_loss": at_least(0),
                 "joint_loss": at_least(0), "embed_lr": above(0), "freeze_embed_epochs": at_least(0),
-                "l2": at_least(0)}
+                "l2": at_least(0), "span_aug": at_least(0), "span_aug_per_review": at_least(1)}
 PRETRAINED = ("word2vec",)
 OPTIMIZERS = ("adam", "lbfgs")
 NOT_IN_RESUME_KEY = ("max_seconds", "threads")   # may change between a crash and its resume: no effect on the model
+SPAN_FIELDS = ("span_aug", "span_aug_per_review")    # in the key only when span_aug > 0: runs and versions from
+                                                     # before they existed keep matching with augmentation off
 
 
 @dataclass
@@ -51,6 +53,9 @@ class TrainConfig:
     freeze_embed_epochs: int = 0        # keep the embedding frozen for the first epochs (gradual unfreezing)
     optimizer: str = "adam"             # adam (minibatches) | lbfgs: full-batch exact fit of a binary n-gram bag
     l2: float = 0.0                     # lbfgs: the loss is mean BCE + l2 / 2 * ||n-gram weights||^2
+    span_aug: float = 0.0               # loss weight of short spans of the training reviews (pipeline.train.augment)
+                                        # relative to the full reviews; 0 = no augmentation
+    span_aug_per_review: int = 2        # spans drawn per training review (1-3 sentences each) when span_aug > 0
 
     def __post_init__(self):
         """Check every field (type, range, choice): a bad one is an ``InputError`` naming it."""
@@ -58,6 +63,8 @@ class TrainConfig:
                                            "optimizer": OPTIMIZERS})
         if self.joint_loss == 0 and self.part_loss == 0:
             raise option_error("joint_loss", "> 0 when part_loss is 0 (else no loss is trained)", self.joint_loss)
+        if self.span_aug and self.optimizer == "lbfgs":
+            raise option_error("span_aug", "0 with optimizer lbfgs (a full-batch fit of the reviews)", self.span_aug)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -67,7 +74,13 @@ class TrainConfig:
     def model_key(self) -> dict:
         """The fields that change what is trained: they must match to resume a run or reuse a registered model
         (the time budget and the thread count may differ)."""
-        return {k: v for k, v in asdict(self).items() if k not in NOT_IN_RESUME_KEY}
+        return model_key_of(asdict(self))
+
+
+def model_key_of(train: dict) -> dict:
+    """:meth:`TrainConfig.model_key` of a stored training configuration (a registered version's ``train``)."""
+    skip = NOT_IN_RESUME_KEY + (() if train.get("span_aug") else SPAN_FIELDS)
+    return {k: v for k, v in train.items() if k not in skip}
 
 
 @dataclass

@@ -35,7 +35,7 @@ from pipeline.prepare.job import prepare
 from pipeline import registry
 from pipeline.train.register import register
 from pipeline.train import promotion
-from pipeline.train.config import NOT_IN_RESUME_KEY, TrainResult
+from pipeline.train.config import TrainResult, model_key_of
 from pipeline.train.ddp_main import launch
 from pipeline.model.device import pick_device
 from pipeline.train.distributed import check_nproc
@@ -83,7 +83,7 @@ def reusable_version(wh: Warehouse, preset: str, overrides: dict, spec: PresetSp
     model = model_config_for(Path(prep_dir), spec.model).to_dict()
     settings = spec.train.model_key()
     for mv in reversed(registry.list_versions(wh)):
-        trained = {k: v for k, v in mv.config.get("train", {}).items() if k not in NOT_IN_RESUME_KEY}
+        trained = model_key_of(mv.config.get("train", {}))
         if (mv.prep_id == prep_id and mv.config.get("preset") == preset and mv.config.get("model") == model
                 and trained == settings):
             return mv

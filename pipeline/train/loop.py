@@ -16,7 +16,10 @@
   tokens/s), and a ``max_seconds`` budget that stops cleanly between steps;
 * after the last epoch, the best checkpoint is calibrated: a temperature fitted on the validation logits
   (:mod:`pipeline.model.calibration`; ECE before/after), and measured on short texts too (the validation
-  reviews cut to their first and last 20 tokens, :mod:`pipeline.train.short_texts`).
+  reviews cut to their first and last 20 tokens, :mod:`pipeline.train.short_texts`);
+* short-span augmentation (``TrainConfig.span_aug > 0``, :mod:`pipeline.train.augment`): batches of 1-3
+  sentence spans of the training reviews, labelled as their review, interleaved with the reviews' batches,
+  their loss weighted by ``span_aug``; validation and the best checkpoint stay on the full validation reviews.
 
 Multi-process (``reviewflow train --nproc N``): the same loop runs on every rank that ``torchrun`` starts
 (:mod:`pipeline.train.ddp_main`), with a :class:`~pipeline.train.distributed.DistContext`: the model is wrapped
@@ -46,6 +49,7 @@ from pipeline.core.storage import read_json, sha256_file, write_json_atomic
 from pipeline.prepare.manifest import read_manifest, verify_prep
 from pipeline.model.calibration import (calibrated_probs, calibration_report, expected_calibration_error,
                                         fit_temperature)
+from pipeline.train.augment import epoch_batches, span_split, span_steps
 from pipeline.train.checkpoint import (LoopState, reusable_result, restore, save_checkpoint, save_weights, say,
                                        usable_checkpoint)
 from pipeline.train.config import BEST, CHECKPOINT, RESULT, TrainConfig, TrainResult
@@ -250,55 +254,81 @@ class Run:
     design: tuple | None = None         # L-BFGS: (sparse training matrix, labels) of pipeline.train.convex
     dist: DistContext | None = None     # multi-process run (torchrun): this rank's place in it
     step_net: torch.nn.Module | None = None     # the DistributedDataParallel wrapper that steps ``net`` there
+    spans: SplitData | None = None      # span_aug > 0: short spans of the training reviews (pipeline.train.augment)
+    span_info: dict | None = None       # how they were built (rows, reviews, drops, seconds): metrics["span_aug"]
 
 
 def train_epoch(run: Run, data: SplitData, cfg: TrainConfig, epoch: int, deadline: float | None,
                 progress: bool) -> tuple[dict, bool]:
     """One pass over the training split: (loss/accuracy/tokens/seconds of the epoch, ran out of time).
-    With L-BFGS, one epoch is up to ``LBFGS_ITERS_PER_EPOCH`` full-batch iterations."""
-    net, opt, sched, dev = run.net, run.opt, run.sched, run.device
+    With ``run.spans`` (``cfg.span_aug > 0``), the span rows' batches are interleaved and their loss weighted
+    by ``cfg.span_aug``; ``train_loss``/``train_accuracy`` stay those of the full reviews, the spans get their
+    own (``span_rows`` seen, ``span_loss``, ``span_accuracy``). With L-BFGS, one epoch is up to
+    ``LBFGS_ITERS_PER_EPOCH`` full-batch iterations."""
+    net, dev = run.net, run.device
     if run.design is not None:
-        return lbfgs_epoch(net.ngrams, opt, *run.design, cfg.l2), False
-    clipped = [p for n, p in net.named_parameters() if not n.startswith("ngrams.")]
+        return lbfgs_epoch(net.ngrams, run.opt, *run.design, cfg.l2), False
     if cfg.freeze_embed_epochs and hasattr(net, "embed"):    # gradual unfreezing: the embedding joins later
         net.embed.weight.requires_grad_(epoch >= cfg.freeze_embed_epochs)
     net.train()
     rank, world = (run.dist.rank, run.dist.world) if run.dist is not None else (0, 1)
     if run.dist is not None:
         seed_epoch(cfg.seed, epoch, rank)
-    step_net = run.step_net if run.step_net is not None else net
-    t0, cpu0, loss_sum, correct, seen, tokens = time.perf_counter(), time.process_time(), 0.0, 0, 0, 0
+    t0, cpu0, tokens = time.perf_counter(), time.process_time(), 0
+    tally = {False: [0.0, 0, 0], True: [0.0, 0, 0]}          # reviews / spans: loss sum, correct, rows
     out_of_time = False
     bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                disable=not progress or run.dist is not None, leave=False, file=sys.stderr)
-    for batch in iter_batches(data, cfg.batch_size, shuffle=True, seed=cfg.seed + epoch,
-                              bucket=cfg.bucket, trim=cfg.trim, rank=rank, world=world):
+    for batch, is_span in epoch_batches(data, run.spans, cfg.batch_size, seed=cfg.seed + epoch, bucket=cfg.bucket,
+                                        trim=cfg.trim, rank=rank, world=world):
         ids, lengths, y = to_device(batch, dev)
-        with autocast(dev):
-            logits, loss = step_net(ids, lengths, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:   # the recurrent part's gradients; the linear n-gram bag needs no clipping
-            torch.nn.utils.clip_grad_norm_(clipped, cfg.grad_clip)
-        opt.step()
-        if sched is not None:
-            sched.step()
-        loss_sum += loss.item() * len(y)
-        correct += int(((logits > 0) == (y > 0.5)).sum())
-        seen += len(y)
+        logits, loss = train_step(run, cfg, ids, lengths, y, cfg.span_aug if is_span else 1.0)
+        t = tally[is_span]
+        t[0] += loss.item() * len(y)
+        t[1] += int(((logits > 0) == (y > 0.5)).sum())
+        t[2] += len(y)
         tokens += int(batch.lengths.sum())
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+        bar.set_postfix(loss=f"{tally[False][0] / max(tally[False][2], 1):.4f}",
+                        acc=f"{tally[False][1] / max(tally[False][2], 1):.3f}")
         if deadline is not None and _late(run, deadline):
             out_of_time = True
             break
     bar.close()
     seconds = time.perf_counter() - t0
+    figures = [*tally[False], *tally[True], tokens]
     if run.dist is not None:       # the epoch's figures over all ranks' batches
-        loss_sum, correct, seen, tokens = sum_over_ranks(run.dist, [loss_sum, correct, seen, tokens])
-    return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-            "seconds": round(seconds, 3), "cpu_start": cpu0,
-            "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}, out_of_time
+        figures = sum_over_ranks(run.dist, figures)
+    return _epoch_stats(figures, seconds, cpu0, run.spans is not None), out_of_time
+
+
+def train_step(run: Run, cfg: TrainConfig, ids: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor,
+               weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch whose loss counts ``weight`` times (span rows: ``cfg.span_aug``);
+    -> (logits, the batch's unweighted loss)."""
+    step_net = run.step_net if run.step_net is not None else run.net
+    with autocast(run.device):
+        logits, loss = step_net(ids, lengths, y)
+    run.opt.zero_grad(set_to_none=True)
+    (loss * weight if weight != 1.0 else loss).backward()
+    if cfg.grad_clip:   # the recurrent part's gradients; the linear n-gram bag needs no clipping
+        torch.nn.utils.clip_grad_norm_([p for n, p in run.net.named_parameters() if not n.startswith("ngrams.")],
+                                       cfg.grad_clip)
+    run.opt.step()
+    if run.sched is not None:
+        run.sched.step()
+    return logits, loss
+
+
+def _epoch_stats(figures: list, seconds: float, cpu0: float, spans: bool) -> dict:
+    """The epoch's record from its summed figures (reviews' loss sum, correct, rows; the spans' three; tokens)."""
+    loss_sum, correct, seen, span_loss, span_correct, span_seen, tokens = figures
+    out = {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+           "seconds": round(seconds, 3), "cpu_start": cpu0, "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
+    if spans:
+        out.update(span_rows=int(span_seen), span_loss=span_loss / max(span_seen, 1),
+                   span_accuracy=span_correct / max(span_seen, 1))
+    return out
 
 
 def _late(run: Run, deadline: float) -> bool:
@@ -314,16 +344,19 @@ def _epoch_record(epoch: int, stats: dict, val: dict, run: Run, partial: bool) -
             **{f"val_{k}": v for k, v in val.items() if k.startswith("accuracy_")},
             "seconds": stats["seconds"],
             "cpu_seconds": round(time.process_time() - stats["cpu_start"], 3),   # the epoch's, validation included
-            "tokens_per_s": stats["tokens_per_s"], "lr": run.opt.param_groups[0]["lr"], "partial": partial}
+            "tokens_per_s": stats["tokens_per_s"], "lr": run.opt.param_groups[0]["lr"], "partial": partial,
+            **{k: stats[k] for k in ("span_rows", "span_loss", "span_accuracy") if k in stats}}
 
 
 def epoch_line(record: dict) -> str:
     """One epoch's record as the progress line users read."""
     halves = (f" (encoder {record['val_accuracy_encoder']:.4f}, n-grams {record['val_accuracy_ngram']:.4f})"
               if "val_accuracy_ngram" in record else "")
+    spans = (f" | {record['span_rows']} spans: loss {record['span_loss']:.4f} acc {record['span_accuracy']:.4f}"
+             if "span_rows" in record else "")
     return (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc "
             f"{record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} acc "
-            f"{record['val_accuracy']:.4f}{halves} | {record['seconds']:.1f}s "
+            f"{record['val_accuracy']:.4f}{halves}{spans} | {record['seconds']:.1f}s "
             f"{record['tokens_per_s']:.0f} tok/s")
 
 
@@ -361,7 +394,9 @@ def _train(prep_dir: Path, cfg: TrainConfig, out_dir: Path, device: str, progres
     if finished is not None:
         return finished
     train_data, val_data, test_data = load_training_data(prep_dir, man)
-    run = _start(train_data, mcfg, cfg, out_dir, dev, progress, pretrained_init(cfg, mcfg, man, vectors), dist)
+    spans = span_split(prep_dir, train_data, cfg.span_aug_per_review, cfg.seed) if cfg.span_aug else None
+    run = _start(train_data, mcfg, cfg, out_dir, dev, progress, pretrained_init(cfg, mcfg, man, vectors), dist,
+                 spans)
     t_start = time.perf_counter() - run.state.elapsed
     deadline = None if cfg.max_seconds is None else t_start + cfg.max_seconds
     stopped = "completed"
@@ -426,9 +461,11 @@ def pretrained_init(cfg: TrainConfig, mcfg: ModelConfig, man: dict, vectors: str
 
 
 def _start(train_data: SplitData, mcfg: ModelConfig, cfg: TrainConfig, out_dir: Path, dev: torch.device,
-           progress: bool, init: dict | None = None, dist: DistContext | None = None) -> Run:
+           progress: bool, init: dict | None = None, dist: DistContext | None = None,
+           spans: tuple[SplitData, dict] | None = None) -> Run:
     """Seed, build the model, optimizer and schedule, and put back a checkpoint's state when resuming
-    (every rank of a multi-process run resumes from the same checkpoint; then DDP wraps the model)."""
+    (every rank of a multi-process run resumes from the same checkpoint; then DDP wraps the model).
+    ``spans``: the span rows and their build record (:func:`pipeline.train.augment.span_split`)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.optimizer == "lbfgs" and (mcfg.encoder != NGRAM_ONLY or mcfg.ngram_pool != "binary"):
@@ -449,7 +486,10 @@ def _start(train_data: SplitData, mcfg: ModelConfig, cfg: TrainConfig, out_dir: 
     net = net.to(dev)
     design = design_matrix(net.ngrams, train_data, dev) if cfg.optimizer == "lbfgs" else None
     opt = make_optimizer(net, cfg, dev)
-    steps_per_epoch = steps_per_rank(len(train_data.labels), cfg.batch_size, 1 if dist is None else dist.world)
+    world = 1 if dist is None else dist.world
+    span_data, span_info = spans if spans is not None else (None, None)
+    steps_per_epoch = (steps_per_rank(len(train_data.labels), cfg.batch_size, world)
+                       + span_steps(span_data, cfg.batch_size, world))
     sched = make_scheduler(opt, cfg, steps_per_epoch)
     state = LoopState()
     if ckpt is not None:  # resume after a crash
@@ -460,7 +500,10 @@ def _start(train_data: SplitData, mcfg: ModelConfig, cfg: TrainConfig, out_dir: 
         write_json_atomic(out_dir / "train_config.json", asdict(cfg))
     pretrained = None if init is None else {k: v for k, v in init.items() if k != "matrix"}
     step_net = None if dist is None else wrap_model(net, dist, frozen_start=cfg.freeze_embed_epochs > 0)
-    return Run(net, opt, sched, dev, steps_per_epoch, state, pretrained, design, dist, step_net)
+    if span_info is not None:
+        say(progress and (dist is None or dist.writer), f"span augmentation: {span_info['rows']} spans of "
+            f"{span_info['reviews']} training reviews (weight {cfg.span_aug}), built in {span_info['seconds']:.1f}s")
+    return Run(net, opt, sched, dev, steps_per_epoch, state, pretrained, design, dist, step_net, span_data, span_info)
 
 
 def _finish(run: Run, cfg: TrainConfig, mcfg: ModelConfig, prep_dir: Path, out_dir: Path, man: dict,
@@ -478,6 +521,8 @@ def _finish(run: Run, cfg: TrainConfig, mcfg: ModelConfig, prep_dir: Path, out_d
     metrics["optimizer_fused"] = bool(getattr(run.opt, "fused_ok", False))
     if run.pretrained is not None:
         metrics["pretrained"] = run.pretrained
+    if run.span_info is not None:
+        metrics["span_aug"] = run.span_info | {"weight": cfg.span_aug}
     if test_data is not None:
         metrics.update({f"test_{k}": v for k, v in evaluate(best, test_data, EVAL_BATCH, dev).items()})
     return TrainResult(out_dir=out_dir, weights=out_dir / BEST, model_config=mcfg, train_config=cfg,
