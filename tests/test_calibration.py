@@ -16,7 +16,7 @@ from pipeline.core.config import Warehouse
 from pipeline.core.errors import IntegrityError, ReviewflowError
 from pipeline import registry
 from pipeline.train.register import register
-from pipeline.model.calibration import (T_MAX, T_MIN, calibrated_probs, calibration_report, cross_fitted_ece,
+from pipeline.model.calibration import (T_MAX, T_MIN, band_temperature, calibrated_probs, calibration_report, cross_fitted_ece,
                                         expected_calibration_error, fit_temperature, nll, reliability_bins)
 from pipeline.train.config import TrainConfig
 from pipeline.train.loader import SplitData, load_split
@@ -204,15 +204,19 @@ def test_registered_version_records_the_temperature_and_the_predictor_applies_it
     assert f"temperature T = {final['temperature']:.4f}" in card and "reliability.png" in card
     assert f"first 20 and last 20 tokens): accuracy {final['val_accuracy_short']:.4f}" in card
     assert f"their ECE after scaling {final['val_ece_short']:.4f}" in card
-    assert cfg["calibration"]["temperature_short"] == res.metrics["temperature_short"]
-    assert cfg["calibration"]["short_max_tokens"] == 40 and "own temperature" in card
+    assert cfg["calibration"]["temperature_bands"] == res.metrics["temperature_bands"]
+    assert "temperature_short" not in cfg["calibration"]          # the bands supersede the one short-text T
+    assert "temperature by text length" in card and "| whole validation reviews |" in card
     p = Predictor(d)
-    t, t_short = res.metrics["temperature"], res.metrics["temperature_short"]
-    assert p.temperature == t and (p.short_temperature, p.short_max_tokens) == (t_short, 40)
+    t, bands = res.metrics["temperature"], res.metrics["temperature_bands"]
+    assert p.temperature == t and p.temperature_bands == [tuple(b) for b in bands]
     long_text = " ".join(["a wonderful film with a superb plot, the actor was great"] * 6)   # > 40 tokens
     texts = ["a wonderful superb film, loved it", "awful boring waste of time", "the plot of the movie", long_text]
     got = p.predict_proba(texts)
-    want = [torch.sigmoid(torch.tensor(_raw_logit(p, s) / (t if s is long_text else t_short))).item() for s in texts]
+    lengths = p.preprocessor.encode(texts)[1]
+    ts = band_temperature(lengths, bands, t)
+    assert ts[-1] == t and all(x == dict(bands)[40] or x == dict(bands)[10] for x in ts[:-1])
+    want = [torch.sigmoid(torch.tensor(_raw_logit(p, s) / ti)).item() for s, ti in zip(texts, ts)]
     np.testing.assert_allclose(got, want, atol=1e-6)
     raw = [torch.sigmoid(torch.tensor(_raw_logit(p, s))).item() for s in texts]
     assert not np.allclose(got, raw, atol=1e-4)                      # the temperature did change the scores
@@ -235,14 +239,23 @@ def test_a_version_without_calibration_loads_with_temperature_one(calibrated):
                                                        abs=1e-7)
 
 
-@pytest.mark.parametrize("field", ["temperature", "temperature_short"])
+@pytest.mark.parametrize("field", ["temperature", "temperature_bands", "band_edge", "legacy_short"])
 @pytest.mark.parametrize("bad", [0, -1.5, "2", float("inf")])
 def test_a_damaged_temperature_is_refused_when_the_version_loads(calibrated, bad, field):
     wh, _, res = calibrated
     version = register(wh, res, preset="bad", dataset="syn")
     path = wh.models / version / "config.json"
     cfg = json.loads(path.read_text())
-    cfg["calibration"][field] = bad
+    block = cfg["calibration"]
+    if field == "temperature":
+        block["temperature"] = bad
+    elif field == "temperature_bands":
+        block["temperature_bands"][0][1] = bad
+    elif field == "band_edge":
+        block["temperature_bands"][0] = [bad, 1.0] if bad != 0 else [10.5, 1.0]
+    else:                   # a version from before the bands: one short-text T
+        del block["temperature_bands"]
+        block.update(temperature_short=bad, short_max_tokens=40)
     path.write_text(json.dumps(cfg))
     with pytest.raises(IntegrityError, match="calibration"):
         Predictor(wh.models / version)

@@ -20,6 +20,7 @@ from pipeline.model.coverage import coverage_of, coverage_of_flat
 from pipeline.train.job import register_and_promote
 from pipeline.prepare.text import trim_padding
 from pipeline.train.loop import train
+from pipeline.model.calibration import band_temperature
 from pipeline.model.network import ModelConfig, SentimentModel, ngram_bucket_ids
 from pipeline.serve.ngram import kgram_ids, ngram_logits, position_terms, term_table
 from pipeline.serve.predictor import load_predictor
@@ -94,7 +95,7 @@ def reference(predictor, texts: list[str | None]):
             T = max(int(lengths[sl].max()), 1)
             x = torch.from_numpy(np.ascontiguousarray(trim_padding(ids[sl], T, predictor.preprocessor.pad_side)))
             logit = predictor.model(x.long(), torch.from_numpy(lengths[sl]).long())[0].float()
-            t = np.where(lengths[sl] <= predictor.short_max_tokens, predictor.short_temperature, predictor.temperature)
+            t = band_temperature(lengths[sl], predictor.temperature_bands, predictor.temperature)
             score[keep[sl]] = torch.sigmoid(logit / torch.from_numpy(t).float()).numpy()
     return score, coverage
 

@@ -108,24 +108,27 @@ def score_histogram(counts, path: str | Path, threshold: float = 0.5,
 
 
 def plot_reliability(before: dict, after: dict, path: str | Path, temperature: float = 1.0,
-                     title: str = "Calibration") -> Path:
+                     title: str = "Calibration", bands: dict[str, dict] | None = None) -> Path:
     """Reliability diagram of a binary classifier, before and after temperature scaling. Returns ``path``.
 
     ``before`` / ``after`` are per-bin tables as :func:`pipeline.model.calibration.reliability_bins` makes them
     (``lower``, ``upper``, ``count``, ``confidence``, ``accuracy``; None in an empty bin). Left: each bin's
     accuracy against its mean confidence (a calibrated model lies on the diagonal; below it is
     overconfident), with the ECE of each in the legend. Right: how many predictions fall in each bin.
+    ``bands`` (label -> bins): short held-out texts per length band, each with its own temperature, drawn dashed.
     """
     fig = _figure(figsize=(9, 3.8))
     ax_rel, ax_cnt = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ax_rel.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
-    for table, label, color in ((before, "before (T = 1)", "#C44E52"),
-                                (after, f"after (T = {temperature:.3g})", "#4C72B0")):
+    curves = [(before, "before (T = 1)", "#C44E52"), (after, f"after (T = {temperature:.3g})", "#4C72B0")]
+    curves += [(table, f"{name}, own T", color) for (name, table), color
+               in zip((bands or {}).items(), ("#55A868", "#8172B2", "#CCB974"))]
+    for table, label, color in curves:
         used = [i for i, c in enumerate(table["count"]) if c]
         n = max(sum(table["count"]), 1)
         ece = sum(table["count"][i] / n * abs(table["accuracy"][i] - table["confidence"][i]) for i in used)
-        ax_rel.plot([table["confidence"][i] for i in used], [table["accuracy"][i] for i in used], "o-",
-                    color=color, label=f"{label}: ECE {ece:.4f}")
+        ax_rel.plot([table["confidence"][i] for i in used], [table["accuracy"][i] for i in used],
+                    "o-" if "own T" not in label else "s--", color=color, label=f"{label}: ECE {ece:.4f}")
         edges = np.asarray(table["lower"] + table["upper"][-1:])
         ax_cnt.stairs(np.asarray(table["count"]), edges, color=color, label=label, linewidth=1.5)
     lo = min([before["lower"][i] for i, c in enumerate(before["count"]) if c] or [0.0])

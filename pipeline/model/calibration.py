@@ -152,3 +152,57 @@ def calibration_report(logits, labels) -> dict:
     return {"temperature": t, "ece_before": ece_from_bins(before), "ece_after": ece_from_bins(after),
             "ece_after_crossfit": cross_fitted_ece(z, y), "nll_before": nll(z, y), "nll_after": nll(z, y, t),
             "rows": int(z.size), "bins": {"before": before, "after": after}}
+
+
+# ------------------------------------------------------------------- temperature by text length
+#: the length bands (tokens, inclusive upper edges) a version may fit its own temperature for; longer texts use T
+LENGTH_BANDS = (10, 40)
+MIN_BAND_ROWS = 200           # a band with fewer labelled rows takes the next longer band's temperature
+
+
+def band_temperature(lengths, bands, temperature: float) -> np.ndarray:
+    """Per text, the temperature of the first band (``[(max_tokens, T), ...]``, ascending) its token count fits,
+    else ``temperature`` (whole reviews). Element by element: a text's T depends on its own length only."""
+    lengths = np.asarray(lengths)
+    t = np.full(lengths.shape, float(temperature), np.float64)
+    for longest, band_t in sorted(bands, reverse=True):      # shortest band last: it wins where bands overlap
+        t[lengths <= longest] = band_t
+    return t
+
+
+def fit_band_temperatures(logits, labels, lengths, temperature: float, edges=LENGTH_BANDS,
+                          min_rows: int = MIN_BAND_ROWS) -> list[tuple[int, float]]:
+    """``[(max_tokens, T), ...]`` ascending: for each band of ``edges`` (texts of ``(previous edge, edge]``
+    tokens), the :func:`fit_temperature` of its rows; a band with fewer than ``min_rows`` rows takes the next
+    longer band's T (the longest falls back to ``temperature``), so a thin band never gets a T fitted on noise."""
+    z, y = _checked(logits, labels, "logits")
+    lengths = np.asarray(lengths)
+    fitted, longer_t = [], float(temperature)
+    lows = (0, *edges[:-1])
+    for low, high in reversed(list(zip(lows, edges))):
+        rows = (lengths > low) & (lengths <= high)
+        t = fit_temperature(z[rows], y[rows]) if rows.sum() >= min_rows else longer_t
+        fitted.append((int(high), float(t)))
+        longer_t = t
+    return sorted(fitted)
+
+
+def band_report(probs, labels, lengths, edges=LENGTH_BANDS) -> list[dict]:
+    """Accuracy and ECE of scored texts per length band (``edges`` and one band beyond the last), for the model
+    card: ``[{"band": "1-10", "n": ..., "accuracy": ..., "ece": ...}, ...]`` (a band without rows is left out)."""
+    p, y = np.asarray(probs, np.float64), np.asarray(labels)
+    lengths = np.asarray(lengths)
+    out = []
+    for low, high in zip((0, *edges), (*edges, None)):
+        rows = (lengths > low) & (lengths <= high if high is not None else True) & np.isfinite(p)
+        if rows.any():
+            out.append({"band": f"{low + 1}-{high}" if high is not None else f"{low + 1}+", "n": int(rows.sum()),
+                        "accuracy": float(np.mean((p[rows] >= 0.5) == (y[rows] == 1))),
+                        "ece": expected_calibration_error(p[rows], y[rows])})
+    return out
+
+
+def banded_probs(logits, lengths, bands, temperature: float) -> np.ndarray:
+    """``sigmoid(logit / T)`` with each text's T by its length (:func:`band_temperature`), float64."""
+    s = np.asarray(logits, np.float64) / band_temperature(lengths, bands, temperature)
+    return np.exp(-np.logaddexp(0.0, -s))

@@ -192,7 +192,9 @@ def _trust_lines(f: dict) -> list[str]:
                      "on the full reviews"
                      + (f"; their ECE after scaling {f['val_ece_short']:.4f}" if f.get("val_ece_short") is not None
                         else ""))
-        if f.get("temperature_short") is not None:
+        if f.get("temperature_bands") is not None:
+            lines += _band_lines(f)
+        elif f.get("temperature_short") is not None:
             lines.append(f"- texts of at most {head + tail} tokens use their own temperature T = "
                          f"{f['temperature_short']:.4f}, fitted on those cut reviews: their ECE "
                          f"{f.get('val_ece_short_before', float('nan')):.4f} unscaled, "
@@ -201,3 +203,20 @@ def _trust_lines(f: dict) -> list[str]:
     return lines
 
 
+def _band_lines(f: dict) -> list[str]:
+    """Temperature by text length, and accuracy and ECE per length band of the held-out short texts it was
+    fitted on (the validation reviews' sentences, spans and 20+20-token cuts) and of the reviews."""
+    rows = f.get("calibration_short_rows") or {}
+    bands = ", ".join(f"up to {n} tokens T = {t:.4f}" for n, t in f["temperature_bands"])
+    lines = [f"- temperature by text length: {bands}; longer texts T = {f['temperature']:.4f} (fitted on "
+             f"{rows.get('spans', 0):,} sentences and 2-3 sentence spans of the validation reviews and their "
+             f"{rows.get('cuts', 0):,} first/last-token cuts; a band with too few texts takes the next one's T)"]
+    if f.get("calibration_bands"):
+        lines += ["", "| text length (tokens) | texts | accuracy | ECE, whole-review T | ECE, its band's T |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {b['band']} | {b['n']:,} | {b['accuracy']:.4f} | {b['ece_whole_t']:.4f} | {b['ece']:.4f} |"
+                  for b in f["calibration_bands"]]
+        if isinstance(f.get("val_n"), int) and f.get("val_ece_after") is not None:
+            lines.append(f"| whole validation reviews | {f['val_n']:,} | {f.get('val_accuracy', float('nan')):.4f} "
+                         f"| {f['val_ece_after']:.4f} | {f['val_ece_after']:.4f} |")
+    return lines

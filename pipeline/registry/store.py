@@ -97,17 +97,24 @@ class ModelVersion:
         return float(t)
 
     @property
-    def short_temperature(self) -> tuple[float, int]:
-        """(T for short texts, the longest text in tokens it applies to); (T, 0) when none was recorded."""
+    def temperature_bands(self) -> list[tuple[int, float]]:
+        """``[(max_tokens, T), ...]`` ascending: the temperature of texts of at most that many tokens (longer texts:
+        :attr:`temperature`). ``calibration.temperature_bands`` when recorded; else, for versions from before it,
+        their one short-text T (``temperature_short`` up to ``short_max_tokens``); [] when neither was recorded.
+        A malformed entry is an ``IntegrityError``."""
         block = self.config.get("calibration") or {}
-        t, longest = block.get("temperature_short"), block.get("short_max_tokens", 0)
-        if t is None:
-            return self.temperature, 0
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0 \
-                or not isinstance(longest, int) or longest < 0:
-            raise IntegrityError(f"model version {self.version}: config.json records short-text calibration "
-                                 f"{t!r} / {longest!r}; the file was modified: restore it or train again")
-        return float(t), longest
+        bands = block.get("temperature_bands") if isinstance(block, dict) else None
+        if bands is None and isinstance(block, dict) and block.get("temperature_short") is not None:
+            bands = [[block.get("short_max_tokens", 0), block["temperature_short"]]]
+        out = []
+        for entry in bands or []:
+            longest, t = entry if isinstance(entry, (list, tuple)) and len(entry) == 2 else (None, None)
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0 \
+                    or isinstance(longest, bool) or not isinstance(longest, int) or longest < 0:
+                raise IntegrityError(f"model version {self.version}: config.json records length-band calibration "
+                                     f"{entry!r}; the file was modified: restore it or train again")
+            out.append((longest, float(t)))
+        return sorted(out)
 
 
 def _version_number(name: str) -> int:

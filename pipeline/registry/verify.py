@@ -96,7 +96,7 @@ def _check_config(mv: ModelVersion) -> None:
     except (InputError, TypeError, ValueError) as exc:
         raise _refuse(mv.version, "config.json", f"holds an invalid model block ({str(exc).splitlines()[0]})") \
             from None
-    _ = (mv.int8, mv.temperature, mv.short_temperature, int8_ranges(mv))    # each raises IntegrityError when invalid
+    _ = (mv.int8, mv.temperature, mv.temperature_bands, int8_ranges(mv))    # each raises IntegrityError when invalid
     try:
         abstain_record(mv.config, "config.json")         # the --max-error margins, when recorded
     except IntegrityError as exc:

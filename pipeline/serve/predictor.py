@@ -36,6 +36,7 @@ from pipeline import registry
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import IntegrityError
 from pipeline.model.abstain import margin_for, unsure
+from pipeline.model.calibration import band_temperature
 from pipeline.model.coverage import CoverageRule, coverage_of_flat, rule_from_config
 from pipeline.model.device import autocast, pick_device
 from pipeline.model.network import NGRAM_ONLY, NgramLogit
@@ -116,7 +117,7 @@ class Predictor:
         registry.verify_files(mv)                # vocabulary + manifest: the exact prepare-time transform
         self.model_config = mv.model_config
         self.temperature = mv.temperature       # calibration: P = sigmoid(logit / T); 1.0 if none was recorded
-        self.short_temperature, self.short_max_tokens = mv.short_temperature   # texts of <= that many tokens
+        self.temperature_bands = mv.temperature_bands      # [(max tokens, T), ...]: shorter texts, their own T
         #: texts below it are 'unknown' (versions without a "coverage" entry: the default rule)
         self.coverage_rule: CoverageRule = rule_from_config(mv.config, self.model_dir / "config.json")
         #: the stated error rate and its recorded margin: readable texts scored within it of 0.5 are 'unknown'
@@ -302,7 +303,7 @@ class Predictor:
 
     def _calibrated(self, logits: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """P(positive) = sigmoid(logit / T), T by the text's token count; a non-finite one is an IntegrityError."""
-        t = np.where(lengths <= self.short_max_tokens, self.short_temperature, self.temperature)
+        t = band_temperature(lengths, self.temperature_bands, self.temperature)
         probs = calibrated_proba(logits, t)
         if not np.isfinite(probs).all():
             raise IntegrityError(f"model {self.version} produced {int((~np.isfinite(probs)).sum())} non-finite "

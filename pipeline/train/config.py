@@ -102,16 +102,19 @@ class TrainResult:
 
     @property
     def calibration(self) -> dict | None:
-        """``{"temperature": T, "temperature_short": T_short, "short_max_tokens": 40, ...}`` fitted on validation
-        after training (T_short on the validation reviews cut to their first and last 20 tokens, used for texts
-        of at most ``short_max_tokens`` tokens), or None for a run finished before calibration existed (its
+        """``{"temperature": T, "temperature_bands": [[10, T1], [40, T2]], ...}`` fitted on validation after training
+        (the bands on the validation reviews' sentences, spans and 20+20-token cuts: texts of at most that many
+        tokens use that T; a run from before the bands records ``temperature_short`` up to ``short_max_tokens``
+        instead), or None for a run finished before calibration existed (its
         version then scores with T = 1, as it always did)."""
         t = self.metrics.get("temperature")
         if t is None:
             return None
-        short = self.metrics.get("temperature_short")
+        short, bands = self.metrics.get("temperature_short"), self.metrics.get("temperature_bands")
         extra = {} if short is None else {"temperature_short": float(short),
                                           "short_max_tokens": int(sum(self.metrics.get("short_tokens", [20, 20])))}
+        if bands is not None:      # the temperatures the predictor uses by text length (they supersede T_short)
+            extra = {"temperature_bands": [[int(n), float(t)] for n, t in bands]}
         return extra | {"temperature": float(t), "method": "temperature scaling (validation NLL)",
                 "fit_rows": self.metrics.get("val_n"), "val_ece_before": self.metrics.get("val_ece_before"),
                 "val_ece_after": self.metrics.get("val_ece_after")}

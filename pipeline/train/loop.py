@@ -47,8 +47,9 @@ from pipeline.core.errors import InputError
 from pipeline.core.options import option_error
 from pipeline.core.storage import read_json, sha256_file, write_json_atomic
 from pipeline.prepare.manifest import read_manifest, verify_prep
-from pipeline.model.calibration import (calibrated_probs, calibration_report, expected_calibration_error,
-                                        fit_temperature)
+from pipeline.model.calibration import (LENGTH_BANDS, band_report, banded_probs, calibrated_probs, calibration_report,
+                                        expected_calibration_error, fit_band_temperatures, fit_temperature,
+                                        reliability_bins)
 from pipeline.train.augment import epoch_batches, span_split, span_steps
 from pipeline.train.checkpoint import (LoopState, reusable_result, restore, save_checkpoint, save_weights, say,
                                        usable_checkpoint)
@@ -188,7 +189,8 @@ def predict_logits(model: SentimentModel, data: SplitData, batch_size: int,
     return logits, np.asarray(data.labels, np.int8)
 
 
-def calibration_metrics(model: SentimentModel, val_data: SplitData, batch_size: int, device: torch.device) -> dict:
+def calibration_metrics(model: SentimentModel, val_data: SplitData, batch_size: int, device: torch.device,
+                        prep_dir: Path | None = None, seed: int = 0) -> dict:
     """What the version records about trusting its scores, all on the validation split: the fitted
     ``temperature``; ``val_ece_before`` / ``val_ece_after`` (15 bins; ``val_ece_after_crossfit`` with the
     temperature fitted on the other half of the rows), the NLL after scaling, ``reliability`` bins for the
@@ -203,7 +205,9 @@ def calibration_metrics(model: SentimentModel, val_data: SplitData, batch_size: 
     # the short-text ECE from 3.0 % to 9.5 %), so short texts get their own: the predictor uses it for texts of
     # at most SHORT_HEAD + SHORT_TAIL tokens.
     t_short = fit_temperature(short, y)
-    return {"temperature": report["temperature"], "val_ece_before": report["ece_before"],
+    bands = length_band_calibration(model, val_data, (short, y), report["temperature"], batch_size, device,
+                                    prep_dir, seed)
+    return bands | {"temperature": report["temperature"], "val_ece_before": report["ece_before"],
             "val_ece_after": report["ece_after"], "val_ece_after_crossfit": report["ece_after_crossfit"],
             "val_loss_calibrated": report["nll_after"], "reliability": report["bins"],
             "val_accuracy_short": float(np.mean((short > 0) == (y == 1))),
@@ -212,6 +216,46 @@ def calibration_metrics(model: SentimentModel, val_data: SplitData, batch_size: 
             "val_ece_short_full_t": expected_calibration_error(calibrated_probs(short, report["temperature"]), y),
             "val_ece_short": expected_calibration_error(calibrated_probs(short, t_short), y),
             "short_tokens": [SHORT_HEAD, SHORT_TAIL]}
+
+
+VAL_SPANS_PER_REVIEW = 2       # sentences/spans drawn per validation review to fit the short-text temperatures
+
+
+def _val_spans(prep_dir: Path | None, val_data: SplitData, seed: int) -> SplitData | None:
+    """Sentences and 2-3 sentence spans of the validation reviews (:func:`span_split`), or None without a lake to
+    read their texts from (a prep copied without its warehouse, a test prep)."""
+    if prep_dir is None:
+        return None
+    try:
+        spans, _info = span_split(prep_dir, val_data, per_review=VAL_SPANS_PER_REVIEW, seed=seed)
+    except (InputError, OSError, KeyError):
+        return None
+    return spans if len(spans) else None
+
+
+def length_band_calibration(model: SentimentModel, val_data: SplitData, cut: tuple[np.ndarray, np.ndarray],
+                            temperature: float, batch_size: int, device: torch.device, prep_dir: Path | None,
+                            seed: int) -> dict:
+    """A temperature per text-length band (:data:`LENGTH_BANDS` tokens; longer: the whole reviews' T), fitted on
+    held-out short texts: the validation reviews' sentences and spans (read from the lake) and their first/last
+    20-token cuts (``cut``: logits, labels). A one-line text gets the confidence short texts earned, not a whole
+    review's. -> ``temperature_bands`` and, per band, accuracy and ECE of those short texts and of the whole
+    reviews with the whole-review T and with the band's own (``calibration_bands``; bins for the diagram)."""
+    spans = _val_spans(prep_dir, val_data, seed)
+    logits, labels = [cut[0]], [cut[1]]
+    lengths = [np.asarray(shorten(val_data).lengths)[np.asarray(val_data.labels) >= 0]]
+    if spans is not None:
+        z, y = predict_logits(model, spans, batch_size, device)
+        logits.append(z[y >= 0]), labels.append(y[y >= 0]), lengths.append(np.asarray(spans.lengths)[y >= 0])
+    z, y, n = np.concatenate(logits), np.concatenate(labels), np.concatenate(lengths)
+    bands = fit_band_temperatures(z, y, n, temperature)
+    banded, whole_t = banded_probs(z, n, bands, temperature), calibrated_probs(z, temperature)
+    report = [b | {"ece_whole_t": w["ece"]} for b, w in zip(band_report(banded, y, n), band_report(whole_t, y, n))]
+    edges = (0, *LENGTH_BANDS)
+    bins = {f"{lo + 1}-{hi} tokens": reliability_bins(banded[(n > lo) & (n <= hi)], y[(n > lo) & (n <= hi)])
+            for lo, hi in zip(edges, edges[1:]) if ((n > lo) & (n <= hi)).any()}
+    return {"temperature_bands": [list(b) for b in bands], "calibration_bands": report, "reliability_bands": bins,
+            "calibration_short_rows": {"cuts": int(len(cut[1])), "spans": 0 if spans is None else int(len(spans))}}
 
 
 # ------------------------------------------------------------------- best checkpoint and early stopping
@@ -514,7 +558,7 @@ def _finish(run: Run, cfg: TrainConfig, mcfg: ModelConfig, prep_dir: Path, out_d
     best = load_model(out_dir / BEST, mcfg, dev, sha256=run.state.best_sha256)
     eval_batch = max(cfg.batch_size, EVAL_BATCH)
     metrics = {f"val_{k}": v for k, v in evaluate(best, val_data, eval_batch, dev).items()}
-    metrics.update(calibration_metrics(best, val_data, eval_batch, dev))
+    metrics.update(calibration_metrics(best, val_data, eval_batch, dev, prep_dir, cfg.seed))
     metrics["best_epoch"] = min(run.state.history, key=lambda r: selection_score(
         cfg, {"accuracy": r["val_accuracy"], "loss": r["val_loss"]}))["epoch"]
     metrics["params"] = best.num_params()

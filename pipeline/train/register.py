@@ -17,6 +17,7 @@ from pipeline.core.config import Warehouse
 from pipeline.core.errors import IntegrityError, NotFoundError
 from pipeline.core.storage import read_json, sha256_file
 from pipeline.model import abstain
+from pipeline.model.calibration import band_temperature
 from pipeline.model.coverage import DEFAULT_RULE, coverage_of, rule_from_config
 from pipeline.model.device import pick_device
 from pipeline.model.quantize import quantize
@@ -62,9 +63,8 @@ def _abstain_record(res: TrainResult, cfg: dict, val: SplitData | None) -> dict 
         model = quantize(model, cfg["int8_static"]["ranges"])
     logits, labels = predict_logits(model, val, 256, pick_device("cpu"))
     mv = registry.ModelVersion(version="(registering)", path=Path(res.out_dir), config=cfg, metrics={}, prep_id="")
-    t_short, short_max = mv.short_temperature
     lengths = np.asarray(val.lengths)
-    probs = calibrated_proba(logits, np.where(lengths <= short_max, t_short, mv.temperature))
+    probs = calibrated_proba(logits, band_temperature(lengths, mv.temperature_bands, mv.temperature))
     known, share = coverage_of(np.asarray(val.ids), lengths)
     rows = (labels >= 0) & (lengths > 0) & rule_from_config(cfg).readable(known, share)
     if not rows.any():
@@ -146,7 +146,8 @@ def _draw_plots(res: TrainResult, folder: Path, version: str) -> None:
         plot_training_curve(res.history, folder / "training_curve.png", title=version)
         if bins:
             plot_reliability(bins["before"], bins["after"], folder / "reliability.png",
-                             temperature=res.metrics.get("temperature", 1.0), title=version)
+                             temperature=res.metrics.get("temperature", 1.0), title=version,
+                             bands=res.metrics.get("reliability_bands"))
     except ImportError:  # plotting is a nicety, never a reason to lose a trained model
         pass
 
