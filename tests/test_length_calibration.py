@@ -30,7 +30,8 @@ def test_short_overconfident_texts_get_a_larger_temperature_than_reviews(seed):
     whole_t = 0.8
     bands = fit_band_temperatures(z, y, lengths, whole_t)
     assert [n for n, _ in bands] == list(LENGTH_BANDS)
-    (_, t10), (_, t40) = bands
+    (_, t10), (_, t40), (_, t128) = bands
+    assert t128 == whole_t                          # no text of 41-128 tokens: the longer texts' T
     assert t10 > t40 > whole_t                      # the shorter the text, the less its logit is worth
     assert t10 == fit_temperature(z[lengths <= 10], y[lengths <= 10])
     assert fit_band_temperatures(z, y, lengths, whole_t) == bands                      # deterministic
@@ -46,7 +47,7 @@ def test_a_thin_band_takes_the_next_longer_bands_temperature():
     bands = fit_band_temperatures(z, y, lengths, 0.9, min_rows=200)
     assert bands[0][1] == bands[1][1] == fit_temperature(z[50:], y[50:])
     nothing_short = fit_band_temperatures(z[50:], y[50:], np.full(950, 300), 0.9)
-    assert nothing_short == [(10, 0.9), (40, 0.9)]                    # no short text at all: the reviews' T
+    assert nothing_short == [(10, 0.9), (40, 0.9), (128, 0.9)]                    # no short text at all: the reviews' T
 
 
 @pytest.mark.parametrize("bands", [[], [(40, 1.7)], [(10, 2.5), (40, 1.7)], [(40, 1.7), (10, 2.5)]])
@@ -70,7 +71,7 @@ def test_band_report_counts_accuracy_and_ece_per_band():
     y = np.array([1, 0, 0, 0, 1, 1])
     n = np.array([3, 8, 20, 35, 200, 5])
     report = band_report(p, y, n)
-    assert [r["band"] for r in report] == ["1-10", "11-40", "41+"]
+    assert [r["band"] for r in report] == ["1-10", "11-40", "129+"]       # no text of 41-128 tokens
     assert [r["n"] for r in report] == [2, 2, 1]                      # a text without a score counts nowhere
     assert [r["accuracy"] for r in report] == [1.0, 0.5, 1.0]
     assert report[0]["ece"] == pytest.approx(expected_calibration_error(p[:2], y[:2]))
@@ -86,5 +87,5 @@ def test_training_fits_the_bands_on_the_validation_reviews_sentences(multi_prep,
     assert m["calibration_short_rows"]["spans"] > 0 and m["calibration_short_rows"]["cuts"] > 0
     assert [n for n, _ in m["temperature_bands"]] == list(LENGTH_BANDS)
     assert res.calibration["temperature_bands"] == [list(b) for b in m["temperature_bands"]]
-    assert {"1-10", "11-40"} >= {b["band"] for b in m["calibration_bands"]} - {"41+"}
+    assert {b["band"] for b in m["calibration_bands"]} <= {"1-10", "11-40", "41-128", "129+"}
     assert all(0 <= b["ece"] <= 1 and 0 <= b["ece_whole_t"] <= 1 for b in m["calibration_bands"])

@@ -156,7 +156,7 @@ def calibration_report(logits, labels) -> dict:
 
 # ------------------------------------------------------------------- temperature by text length
 #: the length bands (tokens, inclusive upper edges) a version may fit its own temperature for; longer texts use T
-LENGTH_BANDS = (10, 40)
+LENGTH_BANDS = (10, 40, 128)
 MIN_BAND_ROWS = 200           # a band with fewer labelled rows takes the next longer band's temperature
 
 

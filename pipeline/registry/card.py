@@ -210,13 +210,15 @@ def _band_lines(f: dict) -> list[str]:
     bands = ", ".join(f"up to {n} tokens T = {t:.4f}" for n, t in f["temperature_bands"])
     lines = [f"- temperature by text length: {bands}; longer texts T = {f['temperature']:.4f} (fitted on "
              f"{rows.get('spans', 0):,} sentences and 2-3 sentence spans of the validation reviews and their "
-             f"{rows.get('cuts', 0):,} first/last-token cuts; a band with too few texts takes the next one's T)"]
+             f"{rows.get('cuts', 0):,} first/last-token cuts, with the reviews of each band's length; a band with too "
+             f"few texts takes the next one's T)"]
     if f.get("calibration_bands"):
         lines += ["", "| text length (tokens) | texts | accuracy | ECE, whole-review T | ECE, its band's T |",
                   "|---|---|---|---|---|"]
         lines += [f"| {b['band']} | {b['n']:,} | {b['accuracy']:.4f} | {b['ece_whole_t']:.4f} | {b['ece']:.4f} |"
                   for b in f["calibration_bands"]]
         if isinstance(f.get("val_n"), int) and f.get("val_ece_after") is not None:
+            served = f.get("val_ece_served", f["val_ece_after"])     # each review with its own length's T
             lines.append(f"| whole validation reviews | {f['val_n']:,} | {f.get('val_accuracy', float('nan')):.4f} "
-                         f"| {f['val_ece_after']:.4f} | {f['val_ece_after']:.4f} |")
+                         f"| {f['val_ece_after']:.4f} | {served:.4f} |")
     return lines

@@ -205,7 +205,8 @@ def calibration_metrics(model: SentimentModel, val_data: SplitData, batch_size: 
     # the short-text ECE from 3.0 % to 9.5 %), so short texts get their own: the predictor uses it for texts of
     # at most SHORT_HEAD + SHORT_TAIL tokens.
     t_short = fit_temperature(short, y)
-    bands = length_band_calibration(model, val_data, (short, y), report["temperature"], batch_size, device,
+    whole = (logits[known], y, np.asarray(val_data.lengths)[known])
+    bands = length_band_calibration(model, val_data, (short, y), whole, report["temperature"], batch_size, device,
                                     prep_dir, seed)
     return bands | {"temperature": report["temperature"], "val_ece_before": report["ece_before"],
             "val_ece_after": report["ece_after"], "val_ece_after_crossfit": report["ece_after_crossfit"],
@@ -234,16 +235,17 @@ def _val_spans(prep_dir: Path | None, val_data: SplitData, seed: int) -> SplitDa
 
 
 def length_band_calibration(model: SentimentModel, val_data: SplitData, cut: tuple[np.ndarray, np.ndarray],
-                            temperature: float, batch_size: int, device: torch.device, prep_dir: Path | None,
+                            whole: tuple[np.ndarray, np.ndarray, np.ndarray], temperature: float, batch_size: int, device: torch.device, prep_dir: Path | None,
                             seed: int) -> dict:
     """A temperature per text-length band (:data:`LENGTH_BANDS` tokens; longer: the whole reviews' T), fitted on
-    held-out short texts: the validation reviews' sentences and spans (read from the lake) and their first/last
-    20-token cuts (``cut``: logits, labels). A one-line text gets the confidence short texts earned, not a whole
+    held-out texts of every length: the validation reviews' sentences and spans (read from the lake), their
+    first/last 20-token cuts (``cut``: logits, labels) and the reviews themselves (``whole``: logits, labels,
+    lengths; a short review counts in its band). A one-line text gets the confidence short texts earned, not a whole
     review's. -> ``temperature_bands`` and, per band, accuracy and ECE of those short texts and of the whole
     reviews with the whole-review T and with the band's own (``calibration_bands``; bins for the diagram)."""
     spans = _val_spans(prep_dir, val_data, seed)
-    logits, labels = [cut[0]], [cut[1]]
-    lengths = [np.asarray(shorten(val_data).lengths)[np.asarray(val_data.labels) >= 0]]
+    logits, labels = [cut[0], whole[0]], [cut[1], whole[1]]
+    lengths = [np.asarray(shorten(val_data).lengths)[np.asarray(val_data.labels) >= 0], whole[2]]
     if spans is not None:
         z, y = predict_logits(model, spans, batch_size, device)
         logits.append(z[y >= 0]), labels.append(y[y >= 0]), lengths.append(np.asarray(spans.lengths)[y >= 0])
@@ -254,7 +256,9 @@ def length_band_calibration(model: SentimentModel, val_data: SplitData, cut: tup
     edges = (0, *LENGTH_BANDS)
     bins = {f"{lo + 1}-{hi} tokens": reliability_bins(banded[(n > lo) & (n <= hi)], y[(n > lo) & (n <= hi)])
             for lo, hi in zip(edges, edges[1:]) if ((n > lo) & (n <= hi)).any()}
+    served = banded_probs(whole[0], whole[2], bands, temperature)       # the reviews as scoring scores them
     return {"temperature_bands": [list(b) for b in bands], "calibration_bands": report, "reliability_bands": bins,
+            "val_ece_served": expected_calibration_error(served, whole[1]),
             "calibration_short_rows": {"cuts": int(len(cut[1])), "spans": 0 if spans is None else int(len(spans))}}
 
 
