@@ -66,9 +66,9 @@ def _retry_unless_user_error(task, task_run, state) -> bool:
 def load_model(warehouse: str, model: str, batch_size: int, device: str = "auto", max_error: float | None = None):
     """The version to score with, resolved now; its weights load (torch, SHA-256 checks) only when the table holds
     rows to score (:class:`pipeline.serve.lazy.LazyPredictor`): a re-run with nothing to score loads none."""
-    from pipeline.serve.lazy import lazy_predictor
+    from pipeline.serve.lazy import LazyPredictor
 
-    predictor = lazy_predictor(Warehouse.from_env(warehouse), model, batch_size=batch_size, device=device,
+    predictor = LazyPredictor(Warehouse.from_env(warehouse), model, batch_size=batch_size, device=device,
                                max_error=max_error)
     get_run_logger().info("model %s (%s): loads when there are rows to score", predictor.version, device)
     return predictor

@@ -20,9 +20,9 @@ def _score_here(wh, db_path: Path, table: str | None, dataset: str | None, model
     from tqdm import tqdm
 
     from pipeline.score.writeback import score_table
-    from pipeline.serve.lazy import lazy_predictor
+    from pipeline.serve.lazy import LazyPredictor
 
-    predictor = lazy_predictor(wh, model, batch_size=opts["batch_size"], device=device, max_error=max_error)
+    predictor = LazyPredictor(wh, model, batch_size=opts["batch_size"], device=device, max_error=max_error)
     bars: list[tqdm] = []          # drawn from the first progress report on: a refused input draws no bar
 
     def progress(done: int, total: int) -> None:

@@ -159,6 +159,11 @@ def _has_text(expr: str) -> str:
 _STALE_COLUMNS = ("sentiment_model", "sentiment_score", "sentiment_label")     # what _stale_sql reads
 
 
+def _text_sql(text_col: str, is_blob: bool) -> str:
+    """SQL: the text column as VARCHAR (a BLOB column decoded as UTF-8, checked valid before)."""
+    return f"decode({quote_ident(text_col)})" if is_blob else quote_ident(text_col)
+
+
 def _stale_sql(rescore: bool) -> tuple[str, bool]:
     """SQL predicate on the sentiment columns only (cheap: never reads the text); second value:
     whether it takes the model version parameter. A NULL score is stale unless this model labelled the
@@ -346,7 +351,7 @@ def survey_table(run: "TableRun", blob_as_utf8: bool) -> tuple[dict[str, str], b
     score never loads one (:class:`pipeline.serve.lazy.LazyPredictor`)."""
     with run.connect() as con:
         cols = check_table(con, run.db_path, run.table, run.id_col, run.text_col, blob_as_utf8)
-        text = f"decode({quote_ident(run.text_col)})" if cols[run.text_col] == "BLOB" else quote_ident(run.text_col)
+        text = _text_sql(run.text_col, cols[run.text_col] == "BLOB")
         stale, takes_model = _stale_sql(run.rescore or not set(_STALE_COLUMNS) <= set(cols))
         T, params = quote_ident(run.table), [run.version] if takes_model else []
         # the sentiment columns first: a scored table answers without reading (decompressing) one text
@@ -457,8 +462,7 @@ def start_table_run(run: TableRun, report: ScoreReport, blob_as_utf8: bool, surv
     with run.connect() as con:
         cols = check(con, run.db_path, run.table, run.id_col, run.text_col, blob_as_utf8)
         run.is_blob = cols[run.text_col] == "BLOB"
-        TX = quote_ident(run.text_col)
-        run.text = f"decode({TX})" if run.is_blob else TX
+        run.text = _text_sql(run.text_col, run.is_blob)
         # Candidates = stale rows with text. Paging is done on `stale` alone (sentiment columns + id:
         # cheap per chunk, never reads the text column); the text test is applied only to the page's
         # id range. Rows without text are stepped over (counted once as skipped at the start).

@@ -85,8 +85,3 @@ class LazyPredictor:
             raise AttributeError(name)
         return getattr(self.load(), name)
 
-
-def lazy_predictor(wh: Warehouse, model: str = "champion", **options) -> LazyPredictor:
-    """:class:`LazyPredictor` for ``model`` (what ``reviewflow score`` uses: a run with nothing to score loads no
-    model)."""
-    return LazyPredictor(wh, model, **options)
