@@ -56,7 +56,7 @@ from pipeline.train.checkpoint import (LoopState, reusable_result, restore, save
 from pipeline.train.config import BEST, CHECKPOINT, RESULT, TrainConfig, TrainResult
 from pipeline.train.convex import design_matrix, lbfgs_epoch, make_lbfgs
 from pipeline.model.device import autocast, environment, pick_device, to_device
-from pipeline.train.distributed import (DistContext, any_rank, barrier, seed_epoch, share_stop, sum_over_ranks,
+from pipeline.train.distributed import (DistContext, any_rank, seed_epoch, share_stop, sum_over_ranks,
                                         wrap_model, writer_first)
 from pipeline.train.loader import SplitData, iter_batches, load_split, steps_per_rank
 from pipeline.model.network import NGRAM_ONLY, ModelConfig, SentimentModel
@@ -415,7 +415,7 @@ def _report(progress: bool, record: dict) -> None:
 def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: str = "auto",
           progress: bool = True, model: ModelConfig | dict | None = None,
           on_epoch: Callable[[dict], None] | None = None, lock: bool = True,
-          vectors: str | Path | None = None, dist: DistContext | None = None) -> TrainResult:
+          vectors: str | Path | None = None, dist: DistContext | None = None) -> TrainResult | None:
     """Train on ``<prep_dir>/{train,val}``; write checkpoints and the result into ``out_dir``.
 
     Re-running with the same ``out_dir`` resumes from the last completed epoch (or returns the finished
@@ -424,7 +424,8 @@ def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: s
     ``vectors``: the pretrained word-vector directory that ``cfg.pretrained`` asks for
     (:func:`pipeline.train.pretrain.pretrain_word_vectors`; ``pipeline.train.job`` finds or builds it).
     ``dist``: this process is one rank of a multi-process run (:mod:`pipeline.train.ddp_main` starts them;
-    its device is ``dist.device``): rank 0 alone evaluates and writes, every rank returns the result.
+    its device is ``dist.device``): rank 0 alone evaluates, writes and returns the result; the other ranks
+    return None once the last epoch is trained.
     """
     with run_lock(out_dir) if lock else contextlib.nullcontext():
         return _train(Path(prep_dir), cfg, Path(out_dir), device, progress, model, on_epoch, vectors, dist)
@@ -432,7 +433,7 @@ def train(prep_dir: str | Path, cfg: TrainConfig, out_dir: str | Path, device: s
 
 def _train(prep_dir: Path, cfg: TrainConfig, out_dir: Path, device: str, progress: bool,
            model: ModelConfig | dict | None, on_epoch: Callable[[dict], None] | None,
-           vectors: str | Path | None = None, dist: DistContext | None = None) -> TrainResult:
+           vectors: str | Path | None = None, dist: DistContext | None = None) -> TrainResult | None:
     dev = pick_device(device) if dist is None else dist.device
     mcfg = model_config_for(prep_dir, model)
     man = read_manifest(prep_dir)
@@ -458,14 +459,14 @@ def _train(prep_dir: Path, cfg: TrainConfig, out_dir: Path, device: str, progres
         if stopped != "completed":
             break
     if dist is not None and not dist.writer:
-        barrier(dist)               # while rank 0 evaluates the best checkpoint and writes the result
-        return TrainResult.load(out_dir)
+        # rank 0 alone evaluates the best checkpoint and writes the result: this rank is done. It leaves rather
+        # than wait in a collective through that (minutes under load; a gloo barrier held that long aborted)
+        return None
     result = _finish(run, cfg, mcfg, prep_dir, out_dir, man, val_data, test_data, stopped,
                      time.perf_counter() - t_start)
     if dist is not None:
         result.environment.update(nproc=dist.world, backend=dist.backend)
     write_json_atomic(out_dir / RESULT, result.to_dict())
-    barrier(dist)
     return result
 
 
