@@ -346,7 +346,7 @@ def test_the_commands_apply_it_too(paths, tmp_path, monkeypatch):
 
 def test_a_dask_part_of_another_max_error_is_refused_and_not_reused(paths, tmp_path):
     from pipeline.score.attach import Attached
-    from pipeline.score.partitioned import export_parts, score_part
+    from pipeline.score.partitioned import plan_parts, score_part
     from pipeline.score.scratch import Scratch
     from pipeline.score.writeback import ScoreReport, TableRun, start_table_run
 
@@ -354,10 +354,10 @@ def test_a_dask_part_of_another_max_error_is_refused_and_not_reused(paths, tmp_p
     db = _db(tmp_path / "p.duckdb", texts)
     run = TableRun(db, "reviews", "review_id", "text", version, False, 30.0, None, engine={"engine": "test"})
     space = Scratch(str(tmp_path / "scratch"))
-    with Attached(db, timeout=30.0, on_wait=None) as run.attached:       # as the committer exports them
+    with Attached(db, timeout=30.0, on_wait=None) as run.attached:       # as the committer plans them
         start_table_run(run, ScoreReport(run_id="r1", table="reviews", db_path=str(db), model=version), False)
-        plain, = export_parts(run, space, 1000, False)
-        strict, = export_parts(run, space, 1000, False, max_error=RATE)
+        plain, = plan_parts(run, space, 1000, False)
+        strict, = plan_parts(run, space, 1000, False, max_error=RATE)
     assert strict.max_error == RATE and plain.scored_path == strict.scored_path
     with pytest.raises(InputError, match="--max-error 0.1, not None"):
         score_part(strict, off)

@@ -1,4 +1,5 @@
-"""Partitioned scoring (pipeline.score.partitioned), without a cluster: export, score, merge, resume, faults.
+"""Partitioned scoring (pipeline.score.partitioned), without a cluster: plan + snapshot, score, stage, fold, resume,
+faults.
 
 The engines only differ in where ``score_part`` runs; these tests run it in this process (``serial_map``)
 or by hand, on a real tiny model, a real DuckDB file and real Parquet parts. The Dask runs are in
@@ -14,7 +15,7 @@ import pytest
 from score_helpers import make_review_db, query_rows
 
 from pipeline.core.errors import InputError
-from pipeline.score.partitioned import (PartResult, export_parts, run_folder, score_part, score_table_partitioned,
+from pipeline.score.partitioned import (PartResult, plan_parts, run_folder, score_part, score_table_partitioned,
                                         serial_map)
 from pipeline.score.scratch import Scratch, ScratchIntegrityError
 from pipeline.score.writeback import ModelOutputError, score_table
@@ -58,7 +59,7 @@ def test_partitioned_scores_equal_the_one_process_path_and_clean_up(tiny, tmp_pa
 
 
 def _start(db, version, scratch, rows_per_part=200):
-    """Export the parts of a run by hand (as the committer does), returning them and the run."""
+    """Plan the parts of a run by hand (as the committer does: id ranges and a snapshot), returning them."""
     from pipeline.score.attach import Attached
     from pipeline.score.writeback import ScoreReport, TableRun, start_table_run
 
@@ -66,17 +67,18 @@ def _start(db, version, scratch, rows_per_part=200):
     report = ScoreReport(run_id="manual", table="reviews", db_path=str(db), model=version)
     with Attached(db, timeout=30.0, on_wait=None) as run.attached:
         start_table_run(run, report, False)
-        return export_parts(run, Scratch(str(scratch)), rows_per_part, False)
+        return plan_parts(run, Scratch(str(scratch)), rows_per_part, False)
 
 
-def test_a_part_is_content_addressed_and_scoring_it_again_is_a_no_op(tiny, tmp_path):
+def test_a_part_is_an_id_range_and_scoring_it_again_is_a_no_op(tiny, tmp_path):
     wh, version, predictor = tiny
     db = make_review_db(tmp_path / "r.duckdb", n=500)
     parts = _start(db, version, tmp_path / "s")
     assert [p.rows for p in parts] == [200, 200, 100]
     assert parts[0].first_id < parts[0].last_id < parts[1].first_id
     again = _start(db, version, tmp_path / "s")
-    assert [p.input_path for p in again] == [p.input_path for p in parts]       # same rows, same bytes, same name
+    assert [p.scored_path for p in again] == [p.scored_path for p in parts]     # same ranges, same part names
+    assert sum(p.rows for p in parts) == 500 and os.path.exists(parts[0].snapshot_path)
     first = score_part(parts[1], predictor)
     second = score_part(parts[1], predictor)
     assert not first.reused and second.reused and second.scored_sha256 == first.scored_sha256
@@ -84,9 +86,10 @@ def test_a_part_is_content_addressed_and_scoring_it_again_is_a_no_op(tiny, tmp_p
         score_part(parts[0], type("Other", (), {"version": "other-model", "predict_proba": None})())
 
 
-def test_a_run_killed_after_some_merges_resumes_and_scores_every_row_once(tiny, tmp_path):
-    """Parts 0-3 scored, 0-1 merged, then the committer dies. The next run exports only the rows left, finds
-    the same parts 2-3 already scored (reused, not scored again), and every row ends with one score."""
+def test_a_run_killed_after_some_parts_resumes_and_scores_every_row_once(tiny, tmp_path):
+    """Parts 0-3 scored, 0-1 staged, then the committer dies: nothing was folded. The next run plans the same
+    ranges, finds parts 0-3 already scored (reused, not scored again), and every row ends with one score.
+    (The same with a real ``kill -9`` at every step: tests/test_score_partitioned_kill.py.)"""
     wh, version, predictor = tiny
     db = make_review_db(tmp_path / "r.duckdb", n=N)
     scratch = str(tmp_path / "scratch")
@@ -98,8 +101,7 @@ def test_a_run_killed_after_some_merges_resumes_and_scores_every_row_once(tiny, 
 
     with pytest.raises(KeyboardInterrupt):
         score_table_partitioned(db, "reviews", version, dies_after_two, scratch=scratch, rows_per_part=200)
-    first = dict(query_rows(db, "SELECT review_id, scored_at FROM reviews WHERE sentiment_model IS NOT NULL"))
-    assert len(first) == 400
+    assert query_rows(db, "SELECT count(*) FROM reviews WHERE sentiment_model IS NOT NULL") == [(0,)]
     seen: list[PartResult] = []
 
     def recording(parts):
@@ -108,13 +110,12 @@ def test_a_run_killed_after_some_merges_resumes_and_scores_every_row_once(tiny, 
             yield result
 
     rep = score_table_partitioned(db, "reviews", version, recording, scratch=scratch, rows_per_part=200)
-    assert rep.rows_scored == N - 400 and rep.chunks == 4
-    assert [r.reused for r in seen] == [True, True, False, False]
+    assert rep.rows_scored == N and rep.chunks == 6
+    assert [r.reused for r in seen] == [True, True, True, True, False, False]
     runs = query_rows(db, "SELECT status, rows_scored FROM sentiment_runs ORDER BY started_at")
     assert [r[0] for r in runs] == ["failed", "completed"] and sum(r[1] for r in runs) == N
-    after = dict(query_rows(db, "SELECT review_id, scored_at FROM reviews"))
-    assert all(after[k] == v for k, v in first.items())           # merged rows were not written again
     assert query_rows(db, "SELECT count(*) FROM reviews WHERE sentiment_model = ?", [version]) == [(N,)]
+    assert rep.engine["rows_folded"] == N and rep.engine["parts_reused"] == 4
 
 
 def test_a_tampered_or_foreign_scored_part_is_never_merged(tiny, tmp_path):
@@ -138,7 +139,7 @@ def test_a_tampered_or_foreign_scored_part_is_never_merged(tiny, tmp_path):
     assert query_rows(db, "SELECT status FROM sentiment_runs") == [("failed",)]
 
 
-def test_a_broken_model_fails_the_run_and_parts_merged_before_stay(tiny, tmp_path):
+def test_a_broken_model_fails_the_run_and_nothing_is_folded(tiny, tmp_path):
     wh, version, predictor = tiny
     db = make_review_db(tmp_path / "r.duckdb", n=600)
 
@@ -153,7 +154,7 @@ def test_a_broken_model_fails_the_run_and_parts_merged_before_stay(tiny, tmp_pat
     with pytest.raises(ModelOutputError, match="1.5"):
         score_table_partitioned(db, "reviews", version, serial_map(Broken(), 0.5), scratch=str(tmp_path / "s"),
                                 rows_per_part=200)
-    assert query_rows(db, "SELECT count(*) FROM reviews WHERE sentiment_score = 0.7") == [(200,)]
+    assert query_rows(db, "SELECT count(*) FROM reviews WHERE sentiment_model IS NOT NULL") == [(0,)]
     status, error = query_rows(db, "SELECT status, error FROM sentiment_runs")[0]
     assert status == "failed" and "ModelOutputError" in error
 

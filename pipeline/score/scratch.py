@@ -8,21 +8,26 @@ server such as MinIO). Files are Parquet, written whole and published atomically
 * on an object store: one PUT of the whole object (a reader sees all of it or nothing).
 
 Every write returns the SHA-256 of the bytes written and every read can verify it, so a part that was
-truncated, swapped or tampered with on shared storage is refused, never merged.
+truncated, swapped or tampered with on shared storage is refused, never merged. Besides Parquet parts, the
+scratch holds the run's read-only database snapshot (:meth:`Scratch.copy_in`, named by its hash), which a
+worker opens from a local path (:meth:`Scratch.local_copy`: the file itself, or one verified download per
+process from an object store).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import posixpath
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.core.errors import InputError, ReviewflowError
-from pipeline.core.storage import write_bytes_atomic
+from pipeline.core.storage import sha256_file, write_bytes_atomic
 
 
 class ScratchIntegrityError(ReviewflowError):
@@ -90,6 +95,66 @@ class Scratch:
     def read_parquet(self, path: str, sha256: str | None = None) -> pa.Table:
         """The Parquet file at ``path`` (verified against ``sha256`` when given)."""
         return read_parquet_bytes(self.read_bytes(path, sha256), path)
+
+    def copy_in(self, source: str | Path, folder: str, prefix: str, suffix: str) -> tuple[str, str]:
+        """Copy the local file ``source`` into ``folder`` as ``<prefix><sha256[:24]><suffix>``, published whole
+        (a temp file then ``rename``; one upload on an object store). -> (its path, its SHA-256). The caller
+        keeps ``source`` unchanged meanwhile (the committer copies its database file while it holds it open)."""
+        if self.remote:
+            digest = sha256_file(source)
+            path = posixpath.join(folder, f"{prefix}{digest[:24]}{suffix}")
+            self._fs.makedirs(folder, exist_ok=True)
+            self._fs.put_file(str(source), path)     # one PUT (or a multipart upload completed at the end)
+            return path, digest
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{prefix}", suffix=".tmp", dir=folder)
+        h = hashlib.sha256()
+        try:
+            with open(source, "rb") as src, os.fdopen(fd, "wb") as out:
+                while block := src.read(1 << 23):
+                    h.update(block)
+                    out.write(block)
+            digest = h.hexdigest()
+            path = str(Path(folder, f"{prefix}{digest[:24]}{suffix}"))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path, digest
+
+    def local_copy(self, path: str, sha256: str, cache: str | Path | None = None) -> str:
+        """A local path of the scratch file ``path``, checked against ``sha256`` (:class:`ScratchIntegrityError`
+        if not): the file itself on a local scratch, else a copy fetched once into ``cache`` (default: the
+        temp folder) and kept there under its hash, so a process fetches a snapshot once."""
+        if not self.remote:
+            if sha256_file(path) != sha256:
+                raise ScratchIntegrityError(f"scratch file {path} does not have the SHA-256 it was written with: it "
+                                            f"changed or was truncated since; it is not used")
+            return path
+        folder = Path(cache or Path(tempfile.gettempdir(), "reviewflow-scratch-cache"))
+        local = folder / f"{sha256}{posixpath.splitext(path)[1]}"
+        if local.is_file():
+            return str(local)                  # only ever published below after its hash was checked
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".fetch-", suffix=".tmp", dir=folder)
+        os.close(fd)
+        try:
+            self._fs.get_file(path, tmp)
+            if sha256_file(tmp) != sha256:
+                raise ScratchIntegrityError(f"scratch file {path} does not have the SHA-256 it was written with: "
+                                            f"it changed or was truncated since; it is not used")
+            os.replace(tmp, local)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return str(local)
+
+    def remove(self, path: str) -> None:
+        """Delete the file ``path``; a missing file is fine."""
+        if self.remote:
+            if self._fs.exists(path):
+                self._fs.rm(path)
+            return
+        Path(path).unlink(missing_ok=True)
 
     def remove_tree(self, path: str) -> None:
         """Delete the folder ``path`` and everything in it; a missing folder is fine."""
