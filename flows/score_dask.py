@@ -1,10 +1,12 @@
-"""Prefect flow: score a DuckDB table in Parquet partitions on a Dask cluster (Prefect's ``DaskTaskRunner``).
+"""Prefect flow: score a DuckDB table in id-range partitions on a Dask cluster (Prefect's ``DaskTaskRunner``).
 
-Thin orchestration over :mod:`pipeline.score.partitioned`. This flow (the committer) exports the candidate
-rows into partitions in the scratch space, submits one ``score-part`` task per partition to the Dask
-workers, and merges each scored part into the table as it finishes (one transaction each), updating a
-progress artifact. Every worker process loads the model once (by exact version: the committer resolves
-"champion" once, so one model scores every row).
+Thin orchestration over :mod:`pipeline.score.partitioned`. This flow (the committer) first submits one
+``load-model`` task per worker, so the workers import torch and load the model while it takes the table's claim,
+plans the candidates' id ranges and snapshots the database file into the scratch space; then it submits one
+``score-part`` task per partition (the worker reads its id range from the read-only snapshot and writes a scored
+part), stages each scored part as it finishes (verified, nothing written yet, updating a progress artifact), and
+folds them all into the table in one transaction at the end. Every worker process loads the model once (by exact
+version: the committer resolves "champion" once, so one model scores every row).
 
 * ``workers=N``: a ``distributed.LocalCluster`` of N processes, one thread each, started for the run;
 * ``dask_address="tcp://host:8786"`` (or ``REVIEWFLOW_DASK_ADDRESS``): an existing cluster. Its workers must
@@ -44,7 +46,7 @@ _INHERITED = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_HOME", "PREFECT_SER
 
 
 @functools.lru_cache(maxsize=2)
-def worker_predictor(warehouse: str, version: str, batch_size: int, device: str, store: str | None = None,
+def worker_predictor(warehouse: str, version: str, batch_size: int | None, device: str, store: str | None = None,
                      max_error: float | None = None):
     """The model, loaded once per worker process (and per version): later parts on the worker reuse it.
 
@@ -60,13 +62,23 @@ def worker_predictor(warehouse: str, version: str, batch_size: int, device: str,
         mirror = objectstore.mirror_dir(store, cache)
         objectstore.pull(store, mirror, [f"models/{version}"])
         warehouse = str(mirror)
-    return load_predictor(Warehouse.from_env(warehouse), version, batch_size=batch_size, device=device,
-                          max_error=max_error)
+    sized = {} if batch_size is None else {"batch_size": batch_size}      # None: the predictor's own default
+    return load_predictor(Warehouse.from_env(warehouse), version, device=device, max_error=max_error, **sized)
+
+
+@task(name="load-model", retries=0, cache_policy=NO_CACHE, task_run_name="load-model-{slot}")
+def load_model_task(slot: int, warehouse: str, version: str, batch_size: int | None, device: str, store: str | None = None,
+                    max_error: float | None = None) -> str:
+    """Load the model on a worker ahead of its parts (overlapping the committer's claim, plan and snapshot)."""
+    import socket
+
+    worker_predictor(warehouse, version, batch_size, device, store, max_error)
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @task(name="score-part", retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error,
       cache_policy=NO_CACHE, task_run_name="part-{part.index}")
-def score_part_task(part: PartSpec, warehouse: str, threshold: float, batch_size: int, device: str,
+def score_part_task(part: PartSpec, warehouse: str, threshold: float, batch_size: int | None, device: str,
                     store: str | None = None) -> PartResult:
     predictor = worker_predictor(warehouse, part.version, batch_size, device, store, part.max_error)
     return score_part(part, predictor, threshold)
@@ -113,7 +125,7 @@ def cluster_workers(address: str) -> int | None:
 @flow(name="score-distributed", log_prints=True)
 def distributed_score_flow(table: str, db: str, version: str, warehouse: str, scratch: str, workers: int | None = None,
                            dask_address: str | None = None, id_col: str = "review_id", text_col: str = "text",
-                           rescore: bool = False, threshold: float = 0.5, batch_size: int = 256,
+                           rescore: bool = False, threshold: float = 0.5, batch_size: int | None = None,
                            rows_per_part: int = DEFAULT_ROWS_PER_PART, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
                            blob_as_utf8: bool = False, device: str = "cpu", store: str | None = None,
                            max_error: float | None = None) -> dict:
@@ -124,7 +136,7 @@ def distributed_score_flow(table: str, db: str, version: str, warehouse: str, sc
     _, progress = rows_progress(table, f"Rows of {table} scored with {version} on Dask", logger, verb="merged")
 
     def map_parts(parts: list[PartSpec]):
-        logger.info("%d partition(s) of up to %d rows exported to %s", len(parts), rows_per_part, scratch)
+        logger.info("%d partition(s) of up to %d rows planned; snapshot in %s", len(parts), rows_per_part, scratch)
         futures = [score_part_task.submit(p, warehouse, threshold, batch_size, device, store) for p in parts]
         for future in as_completed(futures):
             result = future.result()
@@ -133,11 +145,17 @@ def distributed_score_flow(table: str, db: str, version: str, warehouse: str, sc
             yield result
 
     n_workers = workers if not dask_address else cluster_workers(dask_address)
+    # the workers load the model while the committer claims, counts, plans and snapshots (a failure here shows
+    # again, and is reported, on the parts)
+    warm = [load_model_task.submit(i, warehouse, version, batch_size, device, store, max_error)
+            for i in range(max(int(n_workers or 1), 1))]
     rep = score_table_partitioned(db, table, version, map_parts, scratch=scratch, id_col=id_col, text_col=text_col,
                                   rescore=rescore, threshold=threshold, rows_per_part=rows_per_part,
                                   lock_timeout=lock_timeout, on_wait=logger.info, progress=progress,
                                   blob_as_utf8=blob_as_utf8, run_id=_parent_run_id(), engine="dask",
                                   workers=n_workers, max_error=max_error)
+    for future in warm:
+        future.wait()
     return rep.to_dict()
 
 

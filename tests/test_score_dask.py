@@ -3,7 +3,8 @@
 * a worker process killed mid-run: its partitions run again elsewhere, the run completes, every row scored
   once, by one model; here the scratch space is an S3 bucket on a real S3-compatible server on loopback
   (moto's server), so the worker processes reach the partitions over HTTP as remote workers would;
-* the whole run killed with ``kill -9``: the next run resumes from the committed parts.
+* the whole run killed with ``kill -9`` once parts are scored: nothing was folded; the next run reuses the scored
+  parts and folds every row once.
 """
 
 from __future__ import annotations
@@ -113,7 +114,9 @@ def test_a_worker_killed_mid_run_has_its_partitions_rerun_and_every_row_is_score
     assert s3fs.S3FileSystem().find("reviewflow-scratch/scratch") == []      # the run's parts are removed
 
 
-def test_a_run_killed_with_sigkill_resumes_from_the_committed_parts(prefect_harness, champion, tmp_path):
+def test_a_run_killed_with_sigkill_resumes_from_the_scored_parts(prefect_harness, champion, tmp_path):
+    """The CLI's process group SIGKILLed once scored parts exist (before the fold): nothing is written; the next
+    run plans the same id ranges, reuses the scored parts, and folds every row once."""
     from flows.score import score_flow
 
     wh, version = champion
@@ -124,24 +127,25 @@ def test_a_run_killed_with_sigkill_resumes_from_the_committed_parts(prefect_harn
            "--rows-per-part", str(ROWS_PER_PART), "--device", "cpu", "--warehouse", str(wh.root)]
     proc = subprocess.Popen(cli, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, cwd=Path(__file__).resolve().parents[1])
+    scratch = Path(wh.root) / "scratch"
     try:
         deadline = time.monotonic() + 300
-        while _scored_rows(db) == 0:
-            assert proc.poll() is None, "the scoring run ended before it merged a part"
-            assert time.monotonic() < deadline, "no part merged within 300 s"
-            time.sleep(0.2)
+        while not list(scratch.rglob("scored-*.parquet")):
+            assert proc.poll() is None, "the scoring run ended before it scored a part"
+            assert time.monotonic() < deadline, "no part scored within 300 s"
+            time.sleep(0.1)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    merged_before = dict(query_rows(db, "SELECT review_id, scored_at FROM reviews WHERE sentiment_model IS NOT NULL"))
-    assert 0 < len(merged_before) < N and len(merged_before) % ROWS_PER_PART == 0   # whole parts only
+    scored_before = len(list(scratch.rglob("scored-*.parquet")))
+    assert query_rows(db, "SELECT count(*) FROM reviews WHERE sentiment_model IS NOT NULL") == [(0,)]   # no fold
 
     result = score_flow(table="reviews", db=str(db), warehouse=str(wh.root), workers=2,
                         rows_per_part=ROWS_PER_PART, device="cpu")
-    assert result["status"] == "completed" and result["rows_scored"] == N - len(merged_before)
+    assert result["status"] == "completed" and result["rows_scored"] == N
+    assert result["engine"]["parts_reused"] >= scored_before >= 1      # the killed run's parts were not scored again
     _check_once(db, version)
-    after = dict(query_rows(db, "SELECT review_id, scored_at FROM reviews"))
-    assert all(after[k] == v for k, v in merged_before.items())          # committed parts were not scored again
     runs = query_rows(db, "SELECT status, rows_scored, error FROM sentiment_runs ORDER BY started_at")
     assert [r[0] for r in runs] == ["failed", "completed"] and "interrupted" in runs[0][2]
+    assert not list(scratch.rglob("*.parquet")) and not list(scratch.rglob("snapshot-*"))
     assert sum(r[1] for r in runs) == N

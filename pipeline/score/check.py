@@ -8,7 +8,7 @@ run here (read-only, identifiers quoted) and printed as plain SQL in ``docs/data
 (:func:`markdown`) for any DuckDB client.
 
 What the rules hold is what :mod:`pipeline.score.writeback` writes (and the Dask path in
-:mod:`pipeline.score.partitioned`, with the same ``UPDATE``):
+:mod:`pipeline.score.partitioned`, whose one fold ``UPDATE`` sets the same columns):
 
 * one ``UPDATE`` per chunk sets score, label, model, ``scored_at`` and coverage together; a row never sent to the
   model (NULL/blank text, or a text with nothing to score) keeps all of them NULL;
