@@ -27,6 +27,14 @@ used (all threads), which say more than the wall clock on a machine shared with 
 
     python benchmarks/score.py --e2e --model-dir WAREHOUSE/models/VERSION --rows 50000 \
         --source ../shared/data/imdb/unsup.parquet --repeat 3
+
+--kernel measures the recurrent kernel (issue 21 item 2) in one run: the torch.mm peak on --threads threads; the
+model's FLOPs per review (torch.utils.flop_counter, real tokens); then end to end on fresh tables of --rows
+reviews, in fp32, each run in its own process and the two interleaved --repeat times: the packed kernel scoring
+runs now (:mod:`pipeline.serve.recurrent`) against the gather path it replaced (the baseline, same weights, same
+run), as rows/s, GFLOP/s and share of the peak; with --fast-model, that model's rows/s too:
+
+    python benchmarks/score.py --kernel --warehouse warehouse --rows 25000 --fast-model v0002-fast-...
 """
 
 from __future__ import annotations
@@ -62,12 +70,17 @@ def load_predictor_from(args):
     from pipeline.serve.predictor import Predictor, load_predictor
 
     torch.set_num_threads(args.threads)
+    if getattr(args, "gather", False):      # the baseline kernel: the encoder's gather path, not packed
+        import pipeline.serve.rowwise as rowwise
+
+        rowwise.packable = lambda encoder: False
+    kwargs = {"precision": args.precision} if getattr(args, "precision", None) else {}
     if args.model_dir:
-        pred = Predictor(args.model_dir, batch_size=args.batch_size)
+        pred = Predictor(args.model_dir, batch_size=args.batch_size, **kwargs)
     else:
         from pipeline.core.config import Warehouse
 
-        pred = load_predictor(Warehouse.from_env(args.warehouse), args.model, batch_size=args.batch_size)
+        pred = load_predictor(Warehouse.from_env(args.warehouse), args.model, batch_size=args.batch_size, **kwargs)
     if getattr(args, "use_quantized", False):
         pred.model = quantized(pred.model)
         pred.version = pred.version + "-int8"
@@ -93,7 +106,8 @@ def child(args) -> None:
     rep = score_table(args.child, "reviews", pred, batch_size=args.batch_size, chunk_rows=args.chunk_rows,
                       on_wait=None)
     secs, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    print(json.dumps({"rows": rep.rows_scored, "seconds": secs, "rows_per_s": rep.rows_scored / secs,
+    print(json.dumps({"precision": pred.precision, "batch_size": pred.batch_size,
+                      "rows": rep.rows_scored, "seconds": secs, "rows_per_s": rep.rows_scored / secs,
                       "cpu_seconds": cpu, "peak_rss_mib": rss_peak_mib(), "rss_after_model_mib": base,
                       "positive": rep.label_counts["positive"], "unknown": rep.rows_unknown,
                       "deciles": rep.deciles, "model": rep.model}))
@@ -183,28 +197,24 @@ def baseline_loop(pred, texts: list[str], width: int = 512) -> float:
     return len(texts) / (time.perf_counter() - t0)
 
 
-def model_flops(pred, texts: list[str], batch_size: int) -> tuple[float, float]:
+def model_flops(pred, texts: list[str], batch_size: int | None = None) -> tuple[float, float]:
     """(FLOPs per review, seconds) for ``texts`` inferred exactly as score_table does (sorted by
-    length, batches of ``batch_size``): FLOPs counted by torch's FlopCounterMode, then timed."""
+    length, the predictor's batches): FLOPs counted by :func:`counted_flops`, then timed."""
     import pyarrow as pa
-    from torch.utils.flop_counter import FlopCounterMode
 
     from pipeline.score.writeback import predict_chunk
 
-    arr = pa.array(texts, pa.string())
-    parallel = getattr(pred, "parallel_batches", False)
-    pred.parallel_batches = False         # FlopCounterMode counts this thread only: count with batches on it
-    with FlopCounterMode(display=False) as fc:
-        predict_chunk(pred, arr)
-    pred.parallel_batches = parallel
+    per_review = counted_flops(pred, texts)
     t0 = time.perf_counter()
-    predict_chunk(pred, arr)
-    return fc.get_total_flops() / len(texts), time.perf_counter() - t0
+    predict_chunk(pred, pa.array(texts, pa.string()))
+    return per_review, time.perf_counter() - t0
 
 
-def run_child(args, db: Path, use_quantized: bool) -> dict:
-    cmd = [sys.executable, __file__, "--child", str(db), "--threads", str(args.threads), "--batch-size",
-           str(args.batch_size), "--chunk-rows", str(args.chunk_rows), "--model", args.model]
+def run_child(args, db: Path, use_quantized: bool, *extra: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", str(db), "--threads", str(args.threads), "--chunk-rows",
+           str(args.chunk_rows), "--model", args.model, *extra]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
     if args.model_dir:
         cmd += ["--model-dir", args.model_dir]
     if args.warehouse:
@@ -228,7 +238,7 @@ def main(argv=None) -> int:
     p.add_argument("--small-rows", type=int, default=25_000)
     p.add_argument("--baseline-sample", type=int, default=200)
     p.add_argument("--flop-sample", type=int, default=2048)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None, help="rows per batch (default: the predictor's, by precision)")
     p.add_argument("--chunk-rows", type=int, default=4096)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quantize", action="store_true", help="also try dynamic int8 quantisation")
@@ -236,6 +246,10 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="--e2e: scoring runs, each on a fresh table")
     p.add_argument("--quant-sample", type=int, default=2000)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "score"))
+    p.add_argument("--kernel", action="store_true", help="packed kernel vs the gather path, fp32 (see above)")
+    p.add_argument("--fast-model", default=None, help="--kernel: also time this version (the fast preset)")
+    p.add_argument("--precision", default=None, help="the child's predictor precision (default: the card's)")
+    p.add_argument("--gather", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--use-quantized", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -244,6 +258,8 @@ def main(argv=None) -> int:
         return 0
     if args.e2e:
         return end_to_end(args)
+    if args.kernel:
+        return kernel(args)
 
     import numpy as np
     import pyarrow.parquet as pq
@@ -300,6 +316,104 @@ def end_to_end(args) -> int:
           f"({args.rows / med_cpu:,.0f} rows per CPU-second)")
     (out / "score_e2e.json").write_text(json.dumps({"rows": args.rows, "runs": runs, "median_rows_per_s": med,
                                                     "median_cpu_seconds": med_cpu}, indent=2) + "\n")
+    return 0
+
+
+def counted_flops(pred, texts: list[str]) -> float:
+    """FLOPs per review of ``pred``'s model on ``texts``, batched as scoring batches them, counted on this thread
+    (torch's FlopCounterMode is thread-local, and scoring runs its batches on pool threads)."""
+    import numpy as np
+    from torch.utils.flop_counter import FlopCounterMode
+
+    encoded = pred._encode_rows(texts)
+    order = np.argsort(encoded.lengths, kind="stable")
+    with FlopCounterMode(display=False) as fc:
+        for cut in pred._batches(encoded.lengths[order]):
+            pred._model_logits(encoded, order[cut])
+    return fc.get_total_flops() / len(texts)
+
+
+def kernel_predictors(args) -> dict:
+    """fp32 predictors of --model with the packed kernel and with the gather path (the baseline)."""
+    import pipeline.serve.rowwise as rowwise
+
+    args.precision, packable = "fp32", rowwise.packable
+    try:
+        rowwise.packable = lambda encoder: False
+        gather = load_predictor_from(args)
+    finally:
+        rowwise.packable = packable
+    return {"gather": gather, "packed": load_predictor_from(args)}
+
+
+def kernel(args) -> int:
+    """--kernel: see the module docstring."""
+    import statistics
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    ensure_model(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    peak = matmul_peak(args.threads)
+    preds = kernel_predictors(args)
+    src = pq.read_table(args.source, columns=["text"])
+    texts = src.column("text").take(np.random.default_rng(0).choice(src.num_rows, args.flop_sample,
+                                                                     replace=False)).to_pylist()
+    flops = counted_flops(preds["packed"], texts)
+    scores = {k: p.predict_proba(texts) for k, p in preds.items()}
+    same = bool(np.array_equal(scores["packed"], scores["gather"], equal_nan=True))
+    model_rps = {k: 0.0 for k in preds}
+    for _ in range(args.repeat):             # interleaved: a busy neighbour slows both alike
+        for k, p in preds.items():
+            t0 = time.perf_counter()
+            p.predict_proba(texts)
+            model_rps[k] = max(model_rps[k], len(texts) / (time.perf_counter() - t0))
+    print(f"# {preds['packed'].version}: {flops / 1e6:.1f} MFLOP/review (real tokens); torch.mm peak "
+          f"{peak / 1e9:.1f} GFLOP/s on {args.threads} threads; packed scores == gather scores on "
+          f"{len(texts):,} reviews: {same} (max diff {np.nanmax(np.abs(scores['packed'] - scores['gather'])):.1e})",
+          flush=True)
+    db = out / f"kernel-{args.rows}.duckdb"
+    runs: dict[str, list] = {"gather": [], "packed": []}
+    if args.fast_model:
+        runs["fast"] = []
+    for i in range(args.repeat):
+        for k in runs:
+            build_table(args.source, db, args.rows)
+            extra = (["--precision", "fp32"] + (["--gather"] if k == "gather" else [])) if k != "fast" else []
+            model = args.model
+            if k == "fast":
+                args.model = args.fast_model
+            try:
+                r = run_child(args, db, False, *extra)
+            finally:
+                args.model = model
+            runs[k].append(r)
+            print(f"run {i + 1} {k:>6}: {r['rows']:,} rows in {r['seconds']:.2f} s = {r['rows_per_s']:,.0f} rows/s "
+                  f"({r['precision']}, batch {r['batch_size']}, load average {os.getloadavg()[0]:.1f})", flush=True)
+    for f in (db, Path(str(db) + ".wal")):
+        f.unlink(missing_ok=True)
+    e2e = {k: statistics.median(r["rows_per_s"] for r in v) for k, v in runs.items()}
+    want = 2500 * peak / 160e9            # the issue's 2,500 rows/s on a ~160 GFLOP/s host, scaled to this one
+    print()
+    print(f"| {args.model} fp32, {args.threads} threads | gather path (baseline) | packed | packed / gather |")
+    print("|---|---:|---:|---:|")
+    print(f"| model only, rows/s ({len(texts):,} reviews, best of {args.repeat}) | {model_rps['gather']:,.0f} | "
+          f"{model_rps['packed']:,.0f} | {model_rps['packed'] / model_rps['gather']:.2f}x |")
+    print(f"| model only, share of the torch.mm peak | {100 * model_rps['gather'] * flops / peak:.1f} % | "
+          f"{100 * model_rps['packed'] * flops / peak:.1f} % | |")
+    print(f"| end to end, rows/s ({args.rows:,} rows, median of {args.repeat}) | {e2e['gather']:,.0f} | "
+          f"{e2e['packed']:,.0f} | {e2e['packed'] / e2e['gather']:.2f}x |")
+    print(f"| end to end, share of the torch.mm peak | {100 * e2e['gather'] * flops / peak:.1f} % | "
+          f"{100 * e2e['packed'] * flops / peak:.1f} % | |")
+    print(f"| target: >= 25 % of peak; >= {want:,.0f} rows/s end to end (2,500 at 160 GFLOP/s, scaled) | | "
+          f"{'met' if e2e['packed'] >= want else 'NOT met'} / {100 * e2e['packed'] * flops / peak:.0f} % | |")
+    if "fast" in e2e:
+        print(f"| {args.fast_model} end to end rows/s (target >= 20,000) | | {e2e['fast']:,.0f} | |")
+    summary = {"peak_gflops": peak / 1e9, "mflop_per_review": flops / 1e6, "model_rows_per_s": model_rps,
+               "e2e_rows_per_s": e2e, "same_scores": same, "runs": runs, "rows": args.rows}
+    (out / "kernel_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return 0
 
 

@@ -129,7 +129,7 @@ def _run_name() -> str:
 @flow(name="score", flow_run_name=_run_name, log_prints=True)
 def score_flow(table: str | None = None, db: str | None = None, dataset: str | None = None,
                split: str | None = None, model: str = "champion", warehouse: str | None = None, id_col: str = "review_id",
-               text_col: str = "text", rescore: bool = False, threshold: float = 0.5, batch_size: int = 256,
+               text_col: str = "text", rescore: bool = False, threshold: float = 0.5, batch_size: int | None = None,
                chunk_rows: int = DEFAULT_CHUNK_ROWS, lock_timeout: float = DEFAULT_LOCK_TIMEOUT, blob_as_utf8: bool = False,
                predictor: Any = None, device: str = "auto", workers: int | None = None,
                dask_address: str | None = None, scratch: str | None = None,

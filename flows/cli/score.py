@@ -200,7 +200,8 @@ def register(app: typer.Typer) -> None:
         id_col: Annotated[str, typer.Option("--id-col", help="Unique, non-NULL id column.")] = "review_id",
         text_col: Annotated[str, typer.Option("--text-col", help="Column with the review text.")] = "text",
         model: Annotated[str, typer.Option("--model", "-m", help="Model version, or 'champion'.")] = "champion",
-        batch_size: Annotated[int, typer.Option("--batch-size", help="Reviews per model call.")] = 256,
+        batch_size: Annotated[Optional[int], typer.Option(
+            "--batch-size", help="Reviews per model call. Default on CPU: 64 in fp32, 128 in int8 (fastest measured).")] = None,
         chunk_rows: ChunkRowsOption = 16_384,
         rescore: Annotated[bool, typer.Option("--rescore", help="Score every row again, not just new/stale ones.")] = False,
         threshold: Annotated[float, typer.Option("--threshold", help="score >= threshold -> 'positive'.")] = 0.5,

@@ -99,7 +99,7 @@ def quantize(model: nn.Module, ranges: dict[str, dict]) -> nn.Module:
         else:
             new = (Int8GRU if isinstance(layer, nn.GRU) else Int8LSTM)(layer, r["x"], r["h"])
         setattr(parent, attr, new)
-    return model
+    return model.requires_grad_(False)      # scores only: its int8 layers write in place, outside autograd
 
 
 def fingerprint(ranges: dict[str, dict], weights_sha256: str) -> str:

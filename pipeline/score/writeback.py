@@ -100,6 +100,7 @@ _WORD = re.compile(r"[^\W_]")          # a Unicode letter or digit
 ProgressFn = Callable[[int, int], None]   # (rows done, rows to do)
 
 DEFAULT_CHUNK_ROWS = 16_384   # rows per committed chunk: n-gram models write back ~1.8x faster than at 4,096
+_READ_ROWS = 1024             # rows per Arrow batch read from DuckDB (at least)
 
 
 class PredictorLike(Protocol):
@@ -301,7 +302,7 @@ def check_scores(scores: np.ndarray, chunk: pa.Table, version: str, table: str,
 
 def score_table(db_path: str | os.PathLike, table: str, predictor: PredictorLike, *,
                 id_col: str = "review_id", text_col: str = "text", rescore: bool = False,
-                threshold: float = 0.5, batch_size: int = 256, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                threshold: float = 0.5, batch_size: int | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                 progress: ProgressFn | None = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
                 on_wait: Callable[[str], None] | None = None,
                 after_chunk: Callable[[ScoreReport], None] | None = None,
@@ -317,7 +318,7 @@ def score_table(db_path: str | os.PathLike, table: str, predictor: PredictorLike
     committed chunk; ``blob_as_utf8`` lets a BLOB text column be decoded as UTF-8. ``run_id`` keys the
     audit row: the Prefect flow-run id when there is one (default: a fresh random id).
     """
-    db_path = check_arguments(db_path, table, id_col, text_col, threshold, batch_size=batch_size,
+    db_path = check_arguments(db_path, table, id_col, text_col, threshold, batch_size=_READ_ROWS if batch_size is None else batch_size,
                               chunk_rows=chunk_rows)
     run = TableRun(db_path, table, id_col, text_col, str(predictor.version), rescore, lock_timeout, on_wait,
                    engine=engine_of(predictor))
@@ -600,7 +601,7 @@ def _read_chunk(con, run: TableRun, last, chunk_rows: int, batch_size: int) -> t
     reader = con.sql(
         f"SELECT {ID} AS id, {run.text} AS text FROM {T} WHERE {run.candidate} AND {page} ORDER BY {ID}",
         params=run.params + after_p + [hi],
-    ).to_arrow_reader(batch_size=max(batch_size, 1024))
+    ).to_arrow_reader(batch_size=max(batch_size or 0, _READ_ROWS))
     return pa.Table.from_batches(list(reader), schema=reader.schema), hi
 
 

@@ -19,6 +19,9 @@ from pipeline.prepare.text import flat_ranges, pad_rows
 MIN_ROWS = 8
 #: a Transformer row's padded width is its length rounded up to a multiple of this
 WIDTH_STEP = 16
+#: CPU rows per batch when the caller names none, by precision: what scored fastest on 2 cores (one batch per core;
+#: default's BiGRU on 4,000 IMDb reviews, benchmarks/profile_score.py): a batch's working set then stays in cache
+CPU_BATCH_ROWS = {"fp32": 64, "int8": 128}
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ class LazyPredictor:
 
     accepts_arrow = True
 
-    def __init__(self, wh: Warehouse, model: str = "champion", *, device: str = "cpu", batch_size: int = 256,
+    def __init__(self, wh: Warehouse, model: str = "champion", *, device: str = "cpu", batch_size: int | None = None,
                  precision: str = "auto", max_error: float | None = None):
         mv = registry.get(wh, model)
         self.version: str = mv.version

@@ -44,7 +44,7 @@ from pipeline.model.quantize import quantize
 from pipeline.model.weights import load_model
 from pipeline.prepare.preprocess import load_preprocessor
 from pipeline.prepare.text import trim_padding
-from pipeline.serve.batching import WIDTH_STEP, Encoded, filled, row_batches, token_batches, width_classes
+from pipeline.serve.batching import CPU_BATCH_ROWS, WIDTH_STEP, Encoded, filled, row_batches, token_batches, width_classes
 from pipeline.serve.ngram import ngram_logits
 from pipeline.serve.precision import PRECISIONS, int8_ranges, resolve_precision
 from pipeline.serve.rowwise import ngram_bag, row_independent
@@ -101,12 +101,13 @@ class Predictor:
     accepts_arrow = True
 
     def __init__(self, model_dir: str | Path, version: str | None = None, device: str = "cpu",
-                 batch_size: int = 256, precision: str = "auto", token_budget: int = CUDA_TOKEN_BUDGET,
+                 batch_size: int | None = None, precision: str = "auto", token_budget: int = CUDA_TOKEN_BUDGET,
                  max_error: float | None = None):
         """``device``: ``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (cuda, then mps, then cpu); a device this machine
         lacks is an ``InputError`` listing the ones it has. ``precision``: ``auto`` (bf16 autocast on CUDA; on
         CPU int8 when the version's registration kept it, else fp32), ``fp32``, or ``int8`` (CPU only, and only
-        for a version whose registration kept it). ``batch_size`` rows per batch on CPU; ``token_budget``
+        for a version whose registration kept it). ``batch_size`` rows per batch on CPU (None: ``CPU_BATCH_ROWS``
+        of the precision); ``token_budget``
         padded tokens per batch on CUDA. :attr:`device` (``"cpu"``, ``"cuda:0"``) and :attr:`precision`
         (``"fp32"``, ``"int8"``, ``"bf16"``) say what was picked, for the run's audit record. ``max_error``
         (None: off): a stated error rate the version recorded a margin for (:mod:`pipeline.model.abstain`);
@@ -126,7 +127,7 @@ class Predictor:
         self.torch_device = pick_device(device)
         self.device = str(self.torch_device)
         self.precision = resolve_precision(precision, self.torch_device, mv)
-        self.batch_size = batch_size
+        self.batch_size = CPU_BATCH_ROWS.get(self.precision, CPU_BATCH_ROWS["fp32"]) if batch_size is None else batch_size
         self.token_budget = token_budget
         #: CPU: score whole batches in parallel, one core each (see :meth:`_batch_workers`); False: one at a time
         self.parallel_batches = True
@@ -364,7 +365,7 @@ class Predictor:
         return sorted(total.items(), key=lambda p: -abs(p[1]))[:top_k]
 
 
-def load_predictor(wh: Warehouse, model: str = "champion", device: str = "cpu", batch_size: int = 256,
+def load_predictor(wh: Warehouse, model: str = "champion", device: str = "cpu", batch_size: int | None = None,
                    precision: str = "auto", max_error: float | None = None) -> Predictor:
     """A Predictor for a registered version (or the champion); ``device``, ``precision`` and ``max_error`` as
     :class:`Predictor` takes them (``precision="auto"``: what the version's registration decided)."""

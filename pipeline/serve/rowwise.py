@@ -7,6 +7,8 @@ holds scoring to it, and benchmarks/batch_independence.py measures it on a real 
 * a GEMM's rows come out the same bits whatever the other rows, for >= 4 rows (scoring runs >= ``MIN_ROWS``) and an
   output width > 1; the recurrent layers (ATen's GRU/LSTM/RNN loops, oneDNN's LSTM), embeddings and masked
   max / mean pooling are then exact whatever the batch's padded width;
+* the recurrent encoder runs packed (:mod:`pipeline.serve.recurrent`), every packed step with at least
+  ``MIN_ROWS`` rows;
 * a ``Linear(d, 1)`` (the head, attention's scorer) runs as a matrix-vector product whose rounding moves with
   the row's place in the batch: here it is ``(x * w).sum(-1) + b`` (:class:`RowLinear`), one row at a time;
 * a softmax over the time axis rounds with the row's padded width and the batch's row count:
@@ -25,8 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.model.network import AttentionPooling, NgramLogit
+from pipeline.model.network import AttentionPooling, NgramLogit, RNNEncoder
 from pipeline.serve.ngram import ngram_logits
+from pipeline.serve.recurrent import PackedEncoder, packable
 
 #: exp runs on whole vectors only: the softmax buffer's width is a multiple of this (no scalar tail)
 _VECTOR_FLOATS = 64
@@ -85,14 +88,16 @@ class RowNgrams(nn.Module):
 
 
 def row_independent(model: nn.Module) -> nn.Module:
-    """``model`` with the swaps above made in place (the new modules share its parameters) and returned: call it
-    on a copy that only scores. A model already made row-independent is returned as it is. The ``Linear(d, 1)``
-    layers go first, so that attention's scorer is a :class:`RowLinear` when :class:`RowAttention` takes it."""
-    for swaps in ({nn.Linear: RowLinear}, {AttentionPooling: RowAttention, NgramLogit: RowNgrams}):
+    """``model`` with the swaps above made in place (the new modules share its parameters; the packed recurrent
+    encoder, :mod:`pipeline.serve.recurrent`, holds a copy of them) and returned: call it on a copy that only
+    scores. A model already made row-independent is returned as it is. The ``Linear(d, 1)`` layers go first, so
+    that attention's scorer is a :class:`RowLinear` when :class:`RowAttention` takes it."""
+    for swaps in ({nn.Linear: RowLinear},
+                  {AttentionPooling: RowAttention, NgramLogit: RowNgrams, RNNEncoder: PackedEncoder}):
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
                 swap = swaps.get(type(child))
-                if swap is RowLinear and child.out_features != 1:
+                if (swap is RowLinear and child.out_features != 1) or (swap is PackedEncoder and not packable(child)):
                     continue
                 if swap is not None:
                     setattr(parent, name, swap(child))

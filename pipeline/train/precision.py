@@ -19,6 +19,7 @@ from pipeline.model.network import SentimentModel
 from pipeline.model.quantize import SCHEME, calibrate, fingerprint, quantizable, quantize
 from pipeline.model.weights import load_model
 from pipeline.registry.verify import int8_ranges
+from pipeline.serve.batching import CPU_BATCH_ROWS
 from pipeline.serve.predictor import Predictor, load_predictor
 from pipeline.serve.rowwise import row_independent
 from pipeline.train.loader import SplitData, iter_batches, load_split
@@ -56,9 +57,11 @@ def calibration_ranges(model: SentimentModel, val: SplitData, rule: Int8Rule) ->
     return calibrate(model, batches)
 
 
-def time_models(models: dict[str, nn.Module], data: SplitData, batch_size: int, repeats: int) -> dict[str, float]:
+def time_models(models: dict[str, nn.Module], data: SplitData, batch_size: int | dict[str, int],
+                repeats: int) -> dict[str, float]:
     """Best CPU seconds of :func:`evaluate` over ``data`` per model on ONE torch thread (CPU scoring runs each
-    batch on one: :mod:`pipeline.serve.workers`), after one warm-up pass each. CPU time of this thread, not
+    batch on one: :mod:`pipeline.serve.workers`), after one warm-up pass each; ``batch_size`` one for all, or
+    one per model name. CPU time of this thread, not
     wall time: with one torch thread all the work runs here, and a neighbour that takes the core away (a shared
     host) does not count, so the decision does not flip with the load."""
     cpu, threads = pick_device("cpu"), torch.get_num_threads()
@@ -68,7 +71,7 @@ def time_models(models: dict[str, nn.Module], data: SplitData, batch_size: int, 
         for rep in range(repeats + 1):
             for name, m in models.items():
                 t0 = time.thread_time()
-                evaluate(m, data, batch_size, cpu)
+                evaluate(m, data, batch_size[name] if isinstance(batch_size, dict) else batch_size, cpu)
                 if rep:                              # rep 0 warms up (allocator, fbgemm packing)
                     best[name] = min(best[name], time.thread_time() - t0)
     finally:
@@ -98,7 +101,10 @@ def decide(model: SentimentModel, val: SplitData | None, rule: Int8Rule = Int8Ru
     acc32 = evaluate(fp32, val, rule.batch_size, pick_device("cpu"))["accuracy"]
     acc8 = evaluate(int8, val, rule.batch_size, pick_device("cpu"))["accuracy"]
     sample = timing_sample(val, rule.sample_rows)
-    secs = time_models({"fp32": fp32, "int8": int8}, sample, rule.batch_size, rule.repeats)
+    # timed as scoring runs them: the scoring copies (fp32's packed GRU, pipeline.serve.recurrent) at the batch
+    # size scoring gives each precision
+    scoring = {"fp32": row_independent(copy.deepcopy(fp32)), "int8": row_independent(copy.deepcopy(int8))}
+    secs = time_models(scoring, sample, CPU_BATCH_ROWS, rule.repeats)
     delta, speedup = 100 * (acc8 - acc32), secs["fp32"] / secs["int8"]
     keep = abs(delta) <= rule.tolerance_points and speedup >= rule.min_speedup
     why = (f"static int8 accuracy {'within' if abs(delta) <= rule.tolerance_points else 'outside'} "
