@@ -318,8 +318,8 @@ def score_table(db_path: str | os.PathLike, table: str, predictor: PredictorLike
     committed chunk; ``blob_as_utf8`` lets a BLOB text column be decoded as UTF-8. ``run_id`` keys the
     audit row: the Prefect flow-run id when there is one (default: a fresh random id).
     """
-    db_path = check_arguments(db_path, table, id_col, text_col, threshold, batch_size=_READ_ROWS if batch_size is None else batch_size,
-                              chunk_rows=chunk_rows)
+    db_path = check_arguments(db_path, table, id_col, text_col, threshold, chunk_rows=chunk_rows,
+                              batch_size=_READ_ROWS if batch_size is None else batch_size)
     run = TableRun(db_path, table, id_col, text_col, str(predictor.version), rescore, lock_timeout, on_wait,
                    engine=engine_of(predictor))
     rule = getattr(predictor, "coverage_rule", None)
