@@ -188,3 +188,27 @@ def test_preflight_refuses_a_bad_table_before_any_cluster_and_writes_nothing(tin
     with pytest.raises(InputError, match="rows_per_part"):
         preflight(db, "reviews", rows_per_part=0)
     assert db.read_bytes() == before
+
+
+def test_the_fold_writes_only_rows_still_stale_and_counts_those(tiny, tmp_path):
+    """A row written by someone else between the plan and the fold (here: given this model's score by hand) is not
+    written again, and the fold's counts (report and audit row) are those of the rows it wrote."""
+    import duckdb
+
+    wh, version, predictor = tiny
+    db = make_review_db(tmp_path / "r.duckdb", n=600)
+
+    def meddling(parts):
+        for i, result in enumerate(serial_map(predictor, 0.5)(parts)):
+            if i == 0:                 # between the committer's steps: the file is free
+                con = duckdb.connect(str(db))
+                con.execute("UPDATE reviews SET sentiment_score = 0.5, sentiment_label = 'positive', "
+                            "sentiment_model = ? WHERE review_id = ?", [version, parts[0].first_id])
+                con.close()
+            yield result
+
+    rep = score_table_partitioned(db, "reviews", version, meddling, scratch=str(tmp_path / "s"), rows_per_part=200)
+    assert rep.rows_scored + rep.rows_unknown == 599 and rep.engine["rows_folded"] == 599
+    assert query_rows(db, "SELECT sum(rows_scored) + sum(rows_unknown) FROM sentiment_runs") == [(599,)]
+    assert query_rows(db, "SELECT count(*) FROM reviews WHERE sentiment_model = ?", [version]) == [(600,)]
+    assert query_rows(db, "SELECT sentiment_score FROM reviews WHERE sentiment_score = 0.5") == [(0.5,)]
