@@ -212,3 +212,28 @@ def test_the_fold_writes_only_rows_still_stale_and_counts_those(tiny, tmp_path):
     assert query_rows(db, "SELECT sum(rows_scored) + sum(rows_unknown) FROM sentiment_runs") == [(599,)]
     assert query_rows(db, "SELECT count(*) FROM reviews WHERE sentiment_model = ?", [version]) == [(600,)]
     assert query_rows(db, "SELECT sentiment_score FROM reviews WHERE sentiment_score = 0.5") == [(0.5,)]
+
+
+def test_rows_without_text_count_as_the_one_process_path_counts_them(tiny, tmp_path):
+    """Parts are planned on the stale rows; a worker keeps those with text. NULL and blank texts (a whole part of
+    them too) and texts with nothing to score give the counts, audit rows and scores of one process."""
+    import duckdb
+
+    wh, version, predictor = tiny
+    texts = ["a great film, loved it", None, "   ", "\t\n", "dull and far too long", "!!!", None, "", "", "", "", "",
+             "fine acting, weak plot", "<br />"] * 3
+    for name in ("a", "b"):
+        con = duckdb.connect(str(tmp_path / f"{name}.duckdb"))
+        con.execute("CREATE TABLE reviews (review_id INTEGER, text VARCHAR)")
+        con.executemany("INSERT INTO reviews VALUES (?, ?)", list(enumerate(texts)))
+        con.close()
+    a, b = tmp_path / "a.duckdb", tmp_path / "b.duckdb"
+    rep = score_table_partitioned(a, "reviews", version, serial_map(predictor, 0.5), scratch=str(tmp_path / "s"),
+                                  rows_per_part=4, engine="serial", workers=1)
+    ref = score_table(b, "reviews", predictor)
+    keys = ("rows_total", "rows_to_score", "rows_scored", "rows_skipped", "rows_unknown", "label_counts")
+    assert {k: getattr(rep, k) for k in keys} == {k: getattr(ref, k) for k in keys}
+    audit = "SELECT rows_scored, rows_skipped, rows_unknown FROM sentiment_runs"
+    assert query_rows(a, audit) == query_rows(b, audit)
+    assert _scores(a) == _scores(b)
+    assert rep.chunks == -(-len(texts) // 4)
