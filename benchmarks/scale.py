@@ -79,6 +79,7 @@ def vmhwm_mib() -> float:
 
 
 def child_local(args) -> dict:
+    t_load = time.perf_counter()          # torch's import and the model load: a Dask worker pays them in its run
     import torch
 
     from pipeline.core.config import Warehouse
@@ -95,8 +96,9 @@ def child_local(args) -> dict:
         from pipeline.train.precision import int8_predictor
 
         predictor = int8_predictor(Warehouse(Path(args.warehouse)), args.model)
+    load_s = time.perf_counter() - t_load
     rep = score_table(db, "reviews", predictor)
-    return {"rows_per_s": rep.rows_per_s, "seconds": rep.seconds, "rows": rep.rows_scored,
+    return {"rows_per_s": rep.rows_per_s, "seconds": rep.seconds, "rows": rep.rows_scored, "load_s": load_s,
             "committer_rss_mib": vmhwm_mib(), "precision": getattr(predictor, "precision", None),
             "device": str(getattr(predictor, "device", "cpu"))}
 
@@ -112,6 +114,27 @@ def child_dask(args) -> dict:
                      rows_per_part=args.rows_per_part, scratch=str(SCRATCH / "parts"), device="cpu")
     return {"rows_per_s": rep["rows_per_s"], "seconds": rep["seconds"], "rows": rep["rows_scored"],
             "committer_rss_mib": vmhwm_mib(), "engine": rep["engine"]}
+
+
+def child_committer(args) -> dict:
+    """The committer alone: the partitioned run with a stub model that costs nothing (seeded random scores), its
+    parts scored in this process: start, plan + snapshot, staging and fold measured without workers importing
+    torch on the same cores (on a cluster they run elsewhere)."""
+    import numpy as np
+
+    from pipeline.score.partitioned import score_table_partitioned, serial_map
+
+    class Stub:
+        version, accepts_arrow = "stub-model", True
+
+        def predict_proba(self, texts):
+            return np.random.default_rng(len(texts)).random(len(texts))
+
+    rep = score_table_partitioned(Path(args.db), "reviews", Stub.version, serial_map(Stub(), 0.5),
+                                  scratch=str(SCRATCH / "parts"), rows_per_part=args.rows_per_part, engine="serial",
+                                  workers=1)
+    return {"rows_per_s": rep.rows_per_s, "seconds": rep.seconds, "rows": rep.rows_scored,
+            "committer_rss_mib": vmhwm_mib(), "engine": rep.engine}
 
 
 def run_child(kind: str, args, **extra) -> dict:
@@ -133,7 +156,7 @@ def run_child(kind: str, args, **extra) -> dict:
 # --------------------------------------------------------------------------- report
 
 
-def amdahl(eng: dict, rows: int, seconds: float, workers: int) -> tuple[dict, list[tuple]]:
+def amdahl(eng: dict, rows: int, seconds: float, workers: int, serial_eng: dict | None = None) -> tuple[dict, list[tuple]]:
     """Projected rows/s and committer busy share for W workers, from one measured Dask run of ``rows`` rows.
 
     The committer's serial steps (start: checks, audit row, counts; plan + snapshot; the fold) cost ``s`` per row;
@@ -141,9 +164,13 @@ def amdahl(eng: dict, rows: int, seconds: float, workers: int) -> tuple[dict, li
     overlapped); the rest of the measured run is fixed start-up (the workers' model loads not hidden behind the
     committer, the audit row's completion): T(W, N) = fixed + N*s + max(N*c/W, N*g). The committer is busy
     (s + g) / (s + max(c/W, g)) of a long run's time (fixed start-up amortised), and (N*(s+g)) / T at ``rows``.
+    ``serial_eng``: take s and g from that run (the committer measured alone, per row) instead of ``eng``.
     -> (the measured terms, [(W, rows/s at ``rows``, rows/s at 100M, busy % at ``rows``, busy % long run, binds)])."""
-    serial_s = eng["start_seconds"] + eng["plan_seconds"] + eng["fold_seconds"]
-    s, g, c = serial_s / rows, eng["stage_seconds"] / rows, eng["score_seconds_total"] / rows
+    se = serial_eng or eng
+    serial_rows = se["rows_staged"] if serial_eng else rows
+    s = (se["start_seconds"] + se["plan_seconds"] + se["fold_seconds"]) / max(serial_rows, 1)
+    g, c = se["stage_seconds"] / max(serial_rows, 1), eng["score_seconds_total"] / rows
+    serial_s = s * rows
     fixed = max(0.0, seconds - (serial_s + max(rows * c / workers, rows * g)))
     out = []
     for w in (workers, 8, 32, 128):
@@ -153,7 +180,7 @@ def amdahl(eng: dict, rows: int, seconds: float, workers: int) -> tuple[dict, li
         busy_long = 100 * (s + g) / (s + max(c / w, g))
         binds = "the committer (serial steps + staging)" if s + g > c / w else "scoring (the workers)"
         out.append((w, rows / t(rows), 1e8 / t(1e8), busy_n, busy_long, binds))
-    terms = {"serial_s": serial_s, "stage_s": eng["stage_seconds"], "score_worker_s": eng["score_seconds_total"],
+    terms = {"serial_s": serial_s, "stage_s": g * rows, "score_worker_s": eng["score_seconds_total"],
              "fixed_s": fixed, "committer_rows_per_s": 1 / (s + g) if s + g else float("inf"),
              "per_worker_rows_per_s": 1 / c if c else float("inf")}
     return terms, out
@@ -187,7 +214,7 @@ def main() -> None:
     ap.add_argument("--db", default=None)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child_local(args) if args.child == "local" else child_dask(args)))
+        print(json.dumps({"local": child_local, "dask": child_dask, "committer": child_committer}[args.child](args)))
         return
     skip = set(filter(None, args.skip.split(",")))
     print(f"# scale benchmark: model {args.model} of {args.warehouse}; {os.cpu_count()} cores")
@@ -203,6 +230,8 @@ def main() -> None:
         pairs.append((results[("local", args.rows)], results[("dask", args.rows)]))
         for _ in range(args.repeat):          # more interleaved pairs at the large size
             pairs.append((run_child("local", args, n=args.rows), run_child("dask", args, n=args.rows)))
+    if "dask" not in skip:
+        results[("committer", args.rows)] = run_child("committer", args, n=args.rows)
     print(f"load average after: {loadavg()}")
     print("\n| engine | rows | rows/s (run) | run s | process wall s | committer peak RSS MiB | worker peak RSS MiB | "
           "start s | plan + snapshot s | stage s | fold s | first part back s |")
@@ -210,37 +239,53 @@ def main() -> None:
     for (kind, n), r in results.items():
         eng = r.get("engine") or {}
         workers = ", ".join(f"{v:.0f}" for v in (eng.get("worker_peak_rss_mib") or {}).values()) or "-"
-        label = f"1 process x {args.threads} threads" if kind == "local" else f"Dask {args.workers} workers x 1 thread"
+        label = {"local": f"1 process x {args.threads} threads", "dask": f"Dask {args.workers} workers x 1 thread",
+                 "committer": "committer alone (stub model, parts in-process)"}[kind]
         print(f"| {label} | {n:,} | {r['rows_per_s']:,.0f} | {r['seconds']:.1f} | {r['wall_s']:.1f} | "
               f"{r['committer_rss_mib']:.0f} | {workers} | {eng.get('start_seconds', '-')} | {eng.get('plan_seconds', '-')} | "
               f"{eng.get('stage_seconds', '-')} | {eng.get('fold_seconds', '-')} | {eng.get('first_part_seconds', '-')} |")
     if pairs:
         import statistics
 
+        def fmt(xs):
+            return f"{', '.join(f'{x:.2f}' for x in xs)} -> median {statistics.median(xs):.2f}x"
+
         run_ratios = [d["rows_per_s"] / max(lo["rows_per_s"], 1e-9) for lo, d in pairs]
+        # the workers import torch and load the model inside the Dask run; the one process before its run: add it
+        loaded_ratios = [(lo["seconds"] + lo["load_s"]) / max(d["seconds"], 1e-9) for lo, d in pairs]
         wall_ratios = [lo["wall_s"] / max(d["wall_s"], 1e-9) for lo, d in pairs]
         print(f"\nDask {args.workers}x1 / one process x{args.threads} at {args.rows:,} rows, {len(pairs)} interleaved "
-              f"pair(s), same run: scoring run rows/s {', '.join(f'{x:.2f}' for x in run_ratios)} -> median "
-              f"{statistics.median(run_ratios):.2f}x (target >= 0.90x); whole process (Python, Prefect, cluster "
-              f"start-up included) {', '.join(f'{x:.2f}' for x in wall_ratios)} -> median "
-              f"{statistics.median(wall_ratios):.2f}x")
+              f"pair(s) of this run (target >= 0.90x):\n"
+              f"  scoring run (claim to audit row) rows/s: {fmt(run_ratios)}\n"
+              f"  torch import + model load + scoring run (worker start-up counts on both sides): {fmt(loaded_ratios)}\n"
+              f"  whole process (Python, Prefect's temporary server, cluster start included): {fmt(wall_ratios)}")
         for i, (lo, d) in enumerate(pairs):
-            print(f"  pair {i}: one process {lo['rows_per_s']:,.0f} rows/s ({lo['seconds']:.1f} s run, {lo['wall_s']:.1f} s "
-                  f"wall); Dask {d['rows_per_s']:,.0f} rows/s ({d['seconds']:.1f} s run, {d['wall_s']:.1f} s wall)")
+            print(f"  pair {i}: one process {lo['rows_per_s']:,.0f} rows/s ({lo['load_s']:.1f} s load + {lo['seconds']:.1f} s "
+                  f"run, {lo['wall_s']:.1f} s wall); Dask {d['rows_per_s']:,.0f} rows/s ({d['seconds']:.1f} s run, "
+                  f"{d['wall_s']:.1f} s wall)")
     if ("dask", args.rows) in results:
         big = results[("dask", args.rows)]
         eng = big["engine"]
-        terms, projection = amdahl(eng, big["rows"], big["seconds"], args.workers)
-        print(f"\nAmdahl projection from the {args.rows:,}-row Dask run: committer serial {terms['serial_s']:.2f} s (start "
-              f"{eng['start_seconds']} + plan/snapshot {eng['plan_seconds']} + fold {eng['fold_seconds']}), staging "
-              f"{terms['stage_s']:.2f} s (overlapped), scoring {terms['score_worker_s']:.1f} worker-s "
-              f"({terms['per_worker_rows_per_s']:,.0f} rows/s per worker), fixed start-up {terms['fixed_s']:.1f} s; "
-              f"the committer alone could carry {terms['committer_rows_per_s']:,.0f} rows/s:")
-        print(f"| workers | rows/s at {args.rows:,} rows | rows/s at 100,000,000 rows | committer busy at {args.rows:,} "
-              f"| committer busy, long run | what binds |")
-        print("|---:|---:|---:|---:|---:|---|")
-        for w, small, large, busy_n, busy_long, binds in projection:
-            print(f"| {w} | {small:,.0f} | {large:,.0f} | {busy_n:.0f} % | {busy_long:.0f} % | {binds} |")
+        alone = results.get(("committer", args.rows), {}).get("engine")
+        for title, serial_eng in (("as measured in the Dask run (the committer shared the 2 cores with the workers' "
+                                   "torch import and model load)", None),
+                                  ("with the committer's costs measured alone (committer row above), as on a cluster "
+                                   "whose workers run on other machines", alone)):
+            if title.startswith("with") and not alone:
+                continue
+            src = serial_eng or eng
+            terms, projection = amdahl(eng, big["rows"], big["seconds"], args.workers, serial_eng)
+            print(f"\nAmdahl projection from the {args.rows:,}-row Dask run, {title}: committer serial "
+                  f"{terms['serial_s']:.2f} s per {args.rows:,} rows (start {src['start_seconds']} + plan/snapshot "
+                  f"{src['plan_seconds']} + fold {src['fold_seconds']} s, measured at {src['rows_staged']:,} rows), staging "
+                  f"{terms['stage_s']:.2f} s (overlapped), scoring {terms['score_worker_s']:.1f} worker-s "
+                  f"({terms['per_worker_rows_per_s']:,.0f} rows/s per worker), fixed start-up {terms['fixed_s']:.1f} s; "
+                  f"the committer alone could carry {terms['committer_rows_per_s']:,.0f} rows/s:")
+            print(f"| workers | rows/s at {args.rows:,} rows | rows/s at 100,000,000 rows | committer busy at {args.rows:,} "
+                  f"| committer busy, long run | what binds |")
+            print("|---:|---:|---:|---:|---:|---|")
+            for w, small, large, busy_n, busy_long, binds in projection:
+                print(f"| {w} | {small:,.0f} | {large:,.0f} | {busy_n:.0f} % | {busy_long:.0f} % | {binds} |")
     if args.int8_model and "int8" not in skip:
         other = {"model": args.int8_model, "warehouse": args.int8_warehouse or args.warehouse}
         a = run_child("local", args, n=args.int8_rows, precision="fp32", **other)
