@@ -287,6 +287,13 @@ def _predict_cli(wh, texts, *extra) -> list:
     return [None if label == "-" else label for label in out]
 
 
+def _audit_max_error(db) -> float | None:
+    import duckdb
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute("SELECT max_error FROM sentiment_runs").fetchone()[0]
+
+
 def test_max_error_is_applied_identically_on_every_path(paths, tmp_path):
     from pipeline.score.check import run_checks
     from pipeline.score.partitioned import score_table_partitioned, serial_map
@@ -305,11 +312,13 @@ def test_max_error_is_applied_identically_on_every_path(paths, tmp_path):
     got_labels, got_scores = _table(one)
     assert got_labels == labels and np.array_equal(got_scores, want.score, equal_nan=True)
     assert [r.name for r in run_checks(one, "reviews") if not r.passed] == []     # the data rules still hold
+    assert _audit_max_error(one) == RATE                                           # the audit row says so
 
     parts = _db(tmp_path / "parts.duckdb", texts)
     score_table_partitioned(parts, "reviews", version, serial_map(on, 0.5), scratch=str(tmp_path / "scratch"),
                             rows_per_part=40, engine="serial", workers=1, max_error=RATE)
     assert _table(parts)[0] == labels and np.array_equal(_table(parts)[1], want.score, equal_nan=True)
+    assert _audit_max_error(parts) == RATE
 
     sql = run_query(one, "SELECT sentiment(text) AS s, sentiment_label(text) AS l FROM reviews ORDER BY review_id",
                     predictor=on).to_pylist()

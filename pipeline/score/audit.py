@@ -54,6 +54,7 @@ RUNS_MIGRATIONS = (
     f"ALTER TABLE {RUNS_TABLE} ADD COLUMN IF NOT EXISTS device VARCHAR",       # cpu | cuda | cuda:N
     f"ALTER TABLE {RUNS_TABLE} ADD COLUMN IF NOT EXISTS precision VARCHAR",    # fp32 | int8 | bf16
     f"ALTER TABLE {RUNS_TABLE} ADD COLUMN IF NOT EXISTS owner VARCHAR",        # the process's owner tag
+    f"ALTER TABLE {RUNS_TABLE} ADD COLUMN IF NOT EXISTS max_error DOUBLE",     # --max-error (NULL: off)
 )
 
 
@@ -84,11 +85,12 @@ def start_run(con, run_id: str, table: str, model: str, rows_skipped: int) -> No
 
 
 def record_engine(con, run_id: str, *, engine: str, workers: int | None = None, partitions: int | None = None,
-                  device: str | None = None, precision: str | None = None) -> None:
+                  device: str | None = None, precision: str | None = None, max_error: float | None = None) -> None:
     """Say how the run scores: ``engine`` (``local``: this process; ``dask``: partitions on a Dask cluster), the
-    number of worker processes, the partitions planned, and the model's device and precision."""
-    con.execute(f"UPDATE {RUNS_TABLE} SET engine = ?, workers = ?, partitions = ?, device = ?, precision = ? "
-                f"WHERE run_id = ?", [engine, workers, partitions, device, precision, run_id])
+    number of worker processes, the partitions planned, the model's device and precision, and the stated error
+    rate its unsure texts were left ``unknown`` at (``--max-error``; NULL: off)."""
+    con.execute(f"UPDATE {RUNS_TABLE} SET engine = ?, workers = ?, partitions = ?, device = ?, precision = ?, "
+                f"max_error = ? WHERE run_id = ?", [engine, workers, partitions, device, precision, max_error, run_id])
 
 
 def add_progress(con, run_id: str, scored: int, skipped: int, unknown: int = 0) -> None:

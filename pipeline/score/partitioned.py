@@ -481,7 +481,7 @@ def score_table_partitioned(db_path: str | os.PathLike, table: str, version: str
     db_path = check_arguments(db_path, table, id_col, text_col, threshold, rows_per_part=rows_per_part)
     space = Scratch(scratch)
     run = TableRun(db_path, table, id_col, text_col, str(version), rescore, lock_timeout, on_wait,
-                   engine=dict(engine=engine, workers=workers, partitions=None))
+                   engine=dict(engine=engine, workers=workers, partitions=None, max_error=max_error))
     report = ScoreReport(run_id=audit.new_run_id(run_id), table=table, db_path=str(db_path), model=run.version,
                          threshold=threshold)
     folder = run_folder(space, db_path, table, run.version)
@@ -544,4 +544,5 @@ def _record_engine(run: TableRun, report: ScoreReport, parts: list[PartSpec], fi
         run.engine.update(device=first.device, precision=first.precision)
     with run.connect() as con:
         audit.record_engine(con, report.run_id, **{k: run.engine.get(k) for k in
-                                                   ("engine", "workers", "partitions", "device", "precision")})
+                                                   ("engine", "workers", "partitions", "device", "precision",
+                                                    "max_error")})

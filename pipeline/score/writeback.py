@@ -420,11 +420,12 @@ def complete_run(run: "TableRun", report: ScoreReport, hist: np.ndarray, t0: flo
 
 
 def engine_of(predictor, engine: str = "local", workers: int | None = 1, partitions: int | None = None) -> dict:
-    """How a run scores, for its audit row: the engine, worker processes, partitions, and the predictor's device and
-    precision (None for a predictor that does not say)."""
+    """How a run scores, for its audit row: the engine, worker processes, partitions, and the predictor's device,
+    precision and ``max_error`` (None for a predictor that does not say)."""
     device = getattr(predictor, "device", None)
     return dict(engine=engine, workers=workers, partitions=partitions,
-                device=None if device is None else str(device), precision=getattr(predictor, "precision", None))
+                device=None if device is None else str(device), precision=getattr(predictor, "precision", None),
+                max_error=getattr(predictor, "max_error", None))
 
 
 @dataclass
