@@ -138,11 +138,12 @@ The text column must be VARCHAR (a BLOB of UTF-8 text with --blob-as-utf8); any 
 a time: a second one waits for it (up to --lock-timeout) and then scores what is left.
 
 \b
-On Dask (--workers N, --dask ADDRESS or $REVIEWFLOW_DASK_ADDRESS; --table only): the candidate
-rows are exported once as Parquet partitions into the scratch space, each partition is scored
-by a worker into a scored part, and each part is merged with one transaction as it finishes.
-A worker that dies has its partition run again; a run killed outright resumes from the parts
-it merged. sentiment_runs records the engine, the workers and the partitions.
+On Dask (--workers N, --dask ADDRESS or $REVIEWFLOW_DASK_ADDRESS; --table only): the stale
+ids are cut into id ranges and the database file is copied into the scratch space as a
+read-only snapshot; each worker reads its range from the snapshot and writes a scored part;
+all scored parts are folded into the table in one transaction at the end. A worker that dies
+has its range run again; a run killed outright reuses the parts already scored.
+sentiment_runs records the engine, the workers and the partitions.
 
 \b
 Examples:
