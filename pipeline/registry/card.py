@@ -159,8 +159,9 @@ def _int8_lines(q: dict | None) -> list[str]:
     if "int8_val_accuracy" in q:
         lines += [f"- validation accuracy ({q['val_rows']:,} rows): fp32 {q['fp32_val_accuracy']:.4f}, int8 "
                   f"{q['int8_val_accuracy']:.4f} (delta {q['delta_points']:+.2f} points)",
-                  f"- speed on a fixed sample of {q['sample_rows']:,} validation rows ({q.get('threads')} core, "
-                  f"torch {q.get('torch')}): fp32 {q['fp32_rows_per_s']:,.0f} rows per CPU second, int8 "
+                  f"- speed on a fixed sample of {q['sample_rows']:,} validation rows, scored as CPU scoring runs "
+                  f"them ({q.get('threads')} thread(s), a batch per thread; torch {q.get('torch')}): fp32 "
+                  f"{q['fp32_rows_per_s']:,.0f} rows/s, int8 "
                   f"{q['int8_rows_per_s']:,.0f} ({q['speedup']:.2f}x)"]
     lines.append("- CPU scoring follows this decision (a predictor loaded with `precision=\"fp32\"` ignores it); "
                  "CUDA scores in bf16")
