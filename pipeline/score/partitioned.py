@@ -137,7 +137,7 @@ def run_folder(scratch: Scratch, db_path: Path, table: str, version: str) -> str
 def _kill_point(step: str) -> None:
     """Tests only: SIGKILL this process at ``step`` when ``REVIEWFLOW_TEST_KILL_AT`` names it."""
     if os.environ.get(KILL_AT_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
+        signal.raise_signal(signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- 1. plan and snapshot (the committer)
