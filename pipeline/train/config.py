@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.core.options import above, at_least, between, check_options, option_error
+from pipeline.core.options import Bound, above, at_least, between, check_options, option_error
 from pipeline.core.storage import read_json
 from pipeline.model.network import ModelConfig
 
@@ -22,12 +22,15 @@ TRAIN_BOUNDS = {"epochs": at_least(1), "batch_size": at_least(1), "lr": above(0)
                 "grad_clip": above(0), "patience": at_least(1), "seed": between(0, 2**32 - 1),
                 "max_seconds": above(0), "threads": at_least(1), "ngram_lr": above(0), "part_loss": at_least(0),
                 "joint_loss": at_least(0), "embed_lr": above(0), "freeze_embed_epochs": at_least(0),
-                "l2": at_least(0), "span_aug": at_least(0), "span_aug_per_review": at_least(1)}
+                "l2": at_least(0), "span_aug": at_least(0), "span_aug_per_review": at_least(1),
+                "self_train": at_least(0), "self_train_per_review": at_least(1),
+                "self_train_confidence": Bound("in (0.5, 1)", lambda v: 0.5 < v < 1)}
 PRETRAINED = ("word2vec",)
 OPTIMIZERS = ("adam", "lbfgs")
 NOT_IN_RESUME_KEY = ("max_seconds", "threads")   # may change between a crash and its resume: no effect on the model
 SPAN_FIELDS = ("span_aug", "span_aug_per_review")    # in the key only when span_aug > 0: runs and versions from
                                                      # before they existed keep matching with augmentation off
+SELF_FIELDS = ("self_train", "self_train_teacher", "self_train_per_review", "self_train_confidence")   # likewise
 
 
 @dataclass
@@ -56,6 +59,11 @@ class TrainConfig:
     span_aug: float = 0.0               # loss weight of short spans of the training reviews (pipeline.train.augment)
                                         # relative to the full reviews; 0 = no augmentation
     span_aug_per_review: int = 2        # spans drawn per training review (1-3 sentences each) when span_aug > 0
+    self_train: float = 0.0             # loss weight of teacher-labelled spans of the unlabelled reviews
+                                        # (pipeline.train.selftrain); 0 = off. Excludes span_aug
+    self_train_teacher: str | None = None   # the teacher: a registered version's name (not an alias)
+    self_train_per_review: int = 3      # spans drawn per unlabelled review
+    self_train_confidence: float = 0.9  # a span is kept when the teacher gives it and its review p >= c (or <= 1 - c)
 
     def __post_init__(self):
         """Check every field (type, range, choice): a bad one is an ``InputError`` naming it."""
@@ -63,8 +71,14 @@ class TrainConfig:
                                            "optimizer": OPTIMIZERS})
         if self.joint_loss == 0 and self.part_loss == 0:
             raise option_error("joint_loss", "> 0 when part_loss is 0 (else no loss is trained)", self.joint_loss)
-        if self.span_aug and self.optimizer == "lbfgs":
-            raise option_error("span_aug", "0 with optimizer lbfgs (a full-batch fit of the reviews)", self.span_aug)
+        for name in ("span_aug", "self_train"):
+            if getattr(self, name) and self.optimizer == "lbfgs":
+                raise option_error(name, "0 with optimizer lbfgs (a full-batch fit of the reviews)", getattr(self, name))
+        if self.self_train and self.span_aug:
+            raise option_error("self_train", "0 when span_aug > 0 (one kind of short rows per run)", self.self_train)
+        if self.self_train and not (isinstance(self.self_train_teacher, str) and self.self_train_teacher):
+            raise option_error("self_train_teacher", "a registered version's name when self_train > 0",
+                               self.self_train_teacher)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -79,7 +93,8 @@ class TrainConfig:
 
 def model_key_of(train: dict) -> dict:
     """:meth:`TrainConfig.model_key` of a stored training configuration (a registered version's ``train``)."""
-    skip = NOT_IN_RESUME_KEY + (() if train.get("span_aug") else SPAN_FIELDS)
+    skip = (NOT_IN_RESUME_KEY + (() if train.get("span_aug") else SPAN_FIELDS)
+            + (() if train.get("self_train") else SELF_FIELDS))
     return {k: v for k, v in train.items() if k not in skip}
 
 

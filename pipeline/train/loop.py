@@ -51,6 +51,7 @@ from pipeline.model.calibration import (LENGTH_BANDS, band_report, banded_probs,
                                         expected_calibration_error, fit_band_temperatures, fit_temperature,
                                         reliability_bins)
 from pipeline.train.augment import epoch_batches, span_split, span_steps
+from pipeline.train.selftrain import pseudo_split
 from pipeline.train.checkpoint import (LoopState, reusable_result, restore, save_checkpoint, save_weights, say,
                                        usable_checkpoint)
 from pipeline.train.config import BEST, CHECKPOINT, RESULT, TrainConfig, TrainResult
@@ -330,7 +331,7 @@ def train_epoch(run: Run, data: SplitData, cfg: TrainConfig, epoch: int, deadlin
     for batch, is_span in epoch_batches(data, run.spans, cfg.batch_size, seed=cfg.seed + epoch, bucket=cfg.bucket,
                                         trim=cfg.trim, rank=rank, world=world):
         ids, lengths, y = to_device(batch, dev)
-        logits, loss = train_step(run, cfg, ids, lengths, y, cfg.span_aug if is_span else 1.0)
+        logits, loss = train_step(run, cfg, ids, lengths, y, short_weight(cfg) if is_span else 1.0)
         t = tally[is_span]
         t[0] += loss.item() * len(y)
         t[1] += int(((logits > 0) == (y > 0.5)).sum())
@@ -348,6 +349,23 @@ def train_epoch(run: Run, data: SplitData, cfg: TrainConfig, epoch: int, deadlin
     if run.dist is not None:       # the epoch's figures over all ranks' batches
         figures = sum_over_ranks(run.dist, figures)
     return _epoch_stats(figures, seconds, cpu0, run.spans is not None), out_of_time
+
+
+def short_rows(prep_dir: Path, train_data: SplitData, cfg: TrainConfig) -> tuple[SplitData, dict] | None:
+    """The short rows interleaved with the reviews, and their build record: spans of the training reviews
+    (``span_aug``, :mod:`pipeline.train.augment`), teacher-labelled spans of the unlabelled reviews
+    (``self_train``, :mod:`pipeline.train.selftrain`), or None."""
+    if cfg.span_aug:
+        return span_split(prep_dir, train_data, cfg.span_aug_per_review, cfg.seed)
+    if cfg.self_train:
+        return pseudo_split(prep_dir, cfg.self_train_teacher, per_review=cfg.self_train_per_review,
+                            confidence=cfg.self_train_confidence, seed=cfg.seed)
+    return None
+
+
+def short_weight(cfg: TrainConfig) -> float:
+    """The loss weight of a batch of short rows (:func:`short_rows`)."""
+    return cfg.span_aug or cfg.self_train
 
 
 def train_step(run: Run, cfg: TrainConfig, ids: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor,
@@ -443,7 +461,7 @@ def _train(prep_dir: Path, cfg: TrainConfig, out_dir: Path, device: str, progres
     if finished is not None:
         return finished
     train_data, val_data, test_data = load_training_data(prep_dir, man)
-    spans = span_split(prep_dir, train_data, cfg.span_aug_per_review, cfg.seed) if cfg.span_aug else None
+    spans = short_rows(prep_dir, train_data, cfg)
     run = _start(train_data, mcfg, cfg, out_dir, dev, progress, pretrained_init(cfg, mcfg, man, vectors), dist,
                  spans)
     t_start = time.perf_counter() - run.state.elapsed
@@ -550,8 +568,10 @@ def _start(train_data: SplitData, mcfg: ModelConfig, cfg: TrainConfig, out_dir: 
     pretrained = None if init is None else {k: v for k, v in init.items() if k != "matrix"}
     step_net = None if dist is None else wrap_model(net, dist, frozen_start=cfg.freeze_embed_epochs > 0)
     if span_info is not None:
-        say(progress and (dist is None or dist.writer), f"span augmentation: {span_info['rows']} spans of "
-            f"{span_info['reviews']} training reviews (weight {cfg.span_aug}), built in {span_info['seconds']:.1f}s")
+        what = ("training reviews" if cfg.span_aug else
+                f"unlabelled reviews, labelled by teacher {span_info.get('teacher')} where it agrees with itself")
+        say(progress and (dist is None or dist.writer), f"short rows: {span_info['rows']} spans of "
+            f"{span_info['reviews']} {what} (weight {short_weight(cfg)}), built in {span_info['seconds']:.1f}s")
     return Run(net, opt, sched, dev, steps_per_epoch, state, pretrained, design, dist, step_net, span_data, span_info)
 
 
@@ -571,7 +591,7 @@ def _finish(run: Run, cfg: TrainConfig, mcfg: ModelConfig, prep_dir: Path, out_d
     if run.pretrained is not None:
         metrics["pretrained"] = run.pretrained
     if run.span_info is not None:
-        metrics["span_aug"] = run.span_info | {"weight": cfg.span_aug}
+        metrics["self_train" if cfg.self_train else "span_aug"] = run.span_info | {"weight": short_weight(cfg)}
     if test_data is not None:
         metrics.update({f"test_{k}": v for k, v in evaluate(best, test_data, EVAL_BATCH, dev).items()})
     return TrainResult(out_dir=out_dir, weights=out_dir / BEST, model_config=mcfg, train_config=cfg,
