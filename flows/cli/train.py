@@ -27,6 +27,8 @@ Examples:
   reviewflow train --dataset imdb --encoder lstm --pooling attention --epochs 3
   reviewflow train --dataset imdb --max-minutes 5 --no-prefect
   reviewflow train --dataset imdb --ngram-buckets 0 --set part_loss=0   # the recurrent half alone
+  reviewflow train --dataset imdb --set self_train=0.5 --set self_train_teacher=v0001-default-...
+                                  # + sentences of the unlabelled reviews, labelled by a teacher version
   reviewflow train --dataset imdb --nproc 2 --device cuda   # DDP on two GPUs (torchrun)
 Interrupted? Run the same command again: training resumes from the last finished epoch.
 A second run of the same configuration while one is training stops at once (exit code 75,
