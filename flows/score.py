@@ -166,8 +166,10 @@ def score_flow(table: str | None = None, db: str | None = None, dataset: str | N
                               text_col=text_col, rescore=rescore, threshold=threshold, batch_size=batch_size,
                               rows_per_part=rows_per_part, lock_timeout=lock_timeout, blob_as_utf8=blob_as_utf8,
                               device="cpu" if device == "auto" else device, store=store, max_error=max_error)
-        return _with_shadow(_publish(rep | {"max_error": max_error}, wh, db_path, threshold, logger, lock_timeout),
-                            shadow, table, db_path, wh, id_col, text_col, threshold, batch_size, lock_timeout)
+        if rep is not None:         # None: nothing to score, no cluster started; the one-process path records it
+            return _with_shadow(_publish(rep | {"max_error": max_error}, wh, db_path, threshold, logger,
+                                         lock_timeout), shadow, table, db_path, wh, id_col, text_col, threshold,
+                                batch_size, lock_timeout)
     if predictor is None:
         predictor = load_model(str(wh.root), model, batch_size, device, max_error)
     options = dict(rescore=rescore, threshold=threshold, batch_size=batch_size, chunk_rows=chunk_rows,

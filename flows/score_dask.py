@@ -181,7 +181,9 @@ def _parent_run_id() -> str | None:
 
 def run_distributed(*, table: str, db: str, model: str, warehouse: str, workers: int | None, dask_address: str | None,
                     scratch: str | None, **options: Any) -> dict:
-    """Resolve the model version once, then run :func:`distributed_score_flow` on a Dask task runner."""
+    """Resolve the model version once, then run :func:`distributed_score_flow` on a Dask task runner. -> its report,
+    or None when the table has no row to score (no cluster is started: the caller runs the one-process path, which
+    records the run without loading the model)."""
     from pipeline import registry
 
     wh = Warehouse.from_env(warehouse)
@@ -194,8 +196,11 @@ def run_distributed(*, table: str, db: str, model: str, warehouse: str, workers:
         from pipeline.model.abstain import margin_for
 
         margin_for(mv.config, options["max_error"], version)
-    preflight(db, table, **{k: options[k] for k in ("id_col", "text_col", "threshold", "rows_per_part", "blob_as_utf8",
-                                                     "lock_timeout") if k in options})
+    if not preflight(db, table, version=version, **{k: options[k] for k in (
+            "id_col", "text_col", "threshold", "rows_per_part", "blob_as_utf8", "lock_timeout", "rescore")
+            if k in options}):
+        get_run_logger().info("nothing to score in %s for %s: no cluster started", table, version)
+        return None
     if dask_address and not os.environ.get("PREFECT_API_URL"):
         get_run_logger().warning(
             "scoring on the cluster at %s without PREFECT_API_URL: each worker records its part task runs in a "

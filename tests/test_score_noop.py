@@ -151,3 +151,20 @@ def test_a_cli_re_run_with_nothing_to_score_never_imports_torch(scored):
     assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
     assert "TORCH False" in proc.stdout, proc.stdout
     assert query_rows(db, "SELECT count(*) FROM sentiment_runs WHERE status = 'completed'") == [(2,)]
+
+
+def test_the_dask_preflight_says_when_there_is_nothing_to_score(scored):
+    """``reviewflow score --workers N`` asks :func:`preflight` first: with nothing to score no cluster starts (and
+    no worker loads the model); a stale row, another version or ``--rescore`` all need one. Read-only."""
+    from pipeline.score.partitioned import preflight
+
+    shelf, db = scored
+    before = _digest(db)
+    assert preflight(db, "reviews", version=shelf.champion) is False
+    assert preflight(db, "reviews", version=shelf.champion, rescore=True) is True
+    assert preflight(db, "reviews", version="v9999-other") is True
+    assert preflight(db, "reviews") is True                              # no version: it cannot say, so yes
+    assert _digest(db) == before
+    with duckdb.connect(str(db)) as con:
+        con.execute("INSERT INTO reviews (review_id, text) VALUES ('new-1', 'a fine film')")
+    assert preflight(db, "reviews", version=shelf.champion) is True

@@ -442,16 +442,17 @@ MapParts = Callable[[list[PartSpec]], Iterable[PartResult]]
 
 def preflight(db_path: str | os.PathLike, table: str, *, id_col: str = "review_id", text_col: str = "text",
               threshold: float = 0.5, rows_per_part: int = DEFAULT_ROWS_PER_PART, blob_as_utf8: bool = False,
-              lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+              lock_timeout: float = DEFAULT_LOCK_TIMEOUT, version: str | None = None, rescore: bool = False) -> bool:
     """The checks a run makes before it writes anything (arguments, table, columns and their types), made
     read-only and before a cluster is started for it: a typo costs a second, not a cluster start-up. The run
-    makes them again under its claim."""
+    makes them again under its claim. -> whether a row with text needs a score from ``version`` (True without
+    one): with nothing to score, no cluster need start, and no model load."""
     from pipeline.core.duck import connection
-    from pipeline.score.inputs import check_table
+    from pipeline.score.writeback import survey
 
     db_path = check_arguments(db_path, table, id_col, text_col, threshold, rows_per_part=rows_per_part)
     with connection(db_path, read_only=True, timeout=lock_timeout) as con:
-        check_table(con, db_path, table, id_col, text_col, blob_as_utf8)
+        return survey(con, db_path, table, id_col, text_col, version or "", rescore, blob_as_utf8)[1] or not version
 
 
 def serial_map(predictor: PredictorLike, threshold: float) -> MapParts:

@@ -351,13 +351,20 @@ def survey_table(run: "TableRun", blob_as_utf8: bool) -> tuple[dict[str, str], b
     (the column types, whether there is a candidate). Run before the model is loaded, so a run with nothing to
     score never loads one (:class:`pipeline.serve.lazy.LazyPredictor`)."""
     with run.connect() as con:
-        cols = check_table(con, run.db_path, run.table, run.id_col, run.text_col, blob_as_utf8)
-        text = _text_sql(run.text_col, cols[run.text_col] == "BLOB")
-        stale, takes_model = _stale_sql(run.rescore or not set(_STALE_COLUMNS) <= set(cols))
-        T, params = quote_ident(run.table), [run.version] if takes_model else []
-        # the sentiment columns first: a scored table answers without reading (decompressing) one text
-        found = con.execute(f"SELECT EXISTS (SELECT 1 FROM {T} WHERE {stale})", params).fetchone()[0] and \
-            con.execute(f"SELECT EXISTS (SELECT 1 FROM {T} WHERE {stale} AND {_has_text(text)})", params).fetchone()[0]
+        return survey(con, run.db_path, run.table, run.id_col, run.text_col, run.version, run.rescore, blob_as_utf8)
+
+
+def survey(con, db_path: Path, table: str, id_col: str, text_col: str, version: str, rescore: bool,
+           blob_as_utf8: bool) -> tuple[dict[str, str], bool]:
+    """:func:`survey_table` on an open connection (read-only is enough): (the column types, whether a row with
+    text needs a score from ``version``)."""
+    cols = check_table(con, db_path, table, id_col, text_col, blob_as_utf8)
+    text = _text_sql(text_col, cols[text_col] == "BLOB")
+    stale, takes_model = _stale_sql(rescore or not set(_STALE_COLUMNS) <= set(cols))
+    T, params = quote_ident(table), [version] if takes_model else []
+    # the sentiment columns first: a scored table answers without reading (decompressing) one text
+    found = con.execute(f"SELECT EXISTS (SELECT 1 FROM {T} WHERE {stale})", params).fetchone()[0] and \
+        con.execute(f"SELECT EXISTS (SELECT 1 FROM {T} WHERE {stale} AND {_has_text(text)})", params).fetchone()[0]
     return cols, bool(found)
 
 
