@@ -184,7 +184,7 @@ def test_two_ranks_resume_after_a_kill_and_match_the_uninterrupted_run(trained, 
     lines, epochs = [], []
     res = launch(prep.prep_dir, spec.train, out, nproc=2, device="cpu", model=spec.model, log=lines.append,
                  on_epoch=epochs.append)
-    assert f"resuming {out} at epoch {saved['epoch'] + 2}" in lines, lines[-20:]
+    assert f"resuming {out} at epoch {saved['epoch'] + 2}" in lines, [ln for ln in lines if "resum" in ln] or lines[-5:]
     assert [r["epoch"] for r in epochs] == list(range(saved["epoch"] + 2, 9))       # only the missing epochs
     assert res.history[:saved["epoch"] + 1] == saved["history"]
     registered = load_file(str(wh.models / two["version"] / "model.safetensors"))

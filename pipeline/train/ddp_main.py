@@ -207,5 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def end_rank(code: int) -> None:
+    """End this rank now, with ``code``, once its output is flushed: ``os._exit``, not interpreter shutdown. Its
+    work is on disk by then (rank 0 wrote the run directory atomically; the others write nothing), and under load
+    a rank that left the group was seen to abort (SIGABRT, "terminate called without an active exception") in the
+    C++ teardown that a normal exit runs (the process group's threads), failing a run that had succeeded."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    end_rank(main())
