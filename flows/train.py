@@ -30,6 +30,7 @@ from pipeline import registry
 from pipeline.train import job
 from pipeline.train.presets import resolve_preset
 from pipeline.train.rundir import discard_run_dir, run_lock
+from pipeline.train.selftrain import check_self_training
 
 GRACE_SECONDS = 600        # the task timeout = the loop's own budget + this (evaluation, checkpointing)
 DEFAULT_TIMEOUT = 6 * 3600
@@ -97,6 +98,7 @@ def train_flow(dataset: str, preset: str = "default", warehouse: str | None = No
     validate_name(dataset, "dataset name")
     overrides, spec = job.plan(preset, overrides, device, nproc)    # every option checked before any data is read
     wh = Warehouse.from_env(warehouse).ensure()
+    check_self_training(wh, spec.train, spec.prepare)      # a teacher that is not a version fails before the prep
     prep = prepare_flow(dataset=dataset, warehouse=str(wh.root), **spec.prepare)
     prep_id, prep_dir = prep["prep_id"], prep["prep_dir"]
     reused = job.reusable_version(wh, preset, overrides, spec, prep_id, prep_dir, retrain)

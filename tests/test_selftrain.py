@@ -100,3 +100,27 @@ def test_a_self_trained_run_is_byte_identical_under_its_seed_and_keys_its_teache
     assert a.metrics["self_train"]["rows"] > 0 and a.metrics["self_train"]["teacher"] == version
     assert model_key_of(cfg.__dict__)["self_train_teacher"] == version
     assert "self_train_teacher" not in model_key_of(CFG.__dict__)     # off: runs from before keep their key
+
+
+def _files(root) -> dict:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("overrides,error", [
+    ({"self_train_teacher": "champion"}, "must name a version"),
+    ({"self_train_teacher": "v9999-default-nope"}, "v9999-default-nope"),
+    ({"include_unsup": False}, "include_unsup"),
+])
+def test_a_bad_self_training_request_fails_before_any_data_is_read(teacher, overrides, error):
+    from pipeline.core.errors import ReviewflowError
+    from pipeline.train.job import train_dataset
+
+    wh, _, version, _ = teacher
+    before = _files(wh.root)
+    with pytest.raises(ReviewflowError, match=error):
+        train_dataset(wh, "mixed", "default", device="cpu", progress=False,
+                      overrides={"self_train": 0.5, "self_train_teacher": version, **overrides})
+    assert _files(wh.root) == before

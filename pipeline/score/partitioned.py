@@ -448,11 +448,15 @@ def preflight(db_path: str | os.PathLike, table: str, *, id_col: str = "review_i
     makes them again under its claim. -> whether a row with text needs a score from ``version`` (True without
     one): with nothing to score, no cluster need start, and no model load."""
     from pipeline.core.duck import connection
+    from pipeline.score.inputs import check_table
     from pipeline.score.writeback import survey
 
     db_path = check_arguments(db_path, table, id_col, text_col, threshold, rows_per_part=rows_per_part)
     with connection(db_path, read_only=True, timeout=lock_timeout) as con:
-        return survey(con, db_path, table, id_col, text_col, version or "", rescore, blob_as_utf8)[1] or not version
+        if not version:
+            check_table(con, db_path, table, id_col, text_col, blob_as_utf8)
+            return True
+        return survey(con, db_path, table, id_col, text_col, version, rescore, blob_as_utf8)[1]
 
 
 def serial_map(predictor: PredictorLike, threshold: float) -> MapParts:

@@ -60,10 +60,8 @@ def span_split(prep_dir: str | Path, train: SplitData, per_review: int, seed: in
     row, spans = sample_spans(row, sentences, max_sentences=SPAN_MAX_SENTENCES, per_text=per_review,
                               seed=_span_seed(seed))
     review = source[row]
-    flat, kept = load_preprocessor(prep_dir).encode_flat(spans)
-    known = np.bincount(np.repeat(np.arange(len(kept)), kept), weights=flat != UNK_ID, minlength=len(kept))
-    short = kept <= MAX_SPAN_TOKENS                     # a run-on "sentence" of a whole review is not short
-    keep = (known >= MIN_KNOWN_TOKENS) & short
+    flat, kept, readable, short = encode_spans(prep_dir, spans)
+    keep = readable & short
     flat, kept, review = flat[np.repeat(keep, kept)], kept[keep], review[keep]
     width = max(int(kept.max()) if len(kept) else 1, 1)
     data = SplitData(ids=pad_rows(flat, kept, width, train.pad_side), lengths=kept.astype(np.int32),
@@ -75,6 +73,16 @@ def span_split(prep_dir: str | Path, train: SplitData, per_review: int, seed: in
             "mean_tokens": round(float(kept.mean()), 1) if len(kept) else 0.0,
             "seconds": round(time.perf_counter() - t0, 3)}
     return data, info
+
+
+def encode_spans(prep_dir: Path, spans) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``spans`` encoded with the prep's own transform: (flat ids, token counts, whether a span has at least
+    ``MIN_KNOWN_TOKENS`` in-vocabulary tokens, whether it has at most ``MAX_SPAN_TOKENS`` tokens). A span is used
+    when both hold: too few known tokens cannot carry a label, and a run-on "sentence" of a whole review is not
+    short."""
+    flat, lengths = load_preprocessor(prep_dir).encode_flat(spans)
+    known = np.bincount(np.repeat(np.arange(len(lengths)), lengths), weights=flat != UNK_ID, minlength=len(lengths))
+    return flat, lengths, known >= MIN_KNOWN_TOKENS, lengths <= MAX_SPAN_TOKENS
 
 
 def _span_seed(seed: int, stream: int = 0) -> int:

@@ -43,6 +43,7 @@ from pipeline.train.loop import model_config_for, train
 from pipeline.train.pretrain import PretrainConfig, pretrain_word_vectors
 from pipeline.train.presets import PRESETS, PresetSpec, resolve_preset
 from pipeline.train.rundir import discard_run_dir, mark_registered, registered_version, run_lock
+from pipeline.train.selftrain import check_self_training
 
 
 def plan(preset: str, overrides: dict | None, device: str = "auto", nproc: int = 1) -> tuple[dict, PresetSpec]:
@@ -194,6 +195,7 @@ def train_dataset(wh: Warehouse, dataset: str, preset: str = "default", override
     ``nproc > 1``: DistributedDataParallel on that many processes (:func:`run_training`); the word vectors
     are built here, once, before the ranks start."""
     overrides, spec = plan(preset, overrides, device, nproc)
+    check_self_training(wh, spec.train, spec.prepare)
     prep = prepare(wh, dataset, PrepareConfig(**spec.prepare))
     reused = reusable_version(wh, preset, overrides, spec, prep.prep_id, prep.prep_dir, retrain)
     if reused is not None:

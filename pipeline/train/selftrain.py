@@ -31,13 +31,12 @@ from pipeline import registry
 from pipeline.core.config import Warehouse
 from pipeline.core.errors import InputError
 from pipeline.prepare.manifest import read_manifest
-from pipeline.prepare.preprocess import load_preprocessor
 from pipeline.prepare.sentences import sample_spans, split_sentences
 from pipeline.prepare.text import flat_ranges, pad_rows
-from pipeline.prepare.vocab import UNK_ID
 from pipeline.serve.predictor import load_predictor
-from pipeline.train.augment import (MAX_SPAN_TOKENS, MIN_KNOWN_TOKENS, MIN_SENTENCE_WORDS, SPAN_MAX_SENTENCES,
-                                    _span_seed, train_texts, warehouse_of)
+from pipeline.train.augment import (MIN_SENTENCE_WORDS, SPAN_MAX_SENTENCES, _span_seed, encode_spans, train_texts,
+                                    warehouse_of)
+from pipeline.train.config import TrainConfig
 from pipeline.train.loader import SplitData, load_split
 
 _STREAM = 7          # the span draws' and the class balance's own random streams (pipeline.train.augment)
@@ -50,10 +49,7 @@ def pseudo_split(prep_dir: str | Path, teacher: str, *, per_review: int, confide
     t0 = time.perf_counter()
     prep_dir = Path(prep_dir)
     wh = wh or warehouse_of(prep_dir)
-    mv = None if teacher == registry.CHAMPION else registry.get(wh, teacher)
-    if mv is None or mv.version != teacher:
-        raise InputError(f"self_train_teacher must name a version{f' (here {mv.version})' if mv else ''}, not "
-                         f"{teacher!r}: a run's key names the teacher it learnt from")
+    mv = teacher_version(wh, teacher)
     if "unsup" not in read_manifest(prep_dir)["splits"]:
         raise InputError(f"self-training needs unlabelled reviews: prep {prep_dir.name} has no unsup split (prepare "
                          "with --include-unsup)", path=str(prep_dir))
@@ -71,9 +67,8 @@ def pseudo_split(prep_dir: str | Path, teacher: str, *, per_review: int, confide
     positive = (span_p >= confidence) & (review_p[row] >= confidence)
     negative = (span_p <= 1 - confidence) & (review_p[row] <= 1 - confidence)
     agreed = np.flatnonzero(positive | negative)
-    flat, lengths = load_preprocessor(prep_dir).encode_flat(spans.take(pa.array(agreed)))
-    known = np.bincount(np.repeat(np.arange(len(lengths)), lengths), weights=flat != UNK_ID, minlength=len(lengths))
-    usable = np.flatnonzero((known >= MIN_KNOWN_TOKENS) & (lengths <= MAX_SPAN_TOKENS))
+    flat, lengths, readable, short = encode_spans(prep_dir, spans.take(pa.array(agreed)))
+    usable = np.flatnonzero(readable & short)
     labels = positive[agreed[usable]].astype(np.int8)
     take = np.sort(balanced(labels, np.random.default_rng(_span_seed(seed, _STREAM + 1))))
     starts = np.zeros(len(lengths), np.int64)
@@ -91,6 +86,27 @@ def pseudo_split(prep_dir: str | Path, teacher: str, *, per_review: int, confide
             "mean_tokens": round(float(lengths.mean()), 1) if len(lengths) else 0.0,
             "seconds": round(time.perf_counter() - t0, 3)}
     return data, info
+
+
+def teacher_version(wh: Warehouse, teacher: str) -> registry.ModelVersion:
+    """The registered version ``teacher`` names; an alias, ``champion`` or a missing version is an error (a run's
+    key names the teacher it learnt from, which a pointer that moves would not)."""
+    mv = None if teacher == registry.CHAMPION else registry.get(wh, teacher)
+    if mv is None or mv.version != teacher:
+        raise InputError(f"self_train_teacher must name a version{f' (here {mv.version})' if mv else ''}, not "
+                         f"{teacher!r}: a run's key names the teacher it learnt from")
+    return mv
+
+
+def check_self_training(wh: Warehouse, train: TrainConfig, prepare: dict) -> None:
+    """A run's self-training options, checked before any data is read: the teacher is a registered version and
+    the prep keeps the unlabelled reviews (``include_unsup``). Nothing when ``self_train`` is 0."""
+    if not train.self_train:
+        return
+    teacher_version(wh, train.self_train_teacher)
+    if not prepare.get("include_unsup"):
+        raise InputError("self-training reads the unlabelled reviews: set include_unsup=true "
+                         "(--set include_unsup=true)")
 
 
 def balanced(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
