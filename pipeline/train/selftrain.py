@@ -94,7 +94,7 @@ def teacher_version(wh: Warehouse, teacher: str) -> registry.ModelVersion:
     mv = None if teacher == registry.CHAMPION else registry.get(wh, teacher)
     if mv is None or mv.version != teacher:
         raise InputError(f"self_train_teacher must name a version{f' (here {mv.version})' if mv else ''}, not "
-                         f"{teacher!r}: a run's key names the teacher it learnt from")
+                         f"{teacher!r}: a run's key names the teacher it learnt from (`reviewflow models list` shows them)")
     return mv
 
 
